@@ -1,0 +1,121 @@
+"""Source positions and the one error type every user mistake becomes.
+
+Every syntax node and IR node carries a :class:`Span`. A :class:`CnnDslError`
+renders as::
+
+    vgg.cnn:3:5: error: unknown layer 'conv3x-64'
+        conv3x-64 relu
+        ^^^^^^^^^
+    hint: did you mean 'conv3-64'?
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Source:
+    """A named piece of .cnn text (a file or a string)."""
+
+    name: str
+    text: str = field(repr=False, compare=False)
+
+    def line(self, n: int) -> str:
+        lines = self.text.splitlines()
+        return lines[n - 1] if 1 <= n <= len(lines) else ""
+
+
+@dataclass(frozen=True)
+class Span:
+    """Where a piece of syntax came from: 1-based line and column, end exclusive."""
+
+    source: Source
+    line: int
+    col: int
+    end_line: int
+    end_col: int
+
+    @property
+    def file(self) -> str:
+        return self.source.name
+
+    def __str__(self) -> str:
+        return f"{self.source.name}:{self.line}:{self.col}"
+
+    @classmethod
+    def start_of(cls, source: Source) -> "Span":
+        return cls(source, 1, 1, 1, 1)
+
+
+def render(kind: str, message: str, span: Span | None, hint: str | None) -> str:
+    """Format a diagnostic as ``file:line:col: kind: message``, the line, a caret, a hint."""
+    if span is None:
+        out = [f"{kind}: {message}"]
+    else:
+        out = [f"{span}: {kind}: {message}"]
+        text = span.source.line(span.line)
+        if text.strip():
+            shown = text.expandtabs(1)
+            width = span.end_col - span.col if span.end_line == span.line else len(text) - span.col + 1
+            width = max(1, min(width, len(shown) - span.col + 1))
+            out.append("    " + shown)
+            out.append("    " + " " * (span.col - 1) + "^" * width)
+    if hint:
+        out.append(f"hint: {hint}")
+    return "\n".join(out)
+
+
+class CnnDslError(Exception):
+    """A user mistake in a .cnn network, with the place it was made."""
+
+    kind = "error"
+
+    def __init__(self, message: str, span: Span | None = None, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.span = span
+        self.hint = hint
+
+    @property
+    def line(self) -> int | None:
+        return self.span.line if self.span else None
+
+    @property
+    def col(self) -> int | None:
+        return self.span.col if self.span else None
+
+    def __str__(self) -> str:
+        return render("error", self.message, self.span, self.hint)
+
+
+class CnnSyntaxError(CnnDslError):
+    """The text does not parse."""
+
+
+class CnnNameError(CnnDslError):
+    """An unknown, duplicate or unbound name (layer, block, label, parameter, file)."""
+
+
+class CnnArgumentError(CnnDslError):
+    """A layer or block called with arguments it does not take, or bad values."""
+
+
+class CnnShapeError(CnnDslError):
+    """Tensor shapes that do not fit together."""
+
+
+class CnnLimitError(CnnDslError):
+    """A network too large or too deeply nested to build (a resource bomb)."""
+
+
+@dataclass(frozen=True)
+class CnnDslWarning:
+    """Something legal but probably unintended (the papers sometimes do it on purpose)."""
+
+    message: str
+    span: Span | None = None
+    hint: str | None = None
+
+    def __str__(self) -> str:
+        return render("warning", self.message, self.span, self.hint)

@@ -1,0 +1,170 @@
+"""The IR: one directed graph per network, networkx kept behind a small class.
+
+Nodes are layers keyed by a stable, readable, unique dotted name
+(``layer1.0.conv1``) that the backends reuse for module and parameter names.
+Each node holds its op kind, its arguments with every default filled in, and
+its source span; passes add ``shape``, ``params``, ``macs`` and
+``activations``. Edges carry the operand position (``port``), so concat order
+and ``add(x, x)`` are explicit.
+
+>>> g = Graph("tiny")
+>>> _ = g.add("x", "input", {"shape": (1, 8, 8)}, None, [])
+>>> _ = g.add("relu1", "relu", {}, None, ["x"])
+>>> g.inputs_of("relu1"), [n.name for n in g.nodes()]
+(['x'], ['x', 'relu1'])
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import networkx as nx
+
+from .errors import CnnDslError, CnnNameError, Span
+from .ops import OPS
+
+
+@dataclass
+class Node:
+    """A view of one node's data (mutable annotations live in the graph)."""
+
+    name: str
+    op: str
+    args: dict
+    span: Span | None
+    order: int
+    shape: tuple[int, ...] | None = None
+    params: int = 0
+    macs: int = 0
+    activations: int = 0
+    frozen: bool = False
+
+    @property
+    def opdef(self):
+        return OPS[self.op]
+
+
+@dataclass
+class Scope:
+    """A named group of nodes: a block instance, a labelled sequence, or a shortcut."""
+
+    name: str
+    kind: str  # "block" | "sequence" | "branch"
+    block: str | None = None
+    args: dict = field(default_factory=dict)
+    span: Span | None = None
+
+
+class Graph:
+    """A network as a DAG of layers. All networkx access stays inside this class."""
+
+    def __init__(self, name: str, params: dict | None = None):
+        self._g = nx.MultiDiGraph()
+        self._nodes: dict[str, Node] = {}
+        self._counter = 0
+        self.name = name
+        self.params: dict[str, Any] = dict(params or {})
+        self.inputs: list[str] = []
+        self.output: str | None = None
+        self.aux_outputs: list[str] = []
+        self.scopes: dict[str, Scope] = {}
+        self.init: str | None = None  # weight initialisation scheme, e.g. "kaiming"
+
+    # -- building
+    def add(self, name: str, op: str, args: dict, span: Span | None, inputs: list[str]) -> Node:
+        if name in self._nodes:
+            raise CnnNameError(f"duplicate name '{name}'", span,
+                               f"'{name}' is already defined at {self._nodes[name].span}")
+        for src in inputs:
+            if src not in self._nodes:
+                raise CnnNameError(f"unknown node '{src}'", span)
+        node = Node(name, op, args, span, self._counter)
+        self._counter += 1
+        self._nodes[name] = node
+        self._g.add_node(name)
+        for port, src in enumerate(inputs):
+            self._g.add_edge(src, name, key=port, port=port)
+        return node
+
+    def remove(self, name: str) -> None:
+        del self._nodes[name]
+        self._g.remove_node(name)
+
+    def rewire(self, name: str, port: int, new_src: str) -> None:
+        """Make operand ``port`` of ``name`` come from ``new_src``."""
+        old = self.inputs_of(name)[port]
+        self._g.remove_edge(old, name, key=port)
+        self._g.add_edge(new_src, name, key=port, port=port)
+
+    def connect(self, src: str, dst: str, port: int) -> None:
+        """Add operand ``port`` of ``dst`` (after its old source was removed)."""
+        self._g.add_edge(src, dst, key=port, port=port)
+
+    def reorder_after(self, name: str, anchor: str) -> None:
+        """Give a node an order just after ``anchor`` (for nodes added by a rewrite)."""
+        self._nodes[name].order = self._nodes[anchor].order  # ties broken by name in topo_order
+
+    # -- reading
+    def __contains__(self, name: str) -> bool:
+        return name in self._nodes
+
+    def __len__(self) -> int:
+        return len(self._nodes)
+
+    def node(self, name: str) -> Node:
+        return self._nodes[name]
+
+    def inputs_of(self, name: str) -> list[str]:
+        edges = sorted(self._g.in_edges(name, keys=True), key=lambda e: e[2])
+        return [src for src, _, _ in edges]
+
+    def consumers(self, name: str) -> list[tuple[str, int]]:
+        return sorted(((dst, key) for _, dst, key in self._g.out_edges(name, keys=True)),
+                      key=lambda e: (self._nodes[e[0]].order, e[0], e[1]))
+
+    def nodes(self) -> Iterator[Node]:
+        """Nodes in a deterministic topological order (source order where free)."""
+        order = nx.lexicographical_topological_sort(self._g, key=lambda n: (self._nodes[n].order, n))
+        for name in order:
+            yield self._nodes[name]
+
+    @property
+    def outputs(self) -> list[str]:
+        return [self.output, *self.aux_outputs] if self.output else list(self.aux_outputs)
+
+    def verify(self) -> None:
+        """Check well-formedness: acyclic, contiguous ports, operand counts, outputs exist."""
+        if not nx.is_directed_acyclic_graph(self._g):
+            cycle = nx.find_cycle(self._g)
+            raise CnnDslError(f"the network has a cycle through '{cycle[0][0]}'",
+                              self._nodes[cycle[0][0]].span)
+        for node in self._nodes.values():
+            ports = sorted(k for _, _, k in self._g.in_edges(node.name, keys=True))
+            if ports != list(range(len(ports))):
+                raise AssertionError(f"{node.name}: operand ports {ports} are not contiguous")
+            op = OPS[node.op]
+            if len(ports) < op.min_inputs or (op.max_inputs is not None and len(ports) > op.max_inputs):
+                raise CnnDslError(f"'{node.op}' takes {op.min_inputs}"
+                                  f"{'' if op.max_inputs == op.min_inputs else '+'} inputs, got {len(ports)}",
+                                  node.span)
+        for out in self.outputs:
+            assert out in self._nodes, f"output {out} is not a node"
+
+    # -- totals
+    @property
+    def total_params(self) -> int:
+        return sum(n.params for n in self._nodes.values())
+
+    @property
+    def total_macs(self) -> int:
+        return sum(n.macs for n in self._nodes.values())
+
+    @property
+    def total_activations(self) -> int:
+        return sum(n.activations for n in self._nodes.values())
+
+    def signature(self) -> list[tuple]:
+        """A comparable description of the whole graph (names, ops, args, inputs, shapes)."""
+        return [(n.name, n.op, tuple(sorted(n.args.items())), tuple(self.inputs_of(n.name)), n.shape, n.params)
+                for n in self.nodes()] + [("outputs", tuple(self.outputs))]

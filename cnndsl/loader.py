@@ -1,0 +1,165 @@
+"""Find and read .cnn files: paths, zoo names, ``use`` imports and the shipped block library.
+
+A :class:`Library` is everything one file can see: its own blocks and networks
+plus those of the files it ``use``s (transitively, each file read once).
+``use "blocks.cnn"`` looks next to the importing file first, then in the
+shipped ``networks/`` folder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+
+from . import syntax as ast
+from .errors import CnnDslError, CnnNameError, Span
+from .syntax import parse
+
+ZOO_PACKAGE = "cnndsl.networks"
+
+
+def read_text(path: Path, span: Span | None = None) -> str:
+    """Read a .cnn file as UTF-8; binary or unreadable files are user errors, not tracebacks."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise CnnNameError(f"no such file: {path}", span, "give a path to a .cnn file or a zoo name (`cnndsl list`)") \
+            from None
+    except IsADirectoryError:
+        raise CnnNameError(f"{path} is a directory, not a .cnn file", span) from None
+    except OSError as e:
+        raise CnnDslError(f"cannot read {path}: {e.strerror}", span) from None
+    if b"\x00" in data[:8192]:
+        raise CnnDslError(f"{path} is a binary file, not .cnn text", span,
+                          "pass a .cnn network description or a zoo name (see `cnndsl list`)")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise CnnDslError(f"{path} is not UTF-8 text (bad byte at offset {e.start})", span,
+                          "save the file as UTF-8") from None
+
+
+def _zoo_dir():
+    return resources.files(ZOO_PACKAGE)
+
+
+@dataclass
+class Library:
+    """The blocks and networks visible from one file."""
+
+    blocks: dict[str, ast.Block] = field(default_factory=dict)
+    networks: dict[str, ast.Network | ast.Derived] = field(default_factory=dict)
+    main: ast.Module | None = None
+
+    @classmethod
+    def from_module(cls, module: ast.Module, base_dir: Path | None = None) -> "Library":
+        lib = cls(main=module)
+        lib._add(module, base_dir, seen=set(), local=True)
+        return lib
+
+    def _add(self, module: ast.Module, base_dir: Path | None, seen: set, local: bool) -> None:
+        for use in module.uses:
+            path, text = _find_use(use, base_dir)
+            key = str(path)
+            if key in seen:
+                continue
+            seen.add(key)
+            sub = parse(text, key if isinstance(path, Path) else f"<zoo>/{use.path}")
+            self._add(sub, path.parent if isinstance(path, Path) else None, seen, local=False)
+        for b in module.blocks:
+            prev = self.blocks.get(b.name)
+            if prev is not None and prev.span.source.name == b.span.source.name:
+                raise CnnNameError(f"block '{b.name}' is defined twice", b.span, f"first defined at {prev.span}")
+            self.blocks[b.name] = b
+        for n in module.networks:
+            prev = self.networks.get(n.name)
+            if prev is not None and prev.span.source.name == n.span.source.name:
+                raise CnnNameError(f"network '{n.name}' is defined twice", n.span, f"first defined at {prev.span}")
+            if local or n.name not in self.networks:
+                self.networks[n.name] = n
+
+    def network(self, name: str, span: Span | None = None):
+        if name not in self.networks:
+            import difflib
+
+            close = difflib.get_close_matches(name, list(self.networks), 1)
+            raise CnnNameError(f"unknown network '{name}'", span,
+                               f"did you mean '{close[0]}'?" if close else None)
+        return self.networks[name]
+
+    def local_networks(self) -> list[str]:
+        return [n.name for n in self.main.networks] if self.main else []
+
+
+def _find_use(use: ast.Use, base_dir: Path | None):
+    if base_dir is not None:
+        candidate = (base_dir / use.path)
+        if candidate.is_file():
+            return candidate.resolve(), read_text(candidate, use.span)
+    zoo = _zoo_dir().joinpath(use.path)
+    if zoo.is_file():
+        return Path(str(zoo)), zoo.read_text(encoding="utf-8")
+    raise CnnNameError(f"cannot find \"{use.path}\" to use", use.span,
+                       "a used file is looked up next to this file, then in the shipped zoo")
+
+
+@lru_cache(maxsize=None)
+def _zoo_module(filename: str) -> ast.Module:
+    text = _zoo_dir().joinpath(filename).read_text(encoding="utf-8")
+    return parse(text, filename)
+
+
+def zoo_files() -> list[str]:
+    return sorted(p.name for p in _zoo_dir().iterdir() if p.name.endswith(".cnn"))
+
+
+@lru_cache(maxsize=1)
+def zoo_index() -> dict[str, str]:
+    """Zoo network name -> the file that defines it."""
+    index = {}
+    for f in zoo_files():
+        for n in _zoo_module(f).networks:
+            index[n.name] = f
+    return index
+
+
+def zoo_library(name: str) -> Library:
+    f = zoo_index()[name]
+    path = Path(str(_zoo_dir().joinpath(f)))
+    return Library.from_module(_zoo_module(f), path.parent)
+
+
+def open_net(net: str) -> tuple[Library, str]:
+    """``net`` is a zoo name, a path, or ``path.cnn:network``; return the library and the network to build."""
+    if net in zoo_index() and not Path(net).exists():
+        return zoo_library(net), net
+    path_str, choice = net, None
+    if not Path(net).exists() and ":" in net:
+        path_str, _, choice = net.rpartition(":")
+    path = Path(path_str)
+    if not path.exists() and not path_str.endswith(".cnn"):
+        import difflib
+
+        close = difflib.get_close_matches(net, list(zoo_index()), 1)
+        raise CnnNameError(f"'{net}' is neither a file nor a zoo network", None,
+                           f"did you mean '{close[0]}'?" if close else "see `cnndsl list` for the zoo")
+    text = read_text(path)
+    module = parse(text, str(path))
+    lib = Library.from_module(module, path.parent.resolve())
+    return lib, pick_network(lib, choice, str(path))
+
+
+def pick_network(lib: Library, choice: str | None, where: str) -> str:
+    local = lib.local_networks()
+    if choice is not None:
+        lib.network(choice)
+        return choice
+    if len(local) == 1:
+        return local[0]
+    if not local:
+        raise CnnNameError(f"{where} defines no network (only blocks)", Span.start_of(lib.main.source),
+                           "a network starts with `network NAME: input CxHxW`")
+    raise CnnNameError(f"{where} defines {len(local)} networks: {', '.join(local)}", None,
+                       f"pick one with {where}:{local[-1]}")

@@ -1,0 +1,623 @@
+"""The op registry: every layer kind, its arguments and their defaults, its shape
+rule, its parameter count and its MACs. Passes and backends look ops up here;
+adding an op is one class here plus one method per backend.
+
+Shapes are logical, layout-free tuples: ``(C, H, W)`` for feature maps and
+``(N,)`` for flat vectors. Padding is always stored as explicit
+``((top, bottom), (left, right))`` pairs, so backends never guess what "same"
+means.
+
+>>> conv = OPS["conv"]
+>>> args = conv.normalize({"k": 5, "c": 10, "p": 2}, None)
+>>> conv.infer((3, 32, 32), args, None), conv.count_params([(3, 32, 32)], args)
+((10, 32, 32), 760)
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, ClassVar
+
+from .errors import CnnArgumentError, CnnDslWarning, CnnShapeError, Span
+
+Shape = tuple[int, ...]
+Warn = Callable[[CnnDslWarning], None]
+
+REQUIRED = object()
+
+
+# ----------------------------------------------------------------------------- argument kinds
+
+
+def _bad(msg: str, span: Span | None, hint: str | None = None):
+    raise CnnArgumentError(msg, span, hint)
+
+
+def as_int(name: str, v: Any, span, minimum: int = 1) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        if isinstance(v, float) and v.is_integer():
+            v = int(v)
+        else:
+            _bad(f"'{name}' must be an integer, got {v!r}", span)
+    if v < minimum:
+        _bad(f"'{name}' must be at least {minimum}, got {v}", span)
+    return v
+
+
+def as_pair(name: str, v: Any, span, minimum: int = 1) -> tuple[int, int]:
+    if isinstance(v, tuple):
+        if len(v) != 2:
+            _bad(f"'{name}' takes one number or a pair (h, w), got {len(v)} numbers", span)
+        return (as_int(name, v[0], span, minimum), as_int(name, v[1], span, minimum))
+    n = as_int(name, v, span, minimum)
+    return (n, n)
+
+
+def as_float(name: str, v: Any, span, lo: float | None = None, hi: float | None = None) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        _bad(f"'{name}' must be a number, got {v!r}", span)
+    v = float(v)
+    if (lo is not None and v < lo) or (hi is not None and v > hi):
+        _bad(f"'{name}' must be between {lo} and {hi}, got {v}", span)
+    return v
+
+
+def as_bool(name: str, v: Any, span) -> bool:
+    if isinstance(v, bool):
+        return v
+    if v in (0, 1):
+        return bool(v)
+    _bad(f"'{name}' must be true or false, got {v!r}", span)
+
+
+def as_padding(v: Any, k: tuple[int, int], d: tuple[int, int], span) -> tuple[tuple[int, int], tuple[int, int]]:
+    """'same' | 'valid' | n | (ph, pw) | ((top, bottom), (left, right)) -> explicit pairs.
+
+    'same' is the padding that keeps the size at stride 1: d*(k-1) split evenly,
+    the odd pixel at the bottom/right (symmetric for odd kernels, as PyTorch pads).
+    """
+    if v == "same":
+        out = []
+        for kk, dd in zip(k, d):
+            total = dd * (kk - 1)
+            out.append((total // 2, total - total // 2))
+        return (out[0], out[1])
+    if v == "valid":
+        return ((0, 0), (0, 0))
+    if isinstance(v, tuple) and len(v) == 2 and all(isinstance(x, tuple) for x in v):
+        pairs = tuple(tuple(as_int("p", x, span, 0) for x in pair) for pair in v)
+        if any(len(pair) != 2 for pair in pairs):
+            _bad("explicit padding is ((top, bottom), (left, right))", span)
+        return pairs  # type: ignore[return-value]
+    if isinstance(v, tuple) and len(v) == 4:
+        t, b, left, r = (as_int("p", x, span, 0) for x in v)
+        return ((t, b), (left, r))
+    ph, pw = as_pair("p", v, span, 0)
+    return ((ph, ph), (pw, pw))
+
+
+# ----------------------------------------------------------------------------- ops
+
+
+class Op:
+    """Abstract base: an op kind. Subclasses are final and registered in :data:`OPS`."""
+
+    name: ClassVar[str]
+    aliases: ClassVar[tuple[str, ...]] = ()
+    # (field, default); REQUIRED marks a mandatory argument.
+    fields: ClassVar[tuple[tuple[str, Any], ...]] = ()
+    positional: ClassVar[tuple[str, ...]] = ()
+    # bare words accepted in an argument list: word -> (field, value)
+    flags: ClassVar[dict[str, tuple[str, Any]]] = {}
+    # which fields the shorthand fills: convK-C/S -> kernel, channels, stride
+    shorthand: ClassVar[tuple[str | None, str | None, str | None]] = (None, None, None)
+    min_inputs: ClassVar[int] = 1
+    max_inputs: ClassVar[int | None] = 1
+    activation: ClassVar[bool] = False  # an elementwise nonlinearity
+    materializes: ClassVar[bool] = True  # allocates its output in eval-mode forward (not in-place, not a view)
+    takes_act: ClassVar[bool] = False  # accepts the `act=` pseudo-argument (conv, fc, deconv)
+    doc: ClassVar[str] = ""
+
+    # -- arguments
+    def convert(self, field: str, value: Any, span: Span | None) -> Any:
+        return value
+
+    def finish(self, args: dict, span: Span | None) -> dict:
+        return args
+
+    def normalize(self, given: dict, span: Span | None) -> dict:
+        """Fill defaults, validate and canonicalise arguments (what the IR stores)."""
+        known = {f for f, _ in self.fields}
+        for key in given:
+            if key not in known:
+                import difflib
+
+                close = difflib.get_close_matches(key, sorted(known), 1)
+                hint = f"did you mean '{close[0]}'?" if close else f"'{self.name}' takes: {', '.join(sorted(known)) or 'no arguments'}"
+                _bad(f"'{self.name}' has no argument '{key}'", span, hint)
+        args = {}
+        for f, default in self.fields:
+            if f in given:
+                args[f] = self.convert(f, given[f], span)
+            elif default is REQUIRED:
+                _bad(f"'{self.name}' needs the argument '{f}'", span, self.doc or None)
+            else:
+                args[f] = self.convert(f, default, span) if default is not None else None
+        return self.finish(args, span)
+
+    # -- semantics
+    def infer(self, x: Shape, args: dict, span: Span | None, warn: Warn | None = None) -> Shape:
+        """Output shape for one input (ops with several inputs override :meth:`infer_many`)."""
+        return x
+
+    def infer_many(self, xs: list[Shape], args: dict, span: Span | None, warn: Warn | None = None) -> Shape:
+        return self.infer(xs[0], args, span, warn)
+
+    def count_params(self, xs: list[Shape], args: dict) -> int:
+        return 0
+
+    def count_macs(self, xs: list[Shape], args: dict, out: Shape) -> int:
+        """Multiply-accumulates of conv and fc layers (the papers' "FLOPs"); 0 for the rest."""
+        return 0
+
+
+OPS: dict[str, Op] = {}
+_SPELLINGS: dict[str, str] = {}
+
+
+def register(cls: type[Op]) -> type[Op]:
+    op = cls()
+    OPS[cls.name] = op
+    for spelling in (cls.name, *cls.aliases):
+        _SPELLINGS[spelling.lower()] = cls.name
+    return cls
+
+
+def lookup(spelling: str) -> Op | None:
+    """The op for a spelling (case-insensitive, aliases included), or None."""
+    name = _SPELLINGS.get(spelling.lower())
+    return OPS[name] if name else None
+
+
+def spellings() -> list[str]:
+    return sorted(_SPELLINGS)
+
+
+def _spatial(op: Op, x: Shape, span) -> tuple[int, int, int]:
+    if len(x) != 3:
+        raise CnnShapeError(f"'{op.name}' needs a feature map (C x H x W), got a flat vector of {x[0]}", span,
+                            "a feature map was flattened earlier (by fc or flatten)")
+    return x  # type: ignore[return-value]
+
+
+def _window_out(op: Op, size: int, pad: tuple[int, int], k: int, s: int, d: int, axis: str, span, warn,
+                ceil: bool = False) -> int:
+    padded = size + pad[0] + pad[1]
+    eff = d * (k - 1) + 1
+    if eff > padded:
+        raise CnnShapeError(
+            f"'{op.name}' kernel {eff} is larger than its {'padded ' if sum(pad) else ''}input {axis} {padded}",
+            span, "use a smaller kernel, more padding, or a larger input (--input)")
+    if ceil:
+        out = -(-(padded - eff) // s) + 1
+        if (out - 1) * s >= size + pad[0]:
+            out -= 1
+        return out
+    out = (padded - eff) // s + 1
+    last = (out - 1) * s + eff - 1  # last padded index a window touches
+    if warn is not None and last < pad[0] + size - 1:
+        dropped = pad[0] + size - 1 - last
+        warn(CnnDslWarning(
+            f"stride {s} doesn't fit: ({size} + {pad[0] + pad[1]} - {eff}) / {s} + 1 = "
+            f"{(padded - eff) / s + 1:.2f}; taking the floor, {out}, and ignoring the last {dropped} input "
+            f"{'row' if axis == 'height' else 'column'}{'s' if dropped > 1 else ''}",
+            span, "pad the input or pick a stride that divides (input + padding - kernel)"))
+    return out
+
+
+class _Conv(Op):
+    fields = (("c", REQUIRED), ("k", REQUIRED), ("s", 1), ("p", "same"), ("d", 1), ("groups", 1), ("bias", True))
+    positional = ("c", "k", "s")
+    flags = {"valid": ("p", "valid"), "same": ("p", "same"), "nobias": ("bias", False)}
+    shorthand = ("k", "c", "s")
+    takes_act = True
+
+    def convert(self, field, v, span):
+        if field in ("k", "s", "d"):
+            return as_pair(field, v, span)
+        if field in ("c", "groups"):
+            return as_int(field, v, span)
+        if field == "bias":
+            return as_bool(field, v, span)
+        return v
+
+    def finish(self, args, span):
+        args["p"] = as_padding(args["p"], args["k"], args["d"], span)
+        if args["c"] % args["groups"]:
+            _bad(f"{args['c']} output channels do not split into {args['groups']} groups", span)
+        return args
+
+    def _check_groups(self, cin, args, span):
+        if cin % args["groups"]:
+            raise CnnShapeError(f"{cin} input channels do not split into {args['groups']} groups", span)
+
+
+@register
+class Conv(_Conv):
+    """2-D convolution: ``convK-C/S``, ``convKxL-C``, or ``conv(c=, k=, s=, p=, d=, groups=, bias=)``."""
+
+    name = "conv"
+    doc = "convK-C/S, e.g. conv3-64 or conv7-64/2; long form conv(c=64, k=3, s=1, p=same)"
+
+    def infer(self, x, args, span, warn=None):
+        c, h, w = _spatial(self, x, span)
+        self._check_groups(c, args, span)
+        (kh, kw), (sh, sw), (dh, dw) = args["k"], args["s"], args["d"]
+        return (args["c"],
+                _window_out(self, h, args["p"][0], kh, sh, dh, "height", span, warn),
+                _window_out(self, w, args["p"][1], kw, sw, dw, "width", span, warn))
+
+    def count_params(self, xs, args):
+        kh, kw = args["k"]
+        return args["c"] * (xs[0][0] // args["groups"]) * kh * kw + (args["c"] if args["bias"] else 0)
+
+    def count_macs(self, xs, args, out):
+        kh, kw = args["k"]
+        return out[0] * out[1] * out[2] * (xs[0][0] // args["groups"]) * kh * kw
+
+
+@register
+class Deconv(_Conv):
+    """Transposed convolution (FCN/U-Net up-convolution): ``deconvK-C/S``."""
+
+    name = "deconv"
+    aliases = ("upconv", "convtranspose")
+    fields = (("c", REQUIRED), ("k", REQUIRED), ("s", None), ("p", 0), ("output_padding", 0), ("d", 1),
+              ("groups", 1), ("bias", True))
+    flags = {"nobias": ("bias", False)}
+    doc = "deconvK-C/S, e.g. deconv2-512/2 (stride defaults to the kernel size)"
+
+    def convert(self, field, v, span):
+        if field == "output_padding":
+            return as_pair(field, v, span, 0)
+        if field == "s" and v is None:
+            return None
+        return super().convert(field, v, span)
+
+    def finish(self, args, span):
+        if args["s"] is None:
+            args["s"] = args["k"]
+        args = super().finish(args, span)
+        if any(lo != hi for lo, hi in args["p"]):
+            _bad("a transposed convolution takes symmetric padding", span)
+        return args
+
+    def infer(self, x, args, span, warn=None):
+        c, h, w = _spatial(self, x, span)
+        self._check_groups(c, args, span)
+        outs = []
+        for size, (lo, hi), k, s, d, op in zip((h, w), args["p"], args["k"], args["s"], args["d"],
+                                              args["output_padding"]):
+            out = (size - 1) * s - lo - hi + d * (k - 1) + op + 1
+            if out < 1:
+                raise CnnShapeError(f"'deconv' output size would be {out}", span, "use less padding")
+            outs.append(out)
+        return (args["c"], outs[0], outs[1])
+
+    def count_params(self, xs, args):
+        kh, kw = args["k"]
+        return xs[0][0] * (args["c"] // args["groups"]) * kh * kw + (args["c"] if args["bias"] else 0)
+
+    def count_macs(self, xs, args, out):
+        kh, kw = args["k"]
+        c, h, w = xs[0]
+        return c * h * w * (args["c"] // args["groups"]) * kh * kw
+
+
+class _Pool(Op):
+    fields = (("k", 2), ("s", None), ("p", 0), ("ceil", False))
+    positional = ("k", "s")
+    flags = {"ceil": ("ceil", True), "valid": ("p", "valid"), "same": ("p", "same")}
+    shorthand = ("k", None, "s")
+
+    def convert(self, field, v, span):
+        if field == "k":
+            return as_pair(field, v, span)
+        if field == "s":
+            return None if v is None else as_pair(field, v, span)
+        if field in ("ceil", "count_include_pad"):
+            return as_bool(field, v, span)
+        return v
+
+    def finish(self, args, span):
+        if args["s"] is None:
+            args["s"] = args["k"]
+        args["p"] = as_padding(args["p"], args["k"], (1, 1), span)
+        for (lo, hi), k in zip(args["p"], args["k"]):
+            if max(lo, hi) > k // 2:
+                _bad(f"pooling padding {max(lo, hi)} is more than half the kernel {k}", span,
+                     "PyTorch and XLA reject windows that see only padding")
+        return args
+
+    def infer(self, x, args, span, warn=None):
+        c, h, w = _spatial(self, x, span)
+        (kh, kw), (sh, sw) = args["k"], args["s"]
+        return (c,
+                _window_out(self, h, args["p"][0], kh, sh, 1, "height", span, warn, args["ceil"]),
+                _window_out(self, w, args["p"][1], kw, sw, 1, "width", span, warn, args["ceil"]))
+
+
+@register
+class MaxPool(_Pool):
+    """Max pooling: ``maxpool`` (2x2, stride 2), ``maxpoolK/S``, ``maxpool3/2(ceil)``."""
+
+    name = "maxpool"
+    aliases = ("pool", "max-pool", "maxpooling")
+
+
+@register
+class AvgPool(_Pool):
+    """Average pooling: ``avgpoolK/S``; ``count_include_pad`` as PyTorch (default true)."""
+
+    name = "avgpool"
+    aliases = ("avg-pool", "avgpooling")
+    fields = _Pool.fields + (("count_include_pad", True),)
+
+
+@register
+class GlobalAvgPool(Op):
+    """Global average pooling to C x 1 x 1 (``gap``)."""
+
+    name = "gap"
+    aliases = ("globalavgpool", "global-avg-pool")
+
+    def infer(self, x, args, span, warn=None):
+        c, _, _ = _spatial(self, x, span)
+        return (c, 1, 1)
+
+
+@register
+class AdaptiveAvgPool(Op):
+    """Average pooling to a fixed output size, as PyTorch's AdaptiveAvgPool2d: ``adaptiveavgpool(7)``."""
+
+    name = "adaptiveavgpool"
+    fields = (("size", REQUIRED),)
+    positional = ("size",)
+
+    def convert(self, field, v, span):
+        return as_pair(field, v, span)
+
+    def infer(self, x, args, span, warn=None):
+        c, _, _ = _spatial(self, x, span)
+        return (c, *args["size"])
+
+
+@register
+class FC(Op):
+    """Fully connected layer ``fc-N``; flattens a feature map first (C, H, W order)."""
+
+    name = "fc"
+    aliases = ("linear", "dense", "fullyconnected")
+    fields = (("c", REQUIRED), ("bias", True))
+    positional = ("c",)
+    flags = {"nobias": ("bias", False)}
+    shorthand = (None, "c", None)
+    takes_act = True
+    doc = "fc-N, e.g. fc-4096"
+
+    def convert(self, field, v, span):
+        return as_bool(field, v, span) if field == "bias" else as_int(field, v, span)
+
+    def infer(self, x, args, span, warn=None):
+        return (args["c"],)
+
+    def count_params(self, xs, args):
+        return math.prod(xs[0]) * args["c"] + (args["c"] if args["bias"] else 0)
+
+    def count_macs(self, xs, args, out):
+        return math.prod(xs[0]) * args["c"]
+
+
+@register
+class Flatten(Op):
+    """Flatten a feature map to a vector (C, H, W order)."""
+
+    name = "flatten"
+    materializes = False
+
+    def infer(self, x, args, span, warn=None):
+        return (math.prod(x),)
+
+
+class _Activation(Op):
+    activation = True
+    materializes = False  # applied in place
+
+
+@register
+class ReLU(_Activation):
+    """Rectified linear unit."""
+
+    name = "relu"
+
+
+@register
+class Tanh(_Activation):
+    name = "tanh"
+    materializes = True
+
+
+@register
+class Sigmoid(_Activation):
+    name = "sigmoid"
+    materializes = True
+
+
+@register
+class Softmax(_Activation):
+    """Softmax over the channels (the class scores)."""
+
+    name = "softmax"
+    aliases = ("soft-max",)
+    materializes = True
+
+
+@register
+class Identity(Op):
+    name = "identity"
+    materializes = False
+
+
+@register
+class Dropout(Op):
+    """Dropout with rate ``p`` (``dropout``, ``dropout(0.7)``); identity in eval mode."""
+
+    name = "dropout"
+    fields = (("p", 0.5),)
+    positional = ("p",)
+    materializes = False
+
+    def convert(self, field, v, span):
+        return as_float(field, v, span, 0.0, 1.0)
+
+
+@register
+class BatchNorm(Op):
+    """Batch normalisation over channels: ``bn``, ``bn(eps=0.001, momentum=0.1)``."""
+
+    name = "bn"
+    aliases = ("batchnorm",)
+    fields = (("eps", 1e-5), ("momentum", 0.1), ("affine", True))
+
+    def convert(self, field, v, span):
+        if field == "affine":
+            return as_bool(field, v, span)
+        return as_float(field, v, span, 0.0, 1.0)
+
+    def count_params(self, xs, args):
+        return 2 * xs[0][0] if args["affine"] else 0
+
+
+@register
+class LRN(Op):
+    """Local response normalisation across channels, PyTorch/Caffe constants (alpha is divided by size).
+
+    Defaults are AlexNet's: size 5, alpha 1e-4, beta 0.75, k 2.
+    """
+
+    name = "lrn"
+    fields = (("size", 5), ("alpha", 1e-4), ("beta", 0.75), ("k", 2.0))
+    positional = ("size",)
+
+    def convert(self, field, v, span):
+        return as_int(field, v, span) if field == "size" else as_float(field, v, span, 0.0)
+
+    def infer(self, x, args, span, warn=None):
+        return _spatial(self, x, span)
+
+
+@register
+class Concat(Op):
+    """Channel concatenation of several branches; ``crop=true`` centre-crops them to the smallest (U-Net)."""
+
+    name = "concat"
+    fields = (("crop", False),)
+    min_inputs, max_inputs = 1, None
+
+    def convert(self, field, v, span):
+        return as_bool(field, v, span)
+
+    def infer_many(self, xs, args, span, warn=None):
+        ranks = {len(x) for x in xs}
+        if len(ranks) > 1:
+            raise CnnShapeError("concat of feature maps and flat vectors", span)
+        if ranks == {1}:
+            return (sum(x[0] for x in xs),)
+        sizes = [x[1:] for x in xs]
+        if args["crop"]:
+            return (sum(x[0] for x in xs), min(s[0] for s in sizes), min(s[1] for s in sizes))
+        if len(set(sizes)) > 1:
+            shown = ", ".join(f"{x[0]}x{x[1]}x{x[2]}" for x in xs)
+            raise CnnShapeError(f"concat branches differ in spatial size: {shown}", span,
+                                "give each branch the same stride and padding, or use concat(crop=true)")
+        return (sum(x[0] for x in xs), *sizes[0])
+
+
+@register
+class Add(Op):
+    """Elementwise sum; ``scale`` multiplies the first operand (Inception-ResNet's residual scaling)."""
+
+    name = "add"
+    fields = (("scale", 1.0),)
+    min_inputs, max_inputs = 2, None
+
+    def convert(self, field, v, span):
+        return as_float(field, v, span)
+
+    def infer_many(self, xs, args, span, warn=None):
+        if len(set(xs)) > 1:
+            shown = ", ".join("x".join(map(str, x)) for x in xs)
+            what = "channels" if len({x[0] for x in xs}) > 1 else "sizes"
+            raise CnnShapeError(f"add operands differ in {what}: {shown}", span,
+                                "a residual whose body changes the shape needs a projection shortcut")
+        return xs[0]
+
+
+@register
+class PadShortcut(Op):
+    """ResNet option A shortcut: subsample by the stride and zero-pad the extra channels (no parameters)."""
+
+    name = "padshortcut"
+    fields = (("c", REQUIRED), ("s", 1))
+
+    def convert(self, field, v, span):
+        return as_int(field, v, span)
+
+    def infer(self, x, args, span, warn=None):
+        c, h, w = _spatial(self, x, span)
+        if args["c"] < c:
+            raise CnnShapeError(f"padshortcut cannot shrink {c} channels to {args['c']}", span)
+        s = args["s"]
+        return (args["c"], -(-h // s), -(-w // s))
+
+
+@register
+class Shortcut(Op):
+    """A residual shortcut still to be decided (identity, projection or zero-padding).
+
+    ``resolve_shortcuts`` replaces every one once shapes are known; no backend sees it.
+    """
+
+    name = "shortcut"
+    fields = (("mode", "auto"), ("bn_eps", 1e-5), ("bn_momentum", 0.1))
+    MODES = ("auto", "proj", "conv", "pad", "identity")
+    min_inputs = max_inputs = 2  # the residual's input, and its body's output (for the shape to reach)
+
+    def infer_many(self, xs, args, span, warn=None):
+        x, body = xs
+        if args["mode"] == "identity" and x != body:
+            raise CnnShapeError(f"identity shortcut of shape {'x'.join(map(str, x))} cannot be added to a body "
+                                f"of shape {'x'.join(map(str, body))}", span,
+                                "use residual(shortcut=proj)<...> or residual(shortcut=pad)<...>")
+        if len(x) != len(body):
+            raise CnnShapeError("a residual body must keep its input a feature map (or a vector)", span)
+        return body
+
+    def convert(self, field, v, span):
+        if field == "mode":
+            if v not in self.MODES:
+                _bad(f"unknown shortcut {v!r}", span, "shortcut is one of " + ", ".join(self.MODES))
+            return v
+        return as_float(field, v, span, 0.0, 1.0)
+
+
+@register
+class Input(Op):
+    """A network input (never written as a layer; ``input CxHxW`` declares it)."""
+
+    name = "input"
+    fields = (("shape", REQUIRED),)
+    min_inputs, max_inputs = 0, 0
+
+
+COMBINATORS = ("concat", "inception", "add", "residual", "aux")

@@ -1,0 +1,24 @@
+"""The compiler's passes, each a function over the IR in its own module.
+
+``resolve`` lowers the parsed file to a graph; :data:`PIPELINE` then runs, in
+order, the analysis and rewriting passes over it.
+"""
+
+from __future__ import annotations
+
+from .check import check
+from .count import count
+from .infer_shapes import infer_shapes
+from .resolve import resolve
+from .resolve_shortcuts import resolve_shortcuts
+
+#: Passes run after ``resolve``, in order; each takes the graph and a warnings list.
+PIPELINE = (
+    ("infer_shapes", infer_shapes),
+    ("resolve_shortcuts", resolve_shortcuts),
+    ("infer_shapes", infer_shapes),
+    ("count", count),
+    ("check", check),
+)
+
+__all__ = ["PIPELINE", "check", "count", "infer_shapes", "resolve", "resolve_shortcuts"]

@@ -1,0 +1,34 @@
+"""infer_shapes: give every node its output shape, from the inputs forward.
+
+Raises :class:`CnnShapeError` at the node's source span when shapes do not fit
+(a kernel larger than its input, channels that differ at an add, ...) and
+collects warnings (a stride that does not fit).
+
+>>> from cnndsl import loads
+>>> loads("network t: input 3x32x32  conv5-10(p=2)").graph.node("conv1").shape
+(10, 32, 32)
+"""
+
+from __future__ import annotations
+
+from ..errors import CnnDslWarning
+from ..ir import Graph
+from ..ops import OPS
+
+
+def infer_shapes(g: Graph, warnings: list[CnnDslWarning] | None = None) -> Graph:
+    seen: set[tuple] = set()
+
+    def warn(w: CnnDslWarning) -> None:
+        key = (w.message, str(w.span))
+        if warnings is not None and key not in seen:
+            seen.add(key)
+            warnings.append(w)
+
+    for node in g.nodes():
+        if node.op == "input":
+            node.shape = tuple(node.args["shape"])
+            continue
+        xs = [g.node(src).shape for src in g.inputs_of(node.name)]
+        node.shape = OPS[node.op].infer_many(xs, node.args, node.span, warn)
+    return g

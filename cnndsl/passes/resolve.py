@@ -1,0 +1,586 @@
+"""resolve: lower a parsed network to the IR graph.
+
+Instantiates blocks with their arguments, unrolls repeats, applies per-op
+defaults (``with conv(act=relu)``), turns combinators into concat/add nodes,
+binds labels and references, and names every node. Shapes are not known yet:
+residual shortcuts stay as ``shortcut`` nodes for ``resolve_shortcuts``.
+
+Naming (what the backends turn into module names):
+- a label names what it labels: ``fc: fc-1000`` is node ``fc``;
+- a labelled group ``features: [...]`` or a labelled repeat ``layer1: unit(64) x3``
+  is a *sequence* scope whose children are numbered from 0 (``features.0``), as
+  ``nn.Sequential`` numbers them;
+- a block instance is a scope (``layer1.0``); inside it, and at the top level,
+  unlabelled layers are named by op and a counter (``conv1``, ``bn1``, ``relu1``).
+
+>>> from cnndsl.syntax import parse
+>>> from cnndsl.loader import Library
+>>> lib = Library.from_module(parse('network t: input 1x8x8  conv3-4 relu fc: fc-10'))
+>>> [n.name for n in resolve(lib, "t").nodes()]
+['input', 'conv1', 'relu1', 'fc']
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from ..errors import CnnArgumentError, CnnDslError, CnnLimitError, CnnNameError, Span
+from ..ir import Graph, Scope
+from ..ops import OPS, lookup, spellings
+from .. import syntax as ast
+
+MAX_NODES = 100_000
+MAX_BLOCK_DEPTH = 48
+
+
+@dataclass(frozen=True)
+class Symbol:
+    """A bare word used as a value: a block name passed as an argument, ``same``, ``proj``."""
+
+    name: str
+
+
+# ----------------------------------------------------------------------------- expressions
+
+
+def evaluate(expr: ast.Expr, env: dict[str, Any], choose: Callable[[ast.Choice], int] | None = None) -> Any:
+    """Evaluate an expression; unbound words become :class:`Symbol` (or booleans)."""
+    if isinstance(expr, ast.Num):
+        return expr.value
+    if isinstance(expr, ast.Str):
+        return expr.value
+    if isinstance(expr, ast.Var):
+        if expr.name in env:
+            return env[expr.name]
+        if expr.name in ("true", "True"):
+            return True
+        if expr.name in ("false", "False"):
+            return False
+        return Symbol(expr.name)
+    if isinstance(expr, ast.Tuple_):
+        return tuple(evaluate(e, env, choose) for e in expr.items)
+    if isinstance(expr, ast.Choice):
+        index = choose(expr) if choose else 0
+        return evaluate(expr.options[index], env, choose)
+    if isinstance(expr, ast.Neg):
+        v = evaluate(expr.operand, env, choose)
+        _need_number(v, expr.operand)
+        return -v
+    if isinstance(expr, ast.BinOp):
+        a, b = evaluate(expr.left, env, choose), evaluate(expr.right, env, choose)
+        _need_number(a, expr.left)
+        _need_number(b, expr.right)
+        if expr.op in ("/", "//", "%") and b == 0:
+            raise CnnArgumentError("division by zero", expr.span)
+        if expr.op == "+":
+            r = a + b
+        elif expr.op == "-":
+            r = a - b
+        elif expr.op == "*":
+            r = a * b
+        elif expr.op == "//":
+            r = a // b
+        elif expr.op == "%":
+            r = a % b
+        else:
+            r = a // b if isinstance(a, int) and isinstance(b, int) and a % b == 0 else a / b
+        if isinstance(r, int) and abs(r) > 2**40:
+            raise CnnLimitError(f"number too large: {r}", expr.span)
+        return r
+    raise AssertionError(expr)
+
+
+def _need_number(v: Any, expr: ast.Expr) -> None:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        shown = v.name if isinstance(v, Symbol) else repr(v)
+        hint = f"'{shown}' is not a parameter in scope" if isinstance(v, Symbol) else None
+        raise CnnArgumentError(f"expected a number, got {shown}", expr.span, hint)
+
+
+def plain(v: Any) -> Any:
+    """A value as an op argument: symbols become strings."""
+    if isinstance(v, Symbol):
+        return v.name
+    if isinstance(v, tuple):
+        return tuple(plain(x) for x in v)
+    return v
+
+
+# ----------------------------------------------------------------------------- scopes and frames
+
+
+class NameScope:
+    """Hands out node names inside one scope."""
+
+    def __init__(self, prefix: str, sequential: bool):
+        self.prefix = prefix
+        self.sequential = sequential
+        self.counters: Counter[str] = Counter()
+        self.position = 0
+
+    def full(self, name: str) -> str:
+        return f"{self.prefix}.{name}" if self.prefix else name
+
+    def child(self, base: str, label: str | None) -> str:
+        if label is not None:
+            name = label
+        elif self.sequential:
+            name = str(self.position)
+        else:
+            self.counters[base] += 1
+            name = f"{base}{self.counters[base]}"
+        if self.sequential:
+            self.position += 1
+        return self.full(name)
+
+
+@dataclass
+class Frame:
+    """What is in scope while lowering one network or block body."""
+
+    env: dict[str, Any]
+    defaults: dict[str, dict[str, Any]]
+    root: str  # name prefix of the network or block instance: references resolve below it
+    blocks_active: tuple[str, ...] = ()
+    labels: dict[str, str] = field(default_factory=dict)  # full name -> node
+
+
+_SHORTHAND = re.compile(r"^(?P<base>[A-Za-z_][A-Za-z_-]*?)(?P<k>[0-9]+(?:x[0-9]+)?)$")
+
+
+class Resolver:
+    def __init__(self, library, choose: Callable[[ast.Choice], int] | None = None):
+        self.lib = library
+        self.choose = choose
+        self.g: Graph | None = None
+
+    # -- entry
+    def network(self, name: str, overrides: dict[str, Any], span: Span | None = None) -> Graph:
+        decl = self.lib.network(name, span)
+        if isinstance(decl, ast.Derived):
+            return self._derived(decl, overrides)
+        env = self._bind(decl.name, decl.params, (), overrides, {}, decl.span, "network")
+        g = self.g = Graph(decl.name, {k: plain(v) for k, v in env.items()})
+        frame = Frame(env, self._defaults(decl.defaults, {}, env), "")
+        scope = NameScope("", sequential=False)
+        flow = None
+        for i, inp in enumerate(decl.inputs):
+            if any(d < 1 for d in inp.shape) or len(inp.shape) not in (1, 3):
+                raise CnnArgumentError(f"input shape {'x'.join(map(str, inp.shape))} is not C x H x W with "
+                                       "positive sizes", inp.span)
+            nm = inp.name or ("input" if i == 0 else f"input{i + 1}")
+            g.add(nm, "input", {"shape": inp.shape}, inp.span, [])
+            g.inputs.append(nm)
+            frame.labels[nm] = nm
+            flow = flow or nm
+        g.output = self._seq(decl.body, flow, scope, frame, tail=True, then_act=False)
+        return g
+
+    def _derived(self, decl: ast.Derived, overrides: dict[str, Any]) -> Graph:
+        env = self._bind(decl.name, decl.params, (), overrides, {}, decl.span, "network")
+        base = self.lib.network(decl.base, decl.span)
+        if isinstance(base, ast.Derived):
+            base_over = {}
+        else:
+            base_over = {}
+        given = self._args(decl.args, env)
+        pos = [v for k, v in given if k is None]
+        params = base.params
+        if len(pos) > len(params):
+            raise CnnArgumentError(f"'{decl.base}' takes {len(params)} parameters, got {len(pos)}", decl.span)
+        for p, v in zip(params, pos):
+            base_over[p.name] = v
+        for k, v in given:
+            if k is not None:
+                base_over[k] = v
+        sub = Resolver(self.lib, self.choose)
+        g = sub.network(decl.base, base_over, decl.span)
+        g.name = decl.name
+        g.params = {**g.params, **{k: plain(v) for k, v in env.items()}}
+        self.g = g
+        for mod in decl.modifiers:
+            if isinstance(mod, ast.Freeze):
+                for path in mod.paths:
+                    hit = [n for n in g.nodes() if n.name == path or n.name.startswith(path + ".")]
+                    if not hit:
+                        raise CnnNameError(f"nothing named '{path}' to freeze", mod.span,
+                                           _suggest(path, [n.name for n in g.nodes()]))
+                    for n in hit:
+                        n.frozen = True
+            else:
+                self._replace(g, mod, env)
+        return g
+
+    def _replace(self, g: Graph, mod: ast.Replace, env: dict[str, Any]) -> None:
+        if mod.path not in g:
+            raise CnnNameError(f"no layer named '{mod.path}' to replace", mod.span,
+                               _suggest(mod.path, [n.name for n in g.nodes()]))
+        old = g.node(mod.path)
+        srcs = g.inputs_of(mod.path)
+        if len(srcs) != 1:
+            raise CnnArgumentError(f"'{mod.path}' has {len(srcs)} inputs; only a single-input layer can be replaced",
+                                   mod.span)
+        consumers = g.consumers(mod.path)
+        was_output = mod.path == g.output
+        aux_at = g.aux_outputs.index(mod.path) if mod.path in g.aux_outputs else None
+        g.remove(mod.path)
+        parent, _, last = mod.path.rpartition(".")
+        single = len(mod.seq.steps) == 1 and mod.seq.steps[0].label is None and mod.seq.steps[0].repeat is None
+        frame = Frame(env, {}, "")
+        if single:
+            scope = NameScope(parent, sequential=False)
+            step = mod.seq.steps[0]
+            step = ast.Step(last, step.term, None, step.span, step.span)
+            out = self._step(step, srcs[0], scope, frame, tail=was_output, then_act=False)
+        else:
+            scope = NameScope(mod.path, sequential=True)
+            out = self._seq(mod.seq, srcs[0], scope, frame, tail=was_output, then_act=False)
+        for dst, port in consumers:
+            g.rewire(dst, port, out) if dst in g else None
+        for n in g.nodes():
+            if n.order > old.order and n.name.startswith(mod.path):
+                pass
+        if was_output:
+            g.output = out
+        if aux_at is not None:
+            g.aux_outputs[aux_at] = out
+
+    # -- parameters and arguments
+    def _args(self, args: tuple[ast.Arg, ...], env) -> list[tuple[str | None, Any]]:
+        return [(a.name, evaluate(a.value, env, self.choose)) for a in args]
+
+    def _bind(self, what: str, params: tuple[ast.Param, ...], positional: tuple, keywords: dict, caller_env,
+              span, kind: str) -> dict[str, Any]:
+        names = [p.name for p in params]
+        if len(positional) > len(params):
+            raise CnnArgumentError(f"{kind} '{what}' takes {len(params)} argument{'s' if len(params) != 1 else ''}, "
+                                   f"got {len(positional)}", span,
+                                   f"'{what}({', '.join(names)})'")
+        env: dict[str, Any] = {}
+        for p, v in zip(params, positional):
+            env[p.name] = v
+        for k, v in keywords.items():
+            if k not in names:
+                raise CnnArgumentError(f"{kind} '{what}' has no parameter '{k}'", span,
+                                       _suggest(k, names) or f"'{what}({', '.join(names)})'")
+            if k in env:
+                raise CnnArgumentError(f"parameter '{k}' of '{what}' given twice", span)
+            env[k] = v
+        for p in params:
+            if p.name not in env:
+                if p.default is None:
+                    raise CnnArgumentError(f"{kind} '{what}' needs the argument '{p.name}'", span,
+                                           f"'{what}({', '.join(names)})'")
+                env[p.name] = evaluate(p.default, env, self.choose)
+        return env
+
+    def _defaults(self, decls: tuple[ast.OpDefault, ...], inherited: dict, env) -> dict[str, dict[str, Any]]:
+        out = {k: dict(v) for k, v in inherited.items()}
+        for d in decls:
+            op = lookup(d.op)
+            if op is None:
+                raise CnnNameError(f"unknown layer '{d.op}' in defaults", d.span, _suggest(d.op, spellings()))
+            vals = {}
+            for a in d.args:
+                if a.name is None:
+                    raise CnnArgumentError("defaults are keyword arguments, e.g. conv(bias=false)", a.span)
+                known = {f for f, _ in op.fields} | ({"act"} if op.takes_act else set())
+                if a.name not in known:
+                    raise CnnArgumentError(f"'{op.name}' has no argument '{a.name}'", a.span,
+                                           _suggest(a.name, sorted(known)))
+                vals[a.name] = plain(evaluate(a.value, env, self.choose))
+            out.setdefault(op.name, {}).update(vals)
+        return out
+
+    # -- sequences
+    def _seq(self, seq: ast.Seq, flow: str | None, scope: NameScope, frame: Frame, tail: bool, then_act: bool) -> str:
+        steps = seq.steps
+        for i, step in enumerate(steps):
+            last = i == len(steps) - 1
+            nxt_act = then_act if last else self._is_activation(steps[i + 1], frame)
+            flow = self._step(step, flow, scope, frame, tail and last, nxt_act)
+        return flow
+
+    def _is_activation(self, step: ast.Step, frame: Frame) -> bool:
+        t = step.term
+        if not isinstance(t, ast.Call) or t.name in self.lib.blocks:
+            return False
+        op = lookup(t.name)
+        return bool(op and op.activation)
+
+    def _step(self, step: ast.Step, flow, scope: NameScope, frame: Frame, tail: bool, then_act: bool) -> str:
+        if flow is None and not isinstance(step.term, ast.Ref):
+            raise CnnDslError("this network has no input to start from", step.span)
+        if step.repeat is None:
+            return self._term(step.term, step.label, flow, scope, frame, tail, then_act, step)
+        n = evaluate(step.repeat, frame.env, self.choose)
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise CnnArgumentError(f"a repeat count must be a positive integer, got {plain(n)!r}", step.repeat.span)
+        if n > MAX_NODES:
+            raise CnnLimitError(f"repeat count {n} would build more than {MAX_NODES:,} layers", step.repeat.span,
+                                "a network of that size cannot be compiled; check the count")
+        if step.label is not None:
+            name = scope.child("seq", step.label)
+            inner = NameScope(name, sequential=True)
+            self.g.scopes[name] = Scope(name, "sequence", span=step.span)
+        else:
+            inner, name = scope, None
+        if isinstance(step.term, ast.Ref):
+            raise CnnArgumentError("a reference cannot be repeated", step.span)
+        for i in range(n):
+            before = len(self.g)
+            flow = self._term(step.term, None, flow, inner, frame, tail and i == n - 1,
+                              then_act if i == n - 1 else self._is_activation(step, frame), step)
+            if i == 0:
+                projected = len(self.g) + (len(self.g) - before) * (n - 1)
+                if projected > MAX_NODES:
+                    raise CnnLimitError(f"repeating this {n} times would build about {projected:,} layers "
+                                        f"(the limit is {MAX_NODES:,})", step.span,
+                                        "a network of that size cannot be compiled; check the count")
+        if name is not None:
+            frame.labels[name] = flow
+        return flow
+
+    def _term(self, term, label, flow, scope: NameScope, frame: Frame, tail, then_act, step: ast.Step) -> str:
+        if isinstance(term, ast.Ref):
+            target = self._lookup_label(term.name, scope, frame, term.span)
+            if label is not None:
+                frame.labels[scope.full(label)] = target
+            return target
+        if isinstance(term, ast.Group):
+            if label is not None:
+                name = scope.child("seq", label)
+                self.g.scopes[name] = Scope(name, "sequence", span=term.span)
+                out = self._seq(term.seq, flow, NameScope(name, sequential=True), frame, tail, then_act)
+                frame.labels[name] = out
+                return out
+            return self._seq(term.seq, flow, scope, frame, tail, then_act)
+        if isinstance(term, ast.Combinator):
+            return self._combinator(term, label, flow, scope, frame, tail)
+        return self._call(term, label, flow, scope, frame, tail, then_act, step)
+
+    def _lookup_label(self, name: str, scope: NameScope, frame: Frame, span) -> str:
+        prefix = scope.prefix
+        while True:
+            full = f"{prefix}.{name}" if prefix else name
+            if full in frame.labels:
+                return frame.labels[full]
+            if full in self.g and (not frame.root or full.startswith(frame.root + ".")):
+                return full
+            if prefix == frame.root or not prefix:
+                break
+            prefix = prefix.rpartition(".")[0]
+        known = [k[len(frame.root) + 1:] if frame.root else k for k in frame.labels]
+        raise CnnNameError(f"unknown name '@{name}'", span,
+                           _suggest(name, known) or "a reference names a label defined earlier (`name: layer`); "
+                           "referring to a later point would make a cycle")
+
+    # -- combinators
+    def _combinator(self, c: ast.Combinator, label, flow, scope: NameScope, frame: Frame, tail) -> str:
+        kind = c.name.lower()
+        if kind not in ("concat", "inception", "add", "residual", "aux"):
+            raise CnnNameError(f"unknown combinator '{c.name}<...>'", c.span,
+                               _suggest(kind, ["concat", "inception", "add", "residual", "aux"]) or
+                               "combinators are concat<...>, add<...>, residual<...>, aux<...>")
+        given = dict(self._kwargs(c.args, frame, c.span, kind))
+        if label is not None:
+            name = scope.child(kind, label)
+            self.g.scopes[name] = Scope(name, "branch", span=c.span)
+            inner = NameScope(name, sequential=False)
+        elif scope.sequential:
+            name = scope.child(kind, None)
+            self.g.scopes[name] = Scope(name, "branch", span=c.span)
+            inner = NameScope(name, sequential=False)
+        else:
+            name, inner = None, scope
+        if kind == "aux":
+            self._no_args(given, kind, c.span)
+            outs = [self._seq(b, flow, inner, frame, tail=True, then_act=False) for b in c.branches]
+            self.g.aux_outputs.extend(outs)
+            return flow
+        if kind == "residual":
+            out = self._residual(c, given, flow, inner, frame)
+        else:
+            op = "concat" if kind in ("concat", "inception") else "add"
+            outs = [self._seq(b, flow, inner, frame, tail=False, then_act=False) for b in c.branches]
+            if op == "add" and len(outs) < 2:
+                raise CnnArgumentError("add<...> needs at least two branches", c.span, "add< a | b >")
+            args = OPS[op].normalize(given, c.span)
+            out = self._add_node(inner.child(op, None), op, args, c.span, outs)
+        if name is not None:
+            frame.labels[name] = out
+        return out
+
+    def _kwargs(self, args, frame, span, what) -> list[tuple[str, Any]]:
+        out = []
+        for a in args:
+            v = plain(evaluate(a.value, frame.env, self.choose))
+            if a.name is None:
+                if what == "residual" and isinstance(v, str):
+                    out.append(("shortcut", v))
+                    continue
+                raise CnnArgumentError(f"{what}<...> takes keyword arguments, e.g. {what}(scale=0.17)<...>", a.span)
+            out.append((a.name, v))
+        return out
+
+    def _no_args(self, given, kind, span):
+        if given:
+            raise CnnArgumentError(f"{kind}<...> takes no arguments", span)
+
+    def _residual(self, c: ast.Combinator, given: dict, flow, scope: NameScope, frame: Frame) -> str:
+        known = {"scale", "shortcut"}
+        for k in given:
+            if k not in known:
+                raise CnnArgumentError(f"residual<...> has no argument '{k}'", c.span, _suggest(k, sorted(known)))
+        if len(c.branches) > 2:
+            raise CnnArgumentError("residual< body | shortcut > takes one or two branches", c.span)
+        body = self._seq(c.branches[0], flow, scope, frame, tail=False, then_act=False)
+        if len(c.branches) == 2:
+            short = self._seq(c.branches[1], flow, scope, frame, tail=False, then_act=False)
+        else:
+            bn = {**{"eps": 1e-5, "momentum": 0.1}, **frame.defaults.get("bn", {})}
+            args = OPS["shortcut"].normalize({"mode": given.get("shortcut", "auto"), "bn_eps": bn["eps"],
+                                              "bn_momentum": bn["momentum"]}, c.span)
+            nm = scope.full("downsample")
+            if nm in self.g:
+                nm = scope.child("downsample", None)
+            short = self._add_node(nm, "shortcut", args, c.span, [flow, body])
+        args = OPS["add"].normalize({"scale": given.get("scale", 1.0)}, c.span)
+        return self._add_node(scope.child("add", None), "add", args, c.span, [body, short])
+
+    # -- calls: layers and block instances
+    def _call(self, call: ast.Call, label, flow, scope: NameScope, frame: Frame, tail, then_act, step) -> str:
+        name = call.name
+        target = frame.env.get(name)
+        if isinstance(target, Symbol):
+            name = target.name
+        if name in self.lib.blocks:
+            if call.kernel is not None or call.channels is not None or call.stride is not None:
+                raise CnnArgumentError(f"'{name}' is a block: pass its arguments in parentheses", call.span,
+                                       f"{name}(...)")
+            return self._instance(name, call, label, flow, scope, frame, tail, then_act)
+        op, kernel = self._op_for(name, call, frame)
+        given: dict[str, Any] = {}
+        kf, cf, sf = op.shorthand
+        for field_name, part, what in ((kf, kernel, "kernel size"), (cf, call.channels, "channel count"),
+                                       (sf, call.stride, "stride")):
+            if part is None:
+                continue
+            if field_name is None:
+                raise CnnArgumentError(f"'{op.name}' takes no {what} in its short form", call.span, op.doc or None)
+            given[field_name] = part if isinstance(part, (int, tuple)) else plain(evaluate(part, frame.env, self.choose))
+        act = None
+        explicit_act = False
+        positional = [f for f in op.positional if f not in given]
+        for a in call.args:
+            v = evaluate(a.value, frame.env, self.choose)
+            if a.name is None:
+                if isinstance(v, Symbol) and v.name in op.flags:
+                    key, val = op.flags[v.name]
+                elif isinstance(v, Symbol) and op.takes_act and lookup(v.name) and lookup(v.name).activation:
+                    key, val = "act", v.name
+                elif positional:
+                    key, val = positional.pop(0), plain(v)
+                else:
+                    raise CnnArgumentError(f"too many arguments to '{op.name}'", a.span,
+                                           op.doc or f"use keywords: {', '.join(f for f, _ in op.fields)}")
+            else:
+                key, val = a.name, plain(v)
+                if key in positional:
+                    positional.remove(key)
+            if key == "act" and op.takes_act:
+                act, explicit_act = val, True
+                continue
+            if key in given:
+                raise CnnArgumentError(f"argument '{key}' of '{op.name}' given twice", a.span)
+            given[key] = val
+        defaults = frame.defaults.get(op.name, {})
+        for k, v in defaults.items():
+            if k == "act":
+                if not explicit_act:
+                    act = v
+            elif k not in given:
+                given[k] = v
+        args = op.normalize(given, call.span)
+        if act in (None, "none", False):
+            act = None
+        if act is not None and not explicit_act and (tail or then_act):
+            act = None
+        if label is None and act is not None and scope.sequential:
+            pass
+        node = self._add_node(scope.child(op.name, label), op.name, args, call.span, [flow])
+        if label is not None:
+            frame.labels[node] = node
+        if act is not None:
+            actop = lookup(str(act))
+            if actop is None or not actop.activation:
+                raise CnnArgumentError(f"'{act}' is not an activation", call.span,
+                                       "act= takes relu, tanh, sigmoid, softmax or none")
+            return self._add_node(scope.child(actop.name, None), actop.name, actop.normalize({}, call.span),
+                                  call.span, [node])
+        return node
+
+    def _op_for(self, name: str, call: ast.Call, frame: Frame):
+        op = lookup(name)
+        kernel = None
+        if op is None:
+            m = _SHORTHAND.match(name)
+            if m and lookup(m["base"]):
+                op = lookup(m["base"])
+                dims = tuple(int(x) for x in m["k"].split("x"))
+                kernel = dims[0] if len(dims) == 1 else dims
+        if op is None or op.name in ("input", "shortcut"):
+            hint = _suggest(name, sorted(set(spellings()) | set(self.lib.blocks)))
+            if re.match(r"^[A-Za-z]+[0-9]+-[A-Za-z]", name):
+                hint = f"write the number in braces: {name.split('-')[0]}-{{{name.split('-', 1)[1]}}}"
+            raise CnnNameError(f"unknown layer or block '{name}'", call.name_span, hint)
+        if call.kernel is not None:
+            if kernel is not None:
+                raise CnnArgumentError("kernel size given twice", call.span)
+            kernel = call.kernel
+        return op, kernel
+
+    def _instance(self, name: str, call: ast.Call, label, flow, scope: NameScope, frame: Frame, tail, then_act):
+        block = self.lib.blocks[name]
+        if name in frame.blocks_active and len(frame.blocks_active) >= MAX_BLOCK_DEPTH or \
+                len(frame.blocks_active) >= MAX_BLOCK_DEPTH:
+            raise CnnLimitError(f"blocks nested more than {MAX_BLOCK_DEPTH} deep (through '{name}')", call.span,
+                                "a block that instantiates itself never ends")
+        given = self._args(call.args, frame.env)
+        pos = tuple(v for k, v in given if k is None)
+        kw: dict[str, Any] = {}
+        for k, v in given:
+            if k is not None:
+                if k in kw:
+                    raise CnnArgumentError(f"parameter '{k}' of '{name}' given twice", call.span)
+                kw[k] = v
+        env = self._bind(name, block.params, pos, kw, frame.env, call.span, "block")
+        inst = scope.child(name, label)
+        self.g.scopes[inst] = Scope(inst, "block", block=name, args={k: plain(v) for k, v in env.items()},
+                                    span=call.span)
+        inner = Frame(env, self._defaults(block.defaults, frame.defaults, env), inst,
+                      frame.blocks_active + (name,))
+        out = self._seq(block.body, flow, NameScope(inst, sequential=False), inner, tail, then_act)
+        frame.labels[inst] = out
+        return out
+
+    def _add_node(self, name: str, op: str, args: dict, span, inputs: list[str]) -> str:
+        if len(self.g) >= MAX_NODES:
+            raise CnnLimitError(f"the network has more than {MAX_NODES:,} layers", span,
+                                "a network of that size cannot be compiled")
+        self.g.add(name, op, args, span, inputs)
+        return name
+
+
+def _suggest(word: str, choices) -> str | None:
+    close = difflib.get_close_matches(word, list(choices), 1, 0.6)
+    return f"did you mean '{close[0]}'?" if close else None
+
+
+def resolve(library, network: str, choose: Callable[[ast.Choice], int] | None = None, **params) -> Graph:
+    """Lower network ``network`` of ``library`` (with parameter overrides) to an IR graph."""
+    return Resolver(library, choose).network(network, params)
