@@ -17,7 +17,7 @@ from ..ops import OPS
 
 
 def infer_shapes(g: Graph, warnings: list[CnnDslWarning] | None = None) -> Graph:
-    seen: set[tuple] = set()
+    seen = {(w.message, str(w.span)) for w in warnings or ()}  # the pipeline runs this pass twice
 
     def warn(w: CnnDslWarning) -> None:
         key = (w.message, str(w.span))

@@ -183,10 +183,7 @@ class Resolver:
     def _derived(self, decl: ast.Derived, overrides: dict[str, Any]) -> Graph:
         env = self._bind(decl.name, decl.params, (), overrides, {}, decl.span, "network")
         base = self.lib.network(decl.base, decl.span)
-        if isinstance(base, ast.Derived):
-            base_over = {}
-        else:
-            base_over = {}
+        base_over: dict[str, Any] = {}
         given = self._args(decl.args, env)
         pos = [v for k, v in given if k is None]
         params = base.params
@@ -219,7 +216,6 @@ class Resolver:
         if mod.path not in g:
             raise CnnNameError(f"no layer named '{mod.path}' to replace", mod.span,
                                _suggest(mod.path, [n.name for n in g.nodes()]))
-        old = g.node(mod.path)
         srcs = g.inputs_of(mod.path)
         if len(srcs) != 1:
             raise CnnArgumentError(f"'{mod.path}' has {len(srcs)} inputs; only a single-input layer can be replaced",
@@ -240,10 +236,7 @@ class Resolver:
             scope = NameScope(mod.path, sequential=True)
             out = self._seq(mod.seq, srcs[0], scope, frame, tail=was_output, then_act=False)
         for dst, port in consumers:
-            g.rewire(dst, port, out) if dst in g else None
-        for n in g.nodes():
-            if n.order > old.order and n.name.startswith(mod.path):
-                pass
+            g.connect(out, dst, port)
         if was_output:
             g.output = out
         if aux_at is not None:
@@ -387,32 +380,33 @@ class Resolver:
                                _suggest(kind, ["concat", "inception", "add", "residual", "aux"]) or
                                "combinators are concat<...>, add<...>, residual<...>, aux<...>")
         given = dict(self._kwargs(c.args, frame, c.span, kind))
-        if label is not None:
+        # In a numbered sequence a combinator takes one position, as a scope of its own. Elsewhere its
+        # branches are named in the enclosing scope and a label names the concat/add node itself; only
+        # aux<...> makes a label a scope (the head's layers are named inside it: aux1.fc1).
+        node_label, inner = None, scope
+        if scope.sequential or (label is not None and kind == "aux"):
             name = scope.child(kind, label)
             self.g.scopes[name] = Scope(name, "branch", span=c.span)
             inner = NameScope(name, sequential=False)
-        elif scope.sequential:
-            name = scope.child(kind, None)
-            self.g.scopes[name] = Scope(name, "branch", span=c.span)
-            inner = NameScope(name, sequential=False)
         else:
-            name, inner = None, scope
+            node_label, name = label, None
         if kind == "aux":
             self._no_args(given, kind, c.span)
             outs = [self._seq(b, flow, inner, frame, tail=True, then_act=False) for b in c.branches]
             self.g.aux_outputs.extend(outs)
+            if name is not None:
+                frame.labels[name] = outs[-1]
             return flow
         if kind == "residual":
-            out = self._residual(c, given, flow, inner, frame)
+            out = self._residual(c, given, flow, inner, frame, node_label)
         else:
             op = "concat" if kind in ("concat", "inception") else "add"
             outs = [self._seq(b, flow, inner, frame, tail=False, then_act=False) for b in c.branches]
             if op == "add" and len(outs) < 2:
                 raise CnnArgumentError("add<...> needs at least two branches", c.span, "add< a | b >")
             args = OPS[op].normalize(given, c.span)
-            out = self._add_node(inner.child(op, None), op, args, c.span, outs)
-        if name is not None:
-            frame.labels[name] = out
+            out = self._add_node(inner.child(op, node_label), op, args, c.span, outs)
+        frame.labels[name or out] = out
         return out
 
     def _kwargs(self, args, frame, span, what) -> list[tuple[str, Any]]:
@@ -431,7 +425,8 @@ class Resolver:
         if given:
             raise CnnArgumentError(f"{kind}<...> takes no arguments", span)
 
-    def _residual(self, c: ast.Combinator, given: dict, flow, scope: NameScope, frame: Frame) -> str:
+    def _residual(self, c: ast.Combinator, given: dict, flow, scope: NameScope, frame: Frame,
+                  label: str | None = None) -> str:
         known = {"scale", "shortcut"}
         for k in given:
             if k not in known:
@@ -450,7 +445,7 @@ class Resolver:
                 nm = scope.child("downsample", None)
             short = self._add_node(nm, "shortcut", args, c.span, [flow, body])
         args = OPS["add"].normalize({"scale": given.get("scale", 1.0)}, c.span)
-        return self._add_node(scope.child("add", None), "add", args, c.span, [body, short])
+        return self._add_node(scope.child("add", label), "add", args, c.span, [body, short])
 
     # -- calls: layers and block instances
     def _call(self, call: ast.Call, label, flow, scope: NameScope, frame: Frame, tail, then_act, step) -> str:
@@ -510,8 +505,6 @@ class Resolver:
             act = None
         if act is not None and not explicit_act and (tail or then_act):
             act = None
-        if label is None and act is not None and scope.sequential:
-            pass
         node = self._add_node(scope.child(op.name, label), op.name, args, call.span, [flow])
         if label is not None:
             frame.labels[node] = node

@@ -22,6 +22,8 @@ def resolve_shortcuts(g: Graph, warnings=None) -> Graph:
         mode = node.args["mode"]
         if mode == "auto":
             mode = "identity" if x == body else "proj"
+        elif mode == "pad" and x == body:
+            mode = "identity"  # option A pads only where the shape changes
         if mode == "identity":
             g.remove(node.name)
             _connect(g, add, port, src)

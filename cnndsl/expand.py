@@ -1,0 +1,67 @@
+"""expand: print a checked network fully desugared, as .cnn text that loads to the same graph.
+
+Every layer appears once, in topological order, under its full name and in
+long keyword form with every argument; blocks, repeats, defaults, implicit
+activations and shortcuts are all spelled out. A layer whose input is not the
+line before it starts from an explicit ``@reference``.
+
+>>> import cnndsl
+>>> print(expand(cnndsl.loads("network t: input 1x8x8  conv3-4 relu")))
+# cnndsl expand: t
+network t: input 1x8x8
+    conv1: conv(c=4, k=(3, 3), s=(1, 1), p=((1, 1), (1, 1)), d=(1, 1), groups=1, bias=true)
+    relu1: relu
+"""
+
+from __future__ import annotations
+
+from .network import Network, fmt_shape
+
+
+def value(v) -> str:
+    """A Python argument value as .cnn syntax."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, tuple):
+        inner = ", ".join(value(x) for x in v)
+        return f"({inner},)" if len(v) == 1 else f"({inner})"
+    if isinstance(v, float):
+        return repr(v)
+    if isinstance(v, str):
+        return v
+    return str(v)
+
+
+def layer(op: str, args: dict) -> str:
+    if not args:
+        return op
+    return f"{op}({', '.join(f'{k}={value(v)}' for k, v in args.items())})"
+
+
+def expand(net: Network) -> str:
+    g = net.graph
+    lines = [f"# cnndsl expand: {g.name}" + (f"({', '.join(f'{k}={value(v)}' for k, v in g.params.items())})"
+                                               if g.params else "")]
+    inputs = []
+    for name in g.inputs:
+        shape = fmt_shape(g.node(name).shape)
+        inputs.append(f"input {shape}" if name == "input" else f"input {name}={shape}")
+    lines.append(f"network {g.name}: " + "  ".join(inputs))
+    prev = g.inputs[0] if g.inputs else None
+    for node in g.nodes():
+        if node.op == "input":
+            continue
+        srcs = g.inputs_of(node.name)
+        if node.op in ("concat", "add"):
+            branches = " | ".join(f"@{s}" for s in srcs)
+            lines.append(f"    {node.name}: {layer(node.op, node.args)}< {branches} >")
+        else:
+            if srcs[0] != prev:
+                lines.append(f"    @{srcs[0]}")
+            lines.append(f"    {node.name}: {layer(node.op, node.args)}")
+        prev = node.name
+    for aux in g.aux_outputs:
+        lines.append(f"    aux< @{aux} >")
+    if prev != g.output:
+        lines.append(f"    @{g.output}")
+    return "\n".join(lines) + "\n"
