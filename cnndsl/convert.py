@@ -1,0 +1,265 @@
+"""Weights between the backends: a PyTorch ``state_dict`` <-> JAX ``variables``.
+
+Both backends name parameters after the IR's dotted node names, so the
+conversion is a walk over the IR (:func:`cnndsl.load` ``(...).graph``) that
+reshapes each layer's tensors between the layouts:
+
+=================  ==============================  ===================================
+layer              PyTorch (``state_dict``)         JAX (``variables``)
+=================  ==============================  ===================================
+conv               ``weight`` O x I/g x kh x kw     ``params/.../kernel`` kh x kw x I/g x O
+deconv             ``weight`` I x O/g x kh x kw     ``kernel`` kh x kw x I/g x O (see below)
+fc                 ``weight`` out x in              ``kernel`` in x out (rows permuted)
+bn                 ``weight``, ``bias``             ``params/.../scale``, ``bias``
+                   ``running_mean``, ``running_var``  ``batch_stats/.../mean``, ``var``
+=================  ==============================  ===================================
+
+A deconv kernel in JAX is stored as the kernel of the *forward* convolution
+whose transpose it is, grouped as a conv kernel is: entry ``[a, b, i, g*O/g + o]``
+is PyTorch's ``[g*I/g + i, o, a, b]``. The generated code flips it spatially
+when it runs the transposed convolution as a dilated convolution.
+
+PyTorch flattens a feature map in (C, H, W) order, the JAX backend (NHWC) in
+(H, W, C) order, so a vector that came from flattening a map holds the same
+numbers in another order. :func:`flat_orders` tracks that order through the
+graph; the first fc after a flatten gets its weight rows permuted, not just
+transposed (and a batch norm over such a vector its features).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+
+from .ir import Graph
+from .network import Network
+
+# Ops that keep the element order of a flat vector (elementwise, or over all elements at once).
+_ORDER_KEEPING = frozenset({"relu", "tanh", "sigmoid", "softmax", "dropout", "identity", "bn"})
+
+
+def _graph(net: Network | Graph | str) -> Graph:
+    if isinstance(net, Graph):
+        return net
+    if isinstance(net, Network):
+        return net.graph
+    from .api import load
+
+    return load(net).graph
+
+
+def _hwc_order(shape: tuple[int, ...]) -> np.ndarray | None:
+    """Positions in the (C, H, W) flattening of each element of the (H, W, C) flattening."""
+    c, h, w = shape
+    if c == 1 or h * w == 1:
+        return None
+    return np.arange(c * h * w).reshape(c, h, w).transpose(1, 2, 0).ravel()
+
+
+def flattens_channel_major(graph: Graph) -> bool:
+    """Whether the JAX backend must flatten feature maps in PyTorch's (C, H, W) order.
+
+    It flattens in NHWC order (no transpose) unless that would change the numbers a
+    network computes, not just how its weights are stored: an ``add`` of vectors that
+    hold their elements in different orders, or a network output that is a flattened map.
+    """
+    orders = _propagate(graph, channel_major=False)
+    if any(orders.get(out, None) is not None for out in graph.outputs):
+        return True
+    return any(orders.get(n.name, None) is _MIXED for n in graph.nodes())
+
+
+_MIXED = np.array([], dtype=np.int64)  # marker: operands disagree (forces channel-major flattening)
+
+
+def _propagate(graph: Graph, channel_major: bool) -> dict[str, np.ndarray | None]:
+    orders: dict[str, np.ndarray | None] = {}
+    for node in graph.nodes():
+        if node.shape is None or len(node.shape) != 1:
+            continue
+        ins = graph.inputs_of(node.name)
+        in_shapes = [graph.node(i).shape for i in ins]
+        if node.op in ("flatten", "fc") and len(in_shapes[0]) == 3:
+            # fc over a map flattens it first; its own output is in neuron order
+            order = None if channel_major else _hwc_order(in_shapes[0])
+            orders[node.name] = order if node.op == "flatten" else None
+        elif node.op == "fc" or node.op == "input":
+            orders[node.name] = None
+        elif node.op in _ORDER_KEEPING:
+            orders[node.name] = orders.get(ins[0])
+        elif node.op == "concat":
+            parts = [orders.get(i) for i in ins]
+            if any(p is _MIXED for p in parts):
+                orders[node.name] = _MIXED
+            elif all(p is None for p in parts):
+                orders[node.name] = None
+            else:
+                offset, pieces = 0, []
+                for i, p in zip(ins, parts):
+                    n = graph.node(i).shape[0]
+                    pieces.append(offset + (np.arange(n) if p is None else p))
+                    offset += n
+                orders[node.name] = np.concatenate(pieces)
+        elif node.op == "add":
+            parts = [orders.get(i) for i in ins]
+            first = parts[0]
+            same = all((p is None and first is None) or (p is not None and first is not None
+                                                         and np.array_equal(p, first)) for p in parts)
+            orders[node.name] = first if same else _MIXED
+        else:  # an op this module does not know: assume it mixes elements in an order-dependent way
+            orders[node.name] = _MIXED if any(orders.get(i) is not None for i in ins) else None
+    return orders
+
+
+def flat_orders(net: Network | Graph | str) -> dict[str, np.ndarray | None]:
+    """For each flat (vector) node, how the JAX backend orders its elements relative to PyTorch.
+
+    ``jax_vector == torch_vector[order]``; ``None`` where the orders agree. Keys are
+    node names; feature-map nodes are absent.
+    """
+    graph = _graph(net)
+    orders = _propagate(graph, flattens_channel_major(graph))
+    return {k: (None if v is _MIXED else v) for k, v in orders.items()}
+
+
+def _fc_row_order(graph: Graph, name: str, orders: dict) -> np.ndarray | None:
+    """The order of the fc's input features as JAX sees them (indices into PyTorch's order)."""
+    src = graph.inputs_of(name)[0]
+    shape = graph.node(src).shape
+    if len(shape) == 3:
+        return None if flattens_channel_major(graph) else _hwc_order(shape)
+    return orders.get(src)
+
+
+def _tree_get(tree: Mapping, dotted: str) -> Mapping:
+    for part in dotted.split("."):
+        tree = tree[part]
+    return tree
+
+
+def _tree_put(tree: dict, dotted: str, leaf: dict) -> None:
+    *scopes, last = dotted.split(".")
+    for part in scopes:
+        tree = tree.setdefault(part, {})
+    tree[last] = leaf
+
+
+def _np(t: Any) -> np.ndarray:
+    if hasattr(t, "detach"):  # a torch tensor
+        t = t.detach().cpu().numpy()
+    return np.asarray(t)
+
+
+def _deconv_to_jax(w: np.ndarray, groups: int) -> np.ndarray:
+    cin, cout_g, kh, kw = w.shape
+    w = w.reshape(groups, cin // groups, cout_g, kh, kw)  # g, i, o, a, b
+    return w.transpose(3, 4, 1, 0, 2).reshape(kh, kw, cin // groups, groups * cout_g)
+
+
+def _deconv_to_torch(k: np.ndarray, groups: int) -> np.ndarray:
+    kh, kw, cin_g, cout = k.shape
+    k = k.reshape(kh, kw, cin_g, groups, cout // groups)  # a, b, i, g, o
+    return k.transpose(3, 2, 4, 0, 1).reshape(groups * cin_g, cout // groups, kh, kw)
+
+
+def torch_to_jax(net: Network | Graph | str, state_dict: Mapping[str, Any]) -> dict:
+    """Convert a PyTorch ``state_dict`` of the generated torch model to JAX ``variables``.
+
+    ``net`` is a :class:`~cnndsl.Network` (or its graph, or a zoo name / path).
+    Returns ``{"params": ..., "batch_stats": ...}`` of ``jax.numpy`` arrays, nested
+    by the layers' dotted names. Missing keys raise ``KeyError`` naming the key.
+    """
+    import jax.numpy as jnp
+
+    graph = _graph(net)
+    orders = flat_orders(graph)
+    params: dict = {}
+    stats: dict = {}
+    for node in graph.nodes():
+        name, args = node.name, node.args
+
+        def get(suffix: str) -> np.ndarray:
+            return _np(state_dict[f"{name}.{suffix}"]).astype(np.float32)
+
+        if node.op == "conv":
+            leaf = {"kernel": get("weight").transpose(2, 3, 1, 0)}
+        elif node.op == "deconv":
+            leaf = {"kernel": _deconv_to_jax(get("weight"), args["groups"])}
+        elif node.op == "fc":
+            w = get("weight")
+            rows = _fc_row_order(graph, name, orders)
+            leaf = {"kernel": (w if rows is None else w[:, rows]).T}
+        elif node.op == "bn":
+            order = orders.get(name)
+            pick = (lambda a: a) if order is None else (lambda a: a[order])
+            leaf = {"scale": pick(get("weight")), "bias": pick(get("bias"))} if args["affine"] else {}
+            _tree_put(stats, name, {"mean": jnp.asarray(pick(get("running_mean"))),
+                                    "var": jnp.asarray(pick(get("running_var")))})
+            if leaf:
+                _tree_put(params, name, {k: jnp.asarray(v) for k, v in leaf.items()})
+            continue
+        else:
+            continue
+        if args.get("bias"):
+            leaf["bias"] = get("bias")
+        _tree_put(params, name, {k: jnp.asarray(np.ascontiguousarray(v)) for k, v in leaf.items()})
+    return {"params": params, "batch_stats": stats}
+
+
+def jax_to_torch(net: Network | Graph | str, variables: Mapping[str, Any]) -> dict:
+    """Convert JAX ``variables`` to a ``state_dict`` the generated torch model loads (``strict=True``).
+
+    The inverse of :func:`torch_to_jax`; batch norms get ``num_batches_tracked = 0``.
+    """
+    import torch
+
+    graph = _graph(net)
+    orders = flat_orders(graph)
+    params, stats = variables["params"], variables.get("batch_stats", {})
+    out: dict[str, Any] = {}
+
+    def put(key: str, a: np.ndarray) -> None:
+        out[key] = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
+
+    for node in graph.nodes():
+        name, args = node.name, node.args
+        if node.op not in ("conv", "deconv", "fc", "bn"):
+            continue
+        if node.op == "bn":
+            order = orders.get(name)
+
+            def unpick(a: Any) -> np.ndarray:
+                a = _np(a)
+                if order is None:
+                    return a
+                back = np.empty_like(a)
+                back[order] = a
+                return back
+
+            if args["affine"]:
+                leaf = _tree_get(params, name)
+                put(f"{name}.weight", unpick(leaf["scale"]))
+                put(f"{name}.bias", unpick(leaf["bias"]))
+            s = _tree_get(stats, name)
+            put(f"{name}.running_mean", unpick(s["mean"]))
+            put(f"{name}.running_var", unpick(s["var"]))
+            out[f"{name}.num_batches_tracked"] = torch.tensor(0, dtype=torch.long)
+            continue
+        leaf = _tree_get(params, name)
+        k = _np(leaf["kernel"])
+        if node.op == "conv":
+            put(f"{name}.weight", k.transpose(3, 2, 0, 1))
+        elif node.op == "deconv":
+            put(f"{name}.weight", _deconv_to_torch(k, args["groups"]))
+        else:
+            rows = _fc_row_order(graph, name, orders)
+            w = k.T
+            if rows is not None:
+                back = np.empty_like(w)
+                back[:, rows] = w
+                w = back
+            put(f"{name}.weight", w)
+        if args.get("bias"):
+            put(f"{name}.bias", _np(leaf["bias"]))
+    return out
