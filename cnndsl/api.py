@@ -41,3 +41,38 @@ def loads(text: str, filename: str = "<string>", *, network: str | None = None,
     library = Library.from_module(parse(text, filename), Path.cwd())
     name = pick_network(library, network, filename)
     return build(library, name, input_shape, **params)
+
+
+def _network(net: "str | Network", params: dict[str, Any]) -> Network:
+    return net if isinstance(net, Network) else load(str(net), **params)
+
+
+def compile(net: "str | Network", backend: str = "torch", **params: Any) -> str:  # noqa: A001 - the verb
+    """Generate source code for a network (a zoo name, a .cnn path, or a :class:`Network`).
+
+    ``backend="torch"`` gives a self-contained PyTorch module (it imports torch only).
+    """
+    if backend == "torch":
+        from .backends.torch import compile_torch
+
+        return compile_torch(_network(net, params))
+    raise ValueError(f"unknown backend {backend!r}; expected 'torch'")
+
+
+def build_torch(net: "str | Network", **params: Any):
+    """Compile ``net`` to PyTorch and return an instance of the generated ``nn.Module``.
+
+    The generated source runs in a fresh module namespace, so the model does not depend on cnndsl.
+    """
+    import types
+
+    network = _network(net, params)
+    source = compile(network, "torch")
+    module = types.ModuleType(f"cnndsl_generated_{network.name}")
+    exec(builtins_compile(source, f"<cnndsl {network.name}>", "exec"), module.__dict__)  # noqa: S102
+    from .backends.torch import camel
+
+    return getattr(module, camel(network.name))()
+
+
+builtins_compile = __builtins__["compile"] if isinstance(__builtins__, dict) else __builtins__.compile

@@ -64,6 +64,14 @@ def cmd_expand(args) -> int:
     return 0
 
 
+def cmd_graph(args) -> int:
+    from .graphviz import render
+
+    path = render(_load(args), args.output, collapse=args.collapse)
+    print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
 def cmd_list(args) -> int:
     from .loader import zoo_index
 
@@ -96,6 +104,10 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--input", type=_shape, metavar="CxHxW", help="override the input size")
     sp.add_argument("--format", choices=("table", "json", "csv"), default="table")
     net_cmd("expand", cmd_expand, "print the fully desugared network (itself valid .cnn)")
+    sp = net_cmd("graph", cmd_graph, "draw the network with Graphviz (svg, png, pdf, or dot text)")
+    sp.add_argument("-o", "--output", required=True, metavar="FILE", help="FILE.svg, .png, .pdf or .dot")
+    sp.add_argument("--collapse", action="store_true", help="draw each block instance as one box")
+    sp.add_argument("--input", type=_shape, metavar="CxHxW", help="override the input size")
     sp = sub.add_parser("list", help="the networks in the zoo with their sizes")
     sp.set_defaults(func=cmd_list)
     return p

@@ -220,7 +220,7 @@ def jax_to_torch(net: Network | Graph | str, variables: Mapping[str, Any]) -> di
     out: dict[str, Any] = {}
 
     def put(key: str, a: np.ndarray) -> None:
-        out[key] = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
+        out[key] = torch.from_numpy(np.array(a, dtype=np.float32))
 
     for node in graph.nodes():
         name, args = node.name, node.args

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+MAX_SHOWN = 100  # characters of a long source line shown around the caret
+
 
 @dataclass(frozen=True)
 class Source:
@@ -59,8 +61,13 @@ def render(kind: str, message: str, span: Span | None, hint: str | None) -> str:
             shown = text.expandtabs(1)
             width = span.end_col - span.col if span.end_line == span.line else len(text) - span.col + 1
             width = max(1, min(width, len(shown) - span.col + 1))
+            start = 0
+            if len(shown) > MAX_SHOWN:  # a very long line: show a window around the caret
+                start = max(0, min(span.col - 1 - MAX_SHOWN // 4, len(shown) - MAX_SHOWN))
+                shown = shown[start:start + MAX_SHOWN]
+                width = min(width, MAX_SHOWN - (span.col - 1 - start))
             out.append("    " + shown)
-            out.append("    " + " " * (span.col - 1) + "^" * width)
+            out.append("    " + " " * (span.col - 1 - start) + "^" * width)
     if hint:
         out.append(f"hint: {hint}")
     return "\n".join(out)

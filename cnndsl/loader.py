@@ -154,12 +154,12 @@ def open_net(net: str) -> tuple[Library, str]:
 def pick_network(lib: Library, choice: str | None, where: str) -> str:
     local = lib.local_networks()
     if choice is not None:
-        lib.network(choice)
+        lib.network(choice, Span.start_of(lib.main.source) if lib.main else None)
         return choice
     if len(local) == 1:
         return local[0]
     if not local:
         raise CnnNameError(f"{where} defines no network (only blocks)", Span.start_of(lib.main.source),
                            "a network starts with `network NAME: input CxHxW`")
-    raise CnnNameError(f"{where} defines {len(local)} networks: {', '.join(local)}", None,
+    raise CnnNameError(f"{where} defines {len(local)} networks: {', '.join(local)}", lib.main.networks[1].span,
                        f"pick one with {where}:{local[-1]}")

@@ -18,12 +18,13 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, ClassVar
 
-from .errors import CnnArgumentError, CnnDslWarning, CnnShapeError, Span
+from .errors import CnnArgumentError, CnnDslWarning, CnnLimitError, CnnShapeError, Span
 
 Shape = tuple[int, ...]
 Warn = Callable[[CnnDslWarning], None]
 
 REQUIRED = object()
+MAX_INT = 2**40  # no size, count or channel number in a network comes near this
 
 
 # ----------------------------------------------------------------------------- argument kinds
@@ -38,10 +39,16 @@ def as_int(name: str, v: Any, span, minimum: int = 1) -> int:
         if isinstance(v, float) and v.is_integer():
             v = int(v)
         else:
-            _bad(f"'{name}' must be an integer, got {v!r}", span)
+            _bad(f"'{name}' must be an integer, got {v!r}", span, _word_hint(v))
     if v < minimum:
         _bad(f"'{name}' must be at least {minimum}, got {v}", span)
+    if v > MAX_INT:
+        raise CnnLimitError(f"'{name}' is too large: {v}", span, f"numbers in a network stay below {MAX_INT:,}")
     return v
+
+
+def _word_hint(v: Any) -> str | None:
+    return f"'{v}' is not a number, nor a parameter in scope" if isinstance(v, str) else None
 
 
 def as_pair(name: str, v: Any, span, minimum: int = 1) -> tuple[int, int]:
@@ -55,7 +62,7 @@ def as_pair(name: str, v: Any, span, minimum: int = 1) -> tuple[int, int]:
 
 def as_float(name: str, v: Any, span, lo: float | None = None, hi: float | None = None) -> float:
     if isinstance(v, bool) or not isinstance(v, (int, float)):
-        _bad(f"'{name}' must be a number, got {v!r}", span)
+        _bad(f"'{name}' must be a number, got {v!r}", span, _word_hint(v))
     v = float(v)
     if (lo is not None and v < lo) or (hi is not None and v > hi):
         _bad(f"'{name}' must be between {lo} and {hi}, got {v}", span)
@@ -205,7 +212,9 @@ def _window_out(op: Op, size: int, pad: tuple[int, int], k: int, s: int, d: int,
         return out
     out = (padded - eff) // s + 1
     last = (out - 1) * s + eff - 1  # last padded index a window touches
-    if warn is not None and last < pad[0] + size - 1:
+    # Only windows that tile the input (kernel >= stride) can "not fit": a 1x1/2 projection skips
+    # every other row by design, the last one included.
+    if warn is not None and eff >= s and last < pad[0] + size - 1:
         dropped = pad[0] + size - 1 - last
         warn(CnnDslWarning(
             f"stride {s} doesn't fit: ({size} + {pad[0] + pad[1]} - {eff}) / {s} + 1 = "
@@ -465,6 +474,7 @@ class Softmax(_Activation):
 @register
 class Identity(Op):
     name = "identity"
+    aliases = ("skip",)  # NAS-Bench-201's skip-connect edge
     materializes = False
 
 

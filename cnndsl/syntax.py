@@ -22,7 +22,9 @@ from lark import Lark, Token, Transformer, v_args
 from .errors import CnnLimitError, CnnSyntaxError, Source, Span
 
 MAX_NESTING = 64
+MAX_RANGE = 10_000
 MAX_SOURCE_BYTES = 4 * 1024 * 1024
+MAX_NUMBER = 2**40  # no size, count or channel number in a network comes near this
 
 
 # ----------------------------------------------------------------------------- expressions
@@ -68,7 +70,11 @@ class Tuple_:
 
 @dataclass(frozen=True)
 class Choice:
-    """``{a|b|c}``: one of several values (a search space); ``{a}`` is just ``a``."""
+    """``{a|b|c}``: one of several values (a search space); ``{a}`` is just ``a``; ``{2..5}`` is ``{2|3|4|5}``.
+
+    The resolver also hands ``choice< A | B >`` to its ``choose`` hook as a Choice whose options are the
+    branch sequences (:class:`Seq`).
+    """
 
     options: tuple["Expr", ...]
     span: Span
@@ -263,7 +269,7 @@ class _Builder(Transformer):
 
     # expressions
     def int(self, meta, children):
-        return Num(int(children[0]), self._s(meta))
+        return Num(_literal(children[0], self._s(meta)), self._s(meta))
 
     def float(self, meta, children):
         return Num(float(children[0]), self._s(meta))
@@ -281,6 +287,15 @@ class _Builder(Transformer):
         if len(children) == 1:
             return children[0]
         return Choice(tuple(children), self._s(meta))
+
+    def range(self, meta, children):
+        span = self._s(meta)
+        low, high = int(children[0]), int(children[1])
+        if not 0 <= high - low < MAX_RANGE:
+            raise CnnSyntaxError(f"the range {{{low}..{high}}} is empty" if high < low else
+                                 f"the range {{{low}..{high}}} has more than {MAX_RANGE} values", span,
+                                 "a range {a..b} lists the integers from a to b, both included")
+        return Choice(tuple(Num(v, span) for v in range(low, high + 1)), span)
 
     def neg(self, meta, children):
         return Neg(children[0], self._s(meta))
@@ -355,7 +370,7 @@ class _Builder(Transformer):
 
     def input(self, meta, children):
         name, shape = children
-        dims = tuple(int(d) for d in str(shape).split("x"))
+        dims = tuple(_literal(d, _tok_span(self.src, shape)) for d in str(shape).split("x"))
         return Input(str(name) if name is not None else None, dims, self._s(meta))
 
     def block(self, meta, children):
@@ -390,7 +405,7 @@ _EXPECT_NAMES = {
     "INT": "a number",
     "FLOAT": "a number",
     "SHAPE": "a shape such as 3x224x224",
-    "STRING": 'a quoted file name',
+    "STRING": 'a quoted string',
     "REPEAT": "a repeat count such as x3",
     "COLON": "':'",
     "LSQB": "'['",
@@ -405,6 +420,13 @@ _EXPECT_NAMES = {
     "COMMA": "','",
     "EQUAL": "'='",
     "AT": "'@'",
+    "DOT": "'.'",
+    "MINUS": "'-'",
+    "PLUS": "'+'",
+    "STAR": "'*'",
+    "SLASH": "'/'",
+    "__ANON_0": "'//'",
+    "PERCENT": "'%'",
     "INPUT": "'input'",
     "$END": "end of file",
 }
@@ -438,6 +460,78 @@ def _check_text(source: Source) -> None:
                 depth = max(0, depth - 1)
 
 
+_CLOSES = {")": "(", "]": "[", "}": "{", ">": "<"}
+_OPENS = {v: k for k, v in _CLOSES.items()}
+
+
+def _offset_span(source: Source, pos: int) -> Span:
+    line = source.text.count("\n", 0, pos) + 1
+    col = pos - (source.text.rfind("\n", 0, pos) + 1) + 1
+    return Span(source, line, col, line, col + 1)
+
+
+def _open_brackets(text: str, end: int) -> list[tuple[str, int]]:
+    """The brackets still open at offset ``end``, outermost first, skipping comments and strings."""
+    stack: list[tuple[str, int]] = []
+    i = 0
+    while i < end:
+        ch = text[i]
+        if ch == "#":
+            nl = text.find("\n", i)
+            i = end if nl < 0 else nl
+            continue
+        if ch == '"':
+            close = text.find('"', i + 1)
+            i = end if close < 0 else close + 1
+            continue
+        if ch in _OPENS:
+            stack.append((ch, i))
+        elif ch in _CLOSES:
+            if stack and stack[-1][0] == _CLOSES[ch]:
+                stack.pop()
+        i += 1
+    return stack
+
+
+def _unmatched_closer(source: Source, pos: int) -> CnnSyntaxError | None:
+    """A clearer error for a closing bracket that closes nothing, or the wrong bracket."""
+    ch = source.text[pos]
+    if ch not in _CLOSES:
+        return None
+    stack = _open_brackets(source.text, pos)
+    span = _offset_span(source, pos)
+    if not stack:
+        return CnnSyntaxError(f"unmatched {ch!r}", span, f"there is no {_CLOSES[ch]!r} open before it")
+    top, at = stack[-1]
+    if top != _CLOSES[ch]:
+        opened = _offset_span(source, at)
+        return CnnSyntaxError(f"{ch!r} does not close the {top!r} opened at {opened.line}:{opened.col}", span,
+                              f"close it with {_OPENS[top]!r} first")
+    return None
+
+
+def _unexpected_end(source: Source, expected) -> CnnSyntaxError:
+    """The file ended inside something: point at the bracket never closed, else at the end."""
+    stack = _open_brackets(source.text, len(source.text))
+    if stack:
+        top, at = stack[-1]
+        return CnnSyntaxError(f"{top!r} is never closed", _offset_span(source, at),
+                              f"the file ends before the matching {_OPENS[top]!r}")
+    lines = source.text.rstrip().splitlines() or [""]
+    span = Span(source, len(lines), len(lines[-1]) + 1, len(lines), len(lines[-1]) + 2)
+    return CnnSyntaxError("unexpected end of file", span, f"expected {_describe_expected(expected)}")
+
+
+def _literal(digits, span: Span) -> int:
+    """An integer literal; absurdly large ones (a typo or a resource bomb) are refused."""
+    digits = str(digits)
+    significant = digits.lstrip("0")
+    if len(significant) > len(str(MAX_NUMBER)) or int(digits) > MAX_NUMBER:
+        shown = digits if len(digits) <= 20 else digits[:17] + "..."
+        raise CnnLimitError(f"number too large: {shown}", span, f"numbers in a network stay below {MAX_NUMBER:,}")
+    return int(digits)
+
+
 def parse(text: str, filename: str = "<string>") -> Module:
     """Parse .cnn text into a :class:`Module`; raise :class:`CnnSyntaxError` on bad input."""
     source = Source(filename, text)
@@ -447,24 +541,25 @@ def parse(text: str, filename: str = "<string>") -> Module:
     try:
         tree = _parser().parse(text)
     except lark.UnexpectedCharacters as e:
+        pos = e.pos_in_stream if e.pos_in_stream is not None and e.pos_in_stream < len(text) else None
+        ch = text[pos] if pos is not None else "?"
+        unmatched = _unmatched_closer(source, pos) if pos is not None else None
+        if unmatched:
+            raise unmatched from None
         span = Span(source, e.line, e.column, e.line, e.column + 1)
-        ch = text[e.pos_in_stream] if e.pos_in_stream is not None and e.pos_in_stream < len(text) else "?"
         hint = f"expected {_describe_expected(e.allowed)}" if e.allowed else None
         raise CnnSyntaxError(f"unexpected character {ch!r}", span, hint) from None
     except lark.UnexpectedToken as e:
         tok = e.token
         if tok.type == "$END":
-            lines = text.rstrip().splitlines() or [""]
-            span = Span(source, len(lines), len(lines[-1]) + 1, len(lines), len(lines[-1]) + 2)
-            msg = "unexpected end of file"
-        else:
-            span = _tok_span(source, tok)
-            msg = f"unexpected {str(tok)!r}"
-        raise CnnSyntaxError(msg, span, f"expected {_describe_expected(e.expected)}") from None
+            raise _unexpected_end(source, e.expected) from None
+        unmatched = _unmatched_closer(source, tok.start_pos) if tok.start_pos is not None else None
+        if unmatched:
+            raise unmatched from None
+        raise CnnSyntaxError(f"unexpected {str(tok)!r}", _tok_span(source, tok),
+                             f"expected {_describe_expected(e.expected)}") from None
     except lark.UnexpectedEOF as e:
-        lines = text.rstrip().splitlines() or [""]
-        span = Span(source, len(lines), len(lines[-1]) + 1, len(lines), len(lines[-1]) + 2)
-        raise CnnSyntaxError("unexpected end of file", span, f"expected {_describe_expected(e.expected)}") from None
+        raise _unexpected_end(source, e.expected) from None
     try:
         items = _Builder(source).transform(tree)
     except lark.exceptions.VisitError as e:  # pragma: no cover - the builder raises nothing itself

@@ -21,7 +21,7 @@ def infer_shapes(g: Graph, warnings: list[CnnDslWarning] | None = None) -> Graph
 
     def warn(w: CnnDslWarning) -> None:
         key = (w.message, str(w.span))
-        if warnings is not None and key not in seen:
+        if warnings is not None and key not in seen and w not in warnings:  # the pass runs twice
             seen.add(key)
             warnings.append(w)
 

@@ -28,13 +28,17 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from ..errors import CnnArgumentError, CnnDslError, CnnLimitError, CnnNameError, Span
+from ..errors import CnnArgumentError, CnnDslError, CnnLimitError, CnnNameError, CnnShapeError, Span
 from ..ir import Graph, Scope
 from ..ops import OPS, lookup, spellings
 from .. import syntax as ast
 
 MAX_NODES = 100_000
 MAX_BLOCK_DEPTH = 48
+#: The flow after ``none`` (a zero tensor, NAS-Bench-201's zero edge): it builds no node. Layers applied to
+#: it are dropped, ``add<...>`` leaves it out, and concat, residual, aux or the network output reject it.
+ZERO = "<none>"
+MAX_NESTED = 100  # sequences inside sequences: blocks, groups and branches together
 
 
 @dataclass(frozen=True)
@@ -147,25 +151,32 @@ class Frame:
     root: str  # name prefix of the network or block instance: references resolve below it
     blocks_active: tuple[str, ...] = ()
     labels: dict[str, str] = field(default_factory=dict)  # full name -> node
+    body: ast.Seq | None = None  # the body being lowered (to tell a forward reference from a typo)
 
 
 _SHORTHAND = re.compile(r"^(?P<base>[A-Za-z_][A-Za-z_-]*?)(?P<k>[0-9]+(?:x[0-9]+)?)$")
 
 
 class Resolver:
-    def __init__(self, library, choose: Callable[[ast.Choice], int] | None = None):
+    def __init__(self, library, choose: Callable[[ast.Choice], int] | None = None, chain: tuple[str, ...] = ()):
         self.lib = library
         self.choose = choose
         self.g: Graph | None = None
+        self.claimed: dict[str, Span | None] = {}  # full name given by a label -> where
+        self.depth = 0  # sequences being lowered, one inside the other
+        self.chain = chain  # derived networks being built, outermost first (to stop `a = b`, `b = a`)
 
     # -- entry
     def network(self, name: str, overrides: dict[str, Any], span: Span | None = None) -> Graph:
         decl = self.lib.network(name, span)
+        if name in self.chain:
+            raise CnnNameError(f"network '{name}' is derived from itself ({' = '.join(self.chain + (name,))})",
+                               span or decl.span)
         if isinstance(decl, ast.Derived):
             return self._derived(decl, overrides)
         env = self._bind(decl.name, decl.params, (), overrides, {}, decl.span, "network")
         g = self.g = Graph(decl.name, {k: plain(v) for k, v in env.items()})
-        frame = Frame(env, self._defaults(decl.defaults, {}, env), "")
+        frame = Frame(env, self._defaults(decl.defaults, {}, env), "", body=decl.body)
         scope = NameScope("", sequential=False)
         flow = None
         for i, inp in enumerate(decl.inputs):
@@ -178,6 +189,9 @@ class Resolver:
             frame.labels[nm] = nm
             flow = flow or nm
         g.output = self._seq(decl.body, flow, scope, frame, tail=True, then_act=False)
+        if g.output == ZERO:
+            raise CnnShapeError("the network's output is always zero: every path to it goes through `none`",
+                                decl.span, "a `none` branch only makes sense inside add<...> beside another")
         return g
 
     def _derived(self, decl: ast.Derived, overrides: dict[str, Any]) -> Graph:
@@ -193,8 +207,13 @@ class Resolver:
             base_over[p.name] = v
         for k, v in given:
             if k is not None:
+                if k in base_over:
+                    raise CnnArgumentError(f"parameter '{k}' of '{decl.base}' given twice", decl.span)
+                if k not in [p.name for p in params]:
+                    raise CnnArgumentError(f"network '{decl.base}' has no parameter '{k}'", decl.span,
+                                           _suggest(k, [p.name for p in params]))
                 base_over[k] = v
-        sub = Resolver(self.lib, self.choose)
+        sub = Resolver(self.lib, self.choose, self.chain + (decl.name,))
         g = sub.network(decl.base, base_over, decl.span)
         g.name = decl.name
         g.params = {**g.params, **{k: plain(v) for k, v in env.items()}}
@@ -249,6 +268,9 @@ class Resolver:
     def _bind(self, what: str, params: tuple[ast.Param, ...], positional: tuple, keywords: dict, caller_env,
               span, kind: str) -> dict[str, Any]:
         names = [p.name for p in params]
+        for i, p in enumerate(params):
+            if p.name in names[:i]:
+                raise CnnNameError(f"parameter '{p.name}' of '{what}' is declared twice", p.span)
         if len(positional) > len(params):
             raise CnnArgumentError(f"{kind} '{what}' takes {len(params)} argument{'s' if len(params) != 1 else ''}, "
                                    f"got {len(positional)}", span,
@@ -286,17 +308,35 @@ class Resolver:
                     raise CnnArgumentError(f"'{op.name}' has no argument '{a.name}'", a.span,
                                            _suggest(a.name, sorted(known)))
                 vals[a.name] = plain(evaluate(a.value, env, self.choose))
+                act = vals[a.name] if a.name == "act" else None
+                if act not in (None, "none", False) and not (isinstance(act, str) and lookup(act) and
+                                                             lookup(act).activation):
+                    raise CnnArgumentError(f"'{act}' is not an activation", a.span,
+                                           "act= takes relu, tanh, sigmoid, softmax or none")
             out.setdefault(op.name, {}).update(vals)
         return out
 
     # -- sequences
     def _seq(self, seq: ast.Seq, flow: str | None, scope: NameScope, frame: Frame, tail: bool, then_act: bool) -> str:
+        if self.depth >= MAX_NESTED:
+            raise CnnLimitError(f"the network is nested more than {MAX_NESTED} levels deep "
+                                "(blocks, groups and branches together)", seq.span,
+                                "a block that instantiates itself, or brackets nested too deeply?")
+        self.depth += 1
         steps = seq.steps
         for i, step in enumerate(steps):
             last = i == len(steps) - 1
             nxt_act = then_act if last else self._is_activation(steps[i + 1], frame)
             flow = self._step(step, flow, scope, frame, tail and last, nxt_act)
+        self.depth -= 1
         return flow
+
+    def _claim(self, full: str, span: Span | None) -> None:
+        """A label names one thing: using the same full name twice is a mistake."""
+        first = self.claimed.setdefault(full, span)
+        if first is not span or full in self.g:
+            where = first if first is not span else self.g.node(full).span
+            raise CnnNameError(f"duplicate name '{full}'", span, f"'{full}' is already defined at {where}")
 
     def _is_activation(self, step: ast.Step, frame: Frame) -> bool:
         t = step.term
@@ -308,6 +348,10 @@ class Resolver:
     def _step(self, step: ast.Step, flow, scope: NameScope, frame: Frame, tail: bool, then_act: bool) -> str:
         if flow is None and not isinstance(step.term, ast.Ref):
             raise CnnDslError("this network has no input to start from", step.span)
+        if flow == ZERO and not isinstance(step.term, ast.Ref):
+            if step.label is not None:  # layers on a zero are dropped; a reference to them is a zero too
+                frame.labels[scope.full(step.label)] = ZERO
+            return ZERO
         if step.repeat is None:
             return self._term(step.term, step.label, flow, scope, frame, tail, then_act, step)
         n = evaluate(step.repeat, frame.env, self.choose)
@@ -318,6 +362,7 @@ class Resolver:
                                 "a network of that size cannot be compiled; check the count")
         if step.label is not None:
             name = scope.child("seq", step.label)
+            self._claim(name, step.label_span or step.span)
             inner = NameScope(name, sequential=True)
             self.g.scopes[name] = Scope(name, "sequence", span=step.span)
         else:
@@ -339,6 +384,8 @@ class Resolver:
         return flow
 
     def _term(self, term, label, flow, scope: NameScope, frame: Frame, tail, then_act, step: ast.Step) -> str:
+        if label is not None:
+            self._claim(scope.full(label), step.label_span or step.span)
         if isinstance(term, ast.Ref):
             target = self._lookup_label(term.name, scope, frame, term.span)
             if label is not None:
@@ -352,8 +399,16 @@ class Resolver:
                 frame.labels[name] = out
                 return out
             return self._seq(term.seq, flow, scope, frame, tail, then_act)
+        if isinstance(term, ast.Combinator) and term.name.lower() == "choice":
+            return self._term(self._chosen(term), label, flow, scope, frame, tail, then_act, step)
         if isinstance(term, ast.Combinator):
             return self._combinator(term, label, flow, scope, frame, tail)
+        if isinstance(term, ast.Call) and term.name.lower() == "none" and term.name not in frame.env:
+            if term.kernel is not None or term.channels is not None or term.stride is not None or term.args:
+                raise CnnArgumentError("`none` (a zero) takes no arguments", term.span)
+            if label is not None:
+                frame.labels[scope.full(label)] = ZERO
+            return ZERO
         return self._call(term, label, flow, scope, frame, tail, then_act, step)
 
     def _lookup_label(self, name: str, scope: NameScope, frame: Frame, span) -> str:
@@ -367,15 +422,26 @@ class Resolver:
             if prefix == frame.root or not prefix:
                 break
             prefix = prefix.rpartition(".")[0]
+        later = _find_label(frame.body, name.split(".")[0]) if frame.body is not None else None
+        if later is not None and (later.line, later.col) > (span.line, span.col):
+            raise CnnNameError(f"'@{name}' refers to a label defined later, at {later.line}:{later.col}", span,
+                               "a reference can only point back to an earlier layer; a later one would make a cycle")
         known = [k[len(frame.root) + 1:] if frame.root else k for k in frame.labels]
         raise CnnNameError(f"unknown name '@{name}'", span,
                            _suggest(name, known) or "a reference names a label defined earlier (`name: layer`); "
                            "referring to a later point would make a cycle")
 
     # -- combinators
+    def _chosen(self, c: ast.Combinator) -> ast.Group:
+        """``choice< A | B | ... >``: the branch the ``choose`` hook picks (the first by default), as a group."""
+        if c.args:
+            raise CnnArgumentError("choice<...> takes no arguments", c.span, "choice< conv3-64 | maxpool >")
+        index = self.choose(ast.Choice(tuple(c.branches), c.span)) if self.choose else 0
+        return ast.Group(c.branches[index], c.span)
+
     def _combinator(self, c: ast.Combinator, label, flow, scope: NameScope, frame: Frame, tail) -> str:
         kind = c.name.lower()
-        if kind not in ("concat", "inception", "add", "residual", "aux"):
+        if kind not in ("concat", "inception", "add", "residual", "aux"):  # choice<...> is handled in _term
             raise CnnNameError(f"unknown combinator '{c.name}<...>'", c.span,
                                _suggest(kind, ["concat", "inception", "add", "residual", "aux"]) or
                                "combinators are concat<...>, add<...>, residual<...>, aux<...>")
@@ -393,6 +459,7 @@ class Resolver:
         if kind == "aux":
             self._no_args(given, kind, c.span)
             outs = [self._seq(b, flow, inner, frame, tail=True, then_act=False) for b in c.branches]
+            self._no_zero(outs, kind, c.span)
             self.g.aux_outputs.extend(outs)
             if name is not None:
                 frame.labels[name] = outs[-1]
@@ -405,7 +472,15 @@ class Resolver:
             if op == "add" and len(outs) < 2:
                 raise CnnArgumentError("add<...> needs at least two branches", c.span, "add< a | b >")
             args = OPS[op].normalize(given, c.span)
-            out = self._add_node(inner.child(op, node_label), op, args, c.span, outs)
+            if op == "concat":
+                self._no_zero(outs, kind, c.span)
+            live = [o for o in outs if o != ZERO]  # a `none` branch adds nothing
+            if len(live) < len(outs) and len(live) < 2:
+                out = live[0] if live else ZERO
+                if node_label is not None:
+                    frame.labels[inner.full(node_label)] = out
+            else:
+                out = self._add_node(inner.child(op, node_label), op, args, c.span, live)
         frame.labels[name or out] = out
         return out
 
@@ -421,6 +496,12 @@ class Resolver:
             out.append((a.name, v))
         return out
 
+    @staticmethod
+    def _no_zero(outs, kind, span):
+        if ZERO in outs:
+            raise CnnShapeError(f"a `none` branch (a zero) cannot be part of {kind}<...>", span,
+                                "`none` only makes sense as a branch of add<...>")
+
     def _no_args(self, given, kind, span):
         if given:
             raise CnnArgumentError(f"{kind}<...> takes no arguments", span)
@@ -434,8 +515,10 @@ class Resolver:
         if len(c.branches) > 2:
             raise CnnArgumentError("residual< body | shortcut > takes one or two branches", c.span)
         body = self._seq(c.branches[0], flow, scope, frame, tail=False, then_act=False)
+        self._no_zero([body], "residual", c.span)
         if len(c.branches) == 2:
             short = self._seq(c.branches[1], flow, scope, frame, tail=False, then_act=False)
+            self._no_zero([short], "residual", c.span)
         else:
             bn = {**{"eps": 1e-5, "momentum": 0.1}, **frame.defaults.get("bn", {})}
             args = OPS["shortcut"].normalize({"mode": given.get("shortcut", "auto"), "bn_eps": bn["eps"],
@@ -467,7 +550,14 @@ class Resolver:
                 continue
             if field_name is None:
                 raise CnnArgumentError(f"'{op.name}' takes no {what} in its short form", call.span, op.doc or None)
-            given[field_name] = part if isinstance(part, (int, tuple)) else plain(evaluate(part, frame.env, self.choose))
+            value = part if isinstance(part, (int, tuple)) else evaluate(part, frame.env, self.choose)
+            if isinstance(value, Symbol):
+                if isinstance(part, ast.Var) and part.name not in frame.env:
+                    raise CnnNameError(f"unknown name '{part.name}' in the {what}", part.span,
+                                       _suggest(part.name, frame.env) or
+                                       f"parameters in scope: {', '.join(frame.env) or 'none'}")
+                raise CnnArgumentError(f"the {what} must be a number, got the word '{value.name}'", part.span)
+            given[field_name] = plain(value)
         act = None
         explicit_act = False
         positional = [f for f in op.positional if f not in given]
@@ -482,7 +572,8 @@ class Resolver:
                     key, val = positional.pop(0), plain(v)
                 else:
                     raise CnnArgumentError(f"too many arguments to '{op.name}'", a.span,
-                                           op.doc or f"use keywords: {', '.join(f for f, _ in op.fields)}")
+                                           op.doc or (f"use keywords: {', '.join(f for f, _ in op.fields)}"
+                                                      if op.fields else f"'{op.name}' takes no arguments"))
             else:
                 key, val = a.name, plain(v)
                 if key in positional:
@@ -528,6 +619,10 @@ class Resolver:
                 kernel = dims[0] if len(dims) == 1 else dims
         if op is None or op.name in ("input", "shortcut"):
             hint = _suggest(name, sorted(set(spellings()) | set(self.lib.blocks)))
+            base = re.match(r"^([A-Za-z_][A-Za-z_-]*?)[0-9]", name)
+            if base and lookup(base[1]) and lookup(base[1]).shorthand[0]:
+                b = base[1]
+                hint = f"write the kernel size as {b}K or {b}KxL, e.g. {b}3-64 or {b}1x7-64"
             if re.match(r"^[A-Za-z]+[0-9]+-[A-Za-z]", name):
                 hint = f"write the number in braces: {name.split('-')[0]}-{{{name.split('-', 1)[1]}}}"
             raise CnnNameError(f"unknown layer or block '{name}'", call.name_span, hint)
@@ -556,7 +651,7 @@ class Resolver:
         self.g.scopes[inst] = Scope(inst, "block", block=name, args={k: plain(v) for k, v in env.items()},
                                     span=call.span)
         inner = Frame(env, self._defaults(block.defaults, frame.defaults, env), inst,
-                      frame.blocks_active + (name,))
+                      frame.blocks_active + (name,), body=block.body)
         out = self._seq(block.body, flow, NameScope(inst, sequential=False), inner, tail, then_act)
         frame.labels[inst] = out
         return out
@@ -569,6 +664,20 @@ class Resolver:
         return name
 
 
+def _find_label(seq: ast.Seq, name: str) -> Span | None:
+    """Where ``name:`` labels a step anywhere in ``seq`` (groups and branches included), or None."""
+    for step in seq.steps:
+        if step.label == name:
+            return step.label_span or step.span
+        inner = [step.term.seq] if isinstance(step.term, ast.Group) else \
+            list(step.term.branches) if isinstance(step.term, ast.Combinator) else []
+        for sub in inner:
+            found = _find_label(sub, name)
+            if found is not None:
+                return found
+    return None
+
+
 def _suggest(word: str, choices) -> str | None:
     close = difflib.get_close_matches(word, list(choices), 1, 0.6)
     return f"did you mean '{close[0]}'?" if close else None
@@ -576,4 +685,9 @@ def _suggest(word: str, choices) -> str | None:
 
 def resolve(library, network: str, choose: Callable[[ast.Choice], int] | None = None, **params) -> Graph:
     """Lower network ``network`` of ``library`` (with parameter overrides) to an IR graph."""
-    return Resolver(library, choose).network(network, params)
+    try:
+        return Resolver(library, choose).network(network, params)
+    except RecursionError:  # a backstop: MAX_NESTED and MAX_BLOCK_DEPTH normally stop it first
+        decl = library.networks.get(network)
+        raise CnnLimitError("the network is nested too deeply to build", decl.span if decl else None,
+                            "use fewer levels of blocks, brackets and branches") from None

@@ -1,0 +1,543 @@
+"""The JAX backend: a checked IR -> the source of a pure-function JAX model.
+
+The generated module imports jax alone (no Flax, no cnndsl) and defines
+
+* ``init(key) -> variables``, ``variables = {"params": ..., "batch_stats": ...}``
+  nested by the layers' dotted names, as Flax lays them out (conv and fc
+  ``kernel`` / ``bias``, batch norm ``scale`` / ``bias`` and ``mean`` / ``var``);
+* ``apply(variables, x, *, train=False, rng=None)``: NHWC in, the main output
+  out; with ``train=True`` it returns ``(outputs, new_batch_stats)``, where
+  ``outputs`` is the main output, or ``(main, aux1, ...)`` when the network has
+  auxiliary heads, and ``rng`` (a ``jax.random`` key) drives dropout.
+
+Semantics follow PyTorch exactly (the torch backend is the reference): the IR's
+explicit padding pairs, ceil-mode pooling as extra bottom/right padding that an
+average pool does not count, PyTorch's LRN, adaptive pooling bins and
+ConvTranspose2d, and the running-statistics update of BatchNorm2d. Weights move
+between the backends with :mod:`cnndsl.convert`.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from ..convert import flattens_channel_major
+from ..ir import Graph, Node
+from ..network import Network
+from .base import Emitter, Namespace, Unsupported, Writer
+
+# Helper functions the generated module may define; each is emitted only if a layer uses it.
+HELPERS: dict[str, str] = {
+    "conv": '''
+def _conv(x, p, stride, padding, dilation=(1, 1), groups=1):
+    """2-D convolution of an NHWC batch with an HWIO kernel and explicit (low, high) padding."""
+    y = jax.lax.conv_general_dilated(x, p["kernel"], stride, padding, rhs_dilation=dilation,
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups)
+    return y + p["bias"] if "bias" in p else y
+''',
+    "conv_transpose": '''
+def _conv_transpose(x, p, stride, padding, output_padding, dilation=(1, 1), groups=1):
+    """PyTorch's ConvTranspose2d: a stride-1 convolution, with the kernel flipped, over the input
+    dilated by the stride and padded by dilation * (kernel - 1) - padding (plus output_padding at the end)."""
+    kernel = p["kernel"]
+    pads = [(d * (k - 1) - lo, d * (k - 1) - hi + extra)
+            for k, d, (lo, hi), extra in zip(kernel.shape[:2], dilation, padding, output_padding)]
+    y = jax.lax.conv_general_dilated(x, jnp.flip(kernel, (0, 1)), (1, 1), pads, lhs_dilation=stride,
+                                     rhs_dilation=dilation, dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                     feature_group_count=groups)
+    return y + p["bias"] if "bias" in p else y
+''',
+    "dense": '''
+def _dense(x, p):
+    """Fully connected layer over the last axis."""
+    y = x @ p["kernel"]
+    return y + p["bias"] if "bias" in p else y
+''',
+    "max_pool": '''
+def _max_pool(x, window, stride, padding):
+    """Max pooling; padding (ceil mode's extra rows and columns included) never wins the max."""
+    return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, *window, 1), (1, *stride, 1),
+                                 ((0, 0), *padding, (0, 0)))
+''',
+    "avg_pool": '''
+def _avg_pool(x, window, stride, padding, ceil_extra=(0, 0), count_include_pad=True):
+    """Average pooling as PyTorch divides: explicit padding counts when count_include_pad,
+    the extra bottom/right padding of ceil mode never does."""
+    dims, strides = (1, *window, 1), (1, *stride, 1)
+    full = ((0, 0), *((lo, hi + e) for (lo, hi), e in zip(padding, ceil_extra)), (0, 0))
+    total = jax.lax.reduce_window(x, 0.0, jax.lax.add, dims, strides, full)
+    if count_include_pad:
+        (top, bottom), (left, right) = padding
+        ones = jnp.ones((1, x.shape[1] + top + bottom, x.shape[2] + left + right, 1), x.dtype)
+        counted = ((0, 0), (0, ceil_extra[0]), (0, ceil_extra[1]), (0, 0))
+    else:
+        ones, counted = jnp.ones((1, x.shape[1], x.shape[2], 1), x.dtype), full
+    return total / jax.lax.reduce_window(ones, 0.0, jax.lax.add, dims, strides, counted)
+''',
+    "adaptive_avg_pool": '''
+def _adaptive_avg_pool(x, size):
+    """PyTorch's AdaptiveAvgPool2d: output bin i averages rows floor(i*n/out) to ceil((i+1)*n/out)."""
+    def bins(n, out):
+        rows = []
+        for i in range(out):
+            start, end = i * n // out, -(-(i + 1) * n // out)
+            rows.append([1.0 / (end - start) if start <= j < end else 0.0 for j in range(n)])
+        return jnp.array(rows, x.dtype)
+
+    return jnp.einsum("nhwc,ih,jw->nijc", x, bins(x.shape[1], size[0]), bins(x.shape[2], size[1]))
+''',
+    "lrn": '''
+def _lrn(x, size, alpha, beta, k):
+    """PyTorch's LocalResponseNorm: x / (k + alpha / size * sum of x^2 over `size` channels)^beta,
+    the window centred on each channel and zero-padded at the ends."""
+    squares = jax.lax.reduce_window(x * x, 0.0, jax.lax.add, (1, 1, 1, size), (1, 1, 1, 1),
+                                    ((0, 0), (0, 0), (0, 0), (size // 2, (size - 1) // 2)))
+    return x / (k + alpha / size * squares) ** beta
+''',
+    "batch_norm": '''
+def _batch_norm(x, p, stats, train, momentum, eps):
+    """Batch norm over every axis but the channels (the last). Training normalises with the batch's
+    statistics and returns PyTorch's running averages (the variance's unbiased); evaluation uses them."""
+    if train:
+        axes = tuple(range(x.ndim - 1))
+        mean, var = x.mean(axes), x.var(axes)
+        n = x.size // x.shape[-1]
+        stats = {"mean": (1 - momentum) * stats["mean"] + momentum * mean,
+                 "var": (1 - momentum) * stats["var"] + momentum * var * n / max(n - 1, 1)}
+    else:
+        mean, var = stats["mean"], stats["var"]
+    y = (x - mean) * jax.lax.rsqrt(var + eps)
+    return (y * p["scale"] + p["bias"] if p else y), stats
+''',
+    "dropout": '''
+def _dropout(x, rate, key):
+    """Inverted dropout: zero each value with probability `rate`, scale the rest by 1 / (1 - rate)."""
+    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), 0.0)
+''',
+    "uniform": '''
+def _uniform(key, shape, fan_in):
+    """PyTorch's default initialisation: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    bound = fan_in ** -0.5
+    return jax.random.uniform(key, shape, jnp.float32, -bound, bound)
+''',
+    "he_normal": '''
+def _he_normal(key, shape, fan_out):
+    """He (Kaiming) normal initialisation for ReLU networks, fan-out mode: N(0, 2 / fan_out)."""
+    return jax.random.normal(key, shape, jnp.float32) * (2.0 / fan_out) ** 0.5
+''',
+    "glorot_uniform": '''
+def _glorot_uniform(key, shape, fan_in, fan_out):
+    """Glorot (Xavier) uniform initialisation: U(-a, a), a = sqrt(6 / (fan_in + fan_out))."""
+    bound = (6.0 / (fan_in + fan_out)) ** 0.5
+    return jax.random.uniform(key, shape, jnp.float32, -bound, bound)
+''',
+    "normal": '''
+def _normal(key, shape, std):
+    """N(0, std^2)."""
+    return jax.random.normal(key, shape, jnp.float32) * std
+''',
+}
+
+# Names the generated module uses for itself; layer variables never take them.
+RESERVED = ("jax", "jnp", "init", "apply", "key", "keys", "variables", "params", "stats", "new_stats", "train",
+            "rng", "rngs", "x", "INPUT_SHAPE", *(f"_{h}" for h in HELPERS))
+
+
+def _shape(shape: tuple[int, ...]) -> str:
+    """A logical (C, H, W) shape in the generated code's NHWC order."""
+    if len(shape) == 3:
+        c, h, w = shape
+        return f"{h}x{w}x{c}"
+    return "x".join(map(str, shape))
+
+
+def _tuple(values) -> str:
+    values = tuple(values)
+    return f"({values[0]},)" if len(values) == 1 else "(" + ", ".join(map(str, values)) + ")"
+
+
+def _path(name: str) -> str:
+    """A dotted layer name as the subscripts into the variable tree: ``["layer1"]["0"]["conv1"]``."""
+    return "".join(f'["{part}"]' for part in name.split("."))
+
+
+def _ceil_extra(node: Node, in_shape: tuple[int, ...]) -> tuple[int, int]:
+    """The extra bottom/right padding ceil mode needs for the output size the IR inferred."""
+    _, h, w = in_shape
+    extra = []
+    for size, out, k, s, (lo, hi) in zip((h, w), node.shape[1:], node.args["k"], node.args["s"], node.args["p"]):
+        extra.append(max(0, (out - 1) * s + k - (size + lo + hi)))
+    return (extra[0], extra[1])
+
+
+class JaxEmitter(Emitter):
+    """Writes the JAX module for one network: one ``emit_<op>`` method per op kind."""
+
+    backend = "JAX"
+
+    def __init__(self, net: Network):
+        super().__init__(net.graph)
+        self.net = net
+        self.graph: Graph = net.graph
+        self.names = Namespace(RESERVED)
+        self.var: dict[str, str] = {}  # node name -> its variable in apply()
+        self.helpers: set[str] = set()
+        self.params: dict = {}  # nested tree of init expressions
+        self.stats: dict = {}
+        self.n_keys = 0
+        self.n_dropout = 0
+        self.channel_major = flattens_channel_major(self.graph)
+
+    # -- variables and init
+    def _key(self) -> str:
+        self.n_keys += 1
+        return f"keys[{self.n_keys - 1}]"
+
+    @staticmethod
+    def _put(tree: dict, name: str, leaf: dict) -> None:
+        *scopes, last = name.split(".")
+        for part in scopes:
+            tree = tree.setdefault(part, {})
+        tree[last] = leaf
+
+    def _init_weight(self, node: Node, shape: tuple[int, ...], fan_in: int, fan_out: int) -> dict:
+        """Init expressions for a kernel (and bias), by the network's scheme, as the torch backend does.
+
+        ``fan_in`` and ``fan_out`` are PyTorch's, computed from its own weight layout.
+        """
+        scheme, key = self.graph.init, self._key()
+        if scheme is None:
+            self.helpers.add("uniform")
+            leaf = {"kernel": f"_uniform({key}, {_tuple(shape)}, fan_in={fan_in})"}
+            if node.args.get("bias"):
+                leaf["bias"] = f"_uniform({self._key()}, ({shape[-1]},), fan_in={fan_in})"
+            return leaf
+        if scheme == "kaiming" and node.op == "fc":
+            self.helpers.add("normal")
+            kernel = f"_normal({key}, {_tuple(shape)}, std=0.01)"
+        elif scheme == "kaiming":
+            self.helpers.add("he_normal")
+            kernel = f"_he_normal({key}, {_tuple(shape)}, fan_out={fan_out})"
+        elif scheme in ("xavier", "glorot"):
+            self.helpers.add("glorot_uniform")
+            kernel = f"_glorot_uniform({key}, {_tuple(shape)}, fan_in={fan_in}, fan_out={fan_out})"
+        else:
+            raise Unsupported(f"initialisation '{scheme}' is not supported by the JAX backend",
+                              self.graph.node(self.graph.inputs[0]).span)
+        leaf = {"kernel": kernel}
+        if node.args.get("bias"):
+            leaf["bias"] = f"jnp.zeros({shape[-1]})"
+        return leaf
+
+    # -- apply() helpers
+    def _in(self, node: Node, i: int = 0) -> str:
+        return self.var[self.graph.inputs_of(node.name)[i]]
+
+    def _in_shape(self, node: Node, i: int = 0) -> tuple[int, ...]:
+        return self.graph.node(self.graph.inputs_of(node.name)[i]).shape
+
+    def _p(self, node: Node) -> str:
+        return f"params{_path(node.name)}"
+
+    # -- ops: each returns the expression (or statement list) computing the node's value
+    def emit_input(self, node: Node) -> str:
+        raise AssertionError("inputs are the arguments of apply()")  # handled in apply()
+
+    def emit_conv(self, node: Node) -> str:
+        a, cin = node.args, self._in_shape(node)[0]
+        kh, kw = a["k"]
+        fan_in, fan_out = cin // a["groups"] * kh * kw, a["c"] * kh * kw  # of PyTorch's (O, I/g, kh, kw)
+        self._put(self.params, node.name, self._init_weight(node, (kh, kw, cin // a["groups"], a["c"]),
+                                                            fan_in, fan_out))
+        self.helpers.add("conv")
+        extra = ""
+        if a["d"] != (1, 1):
+            extra += f", dilation={_tuple(a['d'])}"
+        if a["groups"] != 1:
+            extra += f", groups={a['groups']}"
+        return f"_conv({self._in(node)}, {self._p(node)}, {_tuple(a['s'])}, {_tuple(a['p'])}{extra})"
+
+    def emit_deconv(self, node: Node) -> str:
+        a, cin = node.args, self._in_shape(node)[0]
+        kh, kw = a["k"]
+        # PyTorch's fans for a ConvTranspose2d weight, laid out (in, out/groups, kh, kw)
+        fan_in, fan_out = a["c"] // a["groups"] * kh * kw, cin * kh * kw
+        self._put(self.params, node.name, self._init_weight(node, (kh, kw, cin // a["groups"], a["c"]),
+                                                            fan_in, fan_out))
+        self.helpers.add("conv_transpose")
+        extra = ""
+        if a["d"] != (1, 1):
+            extra += f", dilation={_tuple(a['d'])}"
+        if a["groups"] != 1:
+            extra += f", groups={a['groups']}"
+        return (f"_conv_transpose({self._in(node)}, {self._p(node)}, {_tuple(a['s'])}, {_tuple(a['p'])}, "
+                f"{_tuple(a['output_padding'])}{extra})")
+
+    def emit_fc(self, node: Node) -> str:
+        in_shape = self._in_shape(node)
+        x = self._in(node)
+        if len(in_shape) == 3:
+            x = self._flat(x)
+        n_in = math.prod(in_shape)
+        self._put(self.params, node.name, self._init_weight(node, (n_in, node.args["c"]), n_in, node.args["c"]))
+        self.helpers.add("dense")
+        return f"_dense({x}, {self._p(node)})"
+
+    def _flat(self, x: str) -> str:
+        if self.channel_major:  # PyTorch's (C, H, W) order, where the network's numbers depend on it
+            return f"{x}.transpose(0, 3, 1, 2).reshape({x}.shape[0], -1)"
+        return f"{x}.reshape({x}.shape[0], -1)"
+
+    def emit_flatten(self, node: Node) -> str:
+        return self._flat(self._in(node)) if len(self._in_shape(node)) == 3 else self._in(node)
+
+    def _pool_padding(self, node: Node) -> tuple[tuple, tuple[int, int]]:
+        extra = _ceil_extra(node, self._in_shape(node)) if node.args["ceil"] else (0, 0)
+        return node.args["p"], extra
+
+    def emit_maxpool(self, node: Node) -> str:
+        a = node.args
+        pad, extra = self._pool_padding(node)
+        pad = tuple((lo, hi + e) for (lo, hi), e in zip(pad, extra))
+        self.helpers.add("max_pool")
+        return f"_max_pool({self._in(node)}, {_tuple(a['k'])}, {_tuple(a['s'])}, {_tuple(pad)})"
+
+    def emit_avgpool(self, node: Node) -> str:
+        a = node.args
+        pad, extra = self._pool_padding(node)
+        self.helpers.add("avg_pool")
+        more = "" if extra == (0, 0) else f", ceil_extra={_tuple(extra)}"
+        if not a["count_include_pad"] and any(sum(p) for p in pad):
+            more += ", count_include_pad=False"
+        return f"_avg_pool({self._in(node)}, {_tuple(a['k'])}, {_tuple(a['s'])}, {_tuple(pad)}{more})"
+
+    def emit_gap(self, node: Node) -> str:
+        return f"{self._in(node)}.mean((1, 2), keepdims=True)"
+
+    def emit_adaptiveavgpool(self, node: Node) -> str:
+        self.helpers.add("adaptive_avg_pool")
+        return f"_adaptive_avg_pool({self._in(node)}, {_tuple(node.args['size'])})"
+
+    def emit_relu(self, node: Node) -> str:
+        return f"jax.nn.relu({self._in(node)})"
+
+    def emit_tanh(self, node: Node) -> str:
+        return f"jnp.tanh({self._in(node)})"
+
+    def emit_sigmoid(self, node: Node) -> str:
+        return f"jax.nn.sigmoid({self._in(node)})"
+
+    def emit_softmax(self, node: Node) -> str:
+        return f"jax.nn.softmax({self._in(node)}, axis=-1)"
+
+    def emit_identity(self, node: Node) -> str:
+        return self._in(node)
+
+    def emit_dropout(self, node: Node) -> str:
+        rate, x = node.args["p"], self._in(node)
+        if rate == 0.0:
+            return x
+        if rate == 1.0:
+            return f"jnp.zeros_like({x}) if train else {x}"
+        self.helpers.add("dropout")
+        self.n_dropout += 1
+        return f"_dropout({x}, {rate}, rngs[{self.n_dropout - 1}]) if train else {x}"
+
+    def emit_bn(self, node: Node) -> list[str]:
+        a, c = node.args, node.shape[0]
+        if a["affine"]:
+            scale = "jnp.zeros" if self._zero_init(node) else "jnp.ones"
+            self._put(self.params, node.name, {"scale": f"{scale}({c})", "bias": f"jnp.zeros({c})"})
+        self._put(self.stats, node.name, {"mean": f"jnp.zeros({c})", "var": f"jnp.ones({c})"})
+        self.helpers.add("batch_norm")
+        p = self._p(node) if a["affine"] else "None"
+        target = f"{self.var[node.name]}, new_stats{_path(node.name)}"
+        call = (f"{self._in(node)}, {p}, stats{_path(node.name)}, train, momentum={a['momentum']}, "
+                f"eps={a['eps']})")
+        if len(target) + len(call) + 20 <= 116:
+            return [f"{target} = _batch_norm({call}"]
+        return [f"{target} = _batch_norm(", f"    {call}"]
+
+    def _zero_init(self, node: Node) -> bool:
+        """A residual body's last batch norm starts at zero under ``zero_init_residual`` (as torchvision)."""
+        if not (self.graph.init and self.graph.params.get("zero_init_residual")):
+            return False
+        return any(self.graph.node(dst).op == "add" and port == 0 for dst, port in self.graph.consumers(node.name))
+
+    def emit_lrn(self, node: Node) -> str:
+        a = node.args
+        self.helpers.add("lrn")
+        return f"_lrn({self._in(node)}, size={a['size']}, alpha={a['alpha']}, beta={a['beta']}, k={a['k']})"
+
+    def emit_concat(self, node: Node) -> str:
+        parts = []
+        for i, src in enumerate(self.graph.inputs_of(node.name)):
+            x, shape = self.var[src], self.graph.node(src).shape
+            if len(shape) == 3 and node.args["crop"] and shape[1:] != node.shape[1:]:
+                # centre crop: offset (size - target) // 2, as the torch backend
+                (h, w), (th, tw) = shape[1:], node.shape[1:]
+                top, left = (h - th) // 2, (w - tw) // 2
+                x = f"{x}[:, {top}:{top + th}, {left}:{left + tw}]"
+            parts.append(x)
+        return f"jnp.concatenate([{', '.join(parts)}], axis=-1)"
+
+    def emit_add(self, node: Node) -> str:
+        xs = [self.var[src] for src in self.graph.inputs_of(node.name)]
+        scale = node.args["scale"]
+        if scale != 1.0:
+            xs[0] = f"{scale} * {xs[0]}"
+        return " + ".join(xs)
+
+    def emit_padshortcut(self, node: Node) -> str:
+        s, cin = node.args["s"], self._in_shape(node)[0]
+        x = self._in(node)
+        if s != 1:
+            x = f"{x}[:, ::{s}, ::{s}]"
+        if node.args["c"] == cin:
+            return x
+        # the new channels are zeros after the old ones, as the torch backend pads
+        return f"jnp.pad({x}, ((0, 0), (0, 0), (0, 0), (0, {node.args['c'] - cin})))"
+
+    # -- the module
+    def _comment(self, node: Node) -> str:
+        where = ""
+        if node.span is not None:
+            where = f"{Path(node.span.file).name}:{node.span.line}  "
+        return f"# {where}{node.name}: {node.op} -> {_shape(node.shape)}"
+
+    def _tree_lines(self, w: Writer, tree: dict, head: str, tail: str) -> None:
+        if not tree:
+            w.line(f"{head}{{}}{tail}")
+            return
+        flat = all(not isinstance(v, dict) for v in tree.values())
+        inline = head + "{" + ", ".join(f'"{k}": {v}' for k, v in tree.items()) + "}" + tail
+        if flat and len(inline) + 4 * w.depth <= 110:
+            w.line(inline)
+            return
+        w.line(head + "{")
+        with w.indent():
+            for k, v in tree.items():
+                if isinstance(v, dict):
+                    self._tree_lines(w, v, f'"{k}": ', ",")
+                else:
+                    w.line(f'"{k}": {v},')
+        w.line("}" + tail)
+
+    def generate(self) -> str:
+        g = self.graph
+        self.check_supported()
+        body = Writer()
+        inputs = g.inputs
+        for i, name in enumerate(inputs):
+            self.var[name] = "x" if i == 0 else self.names.name(name)
+        for node in g.nodes():
+            if node.op == "input":
+                continue
+            self.var[node.name] = self.names.name(node.name)
+            code = self.dispatch(node)
+            body.line(self._comment(node))
+            if isinstance(code, list):
+                for text in code:
+                    body.line(text)
+            else:
+                body.line(f"{self.var[node.name]} = {code}")
+
+        out = Writer()
+        source = Path(g.node(inputs[0]).span.file).name if g.node(inputs[0]).span else "<unknown>"
+        out.line(f'"""{g.name}: a JAX model generated by cnndsl from {source}. Do not edit.')
+        out.line()
+        out.line("init(key) -> variables, a Flax-style {\"params\": ..., \"batch_stats\": ...} tree.")
+        out.line("apply(variables, x, *, train=False, rng=None): x is an NHWC batch; returns the output, or")
+        out.line("(outputs, new_batch_stats) when train=True (rng, a jax.random key, drives dropout).")
+        out.line("Under jax.jit, mark train static: jax.jit(apply, static_argnames=\"train\").")
+        out.line('"""')
+        out.line()
+        out.line("import jax")
+        out.line("import jax.numpy as jnp")
+        out.line()
+        shapes = ", ".join(_tuple(_nhwc(g.node(i).shape)) for i in inputs)
+        out.line(f"INPUT_SHAPE = {shapes}  # one example, NHWC without the batch axis")
+        for h in HELPERS:
+            if h in self.helpers:
+                out.line()
+                out.line()
+                for text in HELPERS[h].strip("\n").split("\n"):
+                    out.line(text)
+        out.line()
+        out.line()
+        self._write_init(out)
+        out.line()
+        out.line()
+        self._write_apply(out, body)
+        return out.text()
+
+    def _write_init(self, out: Writer) -> None:
+        out.line("def init(key):")
+        with out.indent():
+            scheme = {None: "PyTorch's default", "kaiming": "He (Kaiming)"}.get(self.graph.init, "Glorot (Xavier)")
+            out.line(f'"""Fresh variables for {self.graph.name}: {scheme} initialisation."""')
+            if self.n_keys:
+                out.line(f"keys = jax.random.split(key, {self.n_keys})")
+            else:
+                out.line("del key  # nothing random to initialise")
+            self._tree_lines(out, self.params, "params = ", "")
+            self._tree_lines(out, self.stats, "batch_stats = ", "")
+            out.line('return {"params": params, "batch_stats": batch_stats}')
+
+    def _write_apply(self, out: Writer, body: Writer) -> None:
+        g = self.graph
+        args = ", ".join(self.var[i] for i in g.inputs)
+        out.line(f"def apply(variables, {args}, *, train=False, rng=None):")
+        with out.indent():
+            main = self.var[g.output]
+            aux = [self.var[a] for a in g.aux_outputs]
+            doc = f"{g.name}'s forward pass: {main}" + (f" (with {', '.join(aux)} in training)" if aux else "")
+            out.line(f'"""{doc}."""')
+            out.line('params, stats = variables["params"], variables["batch_stats"]')
+            if self.stats:
+                out.line("new_stats = jax.tree_util.tree_map(lambda v: v, stats)  # a copy the batch norms update")
+            if self.n_dropout:
+                out.line("if train and rng is None:")
+                with out.indent():
+                    out.line('raise ValueError("apply(train=True) needs rng, a jax.random key, for dropout")')
+                out.line(f"rngs = jax.random.split(rng, {self.n_dropout}) if train else None")
+            for text in body.lines:
+                out.line(text)
+            out.line("if not train:")
+            with out.indent():
+                out.line(f"return {main}")
+            outputs = f"({', '.join([main, *aux])})" if aux else main
+            out.line(f"return {outputs}, {'new_stats' if self.stats else 'stats'}")
+
+
+def _nhwc(shape: tuple[int, ...]) -> tuple[int, ...]:
+    return (shape[1], shape[2], shape[0]) if len(shape) == 3 else shape
+
+
+def generate(net: Network) -> str:
+    """The source of the JAX module for a checked network (see the module docstring)."""
+    return JaxEmitter(net).generate()
+
+
+class JaxModel:
+    """A generated JAX model, executed in a fresh namespace: ``.init(key)`` and ``.apply(...)``."""
+
+    def __init__(self, net: Network, source: str):
+        self.network = net
+        self.source = source
+        namespace: dict[str, Any] = {"__name__": f"cnndsl_jax_{net.name}"}
+        exec(compile(source, f"<cnndsl jax: {net.name}>", "exec"), namespace)
+        self.init = namespace["init"]
+        self.apply = namespace["apply"]
+        self.input_shape: tuple[int, ...] = namespace["INPUT_SHAPE"]
+
+    def __repr__(self) -> str:
+        return f"<JaxModel {self.network.name}>"
+
+
+def build(net: Network) -> JaxModel:
+    """Generate and load the JAX model for a checked network."""
+    return JaxModel(net, generate(net))
