@@ -17,11 +17,12 @@ from __future__ import annotations
 import builtins
 import keyword
 import re
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any, Iterable, Iterator
+from typing import Any
 
-from ..errors import CnnDslError
-from ..ir import Graph, Node
+from cnndsl.errors import CnnDslError
+from cnndsl.ir import Graph, Node
 
 
 class Unsupported(CnnDslError):

@@ -23,10 +23,11 @@ import math
 from pathlib import Path
 from typing import Any
 
-from ..convert import flattens_channel_major
-from ..ir import Graph, Node
-from ..network import Network
-from .base import Emitter, Namespace, Unsupported, Writer
+from cnndsl.backends.base import Emitter, Namespace, Unsupported, Writer
+
+from cnndsl.convert import flattens_channel_major
+from cnndsl.ir import Graph, Node
+from cnndsl.network import Network
 
 # Helper functions the generated module may define; each is emitted only if a layer uses it.
 HELPERS: dict[str, str] = {
@@ -460,11 +461,11 @@ class JaxEmitter(Emitter):
         out.line()
         shapes = ", ".join(_tuple(_nhwc(g.node(i).shape)) for i in inputs)
         out.line(f"INPUT_SHAPE = {shapes}  # one example, NHWC without the batch axis")
-        for h in HELPERS:
-            if h in self.helpers:
+        for helper, source in HELPERS.items():
+            if helper in self.helpers:
                 out.line()
                 out.line()
-                for text in HELPERS[h].strip("\n").split("\n"):
+                for text in source.strip("\n").split("\n"):
                     out.line(text)
         out.line()
         out.line()
@@ -529,7 +530,7 @@ class JaxModel:
         self.network = net
         self.source = source
         namespace: dict[str, Any] = {"__name__": f"cnndsl_jax_{net.name}"}
-        exec(compile(source, f"<cnndsl jax: {net.name}>", "exec"), namespace)
+        exec(compile(source, f"<cnndsl jax: {net.name}>", "exec"), namespace)  # noqa: S102 - our own source
         self.init = namespace["init"]
         self.apply = namespace["apply"]
         self.input_shape: tuple[int, ...] = namespace["INPUT_SHAPE"]

@@ -29,6 +29,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from cnndsl.backends.base import Emitter, Unsupported
+
 from cnndsl.errors import CnnDslError
 from cnndsl.ir import Graph, Node
 
@@ -44,10 +46,6 @@ _RESERVED_ATTRS = frozenset({
 _RESERVED_VARS = frozenset({"self", "torch", "nn", "F", "aux"}) | frozenset(keyword.kwlist) | {"input", "type", "id"}
 # Ops whose result is the very tensor they got (in eval mode): in-place ReLU must look through them.
 _ALIASING = frozenset({"identity", "dropout", "flatten"})
-
-
-class Unsupported(CnnDslError):
-    """An op the PyTorch backend cannot generate."""
 
 
 # ----------------------------------------------------------------------------- small value types
@@ -109,6 +107,7 @@ class Unit:
     access: str = ""  # how to reach the module from self ("self.conv1", "self.features[3]")
     span_node: Node | None = None
     call_span: Any = None
+    flatten_first: bool = False  # a sequence that starts with an fc on a feature map
 
 
 @dataclass
@@ -167,10 +166,13 @@ def fmt_shape(shape) -> str:
 # ----------------------------------------------------------------------------- the emitter
 
 
-class TorchEmitter:
+class TorchEmitter(Emitter):
     """Turns a checked :class:`cnndsl.ir.Graph` into PyTorch source. One ``emit_<op>`` method per op."""
 
+    backend = "PyTorch"
+
     def __init__(self, graph: Graph, source_name: str | None = None):
+        super().__init__(graph)
         self.g = graph
         self.nodes = list(graph.nodes())
         self.source_name = source_name
@@ -274,8 +276,12 @@ class TorchEmitter:
             if kind in ("chain", "class"):
                 ins, outs = self._boundary(kid)
                 first = min(n.order for n in self._members(kid))
+                head = self.scopes[kid][0]
+                flat = kind == "chain" and head in self.g and self.g.node(head).op == "fc" and len(
+                    self.g.node(ins[0]).shape) != 1
                 units.append(Unit(ins, outs[0], first, access=kid_access, span_node=self.g.node(outs[0]),
-                                  call_span=self.g.scopes[kid].span if kid in self.g.scopes else None))
+                                  call_span=self.g.scopes[kid].span if kid in self.g.scopes else None,
+                                  flatten_first=flat))
             else:
                 units.extend(self._units(kid, kid_access))
         return self._toposort(units)
@@ -307,9 +313,7 @@ class TorchEmitter:
 
     # -- generation
     def generate(self) -> str:
-        for n in self.nodes:
-            if not hasattr(self, f"emit_{n.op}"):
-                raise Unsupported(f"'{n.op}' is not supported by the PyTorch backend", n.span)
+        self.check_supported()
         scopes = sorted((s for s in self.scopes if s), key=lambda s: -s.count("."))
         for s in scopes:  # deepest first: a parent needs its children's kinds and classes
             if s in self.g:
@@ -501,6 +505,8 @@ class TorchEmitter:
         stmts: list[list[Piece]] = []
         if u.node is None:
             sp = u.call_span
+            if u.flatten_first:
+                stmts.append([f"{operands[0]} = torch.flatten({operands[0]}, 1)"])
             stmts.append([f"{name} = {u.access}({operands[0]})", *self._note(sp, u.span_node.shape)])
             return stmts
         node = u.node
@@ -552,7 +558,6 @@ class TorchEmitter:
         rep = members[0]
         params: list[str] = []
         values: list[list[Any]] = [[] for _ in members]
-        exprs: dict[tuple[int, int, int], str] = {}
         attrs: list[tuple[str, str]] = []  # forward numbers kept as attributes: (attr, expr)
 
         def add_param(pname: str, vals: list[Any]) -> str:
@@ -732,8 +737,7 @@ class TorchEmitter:
         scheme = self.g.init
         types = {n.op for n in self.nodes}
         lines = ["    def reset_parameters(self) -> None:",
-                 f'        """{"He (Kaiming)" if scheme == "kaiming" else "Glorot (Xavier)"} initialisation, as the '
-                 'paper."""',
+                 f'        """{"He (Kaiming)" if scheme == "kaiming" else "Glorot (Xavier)"} initialisation."""',
                  "        for m in self.modules():"]
         conv = [t for op, t in (("conv", "nn.Conv2d"), ("deconv", "nn.ConvTranspose2d")) if op in types]
         branch = "if"

@@ -6,9 +6,12 @@
 (760, (10, 32, 32))
 """
 
-from .api import build, load, loads
+from .api import build, build_jax, build_torch, compile, load, loads
+from .convert import jax_to_torch, torch_to_jax
 from .errors import CnnDslError, CnnDslWarning
 from .network import Network
+from .variants import Space, Variant, variants
 
-__all__ = ["CnnDslError", "CnnDslWarning", "Network", "build", "load", "loads"]
+__all__ = ["CnnDslError", "CnnDslWarning", "Network", "build", "build_jax", "build_torch", "compile", "jax_to_torch",
+           "load", "loads", "torch_to_jax", "Space", "Variant", "variants"]
 __version__ = "0.1.0"

@@ -43,36 +43,88 @@ def loads(text: str, filename: str = "<string>", *, network: str | None = None,
     return build(library, name, input_shape, **params)
 
 
-def _network(net: "str | Network", params: dict[str, Any]) -> Network:
-    return net if isinstance(net, Network) else load(str(net), **params)
+def _network(net: str | Network, params: dict[str, Any], inference: bool = False) -> Network:
+    network = net if isinstance(net, Network) else load(str(net), **params)
+    return inference_network(network) if inference else network
 
 
-def compile(net: "str | Network", backend: str = "torch", **params: Any) -> str:  # noqa: A001 - the verb
+def inference_network(net: Network) -> Network:
+    """The inference build of ``net`` (a new :class:`Network`; ``net`` is left as it is).
+
+    Dropout and auxiliary heads are dropped (``passes.strip_training``) and each batch norm
+    that follows a convolution is folded into it (``passes.fold_bn``). The training build's
+    weights map to it with :func:`cnndsl.passes.fold_bn.fold_state_dict`.
+    """
+    import copy
+
+    from .passes import count, check, fold_bn, strip_training
+
+    graph = copy.deepcopy(net.graph)
+    for run in (strip_training, fold_bn, count, check):
+        run(graph)
+    return Network(graph, list(net.warnings))
+
+
+def compile(net: str | Network, backend: str = "torch", *, inference: bool = False,
+            **params: Any) -> str:
     """Generate source code for a network (a zoo name, a .cnn path, or a :class:`Network`).
 
-    ``backend="torch"`` gives a self-contained PyTorch module (it imports torch only).
+    ``backend="torch"`` gives a self-contained PyTorch module (it imports torch only),
+    ``backend="jax"`` a pure-function JAX model (it imports jax only).
+    ``inference=True`` generates the inference build (see :func:`inference_network`).
     """
     if backend == "torch":
         from .backends.torch import compile_torch
 
-        return compile_torch(_network(net, params))
-    raise ValueError(f"unknown backend {backend!r}; expected 'torch'")
+        return compile_torch(_network(net, params, inference))
+    if backend == "jax":
+        from .backends.jax import generate
+
+        return generate(_network(net, params, inference))
+    raise ValueError(f"unknown backend {backend!r}; expected 'torch' or 'jax'")
 
 
-def build_torch(net: "str | Network", **params: Any):
+def build_torch(net: str | Network, *, inference: bool = False, state_dict=None, **params: Any):
     """Compile ``net`` to PyTorch and return an instance of the generated ``nn.Module``.
 
     The generated source runs in a fresh module namespace, so the model does not depend on cnndsl.
+
+    ``inference=True`` returns the inference build (see :func:`inference_network`) in eval mode,
+    without gradients, in channels-last memory format; ``state_dict`` (a training build's
+    ``state_dict()``) gives it its weights, batch norms folded into the convolutions.
     """
     import types
 
-    network = _network(net, params)
+    network = _network(net, params, inference)
     source = compile(network, "torch")
     module = types.ModuleType(f"cnndsl_generated_{network.name}")
     exec(builtins_compile(source, f"<cnndsl {network.name}>", "exec"), module.__dict__)  # noqa: S102
     from .backends.torch import camel
 
-    return getattr(module, camel(network.name))()
+    model = getattr(module, camel(network.name))()
+    if inference:
+        import torch
+
+        from .passes.fold_bn import fold_state_dict
+
+        if state_dict is not None:
+            model.load_state_dict(fold_state_dict(network.graph, state_dict))
+        model.eval().requires_grad_(False)
+        if len(network.input_shape) == 3:
+            model = model.to(memory_format=torch.channels_last)
+    elif state_dict is not None:
+        model.load_state_dict(state_dict)
+    return model
+
+
+def build_jax(net: str | Network, **params: Any):
+    """Compile ``net`` to JAX and return the model: ``.init(key)`` and ``.apply(variables, x, *, train, rng)``.
+
+    The generated source runs in a fresh namespace (it imports jax only); ``.source`` holds it.
+    """
+    from .backends.jax import build
+
+    return build(_network(net, params))
 
 
 builtins_compile = __builtins__["compile"] if isinstance(__builtins__, dict) else __builtins__.compile

@@ -53,7 +53,15 @@ def cmd_check(args) -> int:
 
 
 def cmd_summary(args) -> int:
-    print(_load(args).summary(args.format))
+    net = _load(args)
+    if args.paper:
+        print(net.summary("paper"))
+    elif args.format == "table":
+        from .summary import print_table
+
+        print_table(net, args.depth)
+    else:
+        print(net.summary(args.format))
     return 0
 
 
@@ -72,6 +80,12 @@ def cmd_graph(args) -> int:
     return 0
 
 
+def cmd_lsp(args) -> int:
+    from .lsp import main as serve
+
+    return serve()
+
+
 def cmd_list(args) -> int:
     from .loader import zoo_index
 
@@ -83,6 +97,33 @@ def cmd_list(args) -> int:
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
     for r in [head, *rows]:
         print("  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip())
+    return 0
+
+
+def cmd_compile(args) -> int:
+    import os
+    import tempfile
+
+    source = api.compile(_load(args), args.backend)
+    if not args.output:
+        sys.stdout.write(source)
+        return 0
+    folder = os.path.dirname(os.path.abspath(args.output))
+    fd, tmp = tempfile.mkstemp(prefix=".cnndsl-", suffix=".py", dir=folder)
+    try:  # write a complete file, then swap it in: an existing output is never left half-written
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(source)
+        os.replace(tmp, args.output)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return 0
+
+
+def cmd_train(args) -> int:
+    from .train import train
+
+    train(args.net, data=args.data, epochs=args.epochs, backend=args.backend, **_params(args.param))
     return 0
 
 
@@ -103,11 +144,27 @@ def parser() -> argparse.ArgumentParser:
     sp = net_cmd("summary", cmd_summary, "per-layer output shapes, parameters, MACs and activations")
     sp.add_argument("--input", type=_shape, metavar="CxHxW", help="override the input size")
     sp.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    sp.add_argument("--depth", type=int, metavar="N", help="fold scopes below nesting level N into one row")
+    sp.add_argument("--paper", action="store_true", help="print the network in the layout of its paper's table")
+    sp = net_cmd("compile", cmd_compile, "generate framework code for a network (stdout, or -o FILE)")
+    sp.add_argument("--backend", choices=("torch",), default="torch")
+    sp.add_argument("-o", "--output", metavar="FILE", help="write here (replaced only by a complete file)")
+    sp.add_argument("--input", type=_shape, metavar="CxHxW", help="override the input size")
+    sp = net_cmd("train", cmd_train, "train a network on a small data set and report its test accuracy")
+    sp.add_argument("--data", default="digits", metavar="digits|DIR",
+                    help="scikit-learn's 8x8 digits (default), or an ImageFolder-style directory")
+    sp.add_argument("--backend", choices=("torch",), default="torch")
+    sp.add_argument("--epochs", type=int, default=None, metavar="N")
     net_cmd("expand", cmd_expand, "print the fully desugared network (itself valid .cnn)")
     sp = net_cmd("graph", cmd_graph, "draw the network with Graphviz (svg, png, pdf, or dot text)")
     sp.add_argument("-o", "--output", required=True, metavar="FILE", help="FILE.svg, .png, .pdf or .dot")
     sp.add_argument("--collapse", action="store_true", help="draw each block instance as one box")
     sp.add_argument("--input", type=_shape, metavar="CxHxW", help="override the input size")
+    from .variants import add_parser as add_variants  # (cnndsl.variants is also the API function)
+
+    add_variants(sub, _shape, _params)
+    sp = sub.add_parser("lsp", help="run the language server (LSP over stdio) for editors")
+    sp.set_defaults(func=cmd_lsp)
     sp = sub.add_parser("list", help="the networks in the zoo with their sizes")
     sp.set_defaults(func=cmd_list)
     return p

@@ -28,7 +28,8 @@ transposed (and a batch norm over such a vector its features).
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -163,6 +164,20 @@ def _deconv_to_torch(k: np.ndarray, groups: int) -> np.ndarray:
     return k.transpose(3, 2, 4, 0, 1).reshape(groups * cin_g, cout // groups, kh, kw)
 
 
+def _reorder(a: np.ndarray, order: np.ndarray | None) -> np.ndarray:
+    """PyTorch's per-feature values in the JAX backend's feature order."""
+    return a if order is None else a[order]
+
+
+def _unorder(a: np.ndarray, order: np.ndarray | None) -> np.ndarray:
+    """The inverse of :func:`_reorder`."""
+    if order is None:
+        return a
+    back = np.empty_like(a)
+    back[order] = a
+    return back
+
+
 def torch_to_jax(net: Network | Graph | str, state_dict: Mapping[str, Any]) -> dict:
     """Convert a PyTorch ``state_dict`` of the generated torch model to JAX ``variables``.
 
@@ -177,34 +192,35 @@ def torch_to_jax(net: Network | Graph | str, state_dict: Mapping[str, Any]) -> d
     params: dict = {}
     stats: dict = {}
     for node in graph.nodes():
+        if node.op not in ("conv", "deconv", "fc", "bn"):
+            continue
         name, args = node.name, node.args
-
-        def get(suffix: str) -> np.ndarray:
-            return _np(state_dict[f"{name}.{suffix}"]).astype(np.float32)
-
+        get = {suffix: _np(state_dict[f"{name}.{suffix}"]).astype(np.float32)
+               for suffix in _TORCH_KEYS[node.op] if suffix != "bias" or args.get("bias", args.get("affine"))}
+        if node.op == "bn":
+            order = orders.get(name)
+            _tree_put(stats, name, {"mean": jnp.asarray(_reorder(get["running_mean"], order)),
+                                    "var": jnp.asarray(_reorder(get["running_var"], order))})
+            if args["affine"]:
+                _tree_put(params, name, {"scale": jnp.asarray(_reorder(get["weight"], order)),
+                                         "bias": jnp.asarray(_reorder(get["bias"], order))})
+            continue
+        w = get["weight"]
         if node.op == "conv":
-            leaf = {"kernel": get("weight").transpose(2, 3, 1, 0)}
+            leaf = {"kernel": w.transpose(2, 3, 1, 0)}
         elif node.op == "deconv":
-            leaf = {"kernel": _deconv_to_jax(get("weight"), args["groups"])}
-        elif node.op == "fc":
-            w = get("weight")
+            leaf = {"kernel": _deconv_to_jax(w, args["groups"])}
+        else:
             rows = _fc_row_order(graph, name, orders)
             leaf = {"kernel": (w if rows is None else w[:, rows]).T}
-        elif node.op == "bn":
-            order = orders.get(name)
-            pick = (lambda a: a) if order is None else (lambda a: a[order])
-            leaf = {"scale": pick(get("weight")), "bias": pick(get("bias"))} if args["affine"] else {}
-            _tree_put(stats, name, {"mean": jnp.asarray(pick(get("running_mean"))),
-                                    "var": jnp.asarray(pick(get("running_var")))})
-            if leaf:
-                _tree_put(params, name, {k: jnp.asarray(v) for k, v in leaf.items()})
-            continue
-        else:
-            continue
-        if args.get("bias"):
-            leaf["bias"] = get("bias")
+        if "bias" in get:
+            leaf["bias"] = get["bias"]
         _tree_put(params, name, {k: jnp.asarray(np.ascontiguousarray(v)) for k, v in leaf.items()})
     return {"params": params, "batch_stats": stats}
+
+
+_TORCH_KEYS = {"conv": ("weight", "bias"), "deconv": ("weight", "bias"), "fc": ("weight", "bias"),
+               "bn": ("weight", "bias", "running_mean", "running_var")}
 
 
 def jax_to_torch(net: Network | Graph | str, variables: Mapping[str, Any]) -> dict:
@@ -224,42 +240,26 @@ def jax_to_torch(net: Network | Graph | str, variables: Mapping[str, Any]) -> di
 
     for node in graph.nodes():
         name, args = node.name, node.args
-        if node.op not in ("conv", "deconv", "fc", "bn"):
-            continue
         if node.op == "bn":
             order = orders.get(name)
-
-            def unpick(a: Any) -> np.ndarray:
-                a = _np(a)
-                if order is None:
-                    return a
-                back = np.empty_like(a)
-                back[order] = a
-                return back
-
             if args["affine"]:
                 leaf = _tree_get(params, name)
-                put(f"{name}.weight", unpick(leaf["scale"]))
-                put(f"{name}.bias", unpick(leaf["bias"]))
+                put(f"{name}.weight", _unorder(_np(leaf["scale"]), order))
+                put(f"{name}.bias", _unorder(_np(leaf["bias"]), order))
             s = _tree_get(stats, name)
-            put(f"{name}.running_mean", unpick(s["mean"]))
-            put(f"{name}.running_var", unpick(s["var"]))
+            put(f"{name}.running_mean", _unorder(_np(s["mean"]), order))
+            put(f"{name}.running_var", _unorder(_np(s["var"]), order))
             out[f"{name}.num_batches_tracked"] = torch.tensor(0, dtype=torch.long)
-            continue
-        leaf = _tree_get(params, name)
-        k = _np(leaf["kernel"])
-        if node.op == "conv":
-            put(f"{name}.weight", k.transpose(3, 2, 0, 1))
-        elif node.op == "deconv":
-            put(f"{name}.weight", _deconv_to_torch(k, args["groups"]))
-        else:
-            rows = _fc_row_order(graph, name, orders)
-            w = k.T
-            if rows is not None:
-                back = np.empty_like(w)
-                back[:, rows] = w
-                w = back
-            put(f"{name}.weight", w)
-        if args.get("bias"):
-            put(f"{name}.bias", _np(leaf["bias"]))
+        elif node.op in ("conv", "deconv", "fc"):
+            leaf = _tree_get(params, name)
+            k = _np(leaf["kernel"])
+            if node.op == "conv":
+                put(f"{name}.weight", k.transpose(3, 2, 0, 1))
+            elif node.op == "deconv":
+                put(f"{name}.weight", _deconv_to_torch(k, args["groups"]))
+            else:
+                rows = _fc_row_order(graph, name, orders)
+                put(f"{name}.weight", _unorder(k, rows).T if rows is not None else k.T)
+            if args["bias"]:
+                put(f"{name}.bias", _np(leaf["bias"]))
     return out

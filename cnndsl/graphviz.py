@@ -248,11 +248,12 @@ class _Picture:
         for key in boxes:
             members.setdefault(scope_of(key, visible), []).append(key)
 
-        lines = [f"digraph {_quote(g.name)} {{",
-                 f"  graph {_attrs(rankdir='TB', nodesep='0.25', ranksep='0.3', fontname='Helvetica', fontsize='11', labelloc='t', label=self._title(), newrank='true', compound='true')};",
-                 "  node [shape=box, style=\"rounded,filled\", fontname=\"Helvetica\", fontsize=10, "
-                 "margin=\"0.08,0.03\", height=0.3, penwidth=0.8];",
-                 "  edge [fontname=\"Helvetica\", fontsize=8, color=\"#555555\", arrowsize=0.6, fontcolor=\"#555555\"];"]
+        graph = _attrs(rankdir="TB", nodesep="0.25", ranksep="0.3", fontname="Helvetica", fontsize="11",
+                       labelloc="t", label=self._title(), newrank="true", compound="true")
+        node = _attrs(shape="box", style="rounded,filled", fontname="Helvetica", fontsize="10", margin="0.08,0.03",
+                      height="0.3", penwidth="0.8")
+        edge = _attrs(fontname="Helvetica", fontsize="8", color="#555555", arrowsize="0.6", fontcolor="#555555")
+        lines = [f"digraph {_quote(g.name)} {{", f"  graph {graph};", f"  node {node};", f"  edge {edge};"]
 
         def emit(scope: str | None, indent: str) -> None:
             for key in members.get(scope, []):
@@ -295,7 +296,7 @@ class _Picture:
                 f" · {human(n.macs)}MACs>")
 
     def _box_attrs(self, b: _Box) -> str:
-        kw = dict(label=b.label, tooltip=b.tooltip, fillcolor=b.fill)
+        kw = {"label": b.label, "tooltip": b.tooltip, "fillcolor": b.fill}
         if b.small:
             kw.update(height="0.2", fontsize="9", margin="0.05,0.01")
         if b.aux:
@@ -386,9 +387,11 @@ def available() -> bool:
     """Whether SVG/PNG rendering works here (the graphviz package and the dot program)."""
     try:
         import graphviz
-
+    except ImportError:
+        return False
+    try:
         graphviz.version()
-    except Exception:
+    except (graphviz.ExecutableNotFound, RuntimeError, OSError):
         return False
     return True
 

@@ -86,7 +86,8 @@ class Library:
 
             close = difflib.get_close_matches(name, list(self.networks), 1)
             raise CnnNameError(f"unknown network '{name}'", span,
-                               f"did you mean '{close[0]}'?" if close else None)
+                               f"did you mean '{close[0]}'?" if close else
+                               f"networks here: {', '.join(self.networks) or 'none'}")
         return self.networks[name]
 
     def local_networks(self) -> list[str]:

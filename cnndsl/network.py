@@ -78,37 +78,35 @@ class Network:
             "layers": self.layers(),
         }
 
-    def summary(self, fmt: str = "table") -> str:
-        """The per-layer table (``table``), or the same data as ``json`` or ``csv``."""
+    def summary(self, fmt: str = "table", depth: int | None = None) -> str:
+        """The per-layer table (``table``, as torchinfo lays it out; ``depth`` folds scopes below that level),
+        the same data as ``json`` or ``csv``, or the layout of the network's paper table (``paper``)."""
         if fmt == "json":
             return json.dumps(self.summary_dict(), indent=1)
-        rows = self.layers()
         if fmt == "csv":
             buf = io.StringIO()
             w = csv.writer(buf, lineterminator="\n")
             w.writerow(["name", "op", "shape", "params", "macs", "activations"])
-            for r in rows:
+            for r in self.layers():
                 w.writerow([r["name"], r["op"], fmt_shape(r["shape"]), r["params"], r["macs"], r["activations"]])
             return buf.getvalue()
-        head = ("layer", "op", "output", "params", "MACs", "activations")
-        body = [(r["name"], r["op"], fmt_shape(r["shape"]), f"{r['params']:,}", f"{r['macs']:,}",
-                 f"{r['activations']:,}") for r in rows]
-        widths = [max(len(x) for x in col) for col in zip(head, *body)]
-        line = "  ".join
-        out = [f"{self.name}: input {fmt_shape(self.input_shape)}", "",
-               line(h.ljust(w) if i < 3 else h.rjust(w) for i, (h, w) in enumerate(zip(head, widths)))]
-        out.append(line("-" * w for w in widths))
-        for r in body:
-            out.append(line(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
-        out.append("")
-        out.append(f"parameters:  {self.params:,} ({human(self.params)})")
-        out.append(f"MACs:        {self.macs:,} ({human(self.macs)}, conv+fc multiply-accumulates per image)")
-        mb = self.activations * BYTES_PER_VALUE / 2**20
-        out.append(f"activations: {self.activations:,} ({human(self.activations)} values, {mb:.1f} MiB per image "
-                   "at float32, forward only)")
-        outs = ", ".join(f"{o} {fmt_shape(self.graph.node(o).shape)}" for o in self.graph.outputs)
-        out.append(f"outputs:     {outs}")
-        return "\n".join(out)
+        from . import summary
+
+        return summary.paper_table(self) if fmt == "paper" else summary.table(self, depth)
+
+    def _repr_html_(self) -> str:
+        """Jupyter: the summary table, folded to two levels."""
+        from .summary import html_table
+
+        return html_table(self, depth=2)
+
+    def _repr_svg_(self) -> str | None:
+        """Jupyter: the network drawn by Graphviz, blocks collapsed (None when Graphviz is not installed)."""
+        from . import graphviz
+
+        if not graphviz.available():
+            return None
+        return graphviz.pipe(graphviz.to_dot(self, collapse=True), "svg").decode("utf-8")
 
     def __repr__(self) -> str:
         return f"<Network {self.name}: {self.params:,} params, {self.macs:,} MACs>"

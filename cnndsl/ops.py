@@ -39,7 +39,7 @@ def as_int(name: str, v: Any, span, minimum: int = 1) -> int:
         if isinstance(v, float) and v.is_integer():
             v = int(v)
         else:
-            _bad(f"'{name}' must be an integer, got {v!r}", span, _word_hint(v))
+            _bad(f"'{name}' must be an integer, got {v!r}", span, _value_hint(v))
     if v < minimum:
         _bad(f"'{name}' must be at least {minimum}, got {v}", span)
     if v > MAX_INT:
@@ -47,8 +47,12 @@ def as_int(name: str, v: Any, span, minimum: int = 1) -> int:
     return v
 
 
-def _word_hint(v: Any) -> str | None:
-    return f"'{v}' is not a number, nor a parameter in scope" if isinstance(v, str) else None
+def _value_hint(v: Any) -> str | None:
+    if isinstance(v, str):
+        return f"'{v}' is not a number, nor a parameter in scope"
+    if isinstance(v, float):
+        return "use // for a whole-number division, e.g. {c // 2}"
+    return None
 
 
 def as_pair(name: str, v: Any, span, minimum: int = 1) -> tuple[int, int]:
@@ -62,10 +66,11 @@ def as_pair(name: str, v: Any, span, minimum: int = 1) -> tuple[int, int]:
 
 def as_float(name: str, v: Any, span, lo: float | None = None, hi: float | None = None) -> float:
     if isinstance(v, bool) or not isinstance(v, (int, float)):
-        _bad(f"'{name}' must be a number, got {v!r}", span, _word_hint(v))
+        _bad(f"'{name}' must be a number, got {v!r}", span, _value_hint(v))
     v = float(v)
     if (lo is not None and v < lo) or (hi is not None and v > hi):
-        _bad(f"'{name}' must be between {lo} and {hi}, got {v}", span)
+        _bad(f"'{name}' must be between {lo} and {hi}, got {v}", span,
+             "a rate or a probability lies between 0 and 1" if (lo, hi) == (0.0, 1.0) else None)
     return v
 
 
@@ -243,12 +248,14 @@ class _Conv(Op):
     def finish(self, args, span):
         args["p"] = as_padding(args["p"], args["k"], args["d"], span)
         if args["c"] % args["groups"]:
-            _bad(f"{args['c']} output channels do not split into {args['groups']} groups", span)
+            _bad(f"{args['c']} output channels do not split into {args['groups']} groups", span,
+                 "groups must divide both the input and the output channels")
         return args
 
     def _check_groups(self, cin, args, span):
         if cin % args["groups"]:
-            raise CnnShapeError(f"{cin} input channels do not split into {args['groups']} groups", span)
+            raise CnnShapeError(f"{cin} input channels do not split into {args['groups']} groups", span,
+                                "groups must divide both the input and the output channels")
 
 
 @register
@@ -540,7 +547,8 @@ class Concat(Op):
     def infer_many(self, xs, args, span, warn=None):
         ranks = {len(x) for x in xs}
         if len(ranks) > 1:
-            raise CnnShapeError("concat of feature maps and flat vectors", span)
+            raise CnnShapeError("concat of feature maps and flat vectors", span,
+                                "flatten every branch (fc and flatten do), or none of them")
         if ranks == {1}:
             return (sum(x[0] for x in xs),)
         sizes = [x[1:] for x in xs]

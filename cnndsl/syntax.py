@@ -486,9 +486,8 @@ def _open_brackets(text: str, end: int) -> list[tuple[str, int]]:
             continue
         if ch in _OPENS:
             stack.append((ch, i))
-        elif ch in _CLOSES:
-            if stack and stack[-1][0] == _CLOSES[ch]:
-                stack.pop()
+        elif ch in _CLOSES and stack and stack[-1][0] == _CLOSES[ch]:
+            stack.pop()
         i += 1
     return stack
 

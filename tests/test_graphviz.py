@@ -14,8 +14,8 @@ from cnndsl.loader import zoo_index
 
 ZOO = sorted(zoo_index())
 needs_dot = pytest.mark.skipif(not gv.available(), reason="needs the graphviz package and Graphviz's dot")
-BOX = re.compile(r'^\s*("(?:[^"\\]|\\.)*") \[label=', re.M)
-EDGE = re.compile(r'^\s*("(?:[^"\\]|\\.)*") -> ("(?:[^"\\]|\\.)*") \[(.*)\];$', re.M)
+BOX = re.compile(r'^\s*("(?:[^"\\]|\\.)*") \[label=', re.MULTILINE)
+EDGE = re.compile(r'^\s*("(?:[^"\\]|\\.)*") -> ("(?:[^"\\]|\\.)*") \[(.*)\];$', re.MULTILINE)
 # the full pictures of the largest networks take Graphviz seconds each; their collapsed form is drawn instead
 BIG = 500
 

@@ -293,7 +293,7 @@ def _row_totals(g: Graph, row: str):
     """Output node, conv weights (no biases) and conv MACs of one table row."""
     scopes = row.split("+")
     nodes = [n for n in g.nodes() if any(n.name == s or n.name.startswith(s + ".") for s in scopes)]
-    weights = sum(n.params - n.args["c"] * n.args["bias"] for n in nodes if n.op == "conv")
+    weights = sum(n.params - (n.args["c"] if n.args["bias"] else 0) for n in nodes if n.op == "conv")
     return output_of(g, scopes[-1]), weights, sum(n.macs for n in nodes)
 
 

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from .check import check
 from .count import count
+from .fold_bn import fold_bn
 from .infer_shapes import infer_shapes
 from .resolve import resolve
 from .resolve_shortcuts import resolve_shortcuts
+from .strip_training import strip_training
 
 #: Passes run after ``resolve``, in order; each takes the graph and a warnings list.
 PIPELINE = (
@@ -21,4 +23,4 @@ PIPELINE = (
     ("check", check),
 )
 
-__all__ = ["PIPELINE", "check", "count", "infer_shapes", "resolve", "resolve_shortcuts"]
+__all__ = ["PIPELINE", "check", "count", "fold_bn", "infer_shapes", "resolve", "resolve_shortcuts", "strip_training"]

@@ -34,6 +34,7 @@ from ..ops import OPS, lookup, spellings
 from .. import syntax as ast
 
 MAX_NODES = 100_000
+INIT_SCHEMES = ("kaiming", "xavier")  # `with init(...)`; without one, PyTorch's own defaults
 MAX_BLOCK_DEPTH = 48
 #: The flow after ``none`` (a zero tensor, NAS-Bench-201's zero edge): it builds no node. Layers applied to
 #: it are dropped, ``add<...>`` leaves it out, and concat, residual, aux or the network output reject it.
@@ -79,7 +80,7 @@ def evaluate(expr: ast.Expr, env: dict[str, Any], choose: Callable[[ast.Choice],
         _need_number(a, expr.left)
         _need_number(b, expr.right)
         if expr.op in ("/", "//", "%") and b == 0:
-            raise CnnArgumentError("division by zero", expr.span)
+            raise CnnArgumentError("division by zero", expr.span, "the divisor here evaluates to 0")
         if expr.op == "+":
             r = a + b
         elif expr.op == "-":
@@ -93,7 +94,7 @@ def evaluate(expr: ast.Expr, env: dict[str, Any], choose: Callable[[ast.Choice],
         else:
             r = a // b if isinstance(a, int) and isinstance(b, int) and a % b == 0 else a / b
         if isinstance(r, int) and abs(r) > 2**40:
-            raise CnnLimitError(f"number too large: {r}", expr.span)
+            raise CnnLimitError(f"number too large: {r}", expr.span, f"numbers in a network stay below {2**40:,}")
         return r
     raise AssertionError(expr)
 
@@ -162,6 +163,7 @@ class Resolver:
         self.lib = library
         self.choose = choose
         self.g: Graph | None = None
+        self.zeroed = False  # a `none` was taken: layers whose only use was a zero are pruned at the end
         self.claimed: dict[str, Span | None] = {}  # full name given by a label -> where
         self.depth = 0  # sequences being lowered, one inside the other
         self.chain = chain  # derived networks being built, outermost first (to stop `a = b`, `b = a`)
@@ -171,18 +173,26 @@ class Resolver:
         decl = self.lib.network(name, span)
         if name in self.chain:
             raise CnnNameError(f"network '{name}' is derived from itself ({' = '.join(self.chain + (name,))})",
-                               span or decl.span)
+                               span or decl.span, "derive a network from another one, not from itself")
         if isinstance(decl, ast.Derived):
             return self._derived(decl, overrides)
         env = self._bind(decl.name, decl.params, (), overrides, {}, decl.span, "network")
         g = self.g = Graph(decl.name, {k: plain(v) for k, v in env.items()})
-        frame = Frame(env, self._defaults(decl.defaults, {}, env), "", body=decl.body)
+        for d in decl.defaults:  # `with init(kaiming)`: the weight initialisation of the generated code
+            if d.op == "init":
+                values = [plain(evaluate(a.value, env, self.choose)) for a in d.args]
+                if len(values) != 1 or values[0] not in INIT_SCHEMES or d.args[0].name is not None:
+                    raise CnnArgumentError("init takes one scheme: " + ", ".join(INIT_SCHEMES), d.span)
+                g.init = values[0]
+        defaults = tuple(d for d in decl.defaults if d.op != "init")
+        frame = Frame(env, self._defaults(defaults, {}, env), "", body=decl.body)
         scope = NameScope("", sequential=False)
         flow = None
         for i, inp in enumerate(decl.inputs):
             if any(d < 1 for d in inp.shape) or len(inp.shape) not in (1, 3):
                 raise CnnArgumentError(f"input shape {'x'.join(map(str, inp.shape))} is not C x H x W with "
-                                       "positive sizes", inp.span)
+                                       "positive sizes", inp.span,
+                                       "write input CxHxW (input 3x224x224), or input N for a flat vector")
             nm = inp.name or ("input" if i == 0 else f"input{i + 1}")
             g.add(nm, "input", {"shape": inp.shape}, inp.span, [])
             g.inputs.append(nm)
@@ -192,6 +202,8 @@ class Resolver:
         if g.output == ZERO:
             raise CnnShapeError("the network's output is always zero: every path to it goes through `none`",
                                 decl.span, "a `none` branch only makes sense inside add<...> beside another")
+        if self.zeroed:
+            _prune(g)
         return g
 
     def _derived(self, decl: ast.Derived, overrides: dict[str, Any]) -> Graph:
@@ -270,7 +282,8 @@ class Resolver:
         names = [p.name for p in params]
         for i, p in enumerate(params):
             if p.name in names[:i]:
-                raise CnnNameError(f"parameter '{p.name}' of '{what}' is declared twice", p.span)
+                raise CnnNameError(f"parameter '{p.name}' of '{what}' is declared twice", p.span,
+                                   "give each parameter its own name")
         if len(positional) > len(params):
             raise CnnArgumentError(f"{kind} '{what}' takes {len(params)} argument{'s' if len(params) != 1 else ''}, "
                                    f"got {len(positional)}", span,
@@ -348,7 +361,7 @@ class Resolver:
     def _step(self, step: ast.Step, flow, scope: NameScope, frame: Frame, tail: bool, then_act: bool) -> str:
         if flow is None and not isinstance(step.term, ast.Ref):
             raise CnnDslError("this network has no input to start from", step.span)
-        if flow == ZERO and not isinstance(step.term, ast.Ref):
+        if flow == ZERO and not _decides(step.term):
             if step.label is not None:  # layers on a zero are dropped; a reference to them is a zero too
                 frame.labels[scope.full(step.label)] = ZERO
             return ZERO
@@ -356,7 +369,8 @@ class Resolver:
             return self._term(step.term, step.label, flow, scope, frame, tail, then_act, step)
         n = evaluate(step.repeat, frame.env, self.choose)
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise CnnArgumentError(f"a repeat count must be a positive integer, got {plain(n)!r}", step.repeat.span)
+            raise CnnArgumentError(f"a repeat count must be a positive integer, got {plain(n)!r}", step.repeat.span,
+                                   "x1 is a single copy; to leave a step out, delete it")
         if n > MAX_NODES:
             raise CnnLimitError(f"repeat count {n} would build more than {MAX_NODES:,} layers", step.repeat.span,
                                 "a network of that size cannot be compiled; check the count")
@@ -408,6 +422,7 @@ class Resolver:
                 raise CnnArgumentError("`none` (a zero) takes no arguments", term.span)
             if label is not None:
                 frame.labels[scope.full(label)] = ZERO
+            self.zeroed = True
             return ZERO
         return self._call(term, label, flow, scope, frame, tail, then_act, step)
 
@@ -582,7 +597,10 @@ class Resolver:
                 act, explicit_act = val, True
                 continue
             if key in given:
-                raise CnnArgumentError(f"argument '{key}' of '{op.name}' given twice", a.span)
+                raise CnnArgumentError(f"argument '{key}' of '{op.name}' given twice", a.span,
+                                       "the short form (convK-C/S) already sets the kernel, channels and stride"
+                                       if call.kernel is not None or call.channels is not None or call.stride is not None
+                                       or kernel is not None else "give each argument once")
             given[key] = val
         defaults = frame.defaults.get(op.name, {})
         for k, v in defaults.items():
@@ -676,6 +694,28 @@ def _find_label(seq: ast.Seq, name: str) -> Span | None:
             if found is not None:
                 return found
     return None
+
+
+def _decides(term) -> bool:
+    """Whether a step on a zero is still lowered: a reference restarts the flow, and a group, a sum, a
+    concatenation or a ``choice<...>`` may hold one. A choice<...> on a zero is still decided (each
+    NAS-Bench-201 edge is a decision, whatever it carries), though its layers are dropped."""
+    return isinstance(term, (ast.Ref, ast.Group)) or (
+        isinstance(term, ast.Combinator) and term.name.lower() in ("choice", "add", "concat", "inception"))
+
+
+def _prune(g: Graph) -> None:
+    """Remove the layers that reach no output (their results only fed `none` edges), and empty scopes."""
+    live, todo = set(g.inputs), list(g.outputs)
+    while todo:
+        name = todo.pop()
+        if name not in live:
+            live.add(name)
+            todo.extend(g.inputs_of(name))
+    for node in [n.name for n in g.nodes() if n.name not in live]:
+        g.remove(node)
+    for scope in [s for s in g.scopes if not any(n.name.startswith(s + ".") for n in g.nodes())]:
+        del g.scopes[scope]
 
 
 def _suggest(word: str, choices) -> str | None:

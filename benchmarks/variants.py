@@ -1,0 +1,41 @@
+"""How fast are members of a search space checked? From the IR (cnndsl) against PyTorch.
+
+For a sample of a shipped space, times (1) ``cnndsl.variants``: resolve, infer shapes, count
+parameters/MACs/activations and hash, one core; and (2) building the same members as PyTorch
+modules (``cnndsl.build_torch``) and counting their parameters. Prints both rates and the ratio.
+
+    python benchmarks/variants.py [SPACE] [N]
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import torch
+
+import cnndsl
+from cnndsl.variants import Space
+
+
+def main(space_name: str = "nb201", n: int = 200) -> None:
+    torch.set_num_threads(1)
+    space = Space.open(space_name)
+    start = time.perf_counter()
+    members = [v for v in cnndsl.variants(space, sample=n, seed=0)]
+    ir_s = time.perf_counter() - start
+    checked = n  # invalid members are checked too, then left out
+    start = time.perf_counter()
+    for v in members:
+        model = cnndsl.build_torch(v.network_obj)
+        assert sum(p.numel() for p in model.parameters()) == v.params
+    torch_s = time.perf_counter() - start
+    ir_rate, torch_rate = checked / ir_s, len(members) / torch_s
+    print(f"space {space_name}: {checked} members sampled, {len(members)} valid")
+    print(f"cnndsl, from the IR:        {ir_rate:8.1f} members/s ({1000 / ir_rate:.1f} ms each)")
+    print(f"PyTorch build + count:      {torch_rate:8.1f} members/s ({1000 / torch_rate:.1f} ms each)")
+    print(f"ratio:                      {ir_rate / torch_rate:8.1f}x")
+
+
+if __name__ == "__main__":
+    main(*(sys.argv[1:2] or ["nb201"]), *(int(a) for a in sys.argv[2:3]))

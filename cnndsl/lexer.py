@@ -1,0 +1,64 @@
+"""A Pygments lexer for .cnn files (``pygmentize -l cnn net.cnn``), registered as an entry point.
+
+Layer names come from the op registry, so a new op is highlighted as soon as
+it is registered; combinators, keywords, labels, references, repetition,
+shapes, numbers and ``{expressions}`` each get their own token.
+
+>>> from pygments.token import Error
+>>> [t for t, _ in CnnLexer().get_tokens("network t: input 3x32x32  conv3-8 relu") if t is Error]
+[]
+"""
+
+from __future__ import annotations
+
+from pygments.lexer import RegexLexer, bygroups, words
+from pygments.token import Comment, Keyword, Name, Number, Operator, Punctuation, String, Text, Whitespace
+
+from .ops import COMBINATORS, OPS, spellings
+
+KEYWORDS = ("use", "block", "network", "with", "input", "freeze", "replace")
+FLAGS = ("same", "valid", "nobias", "ceil", "true", "false", "none")
+
+
+def _layer_words() -> list[str]:
+    names = set(OPS) | set(spellings())
+    return sorted((n for n in names if "-" not in n), key=lambda n: (-len(n), n))
+
+
+class CnnLexer(RegexLexer):
+    """The .cnn network description language of cnndsl."""
+
+    name = "cnn"
+    aliases = ["cnn", "cnndsl"]  # noqa: RUF012 - Pygments' own class attributes
+    filenames = ["*.cnn"]  # noqa: RUF012
+    mimetypes = ["text/x-cnndsl"]  # noqa: RUF012
+    flags = 0
+
+    tokens = {  # noqa: RUF012
+        "root": [
+            (r"[ \t\f\r\n]+", Whitespace),
+            (r"#[^\n]*", Comment.Single),
+            (r'"[^"\n]*"', String.Double),
+            (words(KEYWORDS, suffix=r"\b"), Keyword),
+            # a label: `layer1:`, `features.0:` (not `p=same`, not `k:=`)
+            (r"([A-Za-z_][A-Za-z0-9_]*(?:\.(?:[A-Za-z_][A-Za-z0-9_]*|[0-9]+))*)(\s*)(:)(?!=)",
+             bygroups(Name.Label, Whitespace, Punctuation)),
+            (r"@[A-Za-z_][A-Za-z0-9_]*(?:\.(?:[A-Za-z_][A-Za-z0-9_]*|[0-9]+))*", Name.Variable.Magic),
+            (words(COMBINATORS, suffix=r"(?=\s*[(<])"), Keyword.Reserved),
+            # a layer in the papers' short form: conv3-64/2, conv1x7-192, maxpool3/2, fc-4096, soft-max
+            (r"(?i)(soft-max)\b", Name.Builtin),
+            (r"(?i)(" + "|".join(_layer_words()) + r")(?=[0-9{\-/(\s<>|\]]|$)", Name.Builtin),
+            (r"(?<![A-Za-z0-9_])x(?=[0-9{])", Operator.Word),  # repetition: x3, x{n}
+            (r"[0-9]+(?:x[0-9]+)+", Number.Integer),  # shapes and rectangular kernels
+            (r"[0-9]+\.[0-9]+(?:[eE][-+]?[0-9]+)?|[0-9]+[eE][-+]?[0-9]+", Number.Float),
+            (r"[0-9]+", Number.Integer),
+            (words(FLAGS, suffix=r"\b"), Keyword.Constant),
+            (r"[A-Za-z_][A-Za-z0-9_]*", Name),
+            (r"//|\.\.|[-+*/%=]", Operator),
+            (r"[<>|]", Operator),
+            (r"[()\[\]{},.:]", Punctuation),
+        ],
+    }
+
+
+__all__ = ["CnnLexer", "Text"]

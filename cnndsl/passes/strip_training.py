@@ -1,0 +1,46 @@
+"""strip_training: drop what only training needs, for an inference build.
+
+- every ``dropout`` node is removed and its consumers read its input instead
+  (dropout is the identity in eval mode);
+- the auxiliary outputs (GoogLeNet's and Inception v3's side heads) are removed,
+  with every layer that only they use.
+
+Names of the remaining layers are unchanged, so their parameters keep their
+``state_dict`` keys. The pass expects shapes to be inferred already and leaves
+counts stale: run ``count`` after it.
+"""
+
+from __future__ import annotations
+
+from ..ir import Graph
+
+
+def _ancestors(g: Graph, names: list[str]) -> set[str]:
+    seen: set[str] = set()
+    stack = list(names)
+    while stack:
+        name = stack.pop()
+        if name not in seen:
+            seen.add(name)
+            stack.extend(g.inputs_of(name))
+    return seen
+
+
+def strip_training(g: Graph, warnings=None) -> Graph:
+    """Remove dropout layers, auxiliary outputs and the layers only the auxiliary outputs use."""
+    g.aux_outputs = []
+    live = _ancestors(g, g.outputs) | set(g.inputs)
+    for node in list(g.nodes()):
+        if node.name not in live:
+            g.remove(node.name)
+    for node in list(g.nodes()):
+        if node.op != "dropout":
+            continue
+        (src,) = g.inputs_of(node.name)
+        consumers = g.consumers(node.name)
+        if node.name == g.output:
+            g.output = src
+        g.remove(node.name)
+        for dst, port in consumers:
+            g.connect(src, dst, port)
+    return g

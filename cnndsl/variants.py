@@ -1,0 +1,690 @@
+"""Search spaces: count, enumerate, sample and mutate the members of a ``.cnn`` file with choices.
+
+A *choice point* is one syntactic choice: a ``{a|b|c}`` (or ``{2..5}``) wherever a value goes, or a
+``choice< A | B >`` between branches. It is identified by where it is written (``file:line:col``)
+and is **one decision** however often it is evaluated: a choice inside a block instantiated five
+times, or inside a repeated step, picks the same option everywhere (every NAS-Bench-201 cell is the
+same cell). Independent decisions are written as separate choices (one per stage, say).
+
+A choice is *reachable* under an assignment when resolving the network evaluates it; one written in
+an option of another choice, or in a block only instantiated there, is reachable only when that
+option is taken. A *member* of the space is an assignment of options to the reachable choices, so
+two assignments that differ only in an unreachable choice are the same member.
+
+Counting does not enumerate when the conditions form a tree (every choice depends on at most one
+other choice, as nesting makes them): the count is then the product over unconditional choices of,
+for each, the sum over its options of the product of the counts of the choices that option
+enables. A static walk over the syntax finds the tree; it is used only when it predicts exactly the
+choices a real resolution reaches, and otherwise the members are counted by enumerating them.
+
+Enumeration visits the members in a fixed order with one build each: the member with every
+remaining choice at its first option, then, for each choice it reached (in the order reached) and
+each later option, the members that agree with it up to that choice and differ there.
+
+Checking a member never builds a framework model: it resolves the network to the IR and runs the
+analysis passes (shapes, parameters, MACs, activations). A member that fails (a shape error, an
+output that is always zero) is invalid and is reported with its reason.
+
+>>> space = Space.open("nb201")
+>>> space.count()
+15625
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import random
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from . import syntax as ast
+from .api import build
+from .arch_hash import HashRegistry
+from .errors import CnnArgumentError, CnnDslError, CnnNameError
+from .loader import Library, open_net, read_text
+from .network import Network
+from .passes.resolve import Resolver
+
+SPACES_PACKAGE = "cnndsl.networks"
+SPACES_DIR = "spaces"
+
+
+# ----------------------------------------------------------------------------- choice points
+
+
+def choice_key(span) -> str:
+    """A choice point's identity: ``file:line:col`` of where it is written (the file's base name)."""
+    return f"{Path(span.source.name).name}:{span.line}:{span.col}"
+
+
+@dataclass(frozen=True)
+class ChoicePoint:
+    """One decision of a space: its key, its options as written, and whether it chooses branches."""
+
+    key: str
+    options: tuple[str, ...]
+    branches: bool
+    node: ast.Choice = field(repr=False, compare=False)
+
+
+def _offsets(text: str) -> list[int]:
+    starts, pos = [0], 0
+    for line in text.splitlines(keepends=True):
+        pos += len(line)
+        starts.append(pos)
+    return starts
+
+
+def _option_text(choice: ast.Choice, i: int) -> str:
+    opt = choice.options[i]
+    if isinstance(opt, ast.Num) and opt.span == choice.span:  # a {a..b} range
+        return str(opt.value)
+    span = opt.span
+    lines = span.source.text.splitlines()
+    if span.line == span.end_line:
+        return lines[span.line - 1][span.col - 1:span.end_col - 1]
+    parts = [lines[span.line - 1][span.col - 1:], *lines[span.line:span.end_line - 1],
+             lines[span.end_line - 1][:span.end_col - 1]]
+    return " ".join(p.strip() for p in parts)
+
+
+class _Chooser:
+    """The resolver's ``choose`` hook for one assignment: records the choices reached, in order."""
+
+    def __init__(self, assignment: dict[str, int], draw: Callable[[str, int], int] | None = None):
+        self.assignment = dict(assignment)
+        self.draw = draw
+        self.reached: dict[str, ast.Choice] = {}
+
+    def __call__(self, node: ast.Choice) -> int:
+        key = choice_key(node.span)
+        if key not in self.reached:
+            self.reached[key] = node
+            if key not in self.assignment:
+                self.assignment[key] = self.draw(key, len(node.options)) if self.draw else 0
+        index = self.assignment[key]
+        if not 0 <= index < len(node.options):
+            raise CnnArgumentError(f"option {index} of a choice with {len(node.options)} options", node.span)
+        return index
+
+    def choices(self) -> dict[str, int]:
+        """The member: the options of the reached choices, in the order reached."""
+        return {k: self.assignment[k] for k in self.reached}
+
+
+# ----------------------------------------------------------------------------- the static walk
+
+
+class _Walk:
+    """Find every choice a network can reach and the choice option (if any) it depends on."""
+
+    def __init__(self, lib: Library):
+        self.lib = lib
+        self.nodes: dict[str, ast.Choice] = {}
+        self.branches: set[str] = set()
+        self.guards: dict[str, set[tuple[tuple[str, int], ...]]] = {}
+        self._blocks_done: set[tuple[str, tuple]] = set()
+
+    def choice(self, node: ast.Choice, guard: tuple, branches: bool) -> str:
+        key = choice_key(node.span)
+        self.nodes[key] = node
+        if branches:
+            self.branches.add(key)
+        self.guards.setdefault(key, set()).add(guard)
+        return key
+
+    def expr(self, e, guard: tuple) -> None:
+        if isinstance(e, ast.Choice):
+            key = self.choice(e, guard, False)
+            for i, opt in enumerate(e.options):
+                self.expr(opt, guard + ((key, i),))
+        elif isinstance(e, ast.Var):
+            if e.name in self.lib.blocks:
+                self.block(e.name, guard, given=())
+        elif isinstance(e, ast.BinOp):
+            self.expr(e.left, guard)
+            self.expr(e.right, guard)
+        elif isinstance(e, ast.Neg):
+            self.expr(e.operand, guard)
+        elif isinstance(e, ast.Tuple_):
+            for item in e.items:
+                self.expr(item, guard)
+
+    def args(self, args, guard) -> None:
+        for a in args:
+            self.expr(a.value, guard)
+
+    def seq(self, seq: ast.Seq, guard: tuple) -> None:
+        for step in seq.steps:
+            if step.repeat is not None:
+                self.expr(step.repeat, guard)
+            self.term(step.term, guard)
+
+    def term(self, t, guard: tuple) -> None:
+        if isinstance(t, ast.Group):
+            self.seq(t.seq, guard)
+        elif isinstance(t, ast.Combinator):
+            self.args(t.args, guard)
+            if t.name.lower() == "choice":
+                key = self.choice(ast.Choice(tuple(t.branches), t.span), guard, True)
+                for i, b in enumerate(t.branches):
+                    self.seq(b, guard + ((key, i),))
+            else:
+                for b in t.branches:
+                    self.seq(b, guard)
+        elif isinstance(t, ast.Call):
+            for part in (t.kernel, t.channels, t.stride):
+                if part is not None:
+                    self.expr(part, guard)
+            self.args(t.args, guard)
+            if t.name in self.lib.blocks:
+                given = tuple(a.name for a in t.args if a.name) + (len([a for a in t.args if not a.name]),)
+                self.block(t.name, guard, given)
+
+    def block(self, name: str, guard: tuple, given: tuple) -> None:
+        """A block instance; ``given`` is the keyword names and the positional count, () when unknown."""
+        if (name, guard, given) in self._blocks_done:
+            return
+        self._blocks_done.add((name, guard, given))
+        b = self.lib.blocks[name]
+        npos = given[-1] if given else 0
+        for i, p in enumerate(b.params):
+            if p.default is not None and (not given or (i >= npos and p.name not in given[:-1])):
+                self.expr(p.default, guard)
+        for d in b.defaults:
+            self.args(d.args, guard)
+        self.seq(b.body, guard)
+
+    def network(self, name: str, overrides: set[str], guard: tuple = ()) -> None:
+        decl = self.lib.network(name)
+        for p in decl.params:
+            if p.default is not None and p.name not in overrides:
+                self.expr(p.default, guard)
+        if isinstance(decl, ast.Derived):
+            self.args(decl.args, guard)
+            base = self.lib.network(decl.base)
+            npos = len([a for a in decl.args if not a.name])
+            given = {p.name for p in base.params[:npos]} | {a.name for a in decl.args if a.name}
+            self.network(decl.base, given, guard)
+            for m in decl.modifiers:
+                if isinstance(m, ast.Replace):
+                    self.seq(m.seq, guard)
+            return
+        for d in decl.defaults:
+            self.args(d.args, guard)
+        self.seq(decl.body, guard)
+
+
+def _tree_count(walk: _Walk) -> int | None:
+    """The number of members when the conditions form a tree, else None."""
+    parent: dict[str, tuple[str, frozenset[int]] | None] = {}
+    for key, guards in walk.guards.items():
+        if () in guards:
+            parent[key] = None
+            continue
+        owners = {g[-1][0] for g in guards}
+        if len(owners) != 1:
+            return None
+        parent[key] = (owners.pop(), frozenset(g[-1][1] for g in guards))
+    children: dict[str, list[tuple[str, frozenset[int]]]] = {}
+    for key, p in parent.items():
+        if p is not None:
+            children.setdefault(p[0], []).append((key, p[1]))
+
+    def count(key: str, depth: int = 0) -> int:
+        if depth > len(parent):
+            raise RecursionError
+        total = 0
+        for i in range(len(walk.nodes[key].options)):
+            n = 1
+            for child, opts in children.get(key, ()):
+                if i in opts:
+                    n *= count(child, depth + 1)
+            total += n
+        return total
+
+    try:
+        result = 1
+        for key, p in parent.items():
+            if p is None:
+                result *= count(key)
+        return result
+    except RecursionError:
+        return None
+
+
+# ----------------------------------------------------------------------------- variants
+
+
+@dataclass
+class Variant:
+    """One member of a space: its choices, its concrete source and, when it is valid, its figures."""
+
+    space: str
+    network: str
+    choices: dict[str, int]
+    options: dict[str, str]
+    source: str
+    network_obj: Network | None = field(default=None, repr=False)
+    error: str | None = None
+    arch_hash: str | None = None
+    duplicate: bool = False
+
+    @property
+    def valid(self) -> bool:
+        return self.error is None
+
+    @property
+    def params(self) -> int | None:
+        return self.network_obj.params if self.network_obj else None
+
+    @property
+    def macs(self) -> int | None:
+        return self.network_obj.macs if self.network_obj else None
+
+    @property
+    def activations(self) -> int | None:
+        return self.network_obj.activations if self.network_obj else None
+
+    def record(self) -> dict[str, Any]:
+        """A JSON-ready description (one line of ``cnndsl variants --format jsonl``)."""
+        return {"space": self.space, "network": self.network, "choices": self.choices, "options": self.options,
+                "arch_hash": self.arch_hash, "params": self.params, "macs": self.macs,
+                "activations": self.activations, "error": self.error, "source": self.source}
+
+
+class Space:
+    """A ``.cnn`` network with choices in it, and the members it describes.
+
+    ``Space.open(spec)`` takes a path (``space.cnn``, ``space.cnn:network``), the name of a shipped
+    space (``nb201``, ``resnet_cifar``, ``inception``: ``networks/spaces/``), or a zoo network.
+    ``input_shape`` and ``params`` are applied to every member, as ``cnndsl summary --input -p`` would.
+    """
+
+    def __init__(self, library: Library, network: str, *, input_shape: tuple[int, ...] | None = None,
+                 params: dict[str, Any] | None = None, label: str | None = None):
+        self.lib = library
+        self.network = network
+        self.input_shape = tuple(input_shape) if input_shape else None
+        self.params = dict(params or {})
+        self.label = label or network
+        walk = _Walk(library)
+        walk.network(network, set(self.params))
+        self._walk = walk
+        self.points: dict[str, ChoicePoint] = {
+            k: ChoicePoint(k, tuple(_option_text(n, i) for i in range(len(n.options))), k in walk.branches, n)
+            for k, n in walk.nodes.items()}
+        self._count: int | None = None
+
+    @classmethod
+    def open(cls, spec: str, **kwargs) -> "Space":
+        path = Path(spec)
+        if not path.exists() and ":" not in spec and not spec.endswith(".cnn"):
+            shipped = resources.files(SPACES_PACKAGE).joinpath(SPACES_DIR, f"{spec}.cnn")
+            if shipped.is_file():
+                spec = str(shipped)
+        lib, name = open_net(spec)
+        return cls(lib, name, label=spec if Path(spec).suffix != ".cnn" else Path(spec).stem, **kwargs)
+
+    # -- members
+    def _build(self, chooser: _Chooser) -> tuple[Network | None, str | None]:
+        try:
+            return build(self.lib, self.network, self.input_shape, chooser, **self.params), None
+        except CnnDslError as e:
+            where = f"{Path(e.span.file).name}:{e.span.line}:{e.span.col}: " if e.span else ""
+            return None, where + e.message
+        except RecursionError:
+            return None, "nested too deeply"
+
+    def member(self, choose: dict[str, int] | Callable[[ChoicePoint], int] | None = None) -> Variant:
+        """Build the member picked by ``choose``: a dict of option indices by key (missing keys take the
+        first option) or a function of a :class:`ChoicePoint` returning an index (e.g. an Optuna trial's
+        suggestion, see :meth:`suggest`)."""
+        if callable(choose):
+            chooser = _Chooser({}, lambda key, n: choose(self.points.get(key) or self._point(key)))
+        else:
+            chooser = _Chooser(dict(choose or {}))
+        net, error = self._build(chooser)
+        return self._variant(chooser, net, error)
+
+    def suggest(self, trial) -> Variant:
+        """The member an Optuna ``trial`` suggests: one categorical parameter per reached choice."""
+        def pick(point: ChoicePoint) -> int:
+            labels = point.options if len(set(point.options)) == len(point.options) else \
+                tuple(f"{i}:{o}" for i, o in enumerate(point.options))
+            return labels.index(trial.suggest_categorical(point.key, labels))
+        return self.member(pick)
+
+    def _point(self, key: str) -> ChoicePoint:  # a choice the static walk missed (reached through a file it skipped)
+        raise CnnNameError(f"choice {key} is not part of the space's network", None)
+
+    def _variant(self, chooser: _Chooser, net: Network | None, error: str | None) -> Variant:
+        choices = chooser.choices()
+        for k, node in chooser.reached.items():
+            if k not in self.points:
+                self.points[k] = ChoicePoint(k, tuple(_option_text(node, i) for i in range(len(node.options))),
+                                             isinstance(node.options[0], ast.Seq), node)
+        options = {k: self.points[k].options[i] for k, i in choices.items()}
+        return Variant(self.label, self.network, choices, options, self.source(choices, net), net, error)
+
+    # -- concrete source
+    def source(self, choices: dict[str, int], net: Network | None = None) -> str:
+        """The member's concrete ``.cnn`` text: each choice replaced by its option, in the space's own text.
+
+        A member reaching a choice written in another file (a ``use``d one) is printed by ``expand``
+        instead (when it is valid).
+        """
+        main = self.lib.main.source
+        here = {k: p.node for k, p in self.points.items() if p.node.span.source.name == main.name}
+        if any(k not in here for k in choices):
+            if net is None:
+                return ""
+            from .expand import expand
+
+            return expand(net)
+        text, starts = main.text, _offsets(main.text)
+
+        def off(line: int, col: int) -> int:
+            return starts[line - 1] + col - 1
+
+        spans = sorted(((off(n.span.line, n.span.col), off(n.span.end_line, n.span.end_col), k, n)
+                        for k, n in here.items()), key=lambda s: (s[0], -s[1]))
+
+        def render(lo: int, hi: int, inside: list) -> str:
+            out, pos, i = [], lo, 0
+            while i < len(inside):
+                start, end, key, node = inside[i]
+                nested = list(itertools.takewhile(lambda s: s[0] < end, inside[i + 1:]))
+                index = choices.get(key, 0)
+                opt = node.options[index]
+                if isinstance(opt, ast.Num) and opt.span == node.span:
+                    body = str(opt.value)
+                else:
+                    o_lo, o_hi = off(opt.span.line, opt.span.col), off(opt.span.end_line, opt.span.end_col)
+                    body = render(o_lo, o_hi, [s for s in nested if s[0] >= o_lo and s[1] <= o_hi])
+                out.append(text[pos:start])
+                out.append(f"[{body}]" if key in self.points and self.points[key].branches else f"{{{body}}}")
+                pos, i = end, i + 1 + len(nested)
+            out.append(text[pos:hi])
+            return "".join(out)
+
+        header = json.dumps({"space": self.label, "network": self.network, "choices": choices})
+        return f"# cnndsl variant: {header}\n" + render(0, len(text), spans)
+
+    # -- the whole space
+    def count(self) -> int:
+        """The number of members, from the choice tree when it has one, else by enumerating them."""
+        if self._count is None:
+            exact = _tree_count(self._walk)
+            if exact is not None:
+                probe = _Chooser({})
+                try:
+                    Resolver(self.lib, probe).network(self.network, self.params)
+                except CnnDslError:
+                    exact = None
+                if exact is not None and set(probe.reached) != self._first_reachable():
+                    exact = None
+            self._count = exact if exact is not None else sum(1 for _ in self._assignments())
+        return self._count
+
+    def _first_reachable(self) -> set[str]:
+        """The choices the static walk says are reached when every choice takes its first option."""
+        return {k for k, guards in self._walk.guards.items() if any(all(i == 0 for _, i in g) for g in guards)}
+
+    def _assignments(self, start: dict[str, int] | None = None) -> Iterator[_Chooser]:
+        """Every member in enumeration order, each as the resolution that reached it (resolve only)."""
+        stack = [dict(start or {})]
+        while stack:
+            fixed = stack.pop()
+            chooser = _Chooser(fixed)
+            try:
+                Resolver(self.lib, chooser).network(self.network, self.params)
+            except CnnDslError:
+                pass
+            yield chooser
+            stack.extend(reversed(list(self._branches(fixed, chooser))))
+
+    def _branches(self, fixed: dict[str, int], chooser: _Chooser) -> Iterator[dict[str, int]]:
+        prefix = dict(fixed)
+        for key, node in chooser.reached.items():
+            if key in fixed:
+                continue
+            for option in range(1, len(node.options)):
+                yield {**prefix, key: option}
+            prefix[key] = 0
+
+    def enumerate(self) -> Iterator[Variant]:
+        """Every member, each built once, in a fixed order."""
+        stack: list[dict[str, int]] = [{}]
+        while stack:
+            fixed = stack.pop()
+            chooser = _Chooser(fixed)
+            net, error = self._build(chooser)
+            yield self._variant(chooser, net, error)
+            stack.extend(reversed(list(self._branches(fixed, chooser))))
+
+    def sample(self, n: int, seed: int = 0, max_tries: int | None = None) -> Iterator[Variant]:
+        """``n`` distinct members, each reached choice drawn uniformly (reproducible for a seed)."""
+        rng = random.Random(seed)
+        seen: set[tuple] = set()
+        tries = max_tries if max_tries is not None else 20 * n + 100
+        while len(seen) < n and tries > 0:
+            tries -= 1
+            chooser = _Chooser({}, lambda key, k: rng.randrange(k))
+            net, error = self._build(chooser)
+            ident = tuple(sorted(chooser.choices().items()))
+            if ident in seen:
+                continue
+            seen.add(ident)
+            yield self._variant(chooser, net, error)
+
+    def neighbours(self, choices: dict[str, int]) -> list[dict[str, int]]:
+        """Every assignment differing from ``choices`` in one reached choice (in a fixed order)."""
+        chooser = _Chooser(choices)
+        try:
+            Resolver(self.lib, chooser).network(self.network, self.params)
+        except CnnDslError:
+            pass
+        base = chooser.choices()
+        return [{**base, key: o} for key, node in chooser.reached.items()
+                for o in range(len(node.options)) if o != base[key]]
+
+    def mutate(self, choices: dict[str, int], n: int, seed: int = 0) -> Iterator[Variant]:
+        """Up to ``n`` one-choice neighbours of a member, picked at random (reproducible for a seed)."""
+        options = self.neighbours(choices)
+        random.Random(seed).shuffle(options)
+        for assignment in options[:n]:
+            yield self.member(assignment)
+
+
+def read_choices(path: str) -> dict[str, int]:
+    """The choices of a member saved by ``cnndsl variants -o DIR`` (its header) or as a JSON(L) record."""
+    text = read_text(Path(path))
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("# cnndsl variant:"):
+            line = line.split(":", 1)[1]
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("choices"), dict):
+            return {str(k): int(v) for k, v in record["choices"].items()}
+    raise CnnDslError(f"{path} holds no variant's choices", None,
+                      "pass a file written by `cnndsl variants -o DIR` or one line of its --format jsonl output")
+
+
+# ----------------------------------------------------------------------------- filtering
+
+
+@dataclass
+class Limits:
+    """Hard limits on a member's size; None is no limit."""
+
+    max_params: int | None = None
+    max_macs: int | None = None
+    max_activations: int | None = None
+
+    def violation(self, v: Variant) -> str | None:
+        for what, limit in (("params", self.max_params), ("macs", self.max_macs),
+                            ("activations", self.max_activations)):
+            if limit is not None and getattr(v, what) > limit:
+                return f"{what} over {limit:,}"
+        return None
+
+
+@dataclass
+class Tally:
+    """What a run produced and what it left out, with the reasons."""
+
+    members: int = 0
+    kept: int = 0
+    invalid: Counter = field(default_factory=Counter)
+    over_limit: Counter = field(default_factory=Counter)
+    duplicates: int = 0
+
+    def lines(self) -> list[str]:
+        out = [f"{self.members:,} members checked, {self.kept:,} kept"]
+        if self.invalid:
+            out.append(f"{sum(self.invalid.values()):,} invalid:")
+            out += [f"  {n:,} x {reason}" for reason, n in self.invalid.most_common()]
+        if self.over_limit:
+            out.append(f"{sum(self.over_limit.values()):,} over a limit:")
+            out += [f"  {n:,} x {reason}" for reason, n in self.over_limit.most_common()]
+        if self.duplicates:
+            out.append(f"{self.duplicates:,} duplicates of an earlier architecture")
+        return out
+
+
+def variants(space: str | Space, *, sample: int | None = None, mutate: int | None = None,
+             start: dict[str, int] | str | None = None, seed: int = 0, limits: Limits | None = None,
+             unique: bool = False, keep_invalid: bool = False, input_shape: tuple[int, ...] | None = None,
+             params: dict[str, Any] | None = None, tally: Tally | None = None,
+             progress: bool = False) -> Iterator[Variant]:
+    """The members of a space, checked from the IR and hashed.
+
+    By default every member is enumerated; ``sample=N`` draws N distinct members, ``mutate=N`` with
+    ``start`` (a dict of choices, or a file written by ``cnndsl variants``) gives N one-choice
+    neighbours of a member. Members over a ``limits`` value are left out, as are invalid ones unless
+    ``keep_invalid``, and repeated architectures when ``unique``; ``tally`` collects what was left out.
+
+    >>> [v.options for v in variants("inception", sample=1, seed=3)][0]  # doctest: +ELLIPSIS
+    {'inception.cnn:6:24': '64', ...}
+    """
+    sp = space if isinstance(space, Space) else Space.open(space, input_shape=input_shape, params=params)
+    tally = tally if tally is not None else Tally()
+    limits = limits or Limits()
+    if mutate is not None:
+        if start is None:
+            raise CnnDslError("mutating needs a member to start from", None, "pass --from FILE")
+        base = read_choices(start) if isinstance(start, str) else start
+        stream, total = sp.mutate(base, mutate, seed), None
+    elif sample is not None:
+        stream, total = sp.sample(sample, seed), sample
+    else:
+        stream, total = sp.enumerate(), sp.count()
+    if progress:
+        stream = _progress(stream, total)
+    hashes = HashRegistry()
+    for v in stream:
+        tally.members += 1
+        if not v.valid:
+            tally.invalid[v.error] += 1
+            if keep_invalid:
+                yield v
+            continue
+        v.arch_hash, v.duplicate = hashes.hash(v.network_obj.graph)
+        reason = limits.violation(v)
+        if reason:
+            tally.over_limit[reason.split(" over ")[0] + " over the limit"] += 1
+            continue
+        if unique and v.duplicate:
+            tally.duplicates += 1
+            continue
+        tally.kept += 1
+        yield v
+
+
+def _progress(stream: Iterator[Variant], total: int | None) -> Iterator[Variant]:
+    """A progress bar on stderr when it is a terminal and tqdm is installed."""
+    if not sys.stderr.isatty():
+        return stream
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return stream
+    return tqdm(stream, total=total, unit="variant", file=sys.stderr, leave=False)
+
+
+# ----------------------------------------------------------------------------- the command line
+
+
+def _csv_rows(vs: Iterator[Variant]) -> Iterator[list]:
+    yield ["arch_hash", "params", "macs", "activations", "choices"]
+    for v in vs:
+        yield [v.arch_hash, v.params, v.macs, v.activations, json.dumps(v.options, separators=(",", ":"))]
+
+
+def cmd_variants(args, params: dict) -> int:
+    """``cnndsl variants SPACE``: count, enumerate, sample or mutate a space's members."""
+    space = Space.open(args.space, input_shape=args.input, params=params)
+    if args.count:
+        print(space.count())
+        return 0
+    limits = Limits(args.max_params, args.max_macs, args.max_activations)
+    tally = Tally()
+    stream = variants(space, sample=args.sample, mutate=args.mutate, start=args.start, seed=args.seed,
+                      limits=limits, unique=args.unique, tally=tally, progress=True)
+    if args.output:
+        out = Path(args.output)
+        out.mkdir(parents=True, exist_ok=True)
+        for i, v in enumerate(stream):
+            (out / f"{space.network}_{i:05d}_{v.arch_hash[:8]}.cnn").write_text(v.source, encoding="utf-8")
+    elif args.format == "csv":
+        import csv
+
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        for row in _csv_rows(stream):
+            writer.writerow(row)
+    else:
+        for v in stream:
+            sys.stdout.write(json.dumps(v.record(), separators=(",", ":")) + "\n")
+    for line in tally.lines():
+        print(line, file=sys.stderr)
+    return 0
+
+
+def add_parser(sub, shape, parse_params) -> None:
+    """Register ``cnndsl variants`` on the CLI's subparsers."""
+    h = "count, enumerate, sample or mutate the members of a search space"
+    sp = sub.add_parser("variants", help=h, description=h,
+                        epilog="SPACE is a .cnn file with choices, FILE.cnn:NETWORK, or a shipped space "
+                               "(resnet_cifar, inception, nb201).")
+    sp.add_argument("space", metavar="SPACE")
+    what = sp.add_mutually_exclusive_group()
+    what.add_argument("--count", action="store_true", help="print the number of members (no enumeration)")
+    what.add_argument("--enumerate", action="store_true", help="every member (the default)")
+    what.add_argument("--sample", type=int, metavar="N", help="N distinct members drawn at random")
+    what.add_argument("--mutate", type=int, metavar="N", help="N members differing in one choice from --from")
+    sp.add_argument("--from", dest="start", metavar="FILE", help="a member written by -o, or a jsonl line")
+    sp.add_argument("--seed", type=int, default=0, help="random seed for --sample and --mutate (default 0)")
+    sp.add_argument("--max-params", type=int, metavar="N")
+    sp.add_argument("--max-macs", type=int, metavar="N")
+    sp.add_argument("--max-activations", type=int, metavar="N")
+    sp.add_argument("--unique", action="store_true", help="leave out members whose architecture was seen")
+    sp.add_argument("--input", type=shape, metavar="CxHxW", help="override the input size of every member")
+    sp.add_argument("--param", "-p", action="append", metavar="NAME=VALUE", help="set a network parameter")
+    sp.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
+    sp.add_argument("-o", "--output", metavar="DIR", help="write one .cnn per member into DIR")
+
+    def run(args):
+        if args.mutate is not None and not args.start:
+            sp.error("--mutate needs --from FILE")
+        return cmd_variants(args, parse_params(args.param))
+
+    sp.set_defaults(func=run)

@@ -1,0 +1,146 @@
+"""The language server, spoken to over stdio as an editor does (JSON-RPC framed with Content-Length)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("pygls")
+
+from cnndsl.lsp import analyse
+
+DOC = """\
+network t: input 3x32x32
+    conv3-16 relu maxpool
+    fc-10 conv3-4
+"""
+WARN = """\
+network w: input 3x8x8
+    conv3-4/2(p=0) relu
+    fc-10
+"""
+
+
+class Client:
+    """A minimal LSP client over a subprocess's stdin and stdout."""
+
+    def __init__(self):
+        self.proc = subprocess.Popen([sys.executable, "-m", "cnndsl", "lsp"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        self.next_id = 0
+        self.messages: list[dict] = []
+        self.cond = threading.Condition()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        out = self.proc.stdout
+        while True:
+            length = None
+            while True:
+                line = out.readline()
+                if not line:
+                    return
+                if line in (b"\r\n", b"\n"):
+                    break
+                key, _, value = line.decode("ascii").partition(":")
+                if key.lower() == "content-length":
+                    length = int(value)
+            msg = json.loads(out.read(length))
+            with self.cond:
+                self.messages.append(msg)
+                self.cond.notify_all()
+
+    def send(self, method, params, request=True):
+        msg = {"jsonrpc": "2.0", "method": method, "params": params}
+        if request:
+            self.next_id += 1
+            msg["id"] = self.next_id
+        body = json.dumps(msg).encode("utf-8")
+        self.proc.stdin.write(b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        self.proc.stdin.flush()
+        return msg.get("id")
+
+    def wait_for(self, pred, timeout=30):
+        with self.cond:
+            ok = self.cond.wait_for(lambda: any(pred(m) for m in self.messages), timeout)
+            assert ok, f"no such message; got {self.messages}"
+            return next(m for m in self.messages if pred(m))
+
+    def request(self, method, params):
+        rid = self.send(method, params)
+        return self.wait_for(lambda m: m.get("id") == rid and "method" not in m)
+
+    def diagnostics(self, uri, version):
+        return self.wait_for(lambda m: m.get("method") == "textDocument/publishDiagnostics"
+                             and m["params"]["uri"] == uri and m["params"].get("version") == version)["params"]
+
+
+@pytest.fixture
+def client():
+    c = Client()
+    init = c.request("initialize", {"processId": None, "rootUri": None, "capabilities": {}})
+    assert init["result"]["capabilities"]["hoverProvider"]
+    c.send("initialized", {}, request=False)
+    yield c
+    c.request("shutdown", None)
+    c.send("exit", None, request=False)
+    try:
+        c.proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        c.proc.kill()
+
+
+def test_diagnostics_as_you_type_and_hover(client, tmp_path):
+    uri = (tmp_path / "t.cnn").as_uri()
+    client.send("textDocument/didOpen", {"textDocument": {"uri": uri, "languageId": "cnn", "version": 1,
+                                                         "text": DOC}}, request=False)
+    diags = client.diagnostics(uri, 1)["diagnostics"]
+    assert len(diags) == 1 and diags[0]["severity"] == 1
+    assert diags[0]["message"].startswith("'conv' needs a feature map")
+    # `conv3-4` after fc-10 on line 3 (0-based 2), columns 10..17
+    assert diags[0]["range"] == {"start": {"line": 2, "character": 10}, "end": {"line": 2, "character": 17}}
+
+    # the user deletes the bad layer: the error goes away
+    fixed = DOC.replace(" conv3-4", "")
+    client.send("textDocument/didChange", {"textDocument": {"uri": uri, "version": 2},
+                                           "contentChanges": [{"text": fixed}]}, request=False)
+    assert client.diagnostics(uri, 2)["diagnostics"] == []
+
+    # hover over `conv3-16`: its name, output shape (16x32x32) and 3*3*3*16+16 = 448 parameters
+    hover = client.request("textDocument/hover", {"textDocument": {"uri": uri},
+                                                  "position": {"line": 1, "character": 6}})
+    value = hover["result"]["contents"]["value"]
+    assert "**conv1**" in value and "16x32x32" in value and "448 params" in value
+    # hover over `maxpool`: 16x16x16, no parameters
+    value = client.request("textDocument/hover", {"textDocument": {"uri": uri},
+                                                  "position": {"line": 1, "character": 20}})["result"]
+    assert "16x16x16" in value["contents"]["value"]
+    # hover on blank space: nothing
+    assert client.request("textDocument/hover", {"textDocument": {"uri": uri},
+                                                 "position": {"line": 0, "character": 0}})["result"] is None
+
+
+def test_warnings_are_published_with_their_span(client, tmp_path):
+    uri = (tmp_path / "w.cnn").as_uri()
+    client.send("textDocument/didOpen", {"textDocument": {"uri": uri, "languageId": "cnn", "version": 1,
+                                                         "text": WARN}}, request=False)
+    diags = client.diagnostics(uri, 1)["diagnostics"]
+    # 8x8 input, 3x3 kernel, stride 2, no padding: (8 - 3) / 2 + 1 = 3.5, rows and columns left out
+    assert diags and all(d["severity"] == 2 for d in diags)
+    assert all(d["range"]["start"] == {"line": 1, "character": 4} for d in diags)
+    assert "stride 2 doesn't fit" in diags[0]["message"]
+
+
+def test_syntax_errors_and_hover_inside_blocks_without_a_server():
+    a = analyse("network t: input 3x8x8\n  conv3-4 (\n", "/tmp/x.cnn")
+    assert [d.severity for d in a.diagnostics] == ["error"] and a.diagnostics[0].start == (1, 10)
+    path = Path(__file__).resolve().parent.parent / "networks" / "resnet.cnn"
+    a = analyse(path.read_text(), str(path))
+    assert a.diagnostics == [] or all(d.severity == "warning" for d in a.diagnostics)
+    text = a.hover(5, 12)  # `conv7-64/2` of the ImageNet ResNets: torchvision's conv1, 9,408 weights
+    assert "64x112x112" in text and "9,408 params" in text and "resnet50" in text
