@@ -95,8 +95,12 @@ def train(net: str | Network, data: str = "digits", epochs: int | None = None, b
 
     from . import api
 
+    if backend == "jax":
+        from .train_jax import train_jax
+
+        return train_jax(net, data, epochs, seed=seed, batch_size=batch_size, lr=lr, out=out, **params)
     if backend != "torch":
-        raise CnnDslError(f"training runs on the torch backend, not {backend!r}", None)
+        raise CnnDslError(f"training runs on the torch or jax backend, not {backend!r}", None)
     out = out or sys.stdout
     torch.manual_seed(seed)
     if data == "digits":

@@ -37,10 +37,11 @@ import json
 import random
 import sys
 from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from . import syntax as ast
 from .api import build
@@ -322,7 +323,7 @@ class Space:
         self._count: int | None = None
 
     @classmethod
-    def open(cls, spec: str, **kwargs) -> "Space":
+    def open(cls, spec: str, **kwargs) -> Space:
         path = Path(spec)
         if not path.exists() and ":" not in spec and not spec.endswith(".cnn"):
             shipped = resources.files(SPACES_PACKAGE).joinpath(SPACES_DIR, f"{spec}.cnn")
@@ -399,7 +400,7 @@ class Space:
             out, pos, i = [], lo, 0
             while i < len(inside):
                 start, end, key, node = inside[i]
-                nested = list(itertools.takewhile(lambda s: s[0] < end, inside[i + 1:]))
+                nested = list(itertools.takewhile(lambda s, end=end: s[0] < end, inside[i + 1:]))
                 index = choices.get(key, 0)
                 opt = node.options[index]
                 if isinstance(opt, ast.Num) and opt.span == node.span:

@@ -101,7 +101,7 @@ def test_hash_ignores_names_and_spelling():
     assert arch_hash(a.graph) == arch_hash(b.graph) != arch_hash(c.graph)
     # the hash's claim, checked by networkx's isomorphism test on the graphs it hashes
     (ga, _), (gb, _), (gc, _) = (canonical_graph(n.graph) for n in (a, b, c))
-    match = dict(node_match=lambda x, y: x["label"] == y["label"], edge_match=lambda x, y: x["port"] == y["port"])
+    match = {"node_match": lambda x, y: x["label"] == y["label"], "edge_match": lambda x, y: x["port"] == y["port"]}
     assert nx.is_isomorphic(ga, gb, **match) and not nx.is_isomorphic(ga, gc, **match)
 
 

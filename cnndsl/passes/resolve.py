@@ -26,7 +26,7 @@ import difflib
 import re
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from ..errors import CnnArgumentError, CnnDslError, CnnLimitError, CnnNameError, CnnShapeError, Span
 from ..ir import Graph, Scope
@@ -166,6 +166,7 @@ class Resolver:
         self.zeroed = False  # a `none` was taken: layers whose only use was a zero are pruned at the end
         self.claimed: dict[str, Span | None] = {}  # full name given by a label -> where
         self.depth = 0  # sequences being lowered, one inside the other
+        self.sizes: dict[str, int] = {}  # block -> a lower bound on the layers one instance builds
         self.chain = chain  # derived networks being built, outermost first (to stop `a = b`, `b = a`)
 
     # -- entry
@@ -373,6 +374,11 @@ class Resolver:
                                    "x1 is a single copy; to leave a step out, delete it")
         if n > MAX_NODES:
             raise CnnLimitError(f"repeat count {n} would build more than {MAX_NODES:,} layers", step.repeat.span,
+                                "a network of that size cannot be compiled; check the count")
+        at_least = len(self.g) + _min_size(step.term, self.lib.blocks, self.sizes) * n
+        if at_least > MAX_NODES:
+            raise CnnLimitError(f"repeating this {n} times would build at least {at_least:,} layers "
+                                f"(the limit is {MAX_NODES:,})", step.span,
                                 "a network of that size cannot be compiled; check the count")
         if step.label is not None:
             name = scope.child("seq", step.label)
@@ -656,6 +662,10 @@ class Resolver:
                 len(frame.blocks_active) >= MAX_BLOCK_DEPTH:
             raise CnnLimitError(f"blocks nested more than {MAX_BLOCK_DEPTH} deep (through '{name}')", call.span,
                                 "a block that instantiates itself never ends")
+        at_least = len(self.g) + _min_size(call, self.lib.blocks, self.sizes)
+        if at_least > MAX_NODES:
+            raise CnnLimitError(f"'{name}' would build at least {at_least:,} layers (the limit is {MAX_NODES:,})",
+                                call.span, "blocks that use other blocks several times grow exponentially with depth")
         given = self._args(call.args, frame.env)
         pos = tuple(v for k, v in given if k is None)
         kw: dict[str, Any] = {}
@@ -680,6 +690,34 @@ class Resolver:
                                 "a network of that size cannot be compiled")
         self.g.add(name, op, args, span, inputs)
         return name
+
+
+def _min_size(term: ast.Term, blocks: dict, sizes: dict[str, int], active: tuple[str, ...] = ()) -> int:
+    """A lower bound on the layers ``term`` builds, from the text alone (before building anything).
+
+    Repeat counts that are expressions, and recursive instances, count once. It lets a block
+    bomb (each block using the next one twice, 30 deep) fail at once instead of after
+    building 100,000 layers.
+    """
+    if isinstance(term, ast.Ref):
+        return 0
+    if isinstance(term, ast.Call):
+        if term.name not in blocks or term.name in active:
+            return 1
+        if term.name not in sizes:
+            sizes[term.name] = _min_size(ast.Group(blocks[term.name].body, term.span), blocks, sizes,
+                                         active + (term.name,))
+        return sizes[term.name]
+    seqs = [term.seq] if isinstance(term, ast.Group) else list(term.branches)
+    total = 0
+    for seq in seqs:
+        for step in seq.steps:
+            count = step.repeat.value if isinstance(step.repeat, ast.Num) and isinstance(step.repeat.value, int) \
+                else 1
+            total += _min_size(step.term, blocks, sizes, active) * max(count, 1)
+            if total > MAX_NODES:
+                return total
+    return total
 
 
 def _find_label(seq: ast.Seq, name: str) -> Span | None:
@@ -712,10 +750,19 @@ def _prune(g: Graph) -> None:
         if name not in live:
             live.add(name)
             todo.extend(g.inputs_of(name))
-    for node in [n.name for n in g.nodes() if n.name not in live]:
-        g.remove(node)
-    for scope in [s for s in g.scopes if not any(n.name.startswith(s + ".") for n in g.nodes())]:
+    names = [n.name for n in g.nodes()]
+    for node in names:
+        if node not in live:
+            g.remove(node)
+    prefixes = {p for n in names if n in live for p in _prefixes(n)}
+    for scope in [s for s in g.scopes if s not in prefixes]:
         del g.scopes[scope]
+
+
+def _prefixes(name: str) -> Iterator[str]:
+    parts = name.split(".")
+    for i in range(1, len(parts)):
+        yield ".".join(parts[:i])
 
 
 def _suggest(word: str, choices) -> str | None:
