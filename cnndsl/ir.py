@@ -63,6 +63,7 @@ class Graph:
         self._g = nx.MultiDiGraph()
         self._nodes: dict[str, Node] = {}
         self._counter = 0
+        self._topo: list[str] | None = None  # cached order; every mutation clears it
         self.name = name
         self.params: dict[str, Any] = dict(params or {})
         self.inputs: list[str] = []
@@ -85,25 +86,30 @@ class Graph:
         self._g.add_node(name)
         for port, src in enumerate(inputs):
             self._g.add_edge(src, name, key=port, port=port)
+        self._topo = None
         return node
 
     def remove(self, name: str) -> None:
         del self._nodes[name]
         self._g.remove_node(name)
+        self._topo = None
 
     def rewire(self, name: str, port: int, new_src: str) -> None:
         """Make operand ``port`` of ``name`` come from ``new_src``."""
         old = self.inputs_of(name)[port]
         self._g.remove_edge(old, name, key=port)
         self._g.add_edge(new_src, name, key=port, port=port)
+        self._topo = None
 
     def connect(self, src: str, dst: str, port: int) -> None:
         """Add operand ``port`` of ``dst`` (after its old source was removed)."""
         self._g.add_edge(src, dst, key=port, port=port)
+        self._topo = None
 
     def reorder_after(self, name: str, anchor: str) -> None:
         """Give a node an order just after ``anchor`` (for nodes added by a rewrite)."""
         self._nodes[name].order = self._nodes[anchor].order  # ties broken by name in topo_order
+        self._topo = None
 
     # -- reading
     def __contains__(self, name: str) -> bool:
@@ -125,8 +131,9 @@ class Graph:
 
     def nodes(self) -> Iterator[Node]:
         """Nodes in a deterministic topological order (source order where free)."""
-        order = nx.lexicographical_topological_sort(self._g, key=lambda n: (self._nodes[n].order, n))
-        for name in order:
+        if self._topo is None:
+            self._topo = list(nx.lexicographical_topological_sort(self._g, key=lambda n: (self._nodes[n].order, n)))
+        for name in self._topo:
             yield self._nodes[name]
 
     @property

@@ -116,7 +116,9 @@ def train(net: str | Network, data: str = "digits", epochs: int | None = None, b
     mean, std = x[train_idx].mean(), x[train_idx].std()
     x = (x - mean) / std
     model = api.build_torch(network)
-    epochs = epochs or 10
+    if network.params < 1_000_000:  # a small net on CPU is bound by per-op overhead: threads only contend
+        torch.set_num_threads(1)
+    epochs = epochs or 8
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=lr, momentum=0.9,
                           weight_decay=5e-4)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=max(1, 2 * epochs // 3), gamma=0.1)

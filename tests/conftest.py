@@ -7,6 +7,23 @@ def zoo_names() -> list[str]:
     return sorted(zoo_index())
 
 
+def pytest_addoption(parser):
+    parser.addoption("--runslow", action="store_true", help="also run the tests marked slow (big networks)")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: a long test (big networks), run with --runslow")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--runslow"):
+        return
+    skip = pytest.mark.skip(reason="slow: run with --runslow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def zoo():
     """Every shipped network, loaded once per test session."""

@@ -338,12 +338,35 @@ class Resolver:
                                 "a block that instantiates itself, or brackets nested too deeply?")
         self.depth += 1
         steps = seq.steps
+        self._check_size(steps)
         for i, step in enumerate(steps):
             last = i == len(steps) - 1
             nxt_act = then_act if last else self._is_activation(steps[i + 1], frame)
             flow = self._step(step, flow, scope, frame, tail and last, nxt_act)
         self.depth -= 1
         return flow
+
+    def _check_size(self, steps: tuple[ast.Step, ...]) -> None:
+        """Refuse, before building any of it, a sequence of steps that adds up to too many layers.
+
+        A repeat, a group or a block instance too large on its own is left to the checks inside it,
+        which say why.
+        """
+        budget = MAX_NODES - len(self.g)
+        sizes = [_min_size(ast.Group(ast.Seq((step,), step.span), step.span), self.lib.blocks, self.sizes)
+                 for step in steps]
+        if sum(sizes) <= budget or any(size > budget and (step.repeat is not None or isinstance(step.term, ast.Group)
+                                                           or (isinstance(step.term, ast.Call) and
+                                                               step.term.name in self.lib.blocks))
+                                       for step, size in zip(steps, sizes)):
+            return
+        total = len(self.g)
+        for step, size in zip(steps, sizes):
+            total += size
+            if total > MAX_NODES:
+                raise CnnLimitError(f"the network would have at least {total:,} layers by here "
+                                    f"(the limit is {MAX_NODES:,})", step.span,
+                                    "a network of that size cannot be compiled; check the repeat counts")
 
     def _claim(self, full: str, span: Span | None) -> None:
         """A label names one thing: using the same full name twice is a mistake."""

@@ -1,0 +1,189 @@
+"""The JAX backend on its own: parameter counts, shapes, jit/grad, training, golden output.
+
+Agreement with PyTorch (the numbers themselves) is tests/test_cross_backend.py.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+jax = pytest.importorskip("jax")
+jnp = pytest.importorskip("jax.numpy")
+
+import cnndsl  # noqa: E402
+from cnndsl.backends.jax import JaxEmitter, _nhwc  # noqa: E402
+from cnndsl.ops import OPS  # noqa: E402
+
+from cnndsl.loader import zoo_index  # noqa: E402
+
+GOLDEN = Path(__file__).parent / "golden" / "jax"
+UPDATE = os.environ.get("CNNDSL_UPDATE_GOLDEN") == "1"
+
+
+def n_values(tree) -> int:
+    return sum(leaf.size for leaf in jax.tree_util.tree_leaves(tree))
+
+
+@pytest.mark.parametrize("name", sorted(zoo_index()))
+def test_init_has_the_network_parameters_and_apply_the_predicted_shapes(name, zoo):
+    """Abstract evaluation (no compute): init's parameter count and apply's output shapes, eval and train."""
+    net = zoo(name)
+    model = cnndsl.build_jax(net)
+    variables = jax.eval_shape(model.init, jax.random.key(0))
+    assert n_values(variables["params"]) == net.params
+    n_bn = sum(n.shape[0] for n in net.graph.nodes() if n.op == "bn")
+    assert n_values(variables["batch_stats"]) == 2 * n_bn
+    x = jax.ShapeDtypeStruct((2, *_nhwc(net.input_shape)), jnp.float32)
+    out = jax.eval_shape(lambda v, x: model.apply(v, x), variables, x)
+    assert out.shape == (2, *_nhwc(net.output_shapes[0]))
+    outputs, stats = jax.eval_shape(lambda v, x: model.apply(v, x, train=True, rng=jax.random.key(1)), variables, x)
+    expected = [(2, *_nhwc(s)) for s in net.output_shapes]
+    got = [o.shape for o in outputs] if net.graph.aux_outputs else [outputs.shape]
+    assert got == expected
+    assert jax.tree_util.tree_structure(stats) == jax.tree_util.tree_structure(variables["batch_stats"])
+
+
+def test_variables_are_laid_out_as_flax():
+    model = cnndsl.build_jax("resnet18")
+    v = jax.eval_shape(model.init, jax.random.key(0))
+    assert set(v) == {"params", "batch_stats"}
+    assert v["params"]["layer1"]["0"]["conv1"]["kernel"].shape == (3, 3, 64, 64)  # HWIO
+    assert set(v["params"]["layer2"]["0"]["downsample"]["1"]) == {"scale", "bias"}
+    assert set(v["batch_stats"]["bn1"]) == {"mean", "var"}
+    assert v["params"]["fc"]["kernel"].shape == (512, 1000)
+    assert v["params"]["fc"]["bias"].shape == (1000,)
+    assert "bias" not in v["params"]["conv1"]  # conv(bias=false)
+
+
+def test_every_op_has_an_emitter_method():
+    missing = [op for op in OPS if op != "shortcut" and not hasattr(JaxEmitter, f"emit_{op}")]
+    assert missing == []
+
+
+def _loss_and_step(model):
+    def loss_fn(params, stats, x, y, key):
+        outputs, new_stats = model.apply({"params": params, "batch_stats": stats}, x, train=True, rng=key)
+        logits = outputs[0] if isinstance(outputs, tuple) else outputs
+        onehot = jax.nn.one_hot(y, logits.shape[-1])
+        return -(jax.nn.log_softmax(logits) * onehot).sum(-1).mean(), new_stats
+
+    @jax.jit
+    def step(params, stats, x, y, key):
+        (loss, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, stats, x, y, key)
+        return jax.tree_util.tree_map(lambda p, g: p - 0.05 * g, params, grads), new_stats, loss
+
+    return step
+
+
+@pytest.mark.parametrize("name", ["lenet5", "resnet20"])
+def test_a_jitted_gradient_step_lowers_the_loss(name):
+    model = cnndsl.build_jax(name)
+    v = model.init(jax.random.key(0))
+    params, stats = v["params"], v["batch_stats"]
+    x = jax.random.normal(jax.random.key(1), (8, *model.input_shape))
+    y = jnp.arange(8) % 10
+    step = _loss_and_step(model)
+    losses = []
+    for i in range(3):
+        params, stats, loss = step(params, stats, x, y, jax.random.key(2 + i))
+        losses.append(float(loss))
+    assert losses[2] < losses[0], losses
+    if stats:  # batch norm's running statistics moved
+        assert not jnp.allclose(stats["bn1"]["mean"] if "bn1" in stats else jax.tree_util.tree_leaves(stats)[0],
+                                0.0)
+
+
+def test_dropout_runs_in_training_only_and_needs_a_key():
+    model = cnndsl.build_jax(cnndsl.loads("network t: input 32  fc-64 dropout(0.5) fc-4"))
+    v = model.init(jax.random.key(0))
+    x = jnp.ones((2, 32))
+    assert jnp.array_equal(model.apply(v, x), model.apply(v, x))
+    with pytest.raises(ValueError, match="rng"):
+        model.apply(v, x, train=True)
+    a, _ = model.apply(v, x, train=True, rng=jax.random.key(1))
+    b, _ = model.apply(v, x, train=True, rng=jax.random.key(2))
+    assert not jnp.allclose(a, b)
+
+
+def test_aux_heads_come_out_in_training_only():
+    model = cnndsl.build_jax("googlenet_torchvision")
+    v = jax.eval_shape(model.init, jax.random.key(0))
+    x = jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32)
+    assert jax.eval_shape(lambda v, x: model.apply(v, x), v, x).shape == (1, 1000)
+    (main, aux1, aux2), _ = jax.eval_shape(lambda v, x: model.apply(v, x, train=True, rng=jax.random.key(0)), v, x)
+    assert main.shape == aux1.shape == aux2.shape == (1, 1000)
+
+
+def test_inits_follow_the_networks_scheme():
+    """Default: PyTorch's U(-1/sqrt(fan_in), 1/sqrt(fan_in)); the bias too."""
+    model = cnndsl.build_jax(cnndsl.loads("network t: input 3x8x8  conv3-64"))
+    k = model.init(jax.random.key(0))["params"]["conv1"]
+    bound = 27 ** -0.5
+    assert float(jnp.abs(k["kernel"]).max()) <= bound
+    assert float(jnp.abs(k["kernel"]).max()) > 0.9 * bound
+    assert float(jnp.abs(k["bias"]).max()) <= bound
+
+
+@pytest.mark.parametrize("name", ["lenet5", "resnet18"])
+def test_golden(name):
+    source = cnndsl.compile(name, backend="jax")
+    path = GOLDEN / f"{name}.py"
+    if UPDATE or not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(source, encoding="utf-8")
+    assert source == path.read_text(encoding="utf-8"), "regenerate with CNNDSL_UPDATE_GOLDEN=1 and review the diff"
+
+
+@pytest.mark.parametrize("name", ["googlenet_torchvision", "unet", "alexnet", "inception_resnet_v2"])
+def test_generated_source_is_ruff_clean_and_imports_jax_only(name, tmp_path):
+    source = cnndsl.compile(name, backend="jax")
+    imports = {line for line in source.splitlines() if line.startswith(("import ", "from "))}
+    assert imports == {"import jax", "import jax.numpy as jnp"}
+    path = tmp_path / f"{name}.py"
+    path.write_text(source, encoding="utf-8")
+    ruff = Path(sys.executable).with_name("ruff")
+    if not ruff.exists():
+        pytest.skip("ruff is not installed next to this Python")
+    done = subprocess.run([str(ruff), "check", "--isolated", "--line-length", "120", str(path)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout
+
+
+def test_output_is_deterministic_across_hash_seeds():
+    code = "import cnndsl, sys; sys.stdout.write(cnndsl.compile('googlenet_torchvision', backend='jax'))"
+    outs = set()
+    for seed in ("0", "1", "12345"):
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        outs.add(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                                check=True).stdout)
+    assert len(outs) == 1
+
+
+def test_cli_compiles_jax(tmp_path, capsys):
+    from cnndsl.cli import main
+
+    out = tmp_path / "lenet5_jax.py"
+    assert main(["compile", "lenet5", "--backend", "jax", "-o", str(out)]) == 0
+    namespace: dict = {}
+    exec(compile(out.read_text(), str(out), "exec"), namespace)  # noqa: S102 - the file we just generated
+    v = namespace["init"](jax.random.key(0))
+    assert namespace["apply"](v, jnp.zeros((1, 32, 32, 1))).shape == (1, 10)
+
+
+def test_train_lenet5_on_digits_with_jax_reaches_95_percent():
+    """``cnndsl train lenet5 --data digits --backend jax`` (the CLI's defaults), through the API."""
+    pytest.importorskip("optax")
+    pytest.importorskip("sklearn")
+    import io
+
+    from cnndsl.train import train
+
+    log = io.StringIO()
+    acc = train("lenet5", data="digits", backend="jax", out=log)
+    assert acc >= 0.95, log.getvalue()
+    assert log.getvalue().splitlines()[-1] == f"test accuracy: {acc:.2f}"

@@ -1,0 +1,224 @@
+"""The PyTorch backend: every zoo network builds with the IR's names, shapes and counts; small ones train."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import cnndsl
+from cnndsl.loader import zoo_index
+
+torch = pytest.importorskip("torch")
+
+GOLDEN = Path(__file__).parent / "golden" / "torch"
+GOLDEN_NETS = ("lenet5", "resnet18", "googlenet_torchvision")
+# Run a real forward pass only where it is cheap; the rest are checked on the meta device (no memory, no maths).
+FORWARD_NETS = ("lenet5", "resnet20", "resnet18", "googlenet_torchvision", "alexnet")
+
+
+def ir_state_keys(net) -> set[str]:
+    """The state_dict keys the IR implies: node names plus PyTorch's tensor names."""
+    keys = set()
+    for n in net.graph.nodes():
+        if n.op in ("conv", "deconv", "fc"):
+            keys.add(f"{n.name}.weight")
+            if n.args["bias"]:
+                keys.add(f"{n.name}.bias")
+        elif n.op == "bn":
+            keys |= {f"{n.name}.{t}" for t in ("running_mean", "running_var", "num_batches_tracked")}
+            if n.args["affine"]:
+                keys |= {f"{n.name}.weight", f"{n.name}.bias"}
+    return keys
+
+
+@pytest.mark.parametrize("name", sorted(zoo_index()))
+def test_zoo_network_builds_with_ir_names_and_counts(name):
+    net = cnndsl.load(name)
+    with torch.device("meta"):
+        model = cnndsl.build_torch(net)
+    assert sum(p.numel() for p in model.parameters()) == net.params
+    assert set(model.state_dict()) == ir_state_keys(net)
+    if name not in FORWARD_NETS:
+        x = torch.empty(2, *net.input_shape, device="meta")
+        model.eval()
+        assert tuple(model(x).shape) == (2, *net.output_shapes[0])
+
+
+@pytest.mark.parametrize("name", FORWARD_NETS)
+def test_forward_gives_ir_output_shapes(name):
+    net = cnndsl.load(name)
+    model = cnndsl.build_torch(net).eval()
+    with torch.no_grad():
+        y = model(torch.randn(1, *net.input_shape))
+    assert tuple(y.shape) == (1, *net.output_shapes[0])
+    if net.graph.aux_outputs:  # aux heads only in training mode, as torchvision's GoogLeNet
+        model.train()
+        outs = model(torch.randn(2, *net.input_shape))
+        assert [tuple(o.shape[1:]) for o in outs] == net.output_shapes
+
+
+SNIPPETS = {
+    "asym_pad": "network t: input 3x9x9 conv(c=4, k=2, p=((0, 1), (0, 1))) bn relu "
+                "maxpool(k=2, s=1, p=((1, 0), (0, 1))) avgpool(k=3, s=2, p=((1, 0), (1, 0))) fc-5",
+    "deconv_crop": "network t: input 2x16x16 d: conv3-4(p=valid) relu deconv2-4/2 concat(crop=true)< @d | identity > "
+                   "conv1-3 sigmoid gap flatten fc-3",
+    "misc": "network t: input 3x12x12 conv3-6 lrn tanh avgpool3/2(ceil, count_include_pad=false, p=1) dropout(0.2) "
+            "residual(scale=0.5)< conv3-6 bn > adaptiveavgpool(2) fc-8 bn relu fc-4 softmax",
+    "padshortcut": "network t: input 4x8x8 residual(shortcut=pad)< conv3-8/2 bn relu conv3-8 bn > relu gap fc-2",
+}
+
+
+@pytest.mark.parametrize("name", sorted(SNIPPETS))
+def test_snippet_shapes_params_and_training_step(name):
+    net = cnndsl.loads(SNIPPETS[name])
+    model = cnndsl.build_torch(net)
+    assert sum(p.numel() for p in model.parameters()) == net.params
+    assert set(model.state_dict()) == ir_state_keys(net)
+    _assert_learns(model, net)
+
+
+@pytest.mark.parametrize("name", ["lenet5", "resnet20"])
+def test_small_zoo_networks_learn(name):
+    net = cnndsl.load(name)
+    _assert_learns(cnndsl.build_torch(net), net)
+
+
+def _assert_learns(model, net, steps: int = 5):
+    torch.manual_seed(0)
+    x = torch.randn(8, *net.input_shape)
+    classes = net.output_shapes[0][0]
+    y = torch.arange(8) % classes
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    losses = []
+    model.train()
+    for _ in range(steps):
+        out = model(x)
+        out = out[0] if isinstance(out, tuple) else out
+        loss = torch.nn.functional.cross_entropy(out, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+    model.eval()
+    with torch.no_grad():
+        assert tuple(model(x).shape) == (8, *net.output_shapes[0])
+
+
+def test_eval_mode_is_deterministic_and_channels_last_agrees():
+    net = cnndsl.load("resnet20")
+    model = cnndsl.build_torch(net).eval()
+    x = torch.randn(2, *net.input_shape)
+    with torch.no_grad():
+        a = model(x)
+        b = model.to(memory_format=torch.channels_last)(x.to(memory_format=torch.channels_last))
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_torchscript_and_export():
+    net = cnndsl.load("resnet20")
+    model = cnndsl.build_torch(net).eval()
+    x = torch.randn(1, *net.input_shape)
+    with torch.no_grad():
+        ref = model(x)
+        torch.testing.assert_close(torch.jit.script(model)(x), ref)
+    g = cnndsl.load("googlenet_torchvision", input_shape=(3, 64, 64))  # aux heads: export traces eval mode
+    gm = cnndsl.build_torch(g).eval()
+    ex = torch.export.export(gm, (torch.randn(1, 3, 64, 64),))
+    assert tuple(ex.module()(torch.randn(1, 3, 64, 64)).shape) == (1, 1000)
+
+
+def test_frozen_layers_keep_names_and_stop_gradients():
+    text = ("network base(classes=1000) with conv(act=relu): input 3x16x16 features: [conv3-8 maxpool conv3-8] "
+            "classifier: [fc-32 relu fc-{classes}]\n"
+            "network small = base(classes=10) freeze(features)")
+    net = cnndsl.loads(text, network="small")
+    model = cnndsl.build_torch(net)
+    frozen = {k for k, p in model.named_parameters() if not p.requires_grad}
+    assert frozen == {"features.0.weight", "features.0.bias", "features.3.weight", "features.3.bias"}
+    assert set(model.state_dict()) == ir_state_keys(net)
+
+
+def test_init_scheme_from_the_network():
+    src = "network t with init({}): input 3x8x8 conv3-16 bn relu fc-10"
+    torch.manual_seed(0)
+    he = cnndsl.build_torch(cnndsl.loads(src.format("kaiming")))
+    # He, fan_out: std = sqrt(2 / (16 * 3 * 3))
+    assert abs(he.conv1.weight.std().item() - (2 / 144) ** 0.5) < 0.03
+    assert he.fc1.weight.std().item() < 0.02 and float(he.conv1.bias.abs().sum()) == 0
+    xa = cnndsl.build_torch(cnndsl.loads(src.format("xavier")))
+    bound = (6 / (3 * 9 + 16 * 9)) ** 0.5  # Glorot uniform
+    assert xa.conv1.weight.abs().max().item() <= bound
+    with pytest.raises(cnndsl.CnnDslError, match="init takes one scheme"):
+        cnndsl.loads(src.format("orthogonal"))
+
+
+def test_unsupported_or_reserved_names_are_clean_errors():
+    with pytest.raises(cnndsl.CnnDslError) as e:
+        cnndsl.compile(cnndsl.loads("network t: input 3x8x8 training: conv3-4"))
+    assert e.value.span is not None and e.value.line == 1
+
+
+def test_generated_code_is_ruff_clean_and_imports_torch_only(tmp_path):
+    for name in GOLDEN_NETS + ("resnet50", "vgg16", "inception_resnet_v2", "unet"):
+        src = cnndsl.compile(name)
+        assert "cnndsl" not in src.split('"""', 2)[2]
+        path = tmp_path / f"{name}.py"
+        path.write_text(src)
+    ruff = [sys.executable, "-m", "ruff", "check", "--no-cache", "--isolated", "--select", "E,F,W,I,B,UP",
+            "--line-length", "120", str(tmp_path)]
+    done = subprocess.run(ruff, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("name", GOLDEN_NETS)
+def test_golden_files(name):
+    src = cnndsl.compile(name)
+    path = GOLDEN / f"{name}.py"
+    if os.environ.get("CNNDSL_REGEN_GOLDEN"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(src)
+    assert path.exists(), "run with CNNDSL_REGEN_GOLDEN=1 to create the golden file"
+    assert src == path.read_text(), f"generated code for {name} changed; review the diff, then CNNDSL_REGEN_GOLDEN=1"
+
+
+def test_output_is_identical_across_hash_seeds():
+    code = "import sys, cnndsl; sys.stdout.write(cnndsl.compile('googlenet_torchvision') + cnndsl.compile('resnet20'))"
+    outs = []
+    for seed in ("0", "12345"):
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        outs.append(subprocess.run([sys.executable, "-c", code], capture_output=True, env=env, check=True).stdout)
+    assert outs[0] == outs[1] and outs[0]
+
+
+def test_cli_compile_writes_whole_file_and_reports_errors(tmp_path):
+    from cnndsl.cli import main
+
+    out = tmp_path / "lenet.py"
+    out.write_text("old")
+    assert main(["compile", "lenet5", "--backend", "torch", "-o", str(out)]) == 0
+    assert out.read_text() == cnndsl.compile("lenet5")
+    assert [p.name for p in tmp_path.iterdir()] == ["lenet.py"]
+    bad = tmp_path / "bad.cnn"
+    bad.write_text("network t: input 3x8x8 conv3-4 bogus\n")
+    assert main(["compile", str(bad), "-o", str(out)]) == 1
+    assert out.read_text() == cnndsl.compile("lenet5")
+
+
+def test_lenet5_learns_digits_quickly():
+    pytest.importorskip("sklearn")
+    from cnndsl.train import train
+
+    out = io.StringIO()
+    start = time.perf_counter()
+    acc = train("lenet5", data="digits", out=out)
+    elapsed = time.perf_counter() - start
+    assert acc >= 0.95, out.getvalue()
+    assert out.getvalue().splitlines()[-1] == f"test accuracy: {acc:.2f}"
+    assert elapsed < 60
