@@ -119,31 +119,33 @@ def _dropout(x, rate, key):
     return jnp.where(keep, x / (1.0 - rate), 0.0)
 ''',
     "uniform": '''
-def _uniform(key, shape, fan_in):
-    """PyTorch's default initialisation: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
-    bound = fan_in ** -0.5
-    return jax.random.uniform(key, shape, jnp.float32, -bound, bound)
+def _uniform(u, start, shape, fan_in):
+    """PyTorch's default initialisation, U(-1/sqrt(fan_in), 1/sqrt(fan_in)), from u[start:], a U(-1, 1) draw."""
+    size = math.prod(shape)
+    return u[start:start + size].reshape(shape) * fan_in ** -0.5
 ''',
     "he_normal": '''
-def _he_normal(key, shape, fan_out):
-    """He (Kaiming) normal initialisation for ReLU networks, fan-out mode: N(0, 2 / fan_out)."""
-    return jax.random.normal(key, shape, jnp.float32) * (2.0 / fan_out) ** 0.5
+def _he_normal(n, start, shape, fan_out):
+    """He (Kaiming) normal initialisation for ReLU networks, fan-out mode, N(0, 2 / fan_out), from n[start:]."""
+    size = math.prod(shape)
+    return n[start:start + size].reshape(shape) * (2.0 / fan_out) ** 0.5
 ''',
     "glorot_uniform": '''
-def _glorot_uniform(key, shape, fan_in, fan_out):
-    """Glorot (Xavier) uniform initialisation: U(-a, a), a = sqrt(6 / (fan_in + fan_out))."""
-    bound = (6.0 / (fan_in + fan_out)) ** 0.5
-    return jax.random.uniform(key, shape, jnp.float32, -bound, bound)
+def _glorot_uniform(u, start, shape, fan_in, fan_out):
+    """Glorot (Xavier) uniform initialisation, U(-a, a) with a = sqrt(6 / (fan_in + fan_out)), from u[start:]."""
+    size = math.prod(shape)
+    return u[start:start + size].reshape(shape) * (6.0 / (fan_in + fan_out)) ** 0.5
 ''',
     "normal": '''
-def _normal(key, shape, std):
-    """N(0, std^2)."""
-    return jax.random.normal(key, shape, jnp.float32) * std
+def _normal(n, start, shape, std):
+    """N(0, std^2), from n[start:], a standard normal draw."""
+    size = math.prod(shape)
+    return n[start:start + size].reshape(shape) * std
 ''',
 }
 
 # Names the generated module uses for itself; layer variables never take them.
-RESERVED = ("jax", "jnp", "init", "apply", "key", "keys", "variables", "params", "stats", "new_stats", "train",
+RESERVED = ("jax", "jnp", "math", "init", "apply", "key", "key_u", "key_n", "u", "n", "variables", "params", "stats", "new_stats", "train",
             "rng", "rngs", "x", "INPUT_SHAPE", *(f"_{h}" for h in HELPERS))
 
 
@@ -188,14 +190,16 @@ class JaxEmitter(Emitter):
         self.helpers: set[str] = set()
         self.params: dict = {}  # nested tree of init expressions
         self.stats: dict = {}
-        self.n_keys = 0
+        self.draws = {"u": 0, "n": 0}  # values taken so far from init's one uniform and one normal draw
         self.n_dropout = 0
         self.channel_major = flattens_channel_major(self.graph)
 
     # -- variables and init
-    def _key(self) -> str:
-        self.n_keys += 1
-        return f"keys[{self.n_keys - 1}]"
+    def _take(self, draw: str, shape: tuple[int, ...]) -> str:
+        """The next values of init's uniform (``u``) or normal (``n``) draw: ``u, 1234``."""
+        start = self.draws[draw]
+        self.draws[draw] += math.prod(shape)
+        return f"{draw}, {start}"
 
     @staticmethod
     def _put(tree: dict, name: str, leaf: dict) -> None:
@@ -209,22 +213,22 @@ class JaxEmitter(Emitter):
 
         ``fan_in`` and ``fan_out`` are PyTorch's, computed from its own weight layout.
         """
-        scheme, key = self.graph.init, self._key()
+        scheme = self.graph.init
         if scheme is None:
             self.helpers.add("uniform")
-            leaf = {"kernel": f"_uniform({key}, {_tuple(shape)}, fan_in={fan_in})"}
+            leaf = {"kernel": f"_uniform({self._take('u', shape)}, {_tuple(shape)}, fan_in={fan_in})"}
             if node.args.get("bias"):
-                leaf["bias"] = f"_uniform({self._key()}, ({shape[-1]},), fan_in={fan_in})"
+                leaf["bias"] = f"_uniform({self._take('u', shape[-1:])}, ({shape[-1]},), fan_in={fan_in})"
             return leaf
         if scheme == "kaiming" and node.op == "fc":
             self.helpers.add("normal")
-            kernel = f"_normal({key}, {_tuple(shape)}, std=0.01)"
+            kernel = f"_normal({self._take('n', shape)}, {_tuple(shape)}, std=0.01)"
         elif scheme == "kaiming":
             self.helpers.add("he_normal")
-            kernel = f"_he_normal({key}, {_tuple(shape)}, fan_out={fan_out})"
+            kernel = f"_he_normal({self._take('n', shape)}, {_tuple(shape)}, fan_out={fan_out})"
         elif scheme in ("xavier", "glorot"):
             self.helpers.add("glorot_uniform")
-            kernel = f"_glorot_uniform({key}, {_tuple(shape)}, fan_in={fan_in}, fan_out={fan_out})"
+            kernel = f"_glorot_uniform({self._take('u', shape)}, {_tuple(shape)}, fan_in={fan_in}, fan_out={fan_out})"
         else:
             raise Unsupported(f"initialisation '{scheme}' is not supported by the JAX backend",
                               self.graph.node(self.graph.inputs[0]).span)
@@ -456,6 +460,9 @@ class JaxEmitter(Emitter):
         out.line("Under jax.jit, mark train static: jax.jit(apply, static_argnames=\"train\").")
         out.line('"""')
         out.line()
+        if self.draws["u"] or self.draws["n"]:
+            out.line("import math")
+            out.line()
         out.line("import jax")
         out.line("import jax.numpy as jnp")
         out.line()
@@ -480,9 +487,15 @@ class JaxEmitter(Emitter):
         with out.indent():
             scheme = {None: "PyTorch's default", "kaiming": "He (Kaiming)"}.get(self.graph.init, "Glorot (Xavier)")
             out.line(f'"""Fresh variables for {self.graph.name}: {scheme} initialisation."""')
-            if self.n_keys:
-                out.line(f"keys = jax.random.split(key, {self.n_keys})")
-            else:
+            u, n = self.draws["u"], self.draws["n"]
+            if u and n:
+                out.line("key_u, key_n = jax.random.split(key)")
+            if u:  # one draw for all the weights (one random kernel to compile), sliced among them below
+                out.line(f"u = jax.random.uniform({'key_u' if n else 'key'}, ({u},), jnp.float32, -1.0, 1.0)"
+                         "  # shared out below")
+            if n:
+                out.line(f"n = jax.random.normal({'key_n' if u else 'key'}, ({n},), jnp.float32)  # shared out below")
+            if not u and not n:
                 out.line("del key  # nothing random to initialise")
             self._tree_lines(out, self.params, "params = ", "")
             self._tree_lines(out, self.stats, "batch_stats = ", "")

@@ -231,7 +231,8 @@ class TorchEmitter(Emitter):
         sese = len(ins) == 1 and len(outs) == 1 and outs[0] not in self.g.inputs
         if local == [str(i) for i in range(len(local))]:
             return "chain" if sese and self._is_chain(scope, ins[0], outs[0]) else "sequential"
-        return "class" if sese else "dict"
+        # children named by number with gaps (an inference build dropped some) cannot be attributes
+        return "class" if sese and all(k.isidentifier() for k in local) else "dict"
 
     def _is_chain(self, scope: str, entry: str, exit_: str) -> bool:
         prev = entry

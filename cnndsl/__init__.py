@@ -10,8 +10,9 @@ from .api import build, build_jax, build_torch, compile, load, loads
 from .convert import jax_to_torch, torch_to_jax
 from .errors import CnnDslError, CnnDslWarning
 from .network import Network
+from .search import search
 from .variants import Space, Variant, variants
 
 __all__ = ["CnnDslError", "CnnDslWarning", "Network", "build", "build_jax", "build_torch", "compile", "jax_to_torch",
-           "load", "loads", "torch_to_jax", "Space", "Variant", "variants"]
+           "load", "loads", "torch_to_jax", "Space", "Variant", "search", "variants"]
 __version__ = "0.1.0"

@@ -93,12 +93,16 @@ def build_torch(net: str | Network, *, inference: bool = False, state_dict=None,
     without gradients, in channels-last memory format; ``state_dict`` (a training build's
     ``state_dict()``) gives it its weights, batch norms folded into the convolutions.
     """
+    import linecache
     import types
 
     network = _network(net, params, inference)
     source = compile(network, "torch")
+    filename = f"<cnndsl {network.name}>"
+    # tracebacks, inspect.getsource and torch.jit.script read the generated source from here
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
     module = types.ModuleType(f"cnndsl_generated_{network.name}")
-    exec(builtins_compile(source, f"<cnndsl {network.name}>", "exec"), module.__dict__)  # noqa: S102
+    exec(builtins_compile(source, filename, "exec"), module.__dict__)  # noqa: S102
     from .backends.torch import camel
 
     model = getattr(module, camel(network.name))()

@@ -163,6 +163,9 @@ def parser() -> argparse.ArgumentParser:
     from .variants import add_parser as add_variants  # (cnndsl.variants is also the API function)
 
     add_variants(sub, _shape, _params)
+    from .search import add_parser as add_search
+
+    add_search(sub, _shape, _params)
     sp = sub.add_parser("lsp", help="run the language server (LSP over stdio) for editors")
     sp.set_defaults(func=cmd_lsp)
     sp = sub.add_parser("list", help="the networks in the zoo with their sizes")

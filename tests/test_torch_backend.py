@@ -173,7 +173,7 @@ def test_generated_code_is_ruff_clean_and_imports_torch_only(tmp_path):
         path.write_text(src)
     ruff = [sys.executable, "-m", "ruff", "check", "--no-cache", "--isolated", "--select", "E,F,W,I,B,UP",
             "--line-length", "120", str(tmp_path)]
-    done = subprocess.run(ruff, capture_output=True, text=True)
+    done = subprocess.run(ruff, capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
 
 

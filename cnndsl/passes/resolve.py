@@ -715,7 +715,8 @@ class Resolver:
         return name
 
 
-def _min_size(term: ast.Term, blocks: dict, sizes: dict[str, int], active: tuple[str, ...] = ()) -> int:
+def _min_size(term: ast.Term, blocks: dict, sizes: dict[str, int], active: tuple[str, ...] = (),
+              depth: int = 0) -> int:
     """A lower bound on the layers ``term`` builds, from the text alone (before building anything).
 
     Repeat counts that are expressions, and recursive instances, count once. It lets a block
@@ -724,12 +725,14 @@ def _min_size(term: ast.Term, blocks: dict, sizes: dict[str, int], active: tuple
     """
     if isinstance(term, ast.Ref):
         return 0
+    if depth > 2 * MAX_NESTED:  # deeper than resolve goes: it stops there with its own error
+        return 1
     if isinstance(term, ast.Call):
         if term.name not in blocks or term.name in active:
             return 1
         if term.name not in sizes:
             sizes[term.name] = _min_size(ast.Group(blocks[term.name].body, term.span), blocks, sizes,
-                                         active + (term.name,))
+                                         active + (term.name,), depth + 1)
         return sizes[term.name]
     seqs = [term.seq] if isinstance(term, ast.Group) else list(term.branches)
     total = 0
@@ -737,7 +740,7 @@ def _min_size(term: ast.Term, blocks: dict, sizes: dict[str, int], active: tuple
         for step in seq.steps:
             count = step.repeat.value if isinstance(step.repeat, ast.Num) and isinstance(step.repeat.value, int) \
                 else 1
-            total += _min_size(step.term, blocks, sizes, active) * max(count, 1)
+            total += _min_size(step.term, blocks, sizes, active, depth + 1) * max(count, 1)
             if total > MAX_NODES:
                 return total
     return total

@@ -1,0 +1,142 @@
+"""PyTorch and JAX agree: same weights (moved by cnndsl.convert), same numbers.
+
+The torch backend's generated model is the reference (its layers are torch.nn's own
+modules); each case converts its weights to JAX, runs both, and compares.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+jax = pytest.importorskip("jax")
+
+import cnndsl  # noqa: E402
+from cnndsl.backends.jax import _nhwc  # noqa: E402
+from cnndsl.convert import jax_to_torch, torch_to_jax  # noqa: E402
+from cnndsl.loader import zoo_index  # noqa: E402
+
+RTOL = 1e-4  # relative to the output's largest magnitude
+
+
+def randomise_batch_norms(model, seed: int = 0) -> None:
+    """Give every batch norm non-trivial statistics and affine parameters, so eval mode tests them."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.running_mean.copy_(torch.rand(m.running_mean.shape, generator=gen) - 0.5)
+                m.running_var.copy_(torch.rand(m.running_var.shape, generator=gen) + 0.5)
+                if m.affine:
+                    m.weight.copy_(torch.rand(m.weight.shape, generator=gen) + 0.5)
+                    m.bias.copy_(torch.rand(m.bias.shape, generator=gen) - 0.5)
+
+
+def to_torch_layout(a: np.ndarray) -> np.ndarray:
+    return a.transpose(0, 3, 1, 2) if a.ndim == 4 else a
+
+
+def compare(net, batch: int = 2, seed: int = 0, jit: bool = True) -> float:
+    """Largest |jax - torch| over the largest |torch|, eval mode, weights converted torch -> jax."""
+    torch.manual_seed(seed)
+    tm = cnndsl.build_torch(net).eval()
+    randomise_batch_norms(tm, seed)
+    variables = torch_to_jax(net, tm.state_dict())
+    jm = cnndsl.build_jax(net)
+    x = np.random.RandomState(seed).randn(batch, *net.input_shape).astype(np.float32)
+    with torch.no_grad():
+        ref = tm(torch.from_numpy(x)).numpy()
+    apply = jax.jit(jm.apply) if jit else jm.apply
+    out = to_torch_layout(np.asarray(apply(variables, x.transpose(0, 2, 3, 1) if x.ndim == 4 else x)))
+    assert out.shape == ref.shape == (batch, *net.output_shapes[0])
+    return float(np.abs(out - ref).max() / np.abs(ref).max())
+
+
+# One network per tricky semantic: each against torch.nn's own layers.
+OP_CASES = {
+    "deconv": "input 4x7x6  deconv3-6/2(p=1, output_padding=1, groups=2) relu deconv(c=3, k=(2, 3), s=(1, 2), d=2) "
+              "deconv4-5/3(p=2)",
+    "avgpool_ceil": "input 3x10x9  avgpool3/2(p=1, ceil) avgpool(k=3, s=2, p=1, ceil=true, count_include_pad=false) "
+                    "avgpool2/2(ceil)",
+    "maxpool_ceil": "input 3x10x9  maxpool3/2(p=1, ceil) maxpool3/2(ceil) maxpool(k=2, s=1, p=((0, 1), (1, 0)))",
+    "avgpool_uneven": "input 3x10x9  avgpool(k=2, s=1, p=((0, 1), (1, 0))) avgpool(k=3, s=2, p=1, count_include_pad=false)",
+    "adaptive": "input 3x10x9  adaptiveavgpool((4, 6)) conv1-4 adaptiveavgpool(3) fc-5",
+    "lrn": "input 8x5x5  lrn(size=4, alpha=0.01, beta=0.6, k=1.5) lrn(3) lrn",
+    "conv": "input 4x11x10  conv4-6 conv3-6/2(groups=3) conv(c=4, k=(3, 2), d=(2, 1), s=(1, 2)) "
+            "conv5-8(p=((1, 3), (0, 2))) relu",
+    "dilation": "input 2x9x9  conv(c=3, k=3, d=2, p=same) conv(c=3, k=2, p=same) "
+                "deconv(c=2, k=3, s=2, p=2, d=2, output_padding=1)",
+    "padshortcut": "input 4x9x9  residual(shortcut=pad)< conv3-8/2 bn relu conv3-8 bn > relu padshortcut(c=12, s=3)",
+    "crop_add_scale": "input 3x12x12  a: conv3-4(valid) b: conv5-2(valid) concat(crop=true)< @a | @b | maxpool2/1 > "
+                      "add< conv1-8 | identity > residual(scale=0.3)< conv1-8 >",
+    "bn_on_flattened_map": "input 3x4x5  conv1-6 flatten bn relu dropout fc-7 bn(affine=false) sigmoid",
+    "concat_of_flattened": "input 3x4x5  a: conv1-2 b: [flatten fc-5] concat< @a flatten | identity > fc-4 tanh softmax",
+    "flattened_output": "input 3x4x5  conv1-2 relu flatten",
+    "add_of_flattened": "input 3x2x2  conv1-2 f: flatten add< @f | fc-8 > fc-3",
+    "flat_input": "input 20  fc-10 bn relu fc-3 softmax",
+    "gap_softmax": "input 3x6x6  conv3-5 gap softmax",
+}
+
+
+@pytest.mark.parametrize("case", sorted(OP_CASES))
+def test_op_semantics_match_torch(case):
+    net = cnndsl.loads(f"network t: {OP_CASES[case]}")
+    assert compare(net, batch=3, jit=False) < RTOL
+
+
+@pytest.mark.parametrize("case", ["deconv", "bn_on_flattened_map", "concat_of_flattened", "conv"])
+def test_weights_round_trip(case):
+    net = cnndsl.loads(f"network t: {OP_CASES[case]}")
+    tm = cnndsl.build_torch(net)
+    randomise_batch_norms(tm)
+    back = jax_to_torch(net, torch_to_jax(net, tm.state_dict()))
+    assert back.keys() == tm.state_dict().keys()
+    for key, value in tm.state_dict().items():
+        assert torch.equal(back[key].to(value.dtype), value), key
+    tm.load_state_dict(back, strict=True)
+
+
+def test_training_mode_batch_norm_and_running_statistics_match_torch():
+    net = cnndsl.loads("network t: input 3x8x8  conv3-4 bn(momentum=0.3) relu residual< conv3-4 bn relu > "
+                       "flatten bn fc-5 bn(affine=false, eps=0.001)")
+    tm = cnndsl.build_torch(net).train()
+    randomise_batch_norms(tm)
+    variables = torch_to_jax(net, tm.state_dict())
+    x = np.random.RandomState(0).randn(6, *net.input_shape).astype(np.float32)
+    ref = tm(torch.from_numpy(x)).detach().numpy()  # updates tm's running statistics
+    out, stats = jax.jit(cnndsl.build_jax(net).apply, static_argnames="train")(variables, x.transpose(0, 2, 3, 1),
+                                                                              train=True)
+    assert np.abs(np.asarray(out) - ref).max() < 1e-4 * np.abs(ref).max()
+    expected = torch_to_jax(net, tm.state_dict())["batch_stats"]
+    for want, got in zip(jax.tree_util.tree_leaves(expected), jax.tree_util.tree_leaves(stats)):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-6)
+
+
+# The zoo: every network, big ones at batch 1. The default run keeps one of each family's
+# distinctive features (LRN, groups, ceil pooling, aux heads, crop-concat, deconv, option A shortcuts);
+# the rest (same ops, only bigger) run with --runslow.
+DEFAULT_ZOO = {"lenet5", "resnet20", "resnet18", "alexnet", "googlenet_torchvision", "vgg11", "unet"}
+# Reduced inputs where the network allows it (same weights, same code, a quarter of the work).
+SMALL_INPUT = {"unet": (1, 188, 188)}
+
+
+@pytest.mark.parametrize("name", [n if n in DEFAULT_ZOO else pytest.param(n, marks=pytest.mark.slow)
+                                  for n in sorted(zoo_index())])
+def test_zoo_network_matches_torch(name):
+    net = cnndsl.load(name, input_shape=SMALL_INPUT.get(name))
+    assert compare(net, batch=1) < RTOL
+
+
+def test_converted_fc_rows_follow_the_flatten_order():
+    """The first fc after a feature map: PyTorch flattens (C, H, W), the JAX backend (H, W, C)."""
+    net = cnndsl.loads("network t: input 2x2x3  fc-1(nobias)")
+    w = torch.arange(12, dtype=torch.float32)[None]  # weight of input (c, h, w) is 6c + 3h + w
+    kernel = np.asarray(torch_to_jax(net, {"fc.weight": w})["params"]["fc"]["kernel"])[:, 0]
+    # JAX's element (h, w, c) sits at 2*(3h + w) + c of its flattened vector
+    expected = [6 * c + 3 * h + ww for h in range(2) for ww in range(3) for c in range(2)]
+    assert kernel.tolist() == expected
+
+
+def test_nhwc_shapes_helper():
+    assert _nhwc((3, 4, 5)) == (4, 5, 3) and _nhwc((7,)) == (7,)
