@@ -411,7 +411,7 @@ class JaxEmitter(Emitter):
         where = ""
         if node.span is not None:
             where = f"{Path(node.span.file).name}:{node.span.line}  "
-        return f"# {where}{node.name}: {node.op} -> {_shape(node.shape)}"
+        return f"# {where}{node.name}: {_describe(node)} -> {_shape(node.shape)}"
 
     def _tree_lines(self, w: Writer, tree: dict, head: str, tail: str) -> None:
         if not tree:
@@ -508,7 +508,9 @@ class JaxEmitter(Emitter):
         with out.indent():
             main = self.var[g.output]
             aux = [self.var[a] for a in g.aux_outputs]
-            doc = f"{g.name}'s forward pass: {main}" + (f" (with {', '.join(aux)} in training)" if aux else "")
+            doc = f"The forward pass of {g.name}: {main}, {_shape(g.node(g.output).shape)} per example"
+            if aux:
+                doc += f" (and {', '.join(aux)} when training)"
             out.line(f'"""{doc}."""')
             out.line('params, stats = variables["params"], variables["batch_stats"]')
             if self.stats:
@@ -525,6 +527,26 @@ class JaxEmitter(Emitter):
                 out.line(f"return {main}")
             outputs = f"({', '.join([main, *aux])})" if aux else main
             out.line(f"return {outputs}, {'new_stats' if self.stats else 'stats'}")
+
+
+def _describe(node: Node) -> str:
+    """A layer in the papers' short notation, for comments: ``conv3-64/2``, ``maxpool3/2 ceil``, ``fc-10``."""
+    a = node.args
+
+    def size(k: tuple[int, int]) -> str:
+        return str(k[0]) if k[0] == k[1] else f"{k[0]}x{k[1]}"
+
+    if node.op in ("conv", "deconv"):
+        stride = "" if a["s"] == (1, 1) else f"/{size(a['s'])}"
+        groups = f" groups={a['groups']}" if a["groups"] != 1 else ""
+        return f"{node.op}{size(a['k'])}-{a['c']}{stride}{groups}"
+    if node.op in ("maxpool", "avgpool"):
+        return f"{node.op}{size(a['k'])}/{size(a['s'])}{' ceil' if a['ceil'] else ''}"
+    if node.op == "fc":
+        return f"fc-{a['c']}"
+    if node.op == "dropout":
+        return f"dropout({a['p']})"
+    return node.op
 
 
 def _nhwc(shape: tuple[int, ...]) -> tuple[int, ...]:

@@ -209,11 +209,25 @@ class TorchEmitter(Emitter):
         return children
 
     def _members(self, scope: str) -> list[Node]:
-        pre = scope + "."
-        return [n for n in self.nodes if n.name.startswith(pre)]
+        """The layers inside ``scope``, in graph order (indexed once: a scan per scope is quadratic)."""
+        if not hasattr(self, "_members_of"):
+            self._members_of: dict[str, list[Node]] = {}
+            for n in self.nodes:
+                parts = n.name.split(".")
+                for i in range(1, len(parts)):
+                    self._members_of.setdefault(".".join(parts[:i]), []).append(n)
+        return self._members_of.get(scope, []) if scope else []
 
     def _boundary(self, scope: str) -> tuple[list[str], list[str]]:
         """The outside values a scope reads, and its values read outside (or returned)."""
+        if not hasattr(self, "_boundaries"):
+            self._boundaries: dict[str, tuple[list[str], list[str]]] = {}
+        if scope not in self._boundaries:
+            self._boundaries[scope] = self._find_boundary(scope)
+        ins, outs = self._boundaries[scope]
+        return list(ins), list(outs)
+
+    def _find_boundary(self, scope: str) -> tuple[list[str], list[str]]:
         inside = {n.name for n in self._members(scope)}
         ins, outs = [], []
         for name in inside:

@@ -105,18 +105,25 @@ def build_torch(net: str | Network, *, inference: bool = False, state_dict=None,
     exec(builtins_compile(source, filename, "exec"), module.__dict__)  # noqa: S102
     from .backends.torch import camel
 
-    model = getattr(module, camel(network.name))()
+    cls = getattr(module, camel(network.name))
     if inference:
         import torch
 
         from .passes.fold_bn import fold_state_dict
 
-        if state_dict is not None:
-            model.load_state_dict(fold_state_dict(network.graph, state_dict))
+        if state_dict is not None:  # no point initialising weights about to be replaced
+            with torch.device("meta"):
+                model = cls()
+            weights = {k: v.detach().clone() for k, v in fold_state_dict(network.graph, state_dict).items()}
+            model.load_state_dict(weights, assign=True)
+        else:
+            model = cls()
         model.eval().requires_grad_(False)
         if len(network.input_shape) == 3:
             model = model.to(memory_format=torch.channels_last)
-    elif state_dict is not None:
+        return model
+    model = cls()
+    if state_dict is not None:
         model.load_state_dict(state_dict)
     return model
 

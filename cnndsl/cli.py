@@ -75,7 +75,22 @@ def cmd_expand(args) -> int:
 def cmd_graph(args) -> int:
     from .graphviz import render
 
-    path = render(_load(args), args.output, collapse=args.collapse)
+    from .progress import working
+
+    net = _load(args)
+    with working(f"drawing {net.name}"):
+        path = render(net, args.output, collapse=args.collapse)
+    print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .onnx_export import export_onnx
+    from .progress import working
+
+    net = _load(args)
+    with working(f"exporting {net.name} to ONNX"):
+        path = export_onnx(net, args.onnx, opset=args.opset, inference=args.inference)
     print(f"wrote {path}", file=sys.stderr)
     return 0
 
@@ -88,9 +103,10 @@ def cmd_lsp(args) -> int:
 
 def cmd_list(args) -> int:
     from .loader import zoo_index
+    from .progress import progress
 
     rows = []
-    for name, file in zoo_index().items():
+    for name, file in progress(zoo_index().items(), "loading the zoo", total=len(zoo_index()), unit="net"):
         net = api.load(name)
         rows.append((name, file, "x".join(map(str, net.input_shape)), f"{net.params:,}", f"{net.macs / 1e9:.2f}G"))
     head = ("network", "file", "input", "params", "MACs")
@@ -160,6 +176,14 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("-o", "--output", required=True, metavar="FILE", help="FILE.svg, .png, .pdf or .dot")
     sp.add_argument("--collapse", action="store_true", help="draw each block instance as one box")
     sp.add_argument("--input", type=_shape, metavar="CxHxW", help="override the input size")
+    from .onnx_export import DEFAULT_OPSET
+
+    sp = net_cmd("export", cmd_export, "export the network to ONNX (through its PyTorch model, in eval mode)")
+    sp.add_argument("--onnx", required=True, metavar="FILE", help="write here (replaced only by a complete file)")
+    sp.add_argument("--input", type=_shape, metavar="CxHxW", help="override the input size")
+    sp.add_argument("--opset", type=int, default=DEFAULT_OPSET, metavar="N",
+                    help=f"ONNX opset version (default {DEFAULT_OPSET})")
+    sp.add_argument("--inference", action="store_true", help="export the inference build (batch norms folded)")
     from .variants import add_parser as add_variants  # (cnndsl.variants is also the API function)
 
     add_variants(sub, _shape, _params)

@@ -195,8 +195,7 @@ def torch_to_jax(net: Network | Graph | str, state_dict: Mapping[str, Any]) -> d
         if node.op not in ("conv", "deconv", "fc", "bn"):
             continue
         name, args = node.name, node.args
-        get = {suffix: _np(state_dict[f"{name}.{suffix}"]).astype(np.float32)
-               for suffix in _TORCH_KEYS[node.op] if suffix != "bias" or args.get("bias", args.get("affine"))}
+        get = {suffix: _np(state_dict[f"{name}.{suffix}"]).astype(np.float32) for suffix in _torch_keys(node)}
         if node.op == "bn":
             order = orders.get(name)
             _tree_put(stats, name, {"mean": jnp.asarray(_reorder(get["running_mean"], order)),
@@ -219,8 +218,12 @@ def torch_to_jax(net: Network | Graph | str, state_dict: Mapping[str, Any]) -> d
     return {"params": params, "batch_stats": stats}
 
 
-_TORCH_KEYS = {"conv": ("weight", "bias"), "deconv": ("weight", "bias"), "fc": ("weight", "bias"),
-               "bn": ("weight", "bias", "running_mean", "running_var")}
+def _torch_keys(node) -> tuple[str, ...]:
+    """The ``state_dict`` suffixes of a layer's tensors (those the converter reads)."""
+    if node.op == "bn":
+        return ("weight", "bias", "running_mean", "running_var") if node.args["affine"] else \
+            ("running_mean", "running_var")
+    return ("weight", "bias") if node.args["bias"] else ("weight",)
 
 
 def jax_to_torch(net: Network | Graph | str, variables: Mapping[str, Any]) -> dict:

@@ -24,6 +24,10 @@ Shape = tuple[int, ...]
 Warn = Callable[[CnnDslWarning], None]
 
 REQUIRED = object()
+#: Argument names from other frameworks and papers -> ours (for "did you mean" hints).
+_ARGUMENT_ALIASES = {"stride": "s", "strides": "s", "kernel": "k", "kernel_size": "k", "channels": "c",
+                     "out_channels": "c", "filters": "c", "features": "c", "out_features": "c", "units": "c",
+                     "padding": "p", "pad": "p", "dilation": "d", "rate": "p", "output_size": "size"}
 MAX_INT = 2**40  # no size, count or channel number in a network comes near this
 
 
@@ -142,11 +146,7 @@ class Op:
         known = {f for f, _ in self.fields}
         for key in given:
             if key not in known:
-                import difflib
-
-                close = difflib.get_close_matches(key, sorted(known), 1)
-                hint = f"did you mean '{close[0]}'?" if close else f"'{self.name}' takes: {', '.join(sorted(known)) or 'no arguments'}"
-                _bad(f"'{self.name}' has no argument '{key}'", span, hint)
+                self.unknown_argument(key, span)
         args = {}
         for f, default in self.fields:
             if f in given:
@@ -156,6 +156,17 @@ class Op:
             else:
                 args[f] = self.convert(f, default, span) if default is not None else None
         return self.finish(args, span)
+
+    def unknown_argument(self, key: str, span: Span | None):
+        """Raise the error for an argument this op does not take, with the nearest one as a hint."""
+        import difflib
+
+        known = sorted(f for f, _ in self.fields)
+        alias = _ARGUMENT_ALIASES.get(key.lower())
+        close = [alias] if alias in known else difflib.get_close_matches(key, known, 1)
+        hint = f"did you mean '{close[0]}'?" if close else \
+            f"'{self.name}' takes: {', '.join(known)}" if known else f"'{self.name}' takes no arguments"
+        _bad(f"'{self.name}' has no argument '{key}'", span, hint)
 
     # -- semantics
     def infer(self, x: Shape, args: dict, span: Span | None, warn: Warn | None = None) -> Shape:

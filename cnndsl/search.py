@@ -35,7 +35,9 @@ import csv
 import io
 import json
 import math
+import os
 import re
+import socket
 import sys
 import time
 from dataclasses import dataclass, field
@@ -49,8 +51,10 @@ from .variants import Limits, Space
 RESULTS_FILE = "results.csv"
 BEST_FILE = "best.cnn"
 JOURNAL_FILE = "study.log"
+#: Who ran a trial (a column of results.csv): this machine and process.
+WORKER = f"{socket.gethostname()}/{os.getpid()}"
 COLUMNS = ("trial", "state", "reason", "accuracy", "epochs", "params", "macs", "activations", "arch_hash",
-           "duplicate_of", "seconds", "choices")
+           "duplicate_of", "seconds", "worker", "choices")
 
 
 @dataclass(frozen=True)
@@ -105,7 +109,7 @@ class SearchResult:
             states[key] = states.get(key, 0) + 1
         dups = sum(1 for r in self.rows if r["duplicate_of"] != "")
         out = [f"{len(self.rows)} trials: " + ", ".join(f"{n} {s}" for s, n in sorted(states.items()))
-               + (f" ({dups} duplicates reused)" if dups else "")]
+               + (f" ({dups} duplicate{'s' if dups > 1 else ''} reused)" if dups else "")]
         if self.best:
             b = self.best
             out.append(f"best: trial {b['trial']}, accuracy {b['accuracy']:.4f}, {b['params']:,} params, "
@@ -220,6 +224,7 @@ def run_trial(study, trial, space: Space, cfg: SearchConfig) -> tuple[float | No
 
     State = optuna.trial.TrialState
     member = space.suggest(trial)
+    trial.set_user_attr("worker", WORKER)
     trial.set_user_attr("choices", member.choices)
     trial.set_user_attr("options", member.options)
     if not member.valid:
@@ -267,13 +272,24 @@ def run_trial(study, trial, space: Space, cfg: SearchConfig) -> tuple[float | No
 def _warm_up() -> None:
     """Pay the training loop's one-time costs (importing torch and scikit-learn, the optimizer's first
     step) before the first trial, so that a trial's ``seconds`` measure its training alone."""
-    import sklearn.datasets  # noqa: F401
-    import sklearn.model_selection  # noqa: F401
+    import importlib
+
     import torch
+
+    for module in ("sklearn.datasets", "sklearn.model_selection"):
+        importlib.import_module(module)
 
     weight = torch.zeros(1, requires_grad=True)
     weight.sum().backward()
     torch.optim.SGD([weight], lr=0.1, momentum=0.9).step()
+
+
+def _failure(e: BaseException) -> str:
+    """A failed trial's reason: one line."""
+    if not isinstance(e, Exception):
+        return "interrupted"
+    text = e.message if isinstance(e, CnnDslError) else f"{type(e).__name__}: {e}"
+    return "failed: " + " ".join(text.split())
 
 
 def run_trials(study, space: Space, cfg: SearchConfig, n: int, on_done=None) -> None:
@@ -285,7 +301,7 @@ def run_trials(study, space: Space, cfg: SearchConfig, n: int, on_done=None) -> 
         try:
             value, state = run_trial(study, trial, space, cfg)
         except BaseException as e:
-            trial.set_user_attr("reason", f"failed: {e}" if isinstance(e, Exception) else "interrupted")
+            trial.set_user_attr("reason", _failure(e))
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
             raise
         study.tell(trial, value, state=state)
@@ -314,7 +330,7 @@ def _row(t) -> dict[str, Any]:
     return {"trial": t.number, "state": t.state.name.lower(), "reason": a.get("reason", ""),
             "accuracy": value, "epochs": a.get("epochs", 0), "params": a.get("params"), "macs": a.get("macs"),
             "activations": a.get("activations"), "arch_hash": a.get("arch_hash", ""),
-            "duplicate_of": a.get("duplicate_of", ""), "seconds": a.get("seconds", 0.0),
+            "duplicate_of": a.get("duplicate_of", ""), "seconds": a.get("seconds", 0.0), "worker": a.get("worker", ""),
             "choices": a.get("options", {}), "_choices": a.get("choices", {})}
 
 
@@ -326,8 +342,69 @@ def collect(study) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
     return rows, best
 
 
-def write_results(out: Path, rows: list[dict[str, Any]], best_source: str | None) -> None:
-    """``results.csv`` (one row per trial) and ``best.cnn`` (the best member's concrete source)."""
+def concrete_source(space: Space, choices: dict[str, int]) -> tuple[str, Any]:
+    """The member's ``.cnn`` text as trained, and its network.
+
+    That is the space's text with each choice replaced by its option (:meth:`Space.source`) and, when
+    the search set the input size or parameters (``--input``, ``-p``), the network's ``input`` line and
+    parameter defaults rewritten to match; the fully expanded network when that cannot be done.
+    """
+    from . import syntax as ast
+    from .expand import expand
+
+    member = space.member(choices)
+    net = member.network_obj
+    if not space.input_shape and not space.params:
+        return member.source, net
+    text = member.source
+    decl = next((d for d in ast.parse(text, "member.cnn").networks if d.name == space.network), None)
+    if not isinstance(decl, ast.Network):
+        return expand(net), net
+    starts = [0]
+    for line in text.splitlines(keepends=True):
+        starts.append(starts[-1] + len(line))
+
+    def offsets(span) -> tuple[int, int]:
+        return starts[span.line - 1] + span.col - 1, starts[span.end_line - 1] + span.end_col - 1
+
+    edits = []
+    if space.input_shape:
+        first = decl.inputs[0]
+        name = f"{first.name}=" if first.name else ""
+        edits.append((*offsets(first.span), f"input {name}{'x'.join(map(str, space.input_shape))}"))
+    for p in decl.params:
+        if p.name in space.params:
+            v = space.params[p.name]
+            literal = ("true" if v else "false") if isinstance(v, bool) else str(v)
+            edits.append((*offsets(p.span), f"{p.name}={literal}"))
+    for lo, hi, replacement in sorted(edits, reverse=True):
+        text = text[:lo] + replacement + text[hi:]
+    return text, net
+
+
+def _checked_best(out: Path, space: Space, choices: dict[str, int]) -> str:
+    """The best member's source, confirmed to load from ``out/best.cnn`` to the network that was trained
+    (the files it uses must be found from there); else its expansion, which needs no other file."""
+    from .api import load
+    from .expand import expand
+
+    text, net = concrete_source(space, choices)
+    path = out / BEST_FILE
+    path.write_text(text, encoding="utf-8")
+    try:
+        again = load(f"{path}:{space.network}")
+        if (again.input_shape, again.output_shapes, again.params, again.macs) == \
+                (net.input_shape, net.output_shapes, net.params, net.macs):
+            return text
+    except CnnDslError:
+        pass
+    text = expand(net)
+    path.write_text(text, encoding="utf-8")
+    return text
+
+
+def write_results(out: Path, rows: list[dict[str, Any]]) -> None:
+    """``results.csv``: one row per trial, in trial order."""
     out.mkdir(parents=True, exist_ok=True)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
@@ -339,8 +416,6 @@ def write_results(out: Path, rows: list[dict[str, Any]], best_source: str | None
                      choices=json.dumps(r["choices"], separators=(",", ":")))
         writer.writerow([cells[c] for c in COLUMNS])
     (out / RESULTS_FILE).write_text(buf.getvalue(), encoding="utf-8")
-    if best_source is not None:
-        (out / BEST_FILE).write_text(best_source, encoding="utf-8")
 
 
 # ----------------------------------------------------------------------------- the search
@@ -363,29 +438,35 @@ def _finished(study) -> int:
     return len(study.get_trials(deepcopy=False, states=(S.COMPLETE, S.PRUNED, S.FAIL)))
 
 
-def _run_workers(cfg: SearchConfig, trials: int, workers: int, bar, study) -> None:
+def _run_workers(cfg: SearchConfig, trials: int, workers: int, bar, study, space: Space) -> None:
+    """Run ``trials`` trials in ``workers`` processes: this one (worker 0) and ``workers - 1`` started here."""
     import multiprocessing
 
-    ctx = multiprocessing.get_context("spawn")  # torch and forked threads do not mix
+    ctx = multiprocessing.get_context("spawn")  # a fork would copy torch's thread pools half-made
     shares = [trials // workers + (i < trials % workers) for i in range(workers)]
     procs = [ctx.Process(target=_worker, args=(cfg, n, i), name=f"cnndsl-search-{i}")
-             for i, n in enumerate(shares) if n]
-    for p in procs:
-        p.start()
+             for i, n in enumerate(shares) if n and i]
+    for proc in procs:
+        proc.start()
     start_count = _finished(study) if bar is not None else 0
+
+    def tick() -> None:
+        if bar is not None:
+            bar.n = _finished(study) - start_count
+            bar.refresh()
+
     try:
-        while any(p.is_alive() for p in procs):
-            for p in procs:
-                p.join(timeout=0.5)
-            if bar is not None:
-                bar.n = _finished(study) - start_count
-                bar.refresh()
-    except KeyboardInterrupt:
-        for p in procs:
-            p.terminate()
-            p.join()
+        run_trials(study, space, cfg, shares[0], on_done=tick)
+        while any(proc.is_alive() for proc in procs):
+            for proc in procs:
+                proc.join(timeout=0.5)
+            tick()
+    except BaseException:  # an error here, or Ctrl-C: stop the other workers too
+        for proc in procs:
+            proc.terminate()
+            proc.join()
         raise
-    failed = [p.name for p in procs if p.exitcode != 0]
+    failed = [proc.name for proc in procs if proc.exitcode != 0]
     if failed:
         raise CnnDslError(f"search worker{'s' if len(failed) > 1 else ''} {', '.join(failed)} stopped with an "
                           "error (its message is above)", None)
@@ -442,15 +523,19 @@ def search(space: str, data: str = "digits", trials: int = 20, *, epochs: int = 
         if workers == 1:
             run_trials(the_study, probe, cfg, trials, on_done=(lambda: bar.update(1)) if bar is not None else None)
         else:
-            _run_workers(cfg, trials, workers, bar, the_study)
+            _run_workers(cfg, trials, workers, bar, the_study, probe)
     finally:  # also after an error or Ctrl-C: the results so far are written
         if bar is not None:
             bar.close()
         optuna.logging.set_verbosity(verbosity)
         rows, best = collect(the_study)
-        best_source = probe.member(best["_choices"]).source if best else None
+        best_source = None
         if out_dir is not None:
-            write_results(out_dir, rows, best_source)
+            write_results(out_dir, rows)
+            if best:
+                best_source = _checked_best(out_dir, probe, best["_choices"])
+        elif best:
+            best_source = concrete_source(probe, best["_choices"])[0]
     timings = [r["seconds"] for r in rows if r["seconds"]]
     return SearchResult(the_study, rows, best, best_source, out_dir, trained=len(timings), timings=timings)
 

@@ -433,7 +433,8 @@ _EXPECT_NAMES = {
 
 
 def _describe_expected(expected) -> str:
-    names = sorted({_EXPECT_NAMES.get(e, repr(e.lower()) if e.isupper() else e) for e in expected})
+    names = {_EXPECT_NAMES.get(e, repr(e.lower()) if e.isupper() else e) for e in expected}
+    names = sorted(names, key=lambda n: (n.startswith("'"), n))  # "a name", "a number" before punctuation
     if len(names) > 6:
         names = names[:6] + ["..."]
     return ", ".join(names)
@@ -521,6 +522,19 @@ def _unexpected_end(source: Source, expected) -> CnnSyntaxError:
     return CnnSyntaxError("unexpected end of file", span, f"expected {_describe_expected(expected)}")
 
 
+def _longest_brace(source: Source) -> Span:
+    """Where the longest ``{...}`` starts (the likely culprit of an expression too deep to build)."""
+    best, best_len, opened = Span.start_of(source), 0, []
+    for i, ch in enumerate(source.text):
+        if ch == "{":
+            opened.append(i)
+        elif ch == "}" and opened:
+            start = opened.pop()
+            if i - start > best_len:
+                best, best_len = _offset_span(source, start), i - start
+    return best
+
+
 def _literal(digits, span: Span) -> int:
     """An integer literal; absurdly large ones (a typo or a resource bomb) are refused."""
     digits = str(digits)
@@ -564,7 +578,8 @@ def parse(text: str, filename: str = "<string>") -> Module:
     except lark.exceptions.VisitError as e:  # pragma: no cover - the builder raises nothing itself
         raise e.orig_exc from None
     except RecursionError:
-        raise CnnLimitError("expression nested too deeply", Span.start_of(source)) from None
+        raise CnnLimitError("expression nested too deeply", _longest_brace(source),
+                            "split a very long expression, e.g. into block parameters") from None
     return Module(
         source,
         tuple(i for i in items if isinstance(i, Use)),

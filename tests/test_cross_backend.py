@@ -12,10 +12,11 @@ import pytest
 torch = pytest.importorskip("torch")
 jax = pytest.importorskip("jax")
 
-import cnndsl  # noqa: E402
-from cnndsl.backends.jax import _nhwc  # noqa: E402
-from cnndsl.convert import jax_to_torch, torch_to_jax  # noqa: E402
-from cnndsl.loader import zoo_index  # noqa: E402
+from cnndsl.backends.jax import _nhwc
+
+import cnndsl
+from cnndsl.convert import jax_to_torch, torch_to_jax
+from cnndsl.loader import zoo_index
 
 RTOL = 1e-4  # relative to the output's largest magnitude
 
@@ -132,7 +133,7 @@ def test_converted_fc_rows_follow_the_flatten_order():
     """The first fc after a feature map: PyTorch flattens (C, H, W), the JAX backend (H, W, C)."""
     net = cnndsl.loads("network t: input 2x2x3  fc-1(nobias)")
     w = torch.arange(12, dtype=torch.float32)[None]  # weight of input (c, h, w) is 6c + 3h + w
-    kernel = np.asarray(torch_to_jax(net, {"fc.weight": w})["params"]["fc"]["kernel"])[:, 0]
+    kernel = np.asarray(torch_to_jax(net, {"fc1.weight": w})["params"]["fc1"]["kernel"])[:, 0]
     # JAX's element (h, w, c) sits at 2*(3h + w) + c of its flattened vector
     expected = [6 * c + 3 * h + ww for h in range(2) for ww in range(3) for c in range(2)]
     assert kernel.tolist() == expected
@@ -140,3 +141,93 @@ def test_converted_fc_rows_follow_the_flatten_order():
 
 def test_nhwc_shapes_helper():
     assert _nhwc((3, 4, 5)) == (4, 5, 3) and _nhwc((7,)) == (7,)
+
+
+# ----------------------------------------------------------------------------- random networks
+
+hypothesis = pytest.importorskip("hypothesis")
+st = hypothesis.strategies
+
+
+def _map_step(draw, c: int) -> str:
+    """One random layer or combinator for a C-channel feature map, in .cnn text."""
+    kind = draw(st.sampled_from(["conv", "conv", "deconv", "maxpool", "avgpool", "bn", "act", "lrn", "residual",
+                                 "residual_proj", "concat", "crop", "add", "adaptive", "padshortcut", "fc", "gap",
+                                 "dropout"]))
+    k, s = draw(st.integers(1, 4)), draw(st.integers(1, 2))
+    if kind == "conv":
+        groups = draw(st.sampled_from([g for g in (1, 2, 3) if c % g == 0]))
+        out = groups * draw(st.integers(1, 3))
+        p = draw(st.sampled_from(["same", "valid", "1", "(0, 2)", "((1, 0), (2, 1))"]))
+        return f"conv(c={out}, k={k}, s={s}, p={p}, groups={groups}, d={draw(st.integers(1, 2))})"
+    if kind == "deconv":
+        op = draw(st.integers(0, s - 1))
+        return f"deconv(c={draw(st.integers(1, 6))}, k={k}, s={s}, p={draw(st.integers(0, k // 2))}, output_padding={op})"
+    if kind in ("maxpool", "avgpool"):
+        k = max(k, 2)
+        extra = f", count_include_pad={draw(st.booleans())}".lower() if kind == "avgpool" else ""
+        return f"{kind}(k={k}, s={s}, p={draw(st.integers(0, k // 2))}, ceil={str(draw(st.booleans())).lower()}{extra})"
+    if kind == "act":
+        return draw(st.sampled_from(["relu", "tanh", "sigmoid", "softmax"]))
+    if kind == "lrn":
+        return f"lrn(size={draw(st.integers(1, 5))})"
+    if kind == "residual":
+        return f"residual< conv3-{c} bn relu conv3-{c} bn > relu"
+    if kind == "residual_proj":
+        return f"residual(shortcut={draw(st.sampled_from(['proj', 'pad', 'conv']))})< conv3-{c + 2}/{s} bn > relu"
+    if kind == "concat":
+        return f"concat< conv1-{draw(st.integers(1, 4))} | conv3-{draw(st.integers(1, 4))} | maxpool3/1(p=1) >"
+    if kind == "crop":
+        return f"concat(crop=true)< conv3-{draw(st.integers(1, 4))}(valid) | identity | maxpool2/1 >"
+    if kind == "add":
+        return f"add(scale={draw(st.sampled_from([1, 0.5]))})< conv1-{c} | identity >"
+    if kind == "adaptive":
+        return f"adaptiveavgpool(({draw(st.integers(1, 5))}, {draw(st.integers(1, 5))}))"
+    if kind == "padshortcut":
+        return f"padshortcut(c={c + draw(st.integers(0, 3))}, s={s})"
+    if kind == "fc":
+        return f"fc-{draw(st.integers(1, 12))}"
+    return kind  # bn, gap, dropout
+
+
+def _flat_step(draw, n: int) -> str:
+    return draw(st.sampled_from([f"fc-{1 + n % 7}", "relu", "bn", "dropout(0.3)", "sigmoid", "tanh",
+                                 f"add< fc-{n} | identity >", "concat< fc-3 | identity >"]))
+
+
+@st.composite
+def random_networks(draw):
+    """A valid random network: steps are drawn one at a time and kept only if the network still checks."""
+    c, h, w = draw(st.integers(1, 4)), draw(st.integers(5, 14)), draw(st.integers(5, 14))
+    text = f"network rand: input {c}x{h}x{w}"
+    net = cnndsl.loads(text + " identity")
+    for _ in range(draw(st.integers(1, 6))):
+        shape = net.output_shapes[0]
+        step = _map_step(draw, shape[0]) if len(shape) == 3 else _flat_step(draw, shape[0])
+        try:
+            candidate = cnndsl.loads(f"{text} {step}")
+        except cnndsl.CnnDslError:
+            continue
+        if np.prod(candidate.output_shapes[0]) > 4096:
+            continue
+        text, net = f"{text} {step}", candidate
+    return net
+
+
+@hypothesis.settings(max_examples=15, deadline=None, derandomize=True,
+                     suppress_health_check=list(hypothesis.HealthCheck))
+@hypothesis.given(random_networks())
+def test_random_networks_predicted_jax_and_torch_shapes_and_outputs_agree(net):
+    tm = cnndsl.build_torch(net).eval()
+    randomise_batch_norms(tm)
+    jm = cnndsl.build_jax(net)
+    x = np.random.RandomState(0).randn(2, *net.input_shape).astype(np.float32)
+    with torch.no_grad():
+        ref = tm(torch.from_numpy(x)).numpy()
+    variables = torch_to_jax(net, tm.state_dict())
+    out = np.asarray(jm.apply(variables, x.transpose(0, 2, 3, 1)))
+    predicted = net.output_shapes[0]
+    assert out.shape == (2, *_nhwc(predicted))
+    assert ref.shape == (2, *predicted)
+    scale = max(np.abs(ref).max(), 1e-3)
+    assert np.abs(to_torch_layout(out) - ref).max() <= RTOL * scale, cnndsl.compile(net, backend="jax")

@@ -110,7 +110,7 @@ def test_hints_say_what_to_do():
     assert "cycle" in hint("reference_to_later_label")
     assert "parameters in scope: c" in hint("unknown_name_in_braces")
     assert "unit(c)" in hint("block_too_many_arguments")
-    assert "'conv' takes: bias, c, d, groups, k, p, s" in hint("unknown_keyword")
+    assert hint("unknown_keyword") == "did you mean 's'?"
     assert "conv(c=64, k=3" in hint("missing_argument")
     assert "projection shortcut" in hint("add_channel_mismatch")
     assert "concat(crop=true)" in hint("concat_spatial_mismatch")

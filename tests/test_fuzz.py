@@ -16,7 +16,7 @@ traceback) fails the test. The example counts are bounded to keep the run short.
 from __future__ import annotations
 
 import re
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 
 import lark
@@ -128,10 +128,10 @@ def test_random_layer_sequences_load_or_fail_cleanly(steps):
 
 # ----------------------------------------------------------------------------- mutants of the zoo
 
-_TOKEN = re.compile(r"#[^\n]*|\"[^\"\n]*\"|[A-Za-z_][A-Za-z0-9_-]*|[0-9]+(?:\.[0-9]+)?(?:x[0-9]+)*|\s+|.", re.S)
+_TOKEN = re.compile(r"#[^\n]*|\"[^\"\n]*\"|[A-Za-z_][A-Za-z0-9_-]*|[0-9]+(?:\.[0-9]+)?(?:x[0-9]+)*|\s+|.", re.DOTALL)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _zoo_file(path: Path) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """A zoo file's tokens (whitespace and comments kept), and the networks it defines."""
     text = path.read_text(encoding="utf-8")

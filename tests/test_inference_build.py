@@ -20,7 +20,7 @@ torch = pytest.importorskip("torch")
 
 from conftest import zoo_names  # noqa: E402
 
-SIZES = (64, 96, 160)  # small spatial sizes to try before the network's own
+SIZES = (32, 64, 75, 96, 188)  # small spatial sizes to try before the network's own
 
 
 def small_network(name: str) -> cnndsl.Network:

@@ -117,3 +117,9 @@ def test_limits_leave_room_for_real_networks():
     """The biggest zoo networks stay far below every limit."""
     net = cnndsl.load("inception_resnet_v2")
     assert len(net.graph) < MAX_NODES // 100
+
+
+def test_too_deep_expression_points_at_its_brace():
+    with pytest.raises(CnnLimitError) as info:
+        cnndsl.loads(BOMBS["long_sum"][0], "sum.cnn")
+    assert (info.value.span.line, info.value.span.col) == (2, 11)  # the '{' of conv3-{1+1+...}

@@ -622,6 +622,8 @@ class Resolver:
                 key, val = a.name, plain(v)
                 if key in positional:
                     positional.remove(key)
+                if not (key == "act" and op.takes_act) and key not in {f for f, _ in op.fields}:
+                    op.unknown_argument(key, a.span)  # raises, pointing at the argument
             if key == "act" and op.takes_act:
                 act, explicit_act = val, True
                 continue

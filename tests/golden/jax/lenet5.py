@@ -6,6 +6,8 @@ apply(variables, x, *, train=False, rng=None): x is an NHWC batch; returns the o
 Under jax.jit, mark train static: jax.jit(apply, static_argnames="train").
 """
 
+import math
+
 import jax
 import jax.numpy as jnp
 
@@ -40,35 +42,32 @@ def _avg_pool(x, window, stride, padding, ceil_extra=(0, 0), count_include_pad=T
     return total / jax.lax.reduce_window(ones, 0.0, jax.lax.add, dims, strides, counted)
 
 
-def _uniform(key, shape, fan_in):
-    """PyTorch's default initialisation: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
-    bound = fan_in ** -0.5
-    return jax.random.uniform(key, shape, jnp.float32, -bound, bound)
+def _uniform(u, start, shape, fan_in):
+    """PyTorch's default initialisation, U(-1/sqrt(fan_in), 1/sqrt(fan_in)), from u[start:], a U(-1, 1) draw."""
+    size = math.prod(shape)
+    return u[start:start + size].reshape(shape) * fan_in ** -0.5
 
 
 def init(key):
     """Fresh variables for lenet5: PyTorch's default initialisation."""
-    keys = jax.random.split(key, 10)
+    u = jax.random.uniform(key, (61706,), jnp.float32, -1.0, 1.0)  # shared out below
     params = {
-        "C1": {
-            "kernel": _uniform(keys[0], (5, 5, 1, 6), fan_in=25),
-            "bias": _uniform(keys[1], (6,), fan_in=25),
-        },
+        "C1": {"kernel": _uniform(u, 0, (5, 5, 1, 6), fan_in=25), "bias": _uniform(u, 150, (6,), fan_in=25)},
         "C3": {
-            "kernel": _uniform(keys[2], (5, 5, 6, 16), fan_in=150),
-            "bias": _uniform(keys[3], (16,), fan_in=150),
+            "kernel": _uniform(u, 156, (5, 5, 6, 16), fan_in=150),
+            "bias": _uniform(u, 2556, (16,), fan_in=150),
         },
         "C5": {
-            "kernel": _uniform(keys[4], (5, 5, 16, 120), fan_in=400),
-            "bias": _uniform(keys[5], (120,), fan_in=400),
+            "kernel": _uniform(u, 2572, (5, 5, 16, 120), fan_in=400),
+            "bias": _uniform(u, 50572, (120,), fan_in=400),
         },
         "F6": {
-            "kernel": _uniform(keys[6], (120, 84), fan_in=120),
-            "bias": _uniform(keys[7], (84,), fan_in=120),
+            "kernel": _uniform(u, 50692, (120, 84), fan_in=120),
+            "bias": _uniform(u, 60772, (84,), fan_in=120),
         },
         "OUTPUT": {
-            "kernel": _uniform(keys[8], (84, 10), fan_in=84),
-            "bias": _uniform(keys[9], (10,), fan_in=84),
+            "kernel": _uniform(u, 60856, (84, 10), fan_in=84),
+            "bias": _uniform(u, 61696, (10,), fan_in=84),
         },
     }
     batch_stats = {}
@@ -76,29 +75,29 @@ def init(key):
 
 
 def apply(variables, x, *, train=False, rng=None):
-    """lenet5's forward pass: OUTPUT."""
+    """The forward pass of lenet5: OUTPUT, 10 per example."""
     params, stats = variables["params"], variables["batch_stats"]
-    # lenet.cnn:6  C1: conv -> 28x28x6
+    # lenet.cnn:6  C1: conv5-6 -> 28x28x6
     C1 = _conv(x, params["C1"], (1, 1), ((0, 0), (0, 0)))
     # lenet.cnn:6  tanh1: tanh -> 28x28x6
     tanh1 = jnp.tanh(C1)
-    # lenet.cnn:6  S2: avgpool -> 14x14x6
+    # lenet.cnn:6  S2: avgpool2/2 -> 14x14x6
     S2 = _avg_pool(tanh1, (2, 2), (2, 2), ((0, 0), (0, 0)))
-    # lenet.cnn:6  C3: conv -> 10x10x16
+    # lenet.cnn:6  C3: conv5-16 -> 10x10x16
     C3 = _conv(S2, params["C3"], (1, 1), ((0, 0), (0, 0)))
     # lenet.cnn:6  tanh2: tanh -> 10x10x16
     tanh2 = jnp.tanh(C3)
-    # lenet.cnn:6  S4: avgpool -> 5x5x16
+    # lenet.cnn:6  S4: avgpool2/2 -> 5x5x16
     S4 = _avg_pool(tanh2, (2, 2), (2, 2), ((0, 0), (0, 0)))
-    # lenet.cnn:6  C5: conv -> 1x1x120
+    # lenet.cnn:6  C5: conv5-120 -> 1x1x120
     C5 = _conv(S4, params["C5"], (1, 1), ((0, 0), (0, 0)))
     # lenet.cnn:6  tanh3: tanh -> 1x1x120
     tanh3 = jnp.tanh(C5)
-    # lenet.cnn:6  F6: fc -> 84
+    # lenet.cnn:6  F6: fc-84 -> 84
     F6 = _dense(tanh3.reshape(tanh3.shape[0], -1), params["F6"])
     # lenet.cnn:6  tanh4: tanh -> 84
     tanh4 = jnp.tanh(F6)
-    # lenet.cnn:6  OUTPUT: fc -> 10
+    # lenet.cnn:6  OUTPUT: fc-10 -> 10
     OUTPUT = _dense(tanh4, params["OUTPUT"])
     if not train:
         return OUTPUT

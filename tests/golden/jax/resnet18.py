@@ -6,6 +6,8 @@ apply(variables, x, *, train=False, rng=None): x is an NHWC batch; returns the o
 Under jax.jit, mark train static: jax.jit(apply, static_argnames="train").
 """
 
+import math
+
 import jax
 import jax.numpy as jnp
 
@@ -46,89 +48,89 @@ def _batch_norm(x, p, stats, train, momentum, eps):
     return (y * p["scale"] + p["bias"] if p else y), stats
 
 
-def _uniform(key, shape, fan_in):
-    """PyTorch's default initialisation: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
-    bound = fan_in ** -0.5
-    return jax.random.uniform(key, shape, jnp.float32, -bound, bound)
+def _uniform(u, start, shape, fan_in):
+    """PyTorch's default initialisation, U(-1/sqrt(fan_in), 1/sqrt(fan_in)), from u[start:], a U(-1, 1) draw."""
+    size = math.prod(shape)
+    return u[start:start + size].reshape(shape) * fan_in ** -0.5
 
 
 def init(key):
     """Fresh variables for resnet18: PyTorch's default initialisation."""
-    keys = jax.random.split(key, 22)
+    u = jax.random.uniform(key, (11679912,), jnp.float32, -1.0, 1.0)  # shared out below
     params = {
-        "conv1": {"kernel": _uniform(keys[0], (7, 7, 3, 64), fan_in=147)},
+        "conv1": {"kernel": _uniform(u, 0, (7, 7, 3, 64), fan_in=147)},
         "bn1": {"scale": jnp.ones(64), "bias": jnp.zeros(64)},
         "layer1": {
             "0": {
-                "conv1": {"kernel": _uniform(keys[1], (3, 3, 64, 64), fan_in=576)},
+                "conv1": {"kernel": _uniform(u, 9408, (3, 3, 64, 64), fan_in=576)},
                 "bn1": {"scale": jnp.ones(64), "bias": jnp.zeros(64)},
-                "conv2": {"kernel": _uniform(keys[2], (3, 3, 64, 64), fan_in=576)},
+                "conv2": {"kernel": _uniform(u, 46272, (3, 3, 64, 64), fan_in=576)},
                 "bn2": {"scale": jnp.ones(64), "bias": jnp.zeros(64)},
             },
             "1": {
-                "conv1": {"kernel": _uniform(keys[3], (3, 3, 64, 64), fan_in=576)},
+                "conv1": {"kernel": _uniform(u, 83136, (3, 3, 64, 64), fan_in=576)},
                 "bn1": {"scale": jnp.ones(64), "bias": jnp.zeros(64)},
-                "conv2": {"kernel": _uniform(keys[4], (3, 3, 64, 64), fan_in=576)},
+                "conv2": {"kernel": _uniform(u, 120000, (3, 3, 64, 64), fan_in=576)},
                 "bn2": {"scale": jnp.ones(64), "bias": jnp.zeros(64)},
             },
         },
         "layer2": {
             "0": {
-                "conv1": {"kernel": _uniform(keys[5], (3, 3, 64, 128), fan_in=576)},
+                "conv1": {"kernel": _uniform(u, 156864, (3, 3, 64, 128), fan_in=576)},
                 "bn1": {"scale": jnp.ones(128), "bias": jnp.zeros(128)},
-                "conv2": {"kernel": _uniform(keys[6], (3, 3, 128, 128), fan_in=1152)},
+                "conv2": {"kernel": _uniform(u, 230592, (3, 3, 128, 128), fan_in=1152)},
                 "bn2": {"scale": jnp.ones(128), "bias": jnp.zeros(128)},
                 "downsample": {
-                    "0": {"kernel": _uniform(keys[7], (1, 1, 64, 128), fan_in=64)},
+                    "0": {"kernel": _uniform(u, 378048, (1, 1, 64, 128), fan_in=64)},
                     "1": {"scale": jnp.ones(128), "bias": jnp.zeros(128)},
                 },
             },
             "1": {
-                "conv1": {"kernel": _uniform(keys[8], (3, 3, 128, 128), fan_in=1152)},
+                "conv1": {"kernel": _uniform(u, 386240, (3, 3, 128, 128), fan_in=1152)},
                 "bn1": {"scale": jnp.ones(128), "bias": jnp.zeros(128)},
-                "conv2": {"kernel": _uniform(keys[9], (3, 3, 128, 128), fan_in=1152)},
+                "conv2": {"kernel": _uniform(u, 533696, (3, 3, 128, 128), fan_in=1152)},
                 "bn2": {"scale": jnp.ones(128), "bias": jnp.zeros(128)},
             },
         },
         "layer3": {
             "0": {
-                "conv1": {"kernel": _uniform(keys[10], (3, 3, 128, 256), fan_in=1152)},
+                "conv1": {"kernel": _uniform(u, 681152, (3, 3, 128, 256), fan_in=1152)},
                 "bn1": {"scale": jnp.ones(256), "bias": jnp.zeros(256)},
-                "conv2": {"kernel": _uniform(keys[11], (3, 3, 256, 256), fan_in=2304)},
+                "conv2": {"kernel": _uniform(u, 976064, (3, 3, 256, 256), fan_in=2304)},
                 "bn2": {"scale": jnp.ones(256), "bias": jnp.zeros(256)},
                 "downsample": {
-                    "0": {"kernel": _uniform(keys[12], (1, 1, 128, 256), fan_in=128)},
+                    "0": {"kernel": _uniform(u, 1565888, (1, 1, 128, 256), fan_in=128)},
                     "1": {"scale": jnp.ones(256), "bias": jnp.zeros(256)},
                 },
             },
             "1": {
-                "conv1": {"kernel": _uniform(keys[13], (3, 3, 256, 256), fan_in=2304)},
+                "conv1": {"kernel": _uniform(u, 1598656, (3, 3, 256, 256), fan_in=2304)},
                 "bn1": {"scale": jnp.ones(256), "bias": jnp.zeros(256)},
-                "conv2": {"kernel": _uniform(keys[14], (3, 3, 256, 256), fan_in=2304)},
+                "conv2": {"kernel": _uniform(u, 2188480, (3, 3, 256, 256), fan_in=2304)},
                 "bn2": {"scale": jnp.ones(256), "bias": jnp.zeros(256)},
             },
         },
         "layer4": {
             "0": {
-                "conv1": {"kernel": _uniform(keys[15], (3, 3, 256, 512), fan_in=2304)},
+                "conv1": {"kernel": _uniform(u, 2778304, (3, 3, 256, 512), fan_in=2304)},
                 "bn1": {"scale": jnp.ones(512), "bias": jnp.zeros(512)},
-                "conv2": {"kernel": _uniform(keys[16], (3, 3, 512, 512), fan_in=4608)},
+                "conv2": {"kernel": _uniform(u, 3957952, (3, 3, 512, 512), fan_in=4608)},
                 "bn2": {"scale": jnp.ones(512), "bias": jnp.zeros(512)},
                 "downsample": {
-                    "0": {"kernel": _uniform(keys[17], (1, 1, 256, 512), fan_in=256)},
+                    "0": {"kernel": _uniform(u, 6317248, (1, 1, 256, 512), fan_in=256)},
                     "1": {"scale": jnp.ones(512), "bias": jnp.zeros(512)},
                 },
             },
             "1": {
-                "conv1": {"kernel": _uniform(keys[18], (3, 3, 512, 512), fan_in=4608)},
+                "conv1": {"kernel": _uniform(u, 6448320, (3, 3, 512, 512), fan_in=4608)},
                 "bn1": {"scale": jnp.ones(512), "bias": jnp.zeros(512)},
-                "conv2": {"kernel": _uniform(keys[19], (3, 3, 512, 512), fan_in=4608)},
+                "conv2": {"kernel": _uniform(u, 8807616, (3, 3, 512, 512), fan_in=4608)},
                 "bn2": {"scale": jnp.ones(512), "bias": jnp.zeros(512)},
             },
         },
         "fc": {
-            "kernel": _uniform(keys[20], (512, 1000), fan_in=512),
-            "bias": _uniform(keys[21], (1000,), fan_in=512),
+            "kernel": _uniform(u, 11166912, (512, 1000), fan_in=512),
+            "bias": _uniform(u, 11678912, (1000,), fan_in=512),
         },
     }
     batch_stats = {
@@ -187,25 +189,25 @@ def init(key):
 
 
 def apply(variables, x, *, train=False, rng=None):
-    """resnet18's forward pass: fc."""
+    """The forward pass of resnet18: fc, 1000 per example."""
     params, stats = variables["params"], variables["batch_stats"]
     new_stats = jax.tree_util.tree_map(lambda v: v, stats)  # a copy the batch norms update
-    # resnet.cnn:6  conv1: conv -> 112x112x64
+    # resnet.cnn:6  conv1: conv7-64/2 -> 112x112x64
     conv1 = _conv(x, params["conv1"], (2, 2), ((3, 3), (3, 3)))
     # resnet.cnn:6  bn1: bn -> 112x112x64
     bn1, new_stats["bn1"] = _batch_norm(conv1, params["bn1"], stats["bn1"], train, momentum=0.1, eps=1e-05)
     # resnet.cnn:6  relu: relu -> 112x112x64
     relu = jax.nn.relu(bn1)
-    # resnet.cnn:6  maxpool: maxpool -> 56x56x64
+    # resnet.cnn:6  maxpool: maxpool3/2 -> 56x56x64
     maxpool = _max_pool(relu, (3, 3), (2, 2), ((1, 1), (1, 1)))
-    # blocks.cnn:8  layer1.0.conv1: conv -> 56x56x64
+    # blocks.cnn:8  layer1.0.conv1: conv3-64 -> 56x56x64
     layer1_0_conv1 = _conv(maxpool, params["layer1"]["0"]["conv1"], (1, 1), ((1, 1), (1, 1)))
     # blocks.cnn:8  layer1.0.bn1: bn -> 56x56x64
     layer1_0_bn1, new_stats["layer1"]["0"]["bn1"] = _batch_norm(
         layer1_0_conv1, params["layer1"]["0"]["bn1"], stats["layer1"]["0"]["bn1"], train, momentum=0.1, eps=1e-05)
     # blocks.cnn:8  layer1.0.relu1: relu -> 56x56x64
     layer1_0_relu1 = jax.nn.relu(layer1_0_bn1)
-    # blocks.cnn:8  layer1.0.conv2: conv -> 56x56x64
+    # blocks.cnn:8  layer1.0.conv2: conv3-64 -> 56x56x64
     layer1_0_conv2 = _conv(layer1_0_relu1, params["layer1"]["0"]["conv2"], (1, 1), ((1, 1), (1, 1)))
     # blocks.cnn:8  layer1.0.bn2: bn -> 56x56x64
     layer1_0_bn2, new_stats["layer1"]["0"]["bn2"] = _batch_norm(
@@ -214,14 +216,14 @@ def apply(variables, x, *, train=False, rng=None):
     layer1_0_add1 = layer1_0_bn2 + maxpool
     # blocks.cnn:8  layer1.0.relu2: relu -> 56x56x64
     layer1_0_relu2 = jax.nn.relu(layer1_0_add1)
-    # blocks.cnn:8  layer1.1.conv1: conv -> 56x56x64
+    # blocks.cnn:8  layer1.1.conv1: conv3-64 -> 56x56x64
     layer1_1_conv1 = _conv(layer1_0_relu2, params["layer1"]["1"]["conv1"], (1, 1), ((1, 1), (1, 1)))
     # blocks.cnn:8  layer1.1.bn1: bn -> 56x56x64
     layer1_1_bn1, new_stats["layer1"]["1"]["bn1"] = _batch_norm(
         layer1_1_conv1, params["layer1"]["1"]["bn1"], stats["layer1"]["1"]["bn1"], train, momentum=0.1, eps=1e-05)
     # blocks.cnn:8  layer1.1.relu1: relu -> 56x56x64
     layer1_1_relu1 = jax.nn.relu(layer1_1_bn1)
-    # blocks.cnn:8  layer1.1.conv2: conv -> 56x56x64
+    # blocks.cnn:8  layer1.1.conv2: conv3-64 -> 56x56x64
     layer1_1_conv2 = _conv(layer1_1_relu1, params["layer1"]["1"]["conv2"], (1, 1), ((1, 1), (1, 1)))
     # blocks.cnn:8  layer1.1.bn2: bn -> 56x56x64
     layer1_1_bn2, new_stats["layer1"]["1"]["bn2"] = _batch_norm(
@@ -230,19 +232,19 @@ def apply(variables, x, *, train=False, rng=None):
     layer1_1_add1 = layer1_1_bn2 + layer1_0_relu2
     # blocks.cnn:8  layer1.1.relu2: relu -> 56x56x64
     layer1_1_relu2 = jax.nn.relu(layer1_1_add1)
-    # blocks.cnn:8  layer2.0.conv1: conv -> 28x28x128
+    # blocks.cnn:8  layer2.0.conv1: conv3-128/2 -> 28x28x128
     layer2_0_conv1 = _conv(layer1_1_relu2, params["layer2"]["0"]["conv1"], (2, 2), ((1, 1), (1, 1)))
     # blocks.cnn:8  layer2.0.bn1: bn -> 28x28x128
     layer2_0_bn1, new_stats["layer2"]["0"]["bn1"] = _batch_norm(
         layer2_0_conv1, params["layer2"]["0"]["bn1"], stats["layer2"]["0"]["bn1"], train, momentum=0.1, eps=1e-05)
     # blocks.cnn:8  layer2.0.relu1: relu -> 28x28x128
     layer2_0_relu1 = jax.nn.relu(layer2_0_bn1)
-    # blocks.cnn:8  layer2.0.conv2: conv -> 28x28x128
+    # blocks.cnn:8  layer2.0.conv2: conv3-128 -> 28x28x128
     layer2_0_conv2 = _conv(layer2_0_relu1, params["layer2"]["0"]["conv2"], (1, 1), ((1, 1), (1, 1)))
     # blocks.cnn:8  layer2.0.bn2: bn -> 28x28x128
     layer2_0_bn2, new_stats["layer2"]["0"]["bn2"] = _batch_norm(
         layer2_0_conv2, params["layer2"]["0"]["bn2"], stats["layer2"]["0"]["bn2"], train, momentum=0.1, eps=1e-05)
-    # blocks.cnn:8  layer2.0.downsample.0: conv -> 28x28x128
+    # blocks.cnn:8  layer2.0.downsample.0: conv1-128/2 -> 28x28x128
     layer2_0_downsample_0 = _conv(layer1_1_relu2, params["layer2"]["0"]["downsample"]["0"], (2, 2), ((0, 0), (0, 0)))
     # blocks.cnn:8  layer2.0.downsample.1: bn -> 28x28x128
     layer2_0_downsample_1, new_stats["layer2"]["0"]["downsample"]["1"] = _batch_norm(
@@ -251,14 +253,14 @@ def apply(variables, x, *, train=False, rng=None):
     layer2_0_add1 = layer2_0_bn2 + layer2_0_downsample_1
     # blocks.cnn:8  layer2.0.relu2: relu -> 28x28x128
     layer2_0_relu2 = jax.nn.relu(layer2_0_add1)
-    # blocks.cnn:8  layer2.1.conv1: conv -> 28x28x128
+    # blocks.cnn:8  layer2.1.conv1: conv3-128 -> 28x28x128
     layer2_1_conv1 = _conv(layer2_0_relu2, params["layer2"]["1"]["conv1"], (1, 1), ((1, 1), (1, 1)))
     # blocks.cnn:8  layer2.1.bn1: bn -> 28x28x128
     layer2_1_bn1, new_stats["layer2"]["1"]["bn1"] = _batch_norm(
         layer2_1_conv1, params["layer2"]["1"]["bn1"], stats["layer2"]["1"]["bn1"], train, momentum=0.1, eps=1e-05)
     # blocks.cnn:8  layer2.1.relu1: relu -> 28x28x128
     layer2_1_relu1 = jax.nn.relu(layer2_1_bn1)
-    # blocks.cnn:8  layer2.1.conv2: conv -> 28x28x128
+    # blocks.cnn:8  layer2.1.conv2: conv3-128 -> 28x28x128
     layer2_1_conv2 = _conv(layer2_1_relu1, params["layer2"]["1"]["conv2"], (1, 1), ((1, 1), (1, 1)))
     # blocks.cnn:8  layer2.1.bn2: bn -> 28x28x128
     layer2_1_bn2, new_stats["layer2"]["1"]["bn2"] = _batch_norm(
@@ -267,19 +269,19 @@ def apply(variables, x, *, train=False, rng=None):
     layer2_1_add1 = layer2_1_bn2 + layer2_0_relu2
     # blocks.cnn:8  layer2.1.relu2: relu -> 28x28x128
     layer2_1_relu2 = jax.nn.relu(layer2_1_add1)
-    # blocks.cnn:8  layer3.0.conv1: conv -> 14x14x256
+    # blocks.cnn:8  layer3.0.conv1: conv3-256/2 -> 14x14x256
     layer3_0_conv1 = _conv(layer2_1_relu2, params["layer3"]["0"]["conv1"], (2, 2), ((1, 1), (1, 1)))
     # blocks.cnn:8  layer3.0.bn1: bn -> 14x14x256
     layer3_0_bn1, new_stats["layer3"]["0"]["bn1"] = _batch_norm(
         layer3_0_conv1, params["layer3"]["0"]["bn1"], stats["layer3"]["0"]["bn1"], train, momentum=0.1, eps=1e-05)
     # blocks.cnn:8  layer3.0.relu1: relu -> 14x14x256
     layer3_0_relu1 = jax.nn.relu(layer3_0_bn1)
-    # blocks.cnn:8  layer3.0.conv2: conv -> 14x14x256
+    # blocks.cnn:8  layer3.0.conv2: conv3-256 -> 14x14x256
     layer3_0_conv2 = _conv(layer3_0_relu1, params["layer3"]["0"]["conv2"], (1, 1), ((1, 1), (1, 1)))
     # blocks.cnn:8  layer3.0.bn2: bn -> 14x14x256
     layer3_0_bn2, new_stats["layer3"]["0"]["bn2"] = _batch_norm(
         layer3_0_conv2, params["layer3"]["0"]["bn2"], stats["layer3"]["0"]["bn2"], train, momentum=0.1, eps=1e-05)
-    # blocks.cnn:8  layer3.0.downsample.0: conv -> 14x14x256
+    # blocks.cnn:8  layer3.0.downsample.0: conv1-256/2 -> 14x14x256
     layer3_0_downsample_0 = _conv(layer2_1_relu2, params["layer3"]["0"]["downsample"]["0"], (2, 2), ((0, 0), (0, 0)))
     # blocks.cnn:8  layer3.0.downsample.1: bn -> 14x14x256
     layer3_0_downsample_1, new_stats["layer3"]["0"]["downsample"]["1"] = _batch_norm(
@@ -288,14 +290,14 @@ def apply(variables, x, *, train=False, rng=None):
     layer3_0_add1 = layer3_0_bn2 + layer3_0_downsample_1
     # blocks.cnn:8  layer3.0.relu2: relu -> 14x14x256
     layer3_0_relu2 = jax.nn.relu(layer3_0_add1)
-    # blocks.cnn:8  layer3.1.conv1: conv -> 14x14x256
+    # blocks.cnn:8  layer3.1.conv1: conv3-256 -> 14x14x256
     layer3_1_conv1 = _conv(layer3_0_relu2, params["layer3"]["1"]["conv1"], (1, 1), ((1, 1), (1, 1)))
     # blocks.cnn:8  layer3.1.bn1: bn -> 14x14x256
     layer3_1_bn1, new_stats["layer3"]["1"]["bn1"] = _batch_norm(
         layer3_1_conv1, params["layer3"]["1"]["bn1"], stats["layer3"]["1"]["bn1"], train, momentum=0.1, eps=1e-05)
     # blocks.cnn:8  layer3.1.relu1: relu -> 14x14x256
     layer3_1_relu1 = jax.nn.relu(layer3_1_bn1)
-    # blocks.cnn:8  layer3.1.conv2: conv -> 14x14x256
+    # blocks.cnn:8  layer3.1.conv2: conv3-256 -> 14x14x256
     layer3_1_conv2 = _conv(layer3_1_relu1, params["layer3"]["1"]["conv2"], (1, 1), ((1, 1), (1, 1)))
     # blocks.cnn:8  layer3.1.bn2: bn -> 14x14x256
     layer3_1_bn2, new_stats["layer3"]["1"]["bn2"] = _batch_norm(
@@ -304,19 +306,19 @@ def apply(variables, x, *, train=False, rng=None):
     layer3_1_add1 = layer3_1_bn2 + layer3_0_relu2
     # blocks.cnn:8  layer3.1.relu2: relu -> 14x14x256
     layer3_1_relu2 = jax.nn.relu(layer3_1_add1)
-    # blocks.cnn:8  layer4.0.conv1: conv -> 7x7x512
+    # blocks.cnn:8  layer4.0.conv1: conv3-512/2 -> 7x7x512
     layer4_0_conv1 = _conv(layer3_1_relu2, params["layer4"]["0"]["conv1"], (2, 2), ((1, 1), (1, 1)))
     # blocks.cnn:8  layer4.0.bn1: bn -> 7x7x512
     layer4_0_bn1, new_stats["layer4"]["0"]["bn1"] = _batch_norm(
         layer4_0_conv1, params["layer4"]["0"]["bn1"], stats["layer4"]["0"]["bn1"], train, momentum=0.1, eps=1e-05)
     # blocks.cnn:8  layer4.0.relu1: relu -> 7x7x512
     layer4_0_relu1 = jax.nn.relu(layer4_0_bn1)
-    # blocks.cnn:8  layer4.0.conv2: conv -> 7x7x512
+    # blocks.cnn:8  layer4.0.conv2: conv3-512 -> 7x7x512
     layer4_0_conv2 = _conv(layer4_0_relu1, params["layer4"]["0"]["conv2"], (1, 1), ((1, 1), (1, 1)))
     # blocks.cnn:8  layer4.0.bn2: bn -> 7x7x512
     layer4_0_bn2, new_stats["layer4"]["0"]["bn2"] = _batch_norm(
         layer4_0_conv2, params["layer4"]["0"]["bn2"], stats["layer4"]["0"]["bn2"], train, momentum=0.1, eps=1e-05)
-    # blocks.cnn:8  layer4.0.downsample.0: conv -> 7x7x512
+    # blocks.cnn:8  layer4.0.downsample.0: conv1-512/2 -> 7x7x512
     layer4_0_downsample_0 = _conv(layer3_1_relu2, params["layer4"]["0"]["downsample"]["0"], (2, 2), ((0, 0), (0, 0)))
     # blocks.cnn:8  layer4.0.downsample.1: bn -> 7x7x512
     layer4_0_downsample_1, new_stats["layer4"]["0"]["downsample"]["1"] = _batch_norm(
@@ -325,14 +327,14 @@ def apply(variables, x, *, train=False, rng=None):
     layer4_0_add1 = layer4_0_bn2 + layer4_0_downsample_1
     # blocks.cnn:8  layer4.0.relu2: relu -> 7x7x512
     layer4_0_relu2 = jax.nn.relu(layer4_0_add1)
-    # blocks.cnn:8  layer4.1.conv1: conv -> 7x7x512
+    # blocks.cnn:8  layer4.1.conv1: conv3-512 -> 7x7x512
     layer4_1_conv1 = _conv(layer4_0_relu2, params["layer4"]["1"]["conv1"], (1, 1), ((1, 1), (1, 1)))
     # blocks.cnn:8  layer4.1.bn1: bn -> 7x7x512
     layer4_1_bn1, new_stats["layer4"]["1"]["bn1"] = _batch_norm(
         layer4_1_conv1, params["layer4"]["1"]["bn1"], stats["layer4"]["1"]["bn1"], train, momentum=0.1, eps=1e-05)
     # blocks.cnn:8  layer4.1.relu1: relu -> 7x7x512
     layer4_1_relu1 = jax.nn.relu(layer4_1_bn1)
-    # blocks.cnn:8  layer4.1.conv2: conv -> 7x7x512
+    # blocks.cnn:8  layer4.1.conv2: conv3-512 -> 7x7x512
     layer4_1_conv2 = _conv(layer4_1_relu1, params["layer4"]["1"]["conv2"], (1, 1), ((1, 1), (1, 1)))
     # blocks.cnn:8  layer4.1.bn2: bn -> 7x7x512
     layer4_1_bn2, new_stats["layer4"]["1"]["bn2"] = _batch_norm(
@@ -343,7 +345,7 @@ def apply(variables, x, *, train=False, rng=None):
     layer4_1_relu2 = jax.nn.relu(layer4_1_add1)
     # resnet.cnn:9  avgpool: gap -> 1x1x512
     avgpool = layer4_1_relu2.mean((1, 2), keepdims=True)
-    # resnet.cnn:9  fc: fc -> 1000
+    # resnet.cnn:9  fc: fc-1000 -> 1000
     fc = _dense(avgpool.reshape(avgpool.shape[0], -1), params["fc"])
     if not train:
         return fc

@@ -1,0 +1,86 @@
+"""Timing and reporting helpers shared by the benchmarks."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+THREADS = int(os.environ.get("CNNDSL_BENCH_THREADS", "2"))
+QUICK = os.environ.get("CNNDSL_BENCH_QUICK", "") not in ("", "0")
+
+
+@dataclass
+class Row:
+    """One line of the results table: what was measured, ours, theirs, and ours/theirs as a speed ratio."""
+
+    section: str
+    what: str
+    ours: str
+    theirs: str
+    ratio: float | None = None  # theirs_time / ours_time: > 1 means cnndsl is faster
+    note: str = ""
+
+    def cells(self) -> list[str]:
+        r = "" if self.ratio is None else f"{self.ratio:.2f}"
+        return [self.section, self.what, self.ours, self.theirs, r, self.note]
+
+
+HEADER = ["section", "measurement", "cnndsl", "reference", "speed ratio", "note"]
+
+
+def side_by_side(fns: dict[str, Callable[[], object]], reps: int, warmup: int = 1) -> dict[str, float]:
+    """Median seconds of each function, the functions alternating within each repetition."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for i in range(reps):
+        keys = list(fns) if i % 2 == 0 else list(reversed(list(fns)))  # neither always runs first
+        for k in keys:
+            t = time.perf_counter()
+            fns[k]()
+            times[k].append(time.perf_counter() - t)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1e3:.1f} ms" if seconds < 10 else f"{seconds:.1f} s"
+
+
+def table(rows: list[Row]) -> str:
+    """A Markdown table of the rows."""
+    lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    lines += ["| " + " | ".join(r.cells()) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    """nproc, the CPU model, OS and Python."""
+    cpu = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{os.cpu_count()} CPUs (nproc), {cpu}, {platform.system()} {platform.release()}, Python {platform.python_version()}"
+
+
+def versions(python: str = sys.executable) -> str:
+    """Versions of torch, torchvision, jax and cnndsl as seen by ``python``."""
+    code = ("import importlib\n"
+            "out = []\n"
+            "for m in ('cnndsl', 'torch', 'torchvision', 'jax', 'fvcore'):\n"
+            "    try: out.append(f'{m} {importlib.import_module(m).__version__}')\n"
+            "    except Exception: pass\n"
+            "print(', '.join(out))")
+    res = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=120)
+    return res.stdout.strip() or "unknown"
