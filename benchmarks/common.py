@@ -8,8 +8,8 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 THREADS = int(os.environ.get("CNNDSL_BENCH_THREADS", "2"))
 QUICK = os.environ.get("CNNDSL_BENCH_QUICK", "") not in ("", "0")
@@ -82,5 +82,5 @@ def versions(python: str = sys.executable) -> str:
             "    try: out.append(f'{m} {importlib.import_module(m).__version__}')\n"
             "    except Exception: pass\n"
             "print(', '.join(out))")
-    res = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=120)
+    res = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=120, check=False)
     return res.stdout.strip() or "unknown"

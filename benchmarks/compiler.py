@@ -34,7 +34,7 @@ def run() -> list[Row]:
     cnndsl.load("lenet5")  # warm the parser and the zoo cache
     per_net = {}
     for name in sorted(zoo_index()):
-        per_net[name] = _best(lambda: api.compile(cnndsl.load(name), "torch"), 1)
+        per_net[name] = _best(lambda name=name: api.compile(cnndsl.load(name), "torch"), 1)
     slowest = max(per_net, key=per_net.get)
     rows.append(Row("compiler", f"parse-to-PyTorch-source, all {len(per_net)} zoo networks",
                     f"{sum(per_net.values()):.2f} s total", "-", None,
@@ -43,7 +43,7 @@ def run() -> list[Row]:
     base = None
     for n in (3, 18, 200):
         layers = 6 * n + 2
-        t = _best(lambda: api.compile(cnndsl.load("resnet_cifar", n=n), "torch"), 1 if QUICK or n == 200 else 3)
+        t = _best(lambda n=n: api.compile(cnndsl.load("resnet_cifar", n=n), "torch"), 1 if QUICK or n == 200 else 3)
         per_layer = t / layers
         base = base or per_layer
         rows.append(Row("compiler", f"resnet_cifar(n={n}): {layers} layers, parse to source", f"{t:.2f} s", "-",

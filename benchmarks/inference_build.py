@@ -23,7 +23,7 @@ def run() -> list[Row]:
         import torchvision
     except ImportError:
         return [Row("inference build", "all", "-", "-", None, "skipped: " + HOW_TO_GET)]
-    import cnndsl.api as api
+    from cnndsl import api
 
     torch.set_num_threads(THREADS)
     rows = []
@@ -39,7 +39,7 @@ def run() -> list[Row]:
             err = ((got - want).abs().max() / want.abs().max()).item()
             for batch in (1, 8):
                 x = x8[:batch].contiguous()
-                t = side_by_side({"ours": lambda: infer(x), "theirs": lambda: theirs(x)},
+                t = side_by_side({"ours": lambda m=infer, x=x: m(x), "theirs": lambda m=theirs, x=x: m(x)},
                                  reps if batch == 1 else max(3, reps - 2))
                 rows.append(Row("inference build", f"{name} inference build vs torchvision eager, batch {batch}",
                                 ms(t["ours"]), ms(t["theirs"]), t["theirs"] / t["ours"],

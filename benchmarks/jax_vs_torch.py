@@ -43,7 +43,8 @@ def run() -> list[Row]:
         xj = jnp.asarray(xt.permute(0, 2, 3, 1).numpy())
         infer(variables, xj).block_until_ready()
         with torch.inference_mode():
-            t = side_by_side({"ours": lambda: infer(variables, xj).block_until_ready(), "theirs": lambda: tm(xt)},
+            t = side_by_side({"ours": lambda xj=xj: infer(variables, xj).block_until_ready(),
+                                 "theirs": lambda xt=xt: tm(xt)},
                              reps if batch == 1 else reps - 2)
         rows.append(Row("JAX", f"{MODEL} inference batch {batch}: jax.jit vs PyTorch eager", ms(t["ours"]),
                         ms(t["theirs"]), t["theirs"] / t["ours"], "cnndsl = JAX, reference = generated PyTorch"))

@@ -36,7 +36,7 @@ def python() -> str:
 
 
 def has_torchvision(py: str) -> bool:
-    res = subprocess.run([py, "-c", "import torch, torchvision"], capture_output=True, timeout=300)
+    res = subprocess.run([py, "-c", "import torch, torchvision"], capture_output=True, timeout=300, check=False)
     return res.returncode == 0
 
 
@@ -44,7 +44,7 @@ def _models(name: str):
     import torch
     import torchvision
 
-    import cnndsl.api as api
+    from cnndsl import api
 
     ctor, kwargs, size = MODELS[name]
     torch.manual_seed(0)
@@ -81,15 +81,15 @@ def worker(name: str) -> list[dict]:
     reps = 3 if QUICK else 5
 
     def row(what, t, note=""):
-        rows.append(dict(section="vs torchvision", what=f"{name} {what}", ours=ms(t["ours"]),
-                         theirs=ms(t["theirs"]), ratio=t["theirs"] / t["ours"], note=note))
+        rows.append({"section": "vs torchvision", "what": f"{name} {what}", "ours": ms(t["ours"]),
+                     "theirs": ms(t["theirs"]), "ratio": t["theirs"] / t["ours"], "note": note})
 
     for m in pair.values():
         m.eval()
     for batch in (1, 8):
         x = torch.randn(batch, 3, size, size)
         with torch.inference_mode():
-            t = side_by_side({k: (lambda m=m: m(x)) for k, m in pair.items()}, reps if batch == 1 else reps - 2)
+            t = side_by_side({k: (lambda m=m, x=x: m(x)) for k, m in pair.items()}, reps if batch == 1 else reps - 2)
         row(f"eager inference, batch {batch}", t)
     x = torch.randn(TRAIN_BATCH, 3, size, size)
     y = torch.randint(0, 1000, (TRAIN_BATCH,))
@@ -113,9 +113,9 @@ def worker(name: str) -> list[dict]:
         with torch.inference_mode():
             t = side_by_side({k: (lambda c=c: c(x1)) for k, c in compiled.items()}, reps, warmup=1)
         row("torch.compile inference, batch 1", t, "compile time excluded")
-        rows.append(dict(section="vs torchvision", what=f"{name} torch.compile time (inference, first call)",
-                         ours=ms(compile_s["ours"]), theirs=ms(compile_s["theirs"]),
-                         ratio=compile_s["theirs"] / compile_s["ours"], note=""))
+        rows.append({"section": "vs torchvision", "what": f"{name} torch.compile time (inference, first call)",
+                     "ours": ms(compile_s["ours"]), "theirs": ms(compile_s["theirs"]),
+                     "ratio": compile_s["theirs"] / compile_s["ours"], "note": ""})
         csteps, compile_s = {}, {}
         for k, m in pair.items():
             m.train()
@@ -152,7 +152,7 @@ def memory_worker(name: str, who: str) -> dict:
 def _child(args: list[str]) -> str:
     py = python()
     res = subprocess.run([py, "-m", "benchmarks.vs_torchvision", *args], capture_output=True, text=True,
-                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), timeout=1800)
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), timeout=1800, check=False)
     if res.returncode != 0:
         raise RuntimeError(f"{' '.join(args)} failed:\n{res.stderr[-3000:]}")
     return res.stdout.strip().splitlines()[-1]

@@ -13,6 +13,6 @@ from .network import Network
 from .search import search
 from .variants import Space, Variant, variants
 
-__all__ = ["CnnDslError", "CnnDslWarning", "Network", "build", "build_jax", "build_torch", "compile", "jax_to_torch",
-           "load", "loads", "torch_to_jax", "Space", "Variant", "search", "variants"]
+__all__ = ["CnnDslError", "CnnDslWarning", "Network", "Space", "Variant", "build", "build_jax", "build_torch", "compile",
+           "jax_to_torch", "load", "loads", "search", "torch_to_jax", "variants"]
 __version__ = "0.1.0"

@@ -57,7 +57,7 @@ def inference_network(net: Network) -> Network:
     """
     import copy
 
-    from .passes import count, check, fold_bn, strip_training
+    from .passes import check, count, fold_bn, strip_training
 
     graph = copy.deepcopy(net.graph)
     for run in (strip_training, fold_bn, count, check):

@@ -120,7 +120,7 @@ def cmd_compile(args) -> int:
     import os
     import tempfile
 
-    source = api.compile(_load(args), args.backend)
+    source = api.compile(_load(args), args.backend, inference=args.inference)
     if not args.output:
         sys.stdout.write(source)
         return 0
@@ -166,6 +166,8 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--backend", choices=("torch", "jax"), default="torch")
     sp.add_argument("-o", "--output", metavar="FILE", help="write here (replaced only by a complete file)")
     sp.add_argument("--input", type=_shape, metavar="CxHxW", help="override the input size")
+    sp.add_argument("--inference", action="store_true",
+                    help="the inference build: batch norms folded into convolutions, dropout and aux heads dropped")
     sp = net_cmd("train", cmd_train, "train a network on a small data set and report its test accuracy")
     sp.add_argument("--data", default="digits", metavar="digits|DIR",
                     help="scikit-learn's 8x8 digits (default), or an ImageFolder-style directory")

@@ -36,6 +36,14 @@ def progress(iterable: Iterable[T], desc: str, total: int | None = None, unit: s
                 dynamic_ncols=True)
 
 
+def counter(total: int, desc: str, unit: str = "it"):
+    """A bar to advance by hand (``bar.update(1)``) for work that finishes out of order, e.g. search trials
+    completed by several workers. Silent, like :func:`progress`, when stderr is not a terminal."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, leave=False, disable=None, dynamic_ncols=True)
+
+
 @contextmanager
 def working(desc: str) -> Iterator[None]:
     """Show ``desc`` and a running clock on stderr while the ``with`` body runs (terminals only)."""
@@ -72,4 +80,4 @@ def _is_terminal(stream) -> bool:
         return False
 
 
-__all__ = ["progress", "working"]
+__all__ = ["counter", "progress", "working"]

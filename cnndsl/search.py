@@ -36,7 +36,6 @@ import io
 import json
 import math
 import os
-import re
 import socket
 import sys
 import time
@@ -46,6 +45,7 @@ from typing import Any
 
 from .arch_hash import arch_hash
 from .errors import CnnDslError
+from .progress import counter
 from .variants import Limits, Space
 
 RESULTS_FILE = "results.csv"
@@ -176,32 +176,6 @@ def _load_study(cfg: SearchConfig, worker: int = 0):
 # ----------------------------------------------------------------------------- one trial
 
 
-class _EpochStream(io.TextIOBase):
-    """A text stream for :func:`cnndsl.train.train`'s ``out``: calls ``on_epoch(epoch, epochs, accuracy)``
-    for each ``epoch k/N: ... test accuracy A`` line the training loop prints.
-
-    (The training loop has no per-epoch callback yet; its per-epoch line is the hook.)
-    """
-
-    LINE = re.compile(r"epoch (\d+)/(\d+):.*test accuracy ([0-9.]+)")
-
-    def __init__(self, on_epoch):
-        self.on_epoch = on_epoch
-        self.buffer_ = ""
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, text: str) -> int:
-        self.buffer_ += text
-        while "\n" in self.buffer_:
-            line, self.buffer_ = self.buffer_.split("\n", 1)
-            m = self.LINE.match(line.strip())
-            if m:
-                self.on_epoch(int(m[1]), int(m[2]), float(m[3]))
-        return len(text)
-
-
 class _Pruned(Exception):
     def __init__(self, epoch: int):
         self.epoch = epoch
@@ -260,7 +234,7 @@ def run_trial(study, trial, space: Space, cfg: SearchConfig) -> tuple[float | No
     start = time.perf_counter()
     try:
         accuracy = training.train(net, cfg.data, cfg.epochs, seed=0, batch_size=cfg.batch_size, lr=cfg.lr,
-                                  out=_EpochStream(on_epoch))
+                                  out=io.StringIO(), on_epoch=on_epoch)
     except _Pruned as p:
         trial.set_user_attr("seconds", round(time.perf_counter() - start, 3))
         trial.set_user_attr("reason", f"pruned at epoch {p.epoch}")
@@ -421,17 +395,6 @@ def write_results(out: Path, rows: list[dict[str, Any]]) -> None:
 # ----------------------------------------------------------------------------- the search
 
 
-def _progress_bar(total: int):
-    """A tqdm bar on stderr when it is a terminal and tqdm is installed, else None."""
-    if not sys.stderr.isatty():
-        return None
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=total, unit="trial", file=sys.stderr, leave=False)
-
-
 def _finished(study) -> int:
     optuna = _optuna()
     S = optuna.trial.TrialState
@@ -518,7 +481,7 @@ def search(space: str, data: str = "digits", trials: int = 20, *, epochs: int = 
                                         pruner=_pruner(pruner))
     else:
         the_study = _load_study(cfg)
-    bar = _progress_bar(trials) if progress else None
+    bar = counter(trials, "search", unit="trial") if progress else None
     try:
         if workers == 1:
             run_trials(the_study, probe, cfg, trials, on_done=(lambda: bar.update(1)) if bar is not None else None)

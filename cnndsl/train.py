@@ -10,11 +10,13 @@ epoch, and ``test accuracy: 0.97`` last.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from .errors import CnnDslError
 from .network import Network
+from .progress import progress
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
@@ -88,8 +90,13 @@ def _network(net: str | Network, classes: int, params: dict[str, Any]) -> Networ
 
 
 def train(net: str | Network, data: str = "digits", epochs: int | None = None, backend: str = "torch", *,
-          seed: int = 0, batch_size: int = 32, lr: float = 0.05, out=None, **params: Any) -> float:
-    """Train ``net`` on ``data`` and return the test accuracy (also printed, last, as ``test accuracy: 0.97``)."""
+          seed: int = 0, batch_size: int = 32, lr: float = 0.05, out=None,
+          on_epoch: Callable[[int, int, float], None] | None = None, **params: Any) -> float:
+    """Train ``net`` on ``data`` and return the test accuracy (also printed, last, as ``test accuracy: 0.97``).
+
+    ``on_epoch(epoch, epochs, test_accuracy)`` is called after every epoch (a search uses it to prune);
+    an exception it raises stops the training and propagates.
+    """
     import torch
     import torch.nn.functional as F
 
@@ -98,7 +105,8 @@ def train(net: str | Network, data: str = "digits", epochs: int | None = None, b
     if backend == "jax":
         from .train_jax import train_jax
 
-        return train_jax(net, data, epochs, seed=seed, batch_size=batch_size, lr=lr, out=out, **params)
+        return train_jax(net, data, epochs, seed=seed, batch_size=batch_size, lr=lr, out=out, on_epoch=on_epoch,
+                         **params)
     if backend != "torch":
         raise CnnDslError(f"training runs on the torch or jax backend, not {backend!r}", None)
     out = out or sys.stdout
@@ -128,7 +136,7 @@ def train(net: str | Network, data: str = "digits", epochs: int | None = None, b
         order = train_idx[torch.randperm(len(train_idx), generator=gen)]
         batches = order.split(batch_size)
         total, correct, seen = 0.0, 0, 0
-        for idx in _progress(batches, f"epoch {epoch}/{epochs}"):
+        for idx in progress(batches, f"epoch {epoch}/{epochs}", unit="batch"):
             outputs = model(x[idx])
             main, aux = (outputs[0], outputs[1:]) if isinstance(outputs, tuple) else (outputs, ())
             loss = F.cross_entropy(main, y[idx]) + sum(0.3 * F.cross_entropy(a, y[idx]) for a in aux)
@@ -142,6 +150,8 @@ def train(net: str | Network, data: str = "digits", epochs: int | None = None, b
         acc = evaluate(model, x[test_idx], y[test_idx])
         print(f"epoch {epoch}/{epochs}: loss {total / seen:.4f}, train accuracy {correct / seen:.3f}, "
               f"test accuracy {acc:.3f}", file=out)
+        if on_epoch is not None:
+            on_epoch(epoch, epochs, acc)
     acc = evaluate(model, x[test_idx], y[test_idx])
     print(f"test accuracy: {acc:.2f}", file=out)
     return acc
@@ -167,13 +177,3 @@ def _split(y, seed: int):
     idx = list(range(len(y)))
     tr, te = train_test_split(idx, test_size=0.2, random_state=seed, stratify=y.numpy())
     return torch.tensor(tr), torch.tensor(te)
-
-
-def _progress(items, desc: str):
-    if not sys.stderr.isatty():
-        return items
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return items
-    return tqdm(items, desc=desc, leave=False)

@@ -62,8 +62,11 @@ def _labels(tree: Any, frozen: set[str], prefix: str = "") -> Any:
 
 
 def train_jax(net: str | Network, data: str = "digits", epochs: int | None = None, *, seed: int = 0,
-              batch_size: int = 32, lr: float = 0.05, out=None, **params: Any) -> float:
-    """Train ``net`` with the JAX backend and return the test accuracy (printed last, as the torch path does)."""
+              batch_size: int = 32, lr: float = 0.05, out=None, on_epoch=None, **params: Any) -> float:
+    """Train ``net`` with the JAX backend and return the test accuracy (printed last, as the torch path does).
+
+    ``on_epoch(epoch, epochs, test_accuracy)`` is called after every epoch, as in :func:`cnndsl.train.train`.
+    """
     try:
         import jax
         import jax.numpy as jnp
@@ -136,6 +139,8 @@ def train_jax(net: str | Network, data: str = "digits", epochs: int | None = Non
         acc = evaluate()
         print(f"epoch {epoch}/{epochs}: loss {total / len(order):.4f}, train accuracy {correct / len(order):.3f}, "
               f"test accuracy {acc:.3f}", file=out)
+        if on_epoch is not None:
+            on_epoch(epoch, epochs, acc)
     acc = evaluate()
     print(f"test accuracy: {acc:.2f}", file=out)
     return acc

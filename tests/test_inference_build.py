@@ -18,7 +18,7 @@ from cnndsl.passes.fold_bn import fold_state_dict
 
 torch = pytest.importorskip("torch")
 
-from conftest import zoo_names  # noqa: E402
+from conftest import zoo_names
 
 SIZES = (32, 64, 75, 96, 188)  # small spatial sizes to try before the network's own
 

@@ -17,7 +17,8 @@ inference build's with those records. The pass leaves counts stale: run
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from ..ir import Graph
 
