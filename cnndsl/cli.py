@@ -74,7 +74,6 @@ def cmd_expand(args) -> int:
 
 def cmd_graph(args) -> int:
     from .graphviz import render
-
     from .progress import working
 
     net = _load(args)

@@ -141,7 +141,7 @@ def _new_file_mode(path: Path) -> int:
 def _export(torch, model, example, f, opset: int, dynamic_batch: bool) -> None:
     """Run ``torch.onnx.export`` with the TorchScript exporter, or the torch.export one where that is all there is."""
     axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch else None
-    common = dict(input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], opset_version=opset)
+    common = {"input_names": [INPUT_NAME], "output_names": [OUTPUT_NAME], "opset_version": opset}
     try:
         torch.onnx.export(model, (example,), f, dynamo=False, dynamic_axes=axes, do_constant_folding=True,
                           **common)

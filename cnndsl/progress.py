@@ -32,8 +32,7 @@ def progress(iterable: Iterable[T], desc: str, total: int | None = None, unit: s
     """
     from tqdm import tqdm
 
-    return tqdm(iterable, desc=desc, total=total, unit=unit, file=sys.stderr, leave=False, disable=None,
-                dynamic_ncols=True)
+    return tqdm(iterable, desc=desc, total=total, unit=unit, file=sys.stderr, leave=False, disable=None)
 
 
 def counter(total: int, desc: str, unit: str = "it"):

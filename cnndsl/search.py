@@ -317,43 +317,9 @@ def collect(study) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
 
 
 def concrete_source(space: Space, choices: dict[str, int]) -> tuple[str, Any]:
-    """The member's ``.cnn`` text as trained, and its network.
-
-    That is the space's text with each choice replaced by its option (:meth:`Space.source`) and, when
-    the search set the input size or parameters (``--input``, ``-p``), the network's ``input`` line and
-    parameter defaults rewritten to match; the fully expanded network when that cannot be done.
-    """
-    from . import syntax as ast
-    from .expand import expand
-
+    """The member's ``.cnn`` text as trained (:meth:`Space.source`, overrides included), and its network."""
     member = space.member(choices)
-    net = member.network_obj
-    if not space.input_shape and not space.params:
-        return member.source, net
-    text = member.source
-    decl = next((d for d in ast.parse(text, "member.cnn").networks if d.name == space.network), None)
-    if not isinstance(decl, ast.Network):
-        return expand(net), net
-    starts = [0]
-    for line in text.splitlines(keepends=True):
-        starts.append(starts[-1] + len(line))
-
-    def offsets(span) -> tuple[int, int]:
-        return starts[span.line - 1] + span.col - 1, starts[span.end_line - 1] + span.end_col - 1
-
-    edits = []
-    if space.input_shape:
-        first = decl.inputs[0]
-        name = f"{first.name}=" if first.name else ""
-        edits.append((*offsets(first.span), f"input {name}{'x'.join(map(str, space.input_shape))}"))
-    for p in decl.params:
-        if p.name in space.params:
-            v = space.params[p.name]
-            literal = ("true" if v else "false") if isinstance(v, bool) else str(v)
-            edits.append((*offsets(p.span), f"{p.name}={literal}"))
-    for lo, hi, replacement in sorted(edits, reverse=True):
-        text = text[:lo] + replacement + text[hi:]
-    return text, net
+    return member.source, member.network_obj
 
 
 def _checked_best(out: Path, space: Space, choices: dict[str, int]) -> str:

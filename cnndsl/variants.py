@@ -375,11 +375,44 @@ class Space:
 
     # -- concrete source
     def source(self, choices: dict[str, int], net: Network | None = None) -> str:
-        """The member's concrete ``.cnn`` text: each choice replaced by its option, in the space's own text.
+        """The member's concrete ``.cnn`` text: each choice replaced by its option, in the space's own text,
+        and, when the space was opened with an input size or parameters (``--input``, ``-p``), the
+        network's ``input`` line and parameter defaults rewritten to match.
 
-        A member reaching a choice written in another file (a ``use``d one) is printed by ``expand``
-        instead (when it is valid).
+        A member reaching a choice written in another file (a ``use``d one), or whose overrides cannot be
+        written into its text, is printed by ``expand`` instead (when it is valid).
         """
+        text = self._choice_source(choices, net)
+        if not text or not (self.input_shape or self.params):
+            return text
+        return self._with_overrides(text, net)
+
+    def _with_overrides(self, text: str, net: Network | None) -> str:
+        from .expand import expand
+
+        decl = next((d for d in ast.parse(text, "member.cnn").networks if d.name == self.network), None)
+        if not isinstance(decl, ast.Network):
+            return expand(net) if net is not None else ""
+        starts = _offsets(text)
+
+        def offsets(span) -> tuple[int, int]:
+            return starts[span.line - 1] + span.col - 1, starts[span.end_line - 1] + span.end_col - 1
+
+        edits = []
+        if self.input_shape:
+            first = decl.inputs[0]
+            name = f"{first.name}=" if first.name else ""
+            edits.append((*offsets(first.span), f"input {name}{'x'.join(map(str, self.input_shape))}"))
+        for p in decl.params:
+            if p.name in self.params:
+                v = self.params[p.name]
+                literal = ("true" if v else "false") if isinstance(v, bool) else str(v)
+                edits.append((*offsets(p.span), f"{p.name}={literal}"))
+        for lo, hi, replacement in sorted(edits, reverse=True):
+            text = text[:lo] + replacement + text[hi:]
+        return text
+
+    def _choice_source(self, choices: dict[str, int], net: Network | None = None) -> str:
         main = self.lib.main.source
         here = {k: p.node for k, p in self.points.items() if p.node.span.source.name == main.name}
         if any(k not in here for k in choices):

@@ -87,10 +87,17 @@ def test_concrete_sources_load_to_the_same_network():
     space = Space.open("inception")
     for v in space.sample(10, seed=4):
         text = v.source
-        assert "|" not in text.split("\n", 1)[1].split("concat<")[0] or True
         net = cnndsl.loads(text)
         assert (net.params, net.macs, arch_hash(net.graph)) == (v.params, v.macs, arch_hash(v.network_obj.graph))
         assert "{32|64}" not in text and "choice<" not in text
+
+
+def test_concrete_sources_keep_input_and_parameter_overrides():
+    space = Space.open("resnet_cifar", input_shape=(1, 8, 8), params={"classes": 7})
+    for v in space.sample(3, seed=1):
+        net = cnndsl.loads(v.source)
+        assert net.input_shape == (1, 8, 8) and net.output_shapes == [(7,)]
+        assert net.params == v.params
 
 
 def test_hash_ignores_names_and_spelling():
