@@ -39,6 +39,7 @@ def run_one(module: str, python: str) -> list[Row]:
 
 def main(only: list[str]) -> None:
     start = time.perf_counter()
+    load = os.getloadavg()[0]
     rows: list[Row] = []
     for module, env in BENCHES:
         if only and module not in only:
@@ -54,6 +55,7 @@ def main(only: list[str]) -> None:
               f"Versions: {versions(tv_python)}" + ("" if tv_python == sys.executable else
                                                     f"; JAX side: {versions(sys.executable)}"),
               f"Threads: {THREADS} (torch.set_num_threads; XLA intra-op threads for JAX)",
+              f"Load average at the start: {load:.1f} (the ratios are only meaningful on an otherwise idle machine)",
               f"Total benchmark time: {elapsed:.0f} s",
               ("Speed ratio: reference time / cnndsl time (>= 1: cnndsl as fast or faster); medians of "
                "repetitions that alternate the two contenders.")]

@@ -12,6 +12,7 @@ import sys
 
 from . import api
 from .errors import CnnDslError
+from .files import write_atomic
 
 EPILOG = "NET is a zoo name (see `cnndsl list`), a .cnn file, or FILE.cnn:NETWORK."
 
@@ -38,7 +39,7 @@ def _params(pairs: list[str]) -> dict:
     return out
 
 
-def _load(args) -> "api.Network":
+def _load(args) -> api.Network:
     net = api.load(args.net, input_shape=getattr(args, "input", None), **_params(getattr(args, "param", None)))
     for w in net.warnings:
         print(w, file=sys.stderr)
@@ -116,22 +117,12 @@ def cmd_list(args) -> int:
 
 
 def cmd_compile(args) -> int:
-    import os
-    import tempfile
 
     source = api.compile(_load(args), args.backend, inference=args.inference)
     if not args.output:
         sys.stdout.write(source)
         return 0
-    folder = os.path.dirname(os.path.abspath(args.output))
-    fd, tmp = tempfile.mkstemp(prefix=".cnndsl-", suffix=".py", dir=folder)
-    try:  # write a complete file, then swap it in: an existing output is never left half-written
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(source)
-        os.replace(tmp, args.output)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    write_atomic(args.output, source)  # an existing output is never left half-written
     return 0
 
 

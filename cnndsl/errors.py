@@ -46,7 +46,7 @@ class Span:
         return f"{self.source.name}:{self.line}:{self.col}"
 
     @classmethod
-    def start_of(cls, source: Source) -> "Span":
+    def start_of(cls, source: Source) -> Span:
         return cls(source, 1, 1, 1, 1)
 
 

@@ -16,8 +16,9 @@ and ``add(x, x)`` are explicit.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import networkx as nx
 
@@ -135,6 +136,17 @@ class Graph:
             self._topo = list(nx.lexicographical_topological_sort(self._g, key=lambda n: (self._nodes[n].order, n)))
         for name in self._topo:
             yield self._nodes[name]
+
+    def ancestors(self, names) -> set[str]:
+        """The given nodes and every node they depend on (e.g. the main output's path, aux heads excluded)."""
+        seen: set[str] = set()
+        stack = list(names)
+        while stack:
+            name = stack.pop()
+            if name not in seen:
+                seen.add(name)
+                stack.extend(self.inputs_of(name))
+        return seen
 
     @property
     def outputs(self) -> list[str]:

@@ -9,7 +9,7 @@ shipped ``networks/`` folder.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache, lru_cache
 from importlib import resources
 from pathlib import Path
 
@@ -54,7 +54,7 @@ class Library:
     main: ast.Module | None = None
 
     @classmethod
-    def from_module(cls, module: ast.Module, base_dir: Path | None = None) -> "Library":
+    def from_module(cls, module: ast.Module, base_dir: Path | None = None) -> Library:
         lib = cls(main=module)
         lib._add(module, base_dir, seen=set(), local=True)
         return lib
@@ -106,7 +106,7 @@ def _find_use(use: ast.Use, base_dir: Path | None):
                        "a used file is looked up next to this file, then in the shipped zoo")
 
 
-@lru_cache(maxsize=None)
+@cache
 def _zoo_module(filename: str) -> ast.Module:
     text = _zoo_dir().joinpath(filename).read_text(encoding="utf-8")
     return parse(text, filename)

@@ -23,13 +23,13 @@ from __future__ import annotations
 import io
 import os
 import sys
-import tempfile
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from .errors import CnnDslError
+from .files import check_writable, write_atomic
 from .network import Network
 
 DEFAULT_OPSET = 17  # supported by the TorchScript exporter and by onnxruntime 1.16 and later
@@ -105,37 +105,8 @@ def export_onnx(net: str | Network, path: str | os.PathLike, **kwargs: Any) -> P
 
     Keyword arguments are those of :func:`to_onnx`.
     """
-    path = Path(path)
-    if path.is_dir():
-        raise CnnDslError(f"cannot write {path}: it is a directory", None, "give a file name such as model.onnx")
-    if not path.parent.is_dir():  # found out before the export, which can take a while
-        raise CnnDslError(f"cannot write {path}: no folder {path.parent}", None)
-    data = to_onnx(net, **kwargs)
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=".cnndsl-", suffix=".onnx.tmp", dir=path.parent)
-    except OSError as e:
-        raise CnnDslError(f"cannot write {path}: {e.strerror}", None) from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, _new_file_mode(path))  # mkstemp's file is private (0600); give the usual permissions
-        os.replace(tmp, path)
-    except BaseException as e:
-        os.unlink(tmp)
-        if isinstance(e, OSError):
-            raise CnnDslError(f"cannot write {path}: {e.strerror}", None) from None
-        raise
-    return path
-
-
-def _new_file_mode(path: Path) -> int:
-    """The permissions ``open(path, "w")`` would give: the existing file's, else 0666 less the umask."""
-    try:
-        return path.stat().st_mode & 0o7777
-    except OSError:
-        umask = os.umask(0)
-        os.umask(umask)
-        return 0o666 & ~umask
+    path = check_writable(path)  # found out before the export, which can take a while
+    return write_atomic(path, to_onnx(net, **kwargs))
 
 
 def _export(torch, model, example, f, opset: int, dynamic_batch: bool) -> None:

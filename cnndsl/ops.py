@@ -16,7 +16,8 @@ means.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, ClassVar
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 from .errors import CnnArgumentError, CnnDslWarning, CnnLimitError, CnnShapeError, Span
 
@@ -243,7 +244,7 @@ def _window_out(op: Op, size: int, pad: tuple[int, int], k: int, s: int, d: int,
 class _Conv(Op):
     fields = (("c", REQUIRED), ("k", REQUIRED), ("s", 1), ("p", "same"), ("d", 1), ("groups", 1), ("bias", True))
     positional = ("c", "k", "s")
-    flags = {"valid": ("p", "valid"), "same": ("p", "same"), "nobias": ("bias", False)}
+    flags: ClassVar[dict[str, tuple[str, Any]]] = {"valid": ("p", "valid"), "same": ("p", "same"), "nobias": ("bias", False)}
     shorthand = ("k", "c", "s")
     takes_act = True
 
@@ -301,7 +302,7 @@ class Deconv(_Conv):
     aliases = ("upconv", "convtranspose")
     fields = (("c", REQUIRED), ("k", REQUIRED), ("s", None), ("p", 0), ("output_padding", 0), ("d", 1),
               ("groups", 1), ("bias", True))
-    flags = {"nobias": ("bias", False)}
+    flags: ClassVar[dict[str, tuple[str, Any]]] = {"nobias": ("bias", False)}
     doc = "deconvK-C/S, e.g. deconv2-512/2 (stride defaults to the kernel size)"
 
     def convert(self, field, v, span):
@@ -344,7 +345,7 @@ class Deconv(_Conv):
 class _Pool(Op):
     fields = (("k", 2), ("s", None), ("p", 0), ("ceil", False))
     positional = ("k", "s")
-    flags = {"ceil": ("ceil", True), "valid": ("p", "valid"), "same": ("p", "same")}
+    flags: ClassVar[dict[str, tuple[str, Any]]] = {"ceil": ("ceil", True), "valid": ("p", "valid"), "same": ("p", "same")}
     shorthand = ("k", None, "s")
 
     def convert(self, field, v, span):
@@ -427,7 +428,7 @@ class FC(Op):
     aliases = ("linear", "dense", "fullyconnected")
     fields = (("c", REQUIRED), ("bias", True))
     positional = ("c",)
-    flags = {"nobias": ("bias", False)}
+    flags: ClassVar[dict[str, tuple[str, Any]]] = {"nobias": ("bias", False)}
     shorthand = (None, "c", None)
     takes_act = True
     doc = "fc-N, e.g. fc-4096"

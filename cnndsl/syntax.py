@@ -14,7 +14,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
-from typing import Union
 
 import lark
 from lark import Lark, Token, Transformer, v_args
@@ -51,20 +50,20 @@ class Var:
 @dataclass(frozen=True)
 class BinOp:
     op: str
-    left: "Expr"
-    right: "Expr"
+    left: Expr
+    right: Expr
     span: Span
 
 
 @dataclass(frozen=True)
 class Neg:
-    operand: "Expr"
+    operand: Expr
     span: Span
 
 
 @dataclass(frozen=True)
 class Tuple_:
-    items: tuple["Expr", ...]
+    items: tuple[Expr, ...]
     span: Span
 
 
@@ -76,11 +75,11 @@ class Choice:
     branch sequences (:class:`Seq`).
     """
 
-    options: tuple["Expr", ...]
+    options: tuple[Expr, ...]
     span: Span
 
 
-Expr = Union[Num, Str, Var, BinOp, Neg, Tuple_, Choice]
+Expr = Num | Str | Var | BinOp | Neg | Tuple_ | Choice
 
 
 # ----------------------------------------------------------------------------- steps
@@ -110,7 +109,7 @@ class Call:
 class Group:
     """``[ ... ]``: a sub-sequence; labelled, it becomes a numbered scope."""
 
-    seq: "Seq"
+    seq: Seq
     span: Span
 
 
@@ -120,7 +119,7 @@ class Combinator:
 
     name: str
     args: tuple[Arg, ...]
-    branches: tuple["Seq", ...]
+    branches: tuple[Seq, ...]
     span: Span
 
 
@@ -132,7 +131,7 @@ class Ref:
     span: Span
 
 
-Term = Union[Call, Group, Combinator, Ref]
+Term = Call | Group | Combinator | Ref
 
 
 @dataclass(frozen=True)
@@ -214,7 +213,7 @@ class Derived:
     params: tuple[Param, ...]
     base: str
     args: tuple[Arg, ...]
-    modifiers: tuple[Union[Freeze, Replace], ...]
+    modifiers: tuple[Freeze | Replace, ...]
     span: Span
 
 
@@ -229,7 +228,7 @@ class Module:
     source: Source
     uses: tuple[Use, ...]
     blocks: tuple[Block, ...]
-    networks: tuple[Union[Network, Derived], ...]
+    networks: tuple[Network | Derived, ...]
 
 
 # ----------------------------------------------------------------------------- parsing
@@ -300,7 +299,7 @@ class _Builder(Transformer):
     def neg(self, meta, children):
         return Neg(children[0], self._s(meta))
 
-    def _bin(op):  # noqa: N805 - a small factory used while building the class
+    def _bin(op):
         def method(self, meta, children):
             return BinOp(op, children[0], children[1], self._s(meta))
 

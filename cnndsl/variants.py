@@ -50,6 +50,7 @@ from .errors import CnnArgumentError, CnnDslError, CnnNameError
 from .loader import Library, open_net, read_text
 from .network import Network
 from .passes.resolve import Resolver
+from .progress import progress as progress_bar
 
 SPACES_PACKAGE = "cnndsl.networks"
 SPACES_DIR = "spaces"
@@ -623,7 +624,7 @@ def variants(space: str | Space, *, sample: int | None = None, mutate: int | Non
     else:
         stream, total = sp.enumerate(), sp.count()
     if progress:
-        stream = _progress(stream, total)
+        stream = progress_bar(stream, "variants", total, unit="variant")
     hashes = HashRegistry()
     for v in stream:
         tally.members += 1
@@ -642,17 +643,6 @@ def variants(space: str | Space, *, sample: int | None = None, mutate: int | Non
             continue
         tally.kept += 1
         yield v
-
-
-def _progress(stream: Iterator[Variant], total: int | None) -> Iterator[Variant]:
-    """A progress bar on stderr when it is a terminal and tqdm is installed."""
-    if not sys.stderr.isatty():
-        return stream
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return stream
-    return tqdm(stream, total=total, unit="variant", file=sys.stderr, leave=False)
 
 
 # ----------------------------------------------------------------------------- the command line

@@ -1,3 +1,6 @@
+import json
+from pathlib import Path
+
 import pytest
 
 from cnndsl.loader import zoo_index
@@ -37,3 +40,14 @@ def zoo():
         return cache[name]
 
     return get
+
+
+PEER_FIXTURES = Path(__file__).parent / "peers" / "fixtures"
+
+
+def peer_fixture(peer: str) -> dict:
+    """A torchvision/timm peer's recorded state_dict and counts (tests/peers/make_fixtures.py wrote them)."""
+    path = PEER_FIXTURES / f"{peer}.json"
+    if not path.exists():
+        pytest.skip(f"no peer fixture {path.name} (written by tests/peers/make_fixtures.py)")
+    return json.loads(path.read_text())

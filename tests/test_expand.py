@@ -1,11 +1,10 @@
 """`cnndsl expand` round-trips: expanded text loads to the same graph, shapes and counts."""
 
 import pytest
+from conftest import zoo_names
 
 import cnndsl
 from cnndsl.expand import expand
-
-from conftest import zoo_names
 
 
 @pytest.mark.parametrize("name", zoo_names())

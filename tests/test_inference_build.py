@@ -52,16 +52,6 @@ def randomise_bn(model) -> None:
                 m.bias.data.copy_(torch.randn(n, generator=gen, dtype=m.bias.dtype) * 0.2)
 
 
-def _ancestors(graph, name: str) -> set[str]:
-    seen, stack = set(), [name]
-    while stack:
-        n = stack.pop()
-        if n not in seen:
-            seen.add(n)
-            stack.extend(graph.inputs_of(n))
-    return seen
-
-
 @pytest.mark.parametrize("name", zoo_names())
 def test_inference_build_equals_training_build(name):
     torch.manual_seed(0)
@@ -84,7 +74,7 @@ def test_inference_build_equals_training_build(name):
     ops = {n.op for n in inf_net.graph.nodes()}
     assert "dropout" not in ops and not inf_net.graph.aux_outputs
     folded = sum(1 for n in inf_net.graph.nodes() if "folded_from" in n.args)
-    main_path = _ancestors(net.graph, net.graph.output)
+    main_path = net.graph.ancestors([net.graph.output])
     bns = sum(1 for n in net.graph.nodes() if n.op == "bn" and n.name in main_path)
     assert bns == sum(1 for n in inf_net.graph.nodes() if n.op == "bn") + folded
     # the parameter count drops by exactly the folded batch norms' scale and shift, less the new conv biases

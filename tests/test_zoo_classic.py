@@ -8,17 +8,16 @@ papers' figures, and the torchvision state_dict fixtures in tests/peers/fixtures
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import pytest
+from conftest import peer_fixture
 
 import cnndsl
 from cnndsl import syntax as ast
 from cnndsl.loader import zoo_library
 
-FIXTURES = Path(__file__).parent / "peers" / "fixtures"
 ZOO = Path(__file__).parent.parent / "networks"
 
 
@@ -70,26 +69,6 @@ PEERS = {
 }
 
 
-@pytest.fixture(scope="module")
-def zoo():
-    """Each network loaded once for the whole module."""
-    cache: dict[str, cnndsl.Network] = {}
-
-    def get(name: str) -> cnndsl.Network:
-        if name not in cache:
-            cache[name] = cnndsl.load(name)
-        return cache[name]
-
-    return get
-
-
-def _fixture(peer: str) -> dict:
-    path = FIXTURES / f"{peer}.json"
-    if not path.exists():
-        pytest.skip(f"no torchvision fixture {path.name} (written by tests/peers/make_fixtures.py)")
-    return json.loads(path.read_text())
-
-
 # ----------------------------------------------------------------------------- totals
 
 
@@ -106,7 +85,7 @@ def test_conv_fc_macs(zoo, name):
 @pytest.mark.parametrize("name", sorted(PEERS))
 def test_macs_match_fvcore_conv_and_linear(zoo, name):
     """fvcore's conv + linear counts of the peer are exactly our conv + fc MACs."""
-    by_op = _fixture(PEERS[name])["fvcore_by_op"]
+    by_op = peer_fixture(PEERS[name])["fvcore_by_op"]
     assert zoo(name).macs == by_op["conv"] + by_op["linear"]
 
 
@@ -251,7 +230,7 @@ def _expected_state(net: cnndsl.Network) -> dict[str, list[int]]:
 @pytest.mark.parametrize("name", sorted(PEERS))
 def test_torchvision_state_dict_names(zoo, name):
     """The IR's names and shapes are exactly the peer's state_dict, so it loads with strict=True."""
-    fixture = _fixture(PEERS[name])
+    fixture = peer_fixture(PEERS[name])
     expected = {key: shape for key, shape in fixture["state_dict"]}
     got = _expected_state(zoo(name))
     assert sorted(set(got) - set(expected)) == [], "names the peer does not have"

@@ -9,18 +9,15 @@ fvcore operator counts of torchvision's and timm's models).
 
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 
 import pytest
+from conftest import peer_fixture
 
 import cnndsl
 from cnndsl import syntax as ast
 from cnndsl.ir import Graph
 from cnndsl.loader import zoo_library
-
-FIXTURES = Path(__file__).parent / "peers" / "fixtures"
 
 
 def _cna(k, cin: int, cout: int) -> int:
@@ -75,40 +72,8 @@ PEERS = {
 }
 
 
-@pytest.fixture(scope="module")
-def zoo():
-    """Each network loaded once for the whole module."""
-    cache: dict[str, cnndsl.Network] = {}
-
-    def get(name: str) -> cnndsl.Network:
-        if name not in cache:
-            cache[name] = cnndsl.load(name)
-        return cache[name]
-
-    return get
-
-
-def _fixture(peer: str) -> dict:
-    path = FIXTURES / f"{peer}.json"
-    if not path.exists():
-        pytest.skip(f"no peer fixture {path.name} (written by tests/peers/make_fixtures.py)")
-    return json.loads(path.read_text())
-
-
-def main_path(g: Graph) -> set[str]:
-    """The nodes the main output depends on: everything but what only feeds auxiliary heads."""
-    seen: set[str] = set()
-    todo = [g.output]
-    while todo:
-        name = todo.pop()
-        if name not in seen:
-            seen.add(name)
-            todo.extend(g.inputs_of(name))
-    return seen
-
-
 def _main_total(net: cnndsl.Network, what: str) -> int:
-    return sum(getattr(net.graph.node(n), what) for n in main_path(net.graph))
+    return sum(getattr(net.graph.node(n), what) for n in net.graph.ancestors([net.graph.output]))
 
 
 def output_of(g: Graph, name: str):
@@ -172,7 +137,7 @@ def test_classes_parameter_reaches_aux_heads():
 @pytest.mark.parametrize("name", sorted(PEERS))
 def test_peer_counts(zoo, name):
     """The fixture's own numbers: parameters (with and without aux), fvcore's conv + linear MACs."""
-    fixture = _fixture(PEERS[name])
+    fixture = peer_fixture(PEERS[name])
     net = zoo(name)
     assert net.params == fixture["params"]
     assert _main_total(net, "params") == fixture.get("params_no_aux", fixture["params"])
@@ -207,7 +172,7 @@ def test_peer_state_dict(zoo, name):
     The order holds because the .cnn files write the aux heads where the peers register them
     (torchvision's googlenet after inception5b, inception_v3 after Mixed_6e).
     """
-    expected = [(key, tuple(shape)) for key, shape in _fixture(PEERS[name])["state_dict"]]
+    expected = [(key, tuple(shape)) for key, shape in peer_fixture(PEERS[name])["state_dict"]]
     got = _state_dict(zoo(name))
     assert sorted(set(got) - set(expected)) == [], "entries the peer does not have"
     assert sorted(set(expected) - set(got)) == [], "peer entries we do not produce"

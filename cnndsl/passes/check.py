@@ -12,10 +12,7 @@ from ..ir import Graph
 
 def check(g: Graph, warnings: list[CnnDslWarning] | None = None) -> Graph:
     g.verify()
-    live = set(g.outputs)
-    for node in reversed(list(g.nodes())):
-        if node.name in live:
-            live.update(g.inputs_of(node.name))
+    live = g.ancestors(g.outputs)
     for node in g.nodes():
         if node.name not in live and node.op != "input":
             raise CnnDslError(f"the result of '{node.name}' is never used", node.span,

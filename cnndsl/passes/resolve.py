@@ -25,13 +25,14 @@ from __future__ import annotations
 import difflib
 import re
 from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any
 
+from .. import syntax as ast
 from ..errors import CnnArgumentError, CnnDslError, CnnLimitError, CnnNameError, CnnShapeError, Span
 from ..ir import Graph, Scope
 from ..ops import OPS, lookup, spellings
-from .. import syntax as ast
 
 MAX_NODES = 100_000
 INIT_SCHEMES = ("kaiming", "xavier")  # `with init(...)`; without one, PyTorch's own defaults
@@ -564,7 +565,7 @@ class Resolver:
             short = self._seq(c.branches[1], flow, scope, frame, tail=False, then_act=False)
             self._no_zero([short], "residual", c.span)
         else:
-            bn = {**{"eps": 1e-5, "momentum": 0.1}, **frame.defaults.get("bn", {})}
+            bn = {"eps": 1e-5, "momentum": 0.1, **frame.defaults.get("bn", {})}
             args = OPS["shortcut"].normalize({"mode": given.get("shortcut", "auto"), "bn_eps": bn["eps"],
                                               "bn_momentum": bn["momentum"]}, c.span)
             nm = scope.full("downsample")

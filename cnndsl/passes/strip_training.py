@@ -15,21 +15,10 @@ from __future__ import annotations
 from ..ir import Graph
 
 
-def _ancestors(g: Graph, names: list[str]) -> set[str]:
-    seen: set[str] = set()
-    stack = list(names)
-    while stack:
-        name = stack.pop()
-        if name not in seen:
-            seen.add(name)
-            stack.extend(g.inputs_of(name))
-    return seen
-
-
 def strip_training(g: Graph, warnings=None) -> Graph:
     """Remove dropout layers, auxiliary outputs and the layers only the auxiliary outputs use."""
     g.aux_outputs = []
-    live = _ancestors(g, g.outputs) | set(g.inputs)
+    live = g.ancestors(g.outputs) | set(g.inputs)
     for node in list(g.nodes()):
         if node.name not in live:
             g.remove(node.name)
