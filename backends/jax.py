@@ -368,7 +368,7 @@ class JaxEmitter(Emitter):
 
     def _zero_init(self, node: Node) -> bool:
         """A residual body's last batch norm starts at zero under ``zero_init_residual`` (as torchvision)."""
-        if not (self.graph.init and self.graph.params.get("zero_init_residual")):
+        if not (self.graph.init and self.graph.zero_init_residual):
             return False
         return any(self.graph.node(dst).op == "add" and port == 0 for dst, port in self.graph.consumers(node.name))
 

@@ -780,7 +780,7 @@ class TorchEmitter(Emitter):
                 lines.append("                nn.init.xavier_uniform_(m.weight)")
             lines.append("                if m.bias is not None:")
             lines.append("                    nn.init.zeros_(m.bias)")
-        if self.g.params.get("zero_init_residual") or getattr(self.g, "zero_init_residual", False):
+        if self.g.zero_init_residual:
             for n in self.nodes:
                 if n.op == "add":
                     body = self.g.node(self.g.inputs_of(n.name)[0])

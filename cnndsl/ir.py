@@ -72,6 +72,7 @@ class Graph:
         self.aux_outputs: list[str] = []
         self.scopes: dict[str, Scope] = {}
         self.init: str | None = None  # weight initialisation scheme, e.g. "kaiming"
+        self.zero_init_residual = False  # zero the last BN scale of every residual body (with init(...))
 
     # -- building
     def add(self, name: str, op: str, args: dict, span: Span | None, inputs: list[str]) -> Node:

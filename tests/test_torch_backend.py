@@ -222,3 +222,19 @@ def test_lenet5_learns_digits_quickly():
     assert acc >= 0.95, out.getvalue()
     assert out.getvalue().splitlines()[-1] == f"test accuracy: {acc:.2f}"
     assert elapsed < 60
+
+
+def test_zero_init_residual_zeroes_the_last_bn_of_each_residual_body():
+    text = """
+        block unit(c, s=1): residual< conv3-{c}/{s} bn relu conv3-{c} bn > relu
+        network t with init(kaiming, zero_init_residual=true): input 3x16x16
+            stem: conv3-8 bn relu  layers: [unit(8) unit(16, 2)]  gap fc-10
+    """
+    model = cnndsl.build_torch(cnndsl.loads(text))
+    model.reset_parameters()
+    for i in (0, 1):  # the body's last BN starts at zero, its first at one (torchvision's recipe)
+        block = model.layers[i]
+        assert torch.count_nonzero(block.bn2.weight) == 0 and torch.all(block.bn1.weight == 1)
+    assert torch.all(model.layers[1].downsample[1].weight == 1)  # the projection's BN is left alone
+    with pytest.raises(cnndsl.CnnDslError, match="zero_init_residual"):
+        cnndsl.loads("network t with init(kaiming, zero=1): input 3x8x8 conv3-4")

@@ -182,10 +182,13 @@ class Resolver:
         g = self.g = Graph(decl.name, {k: plain(v) for k, v in env.items()})
         for d in decl.defaults:  # `with init(kaiming)`: the weight initialisation of the generated code
             if d.op == "init":
-                values = [plain(evaluate(a.value, env, self.choose)) for a in d.args]
-                if len(values) != 1 or values[0] not in INIT_SCHEMES or d.args[0].name is not None:
-                    raise CnnArgumentError("init takes one scheme: " + ", ".join(INIT_SCHEMES), d.span)
-                g.init = values[0]
+                scheme = [plain(evaluate(a.value, env, self.choose)) for a in d.args if a.name is None]
+                options = {a.name: plain(evaluate(a.value, env, self.choose)) for a in d.args if a.name}
+                if len(scheme) != 1 or scheme[0] not in INIT_SCHEMES or set(options) - {"zero_init_residual"}:
+                    raise CnnArgumentError("init takes one scheme (" + ", ".join(INIT_SCHEMES) + ") and optionally "
+                                           "zero_init_residual=true", d.span, "with init(kaiming)")
+                g.init = scheme[0]
+                g.zero_init_residual = options.get("zero_init_residual") is True
         defaults = tuple(d for d in decl.defaults if d.op != "init")
         frame = Frame(env, self._defaults(defaults, {}, env), "", body=decl.body)
         scope = NameScope("", sequential=False)

@@ -48,90 +48,93 @@ def _batch_norm(x, p, stats, train, momentum, eps):
     return (y * p["scale"] + p["bias"] if p else y), stats
 
 
-def _uniform(u, start, shape, fan_in):
-    """PyTorch's default initialisation, U(-1/sqrt(fan_in), 1/sqrt(fan_in)), from u[start:], a U(-1, 1) draw."""
+def _he_normal(n, start, shape, fan_out):
+    """He (Kaiming) normal initialisation for ReLU networks, fan-out mode, N(0, 2 / fan_out), from n[start:]."""
     size = math.prod(shape)
-    return u[start:start + size].reshape(shape) * fan_in ** -0.5
+    return n[start:start + size].reshape(shape) * (2.0 / fan_out) ** 0.5
+
+
+def _normal(n, start, shape, std):
+    """N(0, std^2), from n[start:], a standard normal draw."""
+    size = math.prod(shape)
+    return n[start:start + size].reshape(shape) * std
 
 
 def init(key):
-    """Fresh variables for resnet18: PyTorch's default initialisation."""
-    u = jax.random.uniform(key, (11679912,), jnp.float32, -1.0, 1.0)  # shared out below
+    """Fresh variables for resnet18: He (Kaiming) initialisation."""
+    n = jax.random.normal(key, (11678912,), jnp.float32)  # shared out below
     params = {
-        "conv1": {"kernel": _uniform(u, 0, (7, 7, 3, 64), fan_in=147)},
+        "conv1": {"kernel": _he_normal(n, 0, (7, 7, 3, 64), fan_out=3136)},
         "bn1": {"scale": jnp.ones(64), "bias": jnp.zeros(64)},
         "layer1": {
             "0": {
-                "conv1": {"kernel": _uniform(u, 9408, (3, 3, 64, 64), fan_in=576)},
+                "conv1": {"kernel": _he_normal(n, 9408, (3, 3, 64, 64), fan_out=576)},
                 "bn1": {"scale": jnp.ones(64), "bias": jnp.zeros(64)},
-                "conv2": {"kernel": _uniform(u, 46272, (3, 3, 64, 64), fan_in=576)},
+                "conv2": {"kernel": _he_normal(n, 46272, (3, 3, 64, 64), fan_out=576)},
                 "bn2": {"scale": jnp.ones(64), "bias": jnp.zeros(64)},
             },
             "1": {
-                "conv1": {"kernel": _uniform(u, 83136, (3, 3, 64, 64), fan_in=576)},
+                "conv1": {"kernel": _he_normal(n, 83136, (3, 3, 64, 64), fan_out=576)},
                 "bn1": {"scale": jnp.ones(64), "bias": jnp.zeros(64)},
-                "conv2": {"kernel": _uniform(u, 120000, (3, 3, 64, 64), fan_in=576)},
+                "conv2": {"kernel": _he_normal(n, 120000, (3, 3, 64, 64), fan_out=576)},
                 "bn2": {"scale": jnp.ones(64), "bias": jnp.zeros(64)},
             },
         },
         "layer2": {
             "0": {
-                "conv1": {"kernel": _uniform(u, 156864, (3, 3, 64, 128), fan_in=576)},
+                "conv1": {"kernel": _he_normal(n, 156864, (3, 3, 64, 128), fan_out=1152)},
                 "bn1": {"scale": jnp.ones(128), "bias": jnp.zeros(128)},
-                "conv2": {"kernel": _uniform(u, 230592, (3, 3, 128, 128), fan_in=1152)},
+                "conv2": {"kernel": _he_normal(n, 230592, (3, 3, 128, 128), fan_out=1152)},
                 "bn2": {"scale": jnp.ones(128), "bias": jnp.zeros(128)},
                 "downsample": {
-                    "0": {"kernel": _uniform(u, 378048, (1, 1, 64, 128), fan_in=64)},
+                    "0": {"kernel": _he_normal(n, 378048, (1, 1, 64, 128), fan_out=128)},
                     "1": {"scale": jnp.ones(128), "bias": jnp.zeros(128)},
                 },
             },
             "1": {
-                "conv1": {"kernel": _uniform(u, 386240, (3, 3, 128, 128), fan_in=1152)},
+                "conv1": {"kernel": _he_normal(n, 386240, (3, 3, 128, 128), fan_out=1152)},
                 "bn1": {"scale": jnp.ones(128), "bias": jnp.zeros(128)},
-                "conv2": {"kernel": _uniform(u, 533696, (3, 3, 128, 128), fan_in=1152)},
+                "conv2": {"kernel": _he_normal(n, 533696, (3, 3, 128, 128), fan_out=1152)},
                 "bn2": {"scale": jnp.ones(128), "bias": jnp.zeros(128)},
             },
         },
         "layer3": {
             "0": {
-                "conv1": {"kernel": _uniform(u, 681152, (3, 3, 128, 256), fan_in=1152)},
+                "conv1": {"kernel": _he_normal(n, 681152, (3, 3, 128, 256), fan_out=2304)},
                 "bn1": {"scale": jnp.ones(256), "bias": jnp.zeros(256)},
-                "conv2": {"kernel": _uniform(u, 976064, (3, 3, 256, 256), fan_in=2304)},
+                "conv2": {"kernel": _he_normal(n, 976064, (3, 3, 256, 256), fan_out=2304)},
                 "bn2": {"scale": jnp.ones(256), "bias": jnp.zeros(256)},
                 "downsample": {
-                    "0": {"kernel": _uniform(u, 1565888, (1, 1, 128, 256), fan_in=128)},
+                    "0": {"kernel": _he_normal(n, 1565888, (1, 1, 128, 256), fan_out=256)},
                     "1": {"scale": jnp.ones(256), "bias": jnp.zeros(256)},
                 },
             },
             "1": {
-                "conv1": {"kernel": _uniform(u, 1598656, (3, 3, 256, 256), fan_in=2304)},
+                "conv1": {"kernel": _he_normal(n, 1598656, (3, 3, 256, 256), fan_out=2304)},
                 "bn1": {"scale": jnp.ones(256), "bias": jnp.zeros(256)},
-                "conv2": {"kernel": _uniform(u, 2188480, (3, 3, 256, 256), fan_in=2304)},
+                "conv2": {"kernel": _he_normal(n, 2188480, (3, 3, 256, 256), fan_out=2304)},
                 "bn2": {"scale": jnp.ones(256), "bias": jnp.zeros(256)},
             },
         },
         "layer4": {
             "0": {
-                "conv1": {"kernel": _uniform(u, 2778304, (3, 3, 256, 512), fan_in=2304)},
+                "conv1": {"kernel": _he_normal(n, 2778304, (3, 3, 256, 512), fan_out=4608)},
                 "bn1": {"scale": jnp.ones(512), "bias": jnp.zeros(512)},
-                "conv2": {"kernel": _uniform(u, 3957952, (3, 3, 512, 512), fan_in=4608)},
+                "conv2": {"kernel": _he_normal(n, 3957952, (3, 3, 512, 512), fan_out=4608)},
                 "bn2": {"scale": jnp.ones(512), "bias": jnp.zeros(512)},
                 "downsample": {
-                    "0": {"kernel": _uniform(u, 6317248, (1, 1, 256, 512), fan_in=256)},
+                    "0": {"kernel": _he_normal(n, 6317248, (1, 1, 256, 512), fan_out=512)},
                     "1": {"scale": jnp.ones(512), "bias": jnp.zeros(512)},
                 },
             },
             "1": {
-                "conv1": {"kernel": _uniform(u, 6448320, (3, 3, 512, 512), fan_in=4608)},
+                "conv1": {"kernel": _he_normal(n, 6448320, (3, 3, 512, 512), fan_out=4608)},
                 "bn1": {"scale": jnp.ones(512), "bias": jnp.zeros(512)},
-                "conv2": {"kernel": _uniform(u, 8807616, (3, 3, 512, 512), fan_in=4608)},
+                "conv2": {"kernel": _he_normal(n, 8807616, (3, 3, 512, 512), fan_out=4608)},
                 "bn2": {"scale": jnp.ones(512), "bias": jnp.zeros(512)},
             },
         },
-        "fc": {
-            "kernel": _uniform(u, 11166912, (512, 1000), fan_in=512),
-            "bias": _uniform(u, 11678912, (1000,), fan_in=512),
-        },
+        "fc": {"kernel": _normal(n, 11166912, (512, 1000), std=0.01), "bias": jnp.zeros(1000)},
     }
     batch_stats = {
         "bn1": {"mean": jnp.zeros(64), "var": jnp.ones(64)},

@@ -85,6 +85,7 @@ class Resnet18(nn.Module):
         )
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(512, 1000)
+        self.reset_parameters()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv1(x)  # resnet.cnn:6 -> 64x112x112
@@ -99,3 +100,18 @@ class Resnet18(nn.Module):
         x = torch.flatten(x, 1)
         x = self.fc(x)  # resnet.cnn:9 -> 1000
         return x
+
+    def reset_parameters(self) -> None:
+        """He (Kaiming) initialisation."""
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm2d) and m.affine:
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, 0.0, 0.01)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
