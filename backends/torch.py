@@ -926,6 +926,12 @@ class TorchEmitter(Emitter):
         if node.args["scale"] != 1.0:
             return Fn([Slot(node.args["scale"], "scale"), f" * {' + '.join(terms)}"] if len(xs) == 1 else
                       [Slot(node.args["scale"], "scale"), " * {0} + " + " + ".join(terms[1:])])
+        srcs = self.g.inputs_of(node.name)
+        if len(set(srcs)) == len(srcs) and self.g.node(srcs[0]).op in _ADD_INPLACE_AFTER \
+                and self._can_overwrite(srcs[0]):
+            # torchvision's `out += identity`: no new tensor per residual block. Safe because nothing else
+            # reads operand 0 and its producer's backward pass does not need its output.
+            return Fn(["{0}" + "".join(f".add_({t})" for t in terms[1:])])
         return Fn([" + ".join(terms)])
 
     def emit_padshortcut(self, node, xs):
@@ -944,6 +950,10 @@ class TorchEmitter(Emitter):
             if node.op not in _ALIASING and node.op != "relu":
                 return True
             name = self.g.inputs_of(name)[0]
+
+
+#: Ops whose backward pass does not read their own output, so an add may overwrite it in place.
+_ADD_INPLACE_AFTER = frozenset({"conv", "deconv", "bn", "fc", "add"})
 
 
 class _Rep:

@@ -25,7 +25,7 @@ class Basic(nn.Module):
         out = self.relu1(out)  # blocks.cnn:8 -> CxHxW
         out = self.conv2(out)  # blocks.cnn:8 -> CxHxW
         out = self.bn2(out)  # blocks.cnn:8 -> CxHxW
-        x = out + x  # blocks.cnn:8 -> CxHxW
+        x = out.add_(x)  # blocks.cnn:8 -> CxHxW
         x = self.relu2(x)  # blocks.cnn:8 -> CxHxW
         return x
 
@@ -53,7 +53,7 @@ class BasicDownsample(nn.Module):
         out = self.conv2(out)  # blocks.cnn:8 -> CxHxW
         out = self.bn2(out)  # blocks.cnn:8 -> CxHxW
         downsample = self.downsample(x)  # blocks.cnn:8 -> CxHxW
-        x = out + downsample  # blocks.cnn:8 -> CxHxW
+        x = out.add_(downsample)  # blocks.cnn:8 -> CxHxW
         x = self.relu2(x)  # blocks.cnn:8 -> CxHxW
         return x
 
