@@ -42,13 +42,22 @@ class Network:
 
     @property
     def macs(self) -> int:
-        """Multiply-accumulates of the conv and fc layers for one image (the papers' "FLOPs")."""
+        """Multiply-accumulates of the conv and fc layers in one image's eval-mode forward pass (the papers'
+        "FLOPs", torchvision's GFLOPS): auxiliary heads, which run only in training, are not counted."""
+        return sum(self.graph.node(n).macs for n in self._eval_path())
+
+    @property
+    def macs_with_aux(self) -> int:
+        """The conv and fc multiply-accumulates of a training-mode forward pass, auxiliary heads included."""
         return self.graph.total_macs
 
     @property
     def activations(self) -> int:
-        """Values allocated by one image's eval-mode forward pass, the input included."""
-        return self.graph.total_activations
+        """Values allocated by one image's eval-mode forward pass, the input included (aux heads excluded)."""
+        return sum(self.graph.node(n).activations for n in self._eval_path())
+
+    def _eval_path(self) -> set[str]:
+        return self.graph.ancestors([self.graph.output])
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -72,7 +81,8 @@ class Network:
             "output_shapes": [list(s) for s in self.output_shapes],
             "params": self.params,
             "macs": self.macs,
-            "macs_convention": "conv+fc multiply-accumulates, one image",
+            "macs_with_aux": self.macs_with_aux,
+            "macs_convention": "conv+fc multiply-accumulates, one image, eval-mode forward (aux heads in macs_with_aux)",
             "activations": self.activations,
             "activation_bytes": self.activations * BYTES_PER_VALUE,
             "layers": self.layers(),

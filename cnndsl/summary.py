@@ -142,7 +142,9 @@ def totals(net: Network) -> list[tuple[str, str]]:
         ("Total params", f"{net.params:,} ({human(net.params)})"),
         ("Trainable params", f"{trainable:,}"),
         ("Non-trainable params", f"{net.params - trainable:,}"),
-        ("Total mult-adds", f"{human(net.macs)}MACs (conv + fc, one image)"),
+        ("Total mult-adds", f"{human(net.macs)}MACs (conv + fc, one image)" + (
+            f"; {human(net.macs_with_aux)}MACs with the aux heads (training)" if net.macs_with_aux != net.macs
+            else "")),
         ("Input size", f"{math.prod(net.input_shape) * BYTES_PER_VALUE / mb:.2f} MB"),
         ("Forward activations", f"{act_b / mb:.2f} MB per image ({human(net.activations)} values, float32)"),
         ("Saved for backward", f"{saved * BYTES_PER_VALUE / mb:.2f} MB per image (training mode)"),
