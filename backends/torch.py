@@ -669,7 +669,8 @@ class TorchEmitter(Emitter):
 
     def _class_doc(self, rep: ClassDef, members: list[ClassDef]) -> str:
         sc = self.g.scopes.get(rep.scope)
-        where = f" ({os.path.basename(sc.span.file)}:{sc.span.line})" if sc and sc.span else ""
+        span = sc and (sc.definition or sc.span)
+        where = f" ({os.path.basename(span.file)}:{span.line})" if span else ""
         if sc is not None and sc.kind == "block":
             return f"Block '{rep.kind}'{where}."
         return f"{rep.kind}{where}."

@@ -54,7 +54,8 @@ class Scope:
     kind: str  # "block" | "sequence" | "branch"
     block: str | None = None
     args: dict = field(default_factory=dict)
-    span: Span | None = None
+    span: Span | None = None  # where the scope was made (a block's call site)
+    definition: Span | None = None  # for a block instance, where the block is defined
 
 
 class Graph:

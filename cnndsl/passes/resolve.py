@@ -706,7 +706,7 @@ class Resolver:
         env = self._bind(name, block.params, pos, kw, frame.env, call.span, "block")
         inst = scope.child(name, label)
         self.g.scopes[inst] = Scope(inst, "block", block=name, args={k: plain(v) for k, v in env.items()},
-                                    span=call.span)
+                                    span=call.span, definition=block.span)
         inner = Frame(env, self._defaults(block.defaults, frame.defaults, env), inst,
                       frame.blocks_active + (name,), body=block.body)
         out = self._seq(block.body, flow, NameScope(inst, sequential=False), inner, tail, then_act)

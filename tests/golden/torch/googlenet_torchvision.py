@@ -8,7 +8,7 @@ from torch import nn
 
 
 class Bconv(nn.Module):
-    """Block 'bconv' (googlenet.cnn:31)."""
+    """Block 'bconv' (googlenet.cnn:5)."""
 
     def __init__(self, in_channels: int, c: int, k: int, s: int, conv_padding: int) -> None:
         super().__init__()
@@ -24,7 +24,7 @@ class Bconv(nn.Module):
 
 
 class Inception(nn.Module):
-    """Block 'inception' (googlenet.cnn:32)."""
+    """Block 'inception' (googlenet.cnn:9)."""
 
     def __init__(self, in_channels: int, a: int, b1: int, b2: int, c1: int, c2: int, d: int) -> None:
         super().__init__()
@@ -52,7 +52,7 @@ class Inception(nn.Module):
 
 
 class TvAux(nn.Module):
-    """Block 'tv_aux' (googlenet.cnn:38)."""
+    """Block 'tv_aux' (googlenet.cnn:29)."""
 
     def __init__(self, in_channels: int) -> None:
         super().__init__()

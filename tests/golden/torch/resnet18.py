@@ -8,7 +8,7 @@ from torch import nn
 
 
 class Basic(nn.Module):
-    """Block 'basic' (resnet.cnn:7)."""
+    """Block 'basic' (blocks.cnn:7)."""
 
     def __init__(self, c: int) -> None:
         super().__init__()
@@ -31,7 +31,7 @@ class Basic(nn.Module):
 
 
 class BasicDownsample(nn.Module):
-    """Block 'basic' (resnet.cnn:7)."""
+    """Block 'basic' (blocks.cnn:7)."""
 
     def __init__(self, in_channels: int, c: int) -> None:
         super().__init__()
