@@ -93,7 +93,7 @@ def worker(name: str) -> list[dict]:
     ours, theirs, size = _models(name)
     pair = {"ours": ours, "theirs": theirs}
     rows = []
-    reps = 3 if QUICK else 5
+    reps = 3 if QUICK else 9  # fewer than ~9 alternating repetitions leaves +-10% noise on 2 shared cores
 
     def row(what, t, note=""):
         rows.append({"section": "vs torchvision", "what": f"{name} {what}", "ours": ms(t["ours"]),
