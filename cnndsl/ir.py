@@ -16,6 +16,7 @@ and ``add(x, x)`` are explicit.
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -66,6 +67,10 @@ class Graph:
         self._nodes: dict[str, Node] = {}
         self._counter = 0
         self._topo: list[str] | None = None  # cached order; every mutation clears it
+        # Operands by port and consumers, kept beside the networkx graph: the passes ask for them per node,
+        # and networkx's edge views cost more than the rest of a pass.
+        self._in: dict[str, dict[int, str]] = {}
+        self._out: dict[str, set[tuple[str, int]]] = {}
         self.name = name
         self.params: dict[str, Any] = dict(params or {})
         self.inputs: list[str] = []
@@ -87,26 +92,38 @@ class Graph:
         self._counter += 1
         self._nodes[name] = node
         self._g.add_node(name)
+        self._in[name], self._out[name] = {}, set()
         for port, src in enumerate(inputs):
-            self._g.add_edge(src, name, key=port, port=port)
+            self._link(src, name, port)
         self._topo = None
         return node
 
+    def _link(self, src: str, dst: str, port: int) -> None:
+        self._g.add_edge(src, dst, key=port, port=port)
+        self._in[dst][port] = src
+        self._out[src].add((dst, port))
+
     def remove(self, name: str) -> None:
+        """Remove a node and its edges; its consumers' operands are left to :meth:`connect`."""
         del self._nodes[name]
         self._g.remove_node(name)
+        for port, src in self._in.pop(name).items():
+            self._out[src].discard((name, port))
+        for dst, port in self._out.pop(name):
+            del self._in[dst][port]
         self._topo = None
 
     def rewire(self, name: str, port: int, new_src: str) -> None:
         """Make operand ``port`` of ``name`` come from ``new_src``."""
-        old = self.inputs_of(name)[port]
+        old = self._in[name][port]
         self._g.remove_edge(old, name, key=port)
-        self._g.add_edge(new_src, name, key=port, port=port)
+        self._out[old].discard((name, port))
+        self._link(new_src, name, port)
         self._topo = None
 
     def connect(self, src: str, dst: str, port: int) -> None:
         """Add operand ``port`` of ``dst`` (after its old source was removed)."""
-        self._g.add_edge(src, dst, key=port, port=port)
+        self._link(src, dst, port)
         self._topo = None
 
     def reorder_after(self, name: str, anchor: str) -> None:
@@ -125,19 +142,37 @@ class Graph:
         return self._nodes[name]
 
     def inputs_of(self, name: str) -> list[str]:
-        edges = sorted(self._g.in_edges(name, keys=True), key=lambda e: e[2])
-        return [src for src, _, _ in edges]
+        """The node's operands, in port order."""
+        ports = self._in[name]
+        return [ports[p] for p in sorted(ports)] if len(ports) > 1 else list(ports.values())
 
     def consumers(self, name: str) -> list[tuple[str, int]]:
-        return sorted(((dst, key) for _, dst, key in self._g.out_edges(name, keys=True)),
-                      key=lambda e: (self._nodes[e[0]].order, e[0], e[1]))
+        """``(consumer, port)`` pairs reading the node, in source order."""
+        return sorted(self._out[name], key=lambda e: (self._nodes[e[0]].order, e[0], e[1]))
 
     def nodes(self) -> Iterator[Node]:
         """Nodes in a deterministic topological order (source order where free)."""
         if self._topo is None:
-            self._topo = list(nx.lexicographical_topological_sort(self._g, key=lambda n: (self._nodes[n].order, n)))
+            self._topo = self._topological_order()
         for name in self._topo:
             yield self._nodes[name]
+
+    def _topological_order(self) -> list[str]:
+        """Kahn's algorithm, always taking the ready node that came first in the source (then by name)."""
+        waiting = {name: len(ports) for name, ports in self._in.items()}
+        ready = [(node.order, name) for name, node in self._nodes.items() if not waiting[name]]
+        heapq.heapify(ready)
+        order = []
+        while ready:
+            _, name = heapq.heappop(ready)
+            order.append(name)
+            for dst, _port in self._out[name]:
+                waiting[dst] -= 1
+                if not waiting[dst]:
+                    heapq.heappush(ready, (self._nodes[dst].order, dst))
+        if len(order) != len(self._nodes):
+            self.verify()  # reports the cycle
+        return order
 
     def ancestors(self, names) -> set[str]:
         """The given nodes and every node they depend on (e.g. the main output's path, aux heads excluded)."""
@@ -161,7 +196,7 @@ class Graph:
             raise CnnDslError(f"the network has a cycle through '{cycle[0][0]}'",
                               self._nodes[cycle[0][0]].span)
         for node in self._nodes.values():
-            ports = sorted(k for _, _, k in self._g.in_edges(node.name, keys=True))
+            ports = sorted(self._in[node.name])
             if ports != list(range(len(ports))):
                 raise AssertionError(f"{node.name}: operand ports {ports} are not contiguous")
             op = OPS[node.op]

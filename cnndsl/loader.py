@@ -66,7 +66,7 @@ class Library:
             if key in seen:
                 continue
             seen.add(key)
-            sub = parse(text, key if isinstance(path, Path) else f"<zoo>/{use.path}")
+            sub = _parse_used(text, key if isinstance(path, Path) else f"<zoo>/{use.path}")
             self._add(sub, path.parent if isinstance(path, Path) else None, seen, local=False)
         for b in module.blocks:
             prev = self.blocks.get(b.name)
@@ -92,6 +92,12 @@ class Library:
 
     def local_networks(self) -> list[str]:
         return [n.name for n in self.main.networks] if self.main else []
+
+
+@lru_cache(maxsize=64)
+def _parse_used(text: str, name: str) -> ast.Module:
+    """Parse a ``use``d file; the same text under the same name is parsed once (modules are immutable)."""
+    return parse(text, name)
 
 
 def _find_use(use: ast.Use, base_dir: Path | None):
