@@ -33,6 +33,7 @@ from cnndsl.backends.base import Emitter, Unsupported
 
 from cnndsl.errors import CnnDslError
 from cnndsl.ir import Graph, Node
+from cnndsl.network import fmt_shape
 
 # Attribute names an nn.Module already uses: a layer cannot be called that.
 _RESERVED_ATTRS = frozenset({
@@ -157,10 +158,6 @@ def same_value(a: Any, b: Any) -> bool:
         b = b[0]
     return type(a) is type(b) and a == b or (isinstance(a, (int, float)) and isinstance(b, (int, float))
                                              and not isinstance(a, bool) and not isinstance(b, bool) and a == b)
-
-
-def fmt_shape(shape) -> str:
-    return "x".join(str(d) for d in shape)
 
 
 # ----------------------------------------------------------------------------- the emitter

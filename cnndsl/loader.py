@@ -8,6 +8,7 @@ shipped ``networks/`` folder.
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field
 from functools import cache, lru_cache
 from importlib import resources
@@ -82,8 +83,6 @@ class Library:
 
     def network(self, name: str, span: Span | None = None):
         if name not in self.networks:
-            import difflib
-
             close = difflib.get_close_matches(name, list(self.networks), 1)
             raise CnnNameError(f"unknown network '{name}'", span,
                                f"did you mean '{close[0]}'?" if close else
@@ -147,8 +146,6 @@ def open_net(net: str) -> tuple[Library, str]:
         path_str, _, choice = net.rpartition(":")
     path = Path(path_str)
     if not path.exists() and not path_str.endswith(".cnn"):
-        import difflib
-
         close = difflib.get_close_matches(net, list(zoo_index()), 1)
         raise CnnNameError(f"'{net}' is neither a file nor a zoo network", None,
                            f"did you mean '{close[0]}'?" if close else "see `cnndsl list` for the zoo")

@@ -15,6 +15,7 @@ means.
 
 from __future__ import annotations
 
+import difflib
 import math
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -160,8 +161,6 @@ class Op:
 
     def unknown_argument(self, key: str, span: Span | None):
         """Raise the error for an argument this op does not take, with the nearest one as a hint."""
-        import difflib
-
         known = sorted(f for f, _ in self.fields)
         alias = _ARGUMENT_ALIASES.get(key.lower())
         close = [alias] if alias in known else difflib.get_close_matches(key, known, 1)

@@ -687,10 +687,10 @@ class Resolver:
 
     def _instance(self, name: str, call: ast.Call, label, flow, scope: NameScope, frame: Frame, tail, then_act):
         block = self.lib.blocks[name]
-        if name in frame.blocks_active and len(frame.blocks_active) >= MAX_BLOCK_DEPTH or \
-                len(frame.blocks_active) >= MAX_BLOCK_DEPTH:
-            raise CnnLimitError(f"blocks nested more than {MAX_BLOCK_DEPTH} deep (through '{name}')", call.span,
-                                "a block that instantiates itself never ends")
+        if len(frame.blocks_active) >= MAX_BLOCK_DEPTH:
+            hint = ("a block that instantiates itself never ends" if name in frame.blocks_active
+                    else "flatten the nesting: put blocks one after another")
+            raise CnnLimitError(f"blocks nested more than {MAX_BLOCK_DEPTH} deep (through '{name}')", call.span, hint)
         at_least = len(self.g) + _min_size(call, self.lib.blocks, self.sizes)
         if at_least > MAX_NODES:
             raise CnnLimitError(f"'{name}' would build at least {at_least:,} layers (the limit is {MAX_NODES:,})",
