@@ -8,13 +8,23 @@
 def f(x):
     return x
 >>> ns = Namespace(["x"])
->>> ns.name("layer1.0.conv1"), ns.name("x"), ns.name("input"), ns.name("3a")
-('layer1_0_conv1', 'x_1', 'input_1', 'v_3a')
+>>> ns.name("layer1.0.conv1"), ns.name("x"), ns.name("input"), ns.name("3a"), ns.name("class")
+('layer1_0_conv1', 'x_1', 'input_1', 'v_3a', 'class_1')
+
+User text (file names, labels) reaches generated code only as an identifier from a
+:class:`Namespace`, a literal (``repr``), or through :func:`comment_text` and
+:func:`docstring_text`, which escape whatever could end a comment or a docstring:
+
+>>> print("# " + comment_text("net.cnn\\nimport os"))
+# net.cnn\\nimport os
+>>> print(docstring_text('x"; import os'))
+x\\"; import os
 """
 
 from __future__ import annotations
 
-import builtins
+import ast
+import json
 import keyword
 import re
 from collections.abc import Iterable, Iterator
@@ -27,6 +37,73 @@ from cnndsl.ir import Graph, Node
 
 class Unsupported(CnnDslError):
     """An op (or a use of one) that a backend cannot generate."""
+
+
+#: Python's keywords, soft keywords and builtins, 3.10 to 3.13 (a fixed list, so that the generated
+#: names do not depend on the Python that runs the compiler; a test checks it covers the running one).
+PYTHON_RESERVED = frozenset(keyword.kwlist) | frozenset({
+    "_", "case", "match", "type",
+    "ArithmeticError", "AssertionError", "AttributeError", "BaseException", "BaseExceptionGroup",
+    "BlockingIOError", "BrokenPipeError", "BufferError", "BytesWarning", "ChildProcessError",
+    "ConnectionAbortedError", "ConnectionError", "ConnectionRefusedError", "ConnectionResetError",
+    "DeprecationWarning", "EOFError", "Ellipsis", "EncodingWarning", "EnvironmentError", "Exception",
+    "ExceptionGroup", "False", "FileExistsError", "FileNotFoundError", "FloatingPointError", "FutureWarning",
+    "GeneratorExit", "IOError", "ImportError", "ImportWarning", "IndentationError", "IndexError",
+    "InterruptedError", "IsADirectoryError", "KeyError", "KeyboardInterrupt", "LookupError", "MemoryError",
+    "ModuleNotFoundError", "NameError", "None", "NotADirectoryError", "NotImplemented", "NotImplementedError",
+    "OSError", "OverflowError", "PendingDeprecationWarning", "PermissionError", "ProcessLookupError",
+    "PythonFinalizationError", "RecursionError", "ReferenceError", "ResourceWarning", "RuntimeError",
+    "RuntimeWarning", "StopAsyncIteration", "StopIteration", "SyntaxError", "SyntaxWarning", "SystemError",
+    "SystemExit", "TabError", "TimeoutError", "True", "TypeError", "UnboundLocalError", "UnicodeDecodeError",
+    "UnicodeEncodeError", "UnicodeError", "UnicodeTranslateError", "UnicodeWarning", "UserWarning",
+    "ValueError", "Warning", "ZeroDivisionError", "abs", "aiter", "all", "anext", "any", "ascii", "bin", "bool",
+    "breakpoint", "bytearray", "bytes", "callable", "chr", "classmethod", "compile", "complex", "copyright",
+    "credits", "delattr", "dict", "dir", "divmod", "enumerate", "eval", "exec", "exit", "filter", "float",
+    "format", "frozenset", "getattr", "globals", "hasattr", "hash", "help", "hex", "id", "input", "int",
+    "isinstance", "issubclass", "iter", "len", "license", "list", "locals", "map", "max", "memoryview", "min",
+    "next", "object", "oct", "open", "ord", "pow", "print", "property", "quit", "range", "repr", "reversed",
+    "round", "set", "setattr", "slice", "sorted", "staticmethod", "str", "sum", "super", "tuple", "vars", "zip",
+})
+
+
+def is_dunder(name: str) -> bool:
+    """``__init__``, ``__class__``: the names Python keeps for itself."""
+    return len(name) > 4 and name.startswith("__") and name.endswith("__")
+
+
+def _escape(char: str) -> str:
+    return char.encode("unicode_escape").decode("ascii")
+
+
+def comment_text(text: str) -> str:
+    """``text`` made safe to follow ``#``: every character that is not printable (a newline, a carriage
+    return, a form feed, a NUL, U+2028) is written as its backslash escape, so the comment cannot end early."""
+    return "".join(c if c.isprintable() else _escape(c) for c in text)
+
+
+def docstring_text(text: str) -> str:
+    """``text`` made safe inside a triple-quoted docstring: backslashes and quotes escaped, as
+    :func:`comment_text` escapes the rest."""
+    return comment_text(text.replace("\\", "\\\\").replace('"', '\\"'))
+
+
+def string_literal(text: str) -> str:
+    """A double-quoted Python string literal for ``text`` (JSON's escapes are Python's too)."""
+    return json.dumps(text)
+
+
+def check_source(source: str, backend: str) -> str:
+    """``source`` if it parses as Python; otherwise a :class:`CompilerBug`, so that nothing is written or run."""
+    try:
+        ast.parse(source)
+    except (SyntaxError, ValueError) as e:
+        raise CompilerBug(f"the {backend} backend generated code that does not parse ({e})", None,
+                          "this is a bug in cnndsl; please report it with the .cnn file") from None
+    return source
+
+
+class CompilerBug(CnnDslError):
+    """cnndsl itself went wrong: generated code that is not valid Python."""
 
 
 class Writer:
@@ -65,7 +142,19 @@ class Namespace:
     """Hands out unique, legal Python identifiers, clear of keywords, builtins and reserved names."""
 
     def __init__(self, reserved: Iterable[str] = ()) -> None:
-        self._taken = set(reserved) | set(keyword.kwlist) | set(keyword.softkwlist) | set(dir(builtins))
+        self._taken = set(reserved) | PYTHON_RESERVED
+
+    def is_free(self, name: str) -> bool:
+        """Whether ``name`` is a legal identifier that nothing has taken (and no dunder name)."""
+        return name.isidentifier() and name.isascii() and not is_dunder(name) and name not in self._taken
+
+    def taken(self) -> frozenset[str]:
+        """Every name handed out or reserved so far."""
+        return frozenset(self._taken)
+
+    def reserve(self, name: str) -> None:
+        """Take ``name`` as it is (a fixed name: a state_dict key, a method the module defines)."""
+        self._taken.add(name)
 
     def name(self, hint: str) -> str:
         """A fresh identifier that reads like ``hint`` (dots and other symbols become ``_``)."""
@@ -73,7 +162,7 @@ class Namespace:
         if base[0].isdigit():
             base = "v_" + base
         candidate, n = base, 1
-        while candidate in self._taken:
+        while candidate in self._taken or is_dunder(candidate):
             candidate = f"{base}_{n}"
             n += 1
         self._taken.add(candidate)

@@ -29,22 +29,42 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from cnndsl.backends.base import Emitter, Unsupported
+from cnndsl.backends.base import (
+    PYTHON_RESERVED,
+    Emitter,
+    Namespace,
+    Unsupported,
+    check_source,
+    comment_text,
+    docstring_text,
+    string_literal,
+)
 
 from cnndsl.errors import CnnDslError
 from cnndsl.ir import Graph, Node
 from cnndsl.network import fmt_shape
 
-# Attribute names an nn.Module already uses: a layer cannot be called that.
-_RESERVED_ATTRS = frozenset({
-    "training", "forward", "train", "eval", "state_dict", "load_state_dict", "parameters", "buffers", "modules",
-    "children", "named_parameters", "named_buffers", "named_modules", "named_children", "apply", "cuda", "cpu",
-    "to", "type", "float", "double", "half", "bfloat16", "zero_grad", "register_buffer", "register_parameter",
-    "add_module", "register_module", "get_submodule", "get_parameter", "get_buffer", "requires_grad_",
-    "extra_repr", "dump_patches", "call_super_init", "share_memory", "compile", "ipu", "xpu", "mtia",
+#: The public attributes and methods of nn.Module, nn.Sequential and nn.ModuleDict (torch 2.1 to 2.13; a test
+#: checks this covers the installed torch), and the method the generated network adds. A layer's label is
+#: its attribute and its state_dict key, so a label cannot be one of these (renaming it would change the
+#: state_dict); nor can it start with "_", PyTorch's private namespace (``_modules``, ``__init__``).
+MODULE_ATTRS = frozenset({
+    "T_destination", "add_module", "append", "apply", "bfloat16", "buffers", "call_super_init", "children", "clear",
+    "compile", "cpu", "cuda", "double", "dump_patches", "eval", "extend", "extra_repr", "float", "forward",
+    "get_buffer", "get_extra_state", "get_parameter", "get_submodule", "half", "insert", "ipu", "items", "keys",
+    "load_state_dict", "modules", "mtia", "named_buffers", "named_children", "named_modules", "named_parameters",
+    "parameters", "pop", "register_backward_hook", "register_buffer", "register_forward_hook",
+    "register_forward_pre_hook", "register_full_backward_hook", "register_full_backward_pre_hook",
+    "register_load_state_dict_post_hook", "register_load_state_dict_pre_hook", "register_module",
+    "register_parameter", "register_state_dict_post_hook", "register_state_dict_pre_hook", "requires_grad_",
+    "set_extra_state", "set_submodule", "share_memory", "state_dict", "to", "to_empty", "train", "training", "type",
+    "update", "values", "xpu", "zero_grad",
+    "reset_parameters",
 })
+#: The names the generated module defines or imports at its top level.
+MODULE_GLOBALS = frozenset({"torch", "nn", "F"})
 # Names a forward's local variables must not take.
-_RESERVED_VARS = frozenset({"self", "torch", "nn", "F", "aux"}) | frozenset(keyword.kwlist) | {"input", "type", "id"}
+_RESERVED_VARS = PYTHON_RESERVED | MODULE_GLOBALS | {"self", "aux"}
 # Ops whose result is the very tensor they got (in eval mode): in-place ReLU must look through them.
 _ALIASING = frozenset({"identity", "dropout", "flatten"})
 
@@ -168,14 +188,16 @@ class TorchEmitter(Emitter):
 
     backend = "PyTorch"
 
-    def __init__(self, graph: Graph, source_name: str | None = None):
+    def __init__(self, graph: Graph):
         super().__init__(graph)
         self.g = graph
         self.nodes = list(graph.nodes())
-        self.source_name = source_name
         self.uses = {"F": False, "helpers": set()}
         self.outputs = set(graph.outputs)
         self._check_names()
+        # module-level names: the imports, the helper classes, then the generated classes as they are named
+        self.globals = Namespace(MODULE_GLOBALS | {name for name, _ in _HELPERS})
+        self.class_name = self.globals.name(camel(self.g.name))
         self.scopes = self._scope_tree()
         self.kind_of: dict[str, str] = {}  # scope -> "sequential" | "chain" | "class" | "dict"
         self.classes: dict[str, ClassDef] = {}  # scope -> its class (instances)
@@ -185,11 +207,26 @@ class TorchEmitter(Emitter):
 
     # -- structure
     def _check_names(self) -> None:
+        """Refuse labels PyTorch cannot take as attribute names (they are the state_dict keys, so no renaming).
+
+        Only the parts of a name that become attributes count: the scopes it sits in, and the layer itself
+        when it is a module. An input or an inline layer (``concat``, ``add``) may be called anything.
+        """
         for n in self.nodes:
-            for part in n.name.split("."):
-                if part in _RESERVED_ATTRS or keyword.iskeyword(part):
-                    raise CnnDslError(f"'{part}' cannot name a layer in PyTorch (nn.Module uses it)", n.span,
-                                      "pick another label")
+            parts = n.name.split(".")
+            for part in parts if n.op in self.MODULE_OPS else parts[:-1]:
+                if part.isdigit():
+                    continue
+                if part.startswith("_"):
+                    why = "names starting with '_' belong to nn.Module's internals"
+                elif part in MODULE_ATTRS:
+                    why = "nn.Module uses it"
+                elif keyword.iskeyword(part):
+                    why = "it is a Python keyword"
+                else:
+                    continue
+                raise CnnDslError(f"'{part}' cannot name a layer in PyTorch ({why})", n.span,
+                                  "pick another label: a label is the module's attribute and its state_dict key")
 
     def _scope_tree(self) -> dict[str, list[str]]:
         """Every module container (a dotted prefix of a layer name) -> its direct children, in order."""
@@ -303,7 +340,7 @@ class TorchEmitter(Emitter):
         if kind in ("sequential", "chain"):
             return f"{access}[{local}]"
         if kind == "dict":
-            return f'{access}["{local}"]'
+            return f"{access}[{string_literal(local)}]"
         return f"{access}.{local}"
 
     @staticmethod
@@ -342,7 +379,7 @@ class TorchEmitter(Emitter):
                 self.classes[s] = self._class_def(s)
             self._share_classes(level)
         net = self._class_def("")
-        net.name = camel(self.g.name)
+        net.name = self.class_name
         body = self._render_network(net)
         return self._assemble(body)
 
@@ -411,7 +448,7 @@ class TorchEmitter(Emitter):
                 raise CnnDslError(f"'{node.op}' cannot be an element of the sequence '{path}' in PyTorch", node.span,
                                   "label the sequence's layers differently, or do not label it")
             if kind == "dict":
-                inner += [f'\n{pad}    "{kid.rsplit(".", 1)[-1]}": ', *sub, ","]
+                inner += [f"\n{pad}    {string_literal(kid.rsplit('.', 1)[-1])}: ", *sub, ","]
             else:
                 inner += [f"\n{pad}    ", *sub, ","]
         if kind == "dict":
@@ -541,14 +578,13 @@ class TorchEmitter(Emitter):
     def _note(self, span, shape) -> list[Piece]:
         if span is None:
             return ["  # -> ", ShapeNote(tuple(shape))]
-        return [f"  # {os.path.basename(span.file)}:{span.line} -> ", ShapeNote(tuple(shape))]
+        return [f"  # {comment_text(os.path.basename(span.file))}:{span.line} -> ", ShapeNote(tuple(shape))]
 
     # -- sharing classes between block instances
     def _share_classes(self, level: list[str]) -> None:
         groups: dict[tuple, list[ClassDef]] = {}
         for s in level:
             groups.setdefault(self.classes[s].key(), []).append(self.classes[s])
-        taken = {c.name for c in self.class_order} | {camel(self.g.name)}
         by_kind: dict[str, list[list[ClassDef]]] = {}
         for members in groups.values():
             by_kind.setdefault(members[0].kind, []).append(members)
@@ -560,24 +596,30 @@ class TorchEmitter(Emitter):
                     first_attrs = {line[0] for line in variants[0][0].init}
                     extra = [line[0] for line in members[0].init if line[0] not in first_attrs]
                     name = base + ("Downsample" if any("downsample" in a for a in extra) else str(idx + 1))
-                while name in taken:
-                    name += "_"
-                taken.add(name)
-                self._finish_class(name, members)
+                self._finish_class(self.globals.name(name), members)
 
     def _finish_class(self, name: str, members: list[ClassDef]) -> None:
         """Decide which numbers become constructor arguments, and render the class once."""
         rep = members[0]
-        params: list[str] = []
+        params: list[str] = []  # the constructor's parameters, in order
+        keys: dict[tuple, str] = {}  # what a parameter stands for -> its name
         values: list[list[Any]] = [[] for _ in members]
-        attrs: list[tuple[str, str]] = []  # forward numbers kept as attributes: (attr, expr)
+        # the constructor's names: clear of the module's globals (the classes it builds) and of `self`
+        names = Namespace(self.globals.taken() | {"self"})
+        block_params = {p: p if names.is_free(p) else names.name(p) for p in rep.block_args}  # the .cnn's own names
+        for p in block_params.values():
+            names.reserve(p)
+        # attributes a forward reads: clear of nn.Module's and of the class's own layers
+        attr_names = Namespace(MODULE_ATTRS | {line[0][len("self."):].split(" ")[0] for line in rep.init})
+        attrs: dict[tuple[str, str], str] = {}  # forward numbers kept as attributes: (hint, expr) -> attribute
 
-        def add_param(pname: str, vals: list[Any]) -> str:
-            if pname not in params:
-                params.append(pname)
+        def add_param(key: tuple, hint: str, vals: list[Any]) -> str:
+            if key not in keys:
+                keys[key] = block_params[hint] if key[0] == "block" else names.name(hint)
+                params.append(keys[key])
                 for j, v in enumerate(vals):
                     values[j].append(v)
-            return pname
+            return keys[key]
 
         def resolve(slot_vals: list[Any], hint: str, in_forward: bool) -> str | None:
             if all(same_value(v, slot_vals[0]) for v in slot_vals):
@@ -585,19 +627,15 @@ class TorchEmitter(Emitter):
             for p in rep.block_args:
                 pv = [m.block_args.get(p) for m in members]
                 if all(same_value(v, q) for v, q in zip(slot_vals, pv)):
-                    return add_param(p, pv)
+                    return add_param(("block", p), p, pv)
                 if all(isinstance(q, int) and not isinstance(q, bool) for q in pv) and all(
                         isinstance(v, int) and not isinstance(v, bool) for v in slot_vals) and pv[0]:
                     k = slot_vals[0] // pv[0]
                     if k > 1 and all(v == k * q for v, q in zip(slot_vals, pv)):
-                        return f"{k} * {add_param(p, pv)}"
+                        return f"{k} * {add_param(('block', p), p, pv)}"
             if not in_forward and all(m.in_channels is not None and same_value(v, m.in_channels) for v, m in zip(slot_vals, members)):
-                return add_param("in_channels", [m.in_channels for m in members])
-            hint_name = hint if hint.isidentifier() and not keyword.iskeyword(hint) else "arg"
-            while hint_name in params and not all(same_value(a, b) for a, b in zip(
-                    [v[params.index(hint_name)] for v in values], slot_vals)):
-                hint_name += "_"
-            return add_param(hint_name, slot_vals)
+                return add_param(("in_channels",), "in_channels", [m.in_channels for m in members])
+            return add_param(("slot", hint, *map(_value_key, slot_vals)), hint, slot_vals)
 
         def render(lines_of: list[list[list[Piece]]], in_forward: bool) -> list[str]:
             out = []
@@ -625,10 +663,9 @@ class TorchEmitter(Emitter):
                     if expr is None:
                         text.append(literal(p.value))
                     elif in_forward:
-                        attr = p.hint
-                        if (attr, expr) not in attrs:
-                            attrs.append((attr, expr))
-                        text.append(f"self.{attr}")
+                        if (p.hint, expr) not in attrs:
+                            attrs[p.hint, expr] = attr_names.name(p.hint)
+                        text.append(f"self.{attrs[p.hint, expr]}")
                     else:
                         text.append(expr)
                 out.append("".join(text))
@@ -647,7 +684,7 @@ class TorchEmitter(Emitter):
         lines.append(f"    def __init__(self{', ' if sig else ''}{sig}) -> None:")
         lines.append("        super().__init__()")
         lines += [f"        {t}" for t in init]
-        lines += [f"        self.{a} = {e}" for a, e in attrs]
+        lines += [f"        self.{a} = {e}" for (_, e), a in attrs.items()]
         lines.append("")
         lines.append("    def forward(self, x: torch.Tensor) -> torch.Tensor:")
         lines += [f"        {t}" for t in forward]
@@ -667,7 +704,7 @@ class TorchEmitter(Emitter):
     def _class_doc(self, rep: ClassDef, members: list[ClassDef]) -> str:
         sc = self.g.scopes.get(rep.scope)
         span = sc and (sc.definition or sc.span)
-        where = f" ({os.path.basename(span.file)}:{span.line})" if span else ""
+        where = f" ({docstring_text(os.path.basename(span.file))}:{span.line})" if span else ""
         if sc is not None and sc.kind == "block":
             return f"Block '{rep.kind}'{where}."
         return f"{rep.kind}{where}."
@@ -675,13 +712,14 @@ class TorchEmitter(Emitter):
     # -- the network class
     def _render_network(self, net: ClassDef) -> str:
         g = self.g
+        init = self._init_method() if g.init else []
         lines = [f"class {net.name}(nn.Module):", f'    """Network \'{g.name}\'{self._where()}."""', ""]
         lines.append("    def __init__(self) -> None:")
         lines.append("        super().__init__()")
         for line in net.init:
             lines.append("        " + self._plain(line))
         lines += self._freeze_lines()
-        if g.init:
+        if init:
             lines.append("        self.reset_parameters()")
         lines.append("")
         params = ", ".join(f"{p}: torch.Tensor" for p in self._net_params)
@@ -696,8 +734,8 @@ class TorchEmitter(Emitter):
             lines += [f"            {t}" for t in aux]
             lines.append(f"            return {self._var[g.output]}, {outs}")
         lines.append(f"        return {self._var[g.output]}")
-        if g.init:
-            lines += [""] + self._init_method()
+        if init:
+            lines += [""] + init
         return "\n".join(lines)
 
     @staticmethod
@@ -717,7 +755,7 @@ class TorchEmitter(Emitter):
 
     def _where(self) -> str:
         n = self.g.node(self.g.inputs[0])
-        return f" ({os.path.basename(n.span.file)}:{n.span.line})" if n.span else ""
+        return f" ({docstring_text(os.path.basename(n.span.file))}:{n.span.line})" if n.span else ""
 
     def _freeze_lines(self) -> list[str]:
         frozen = {n.name for n in self.nodes if n.frozen and n.params}
@@ -747,44 +785,40 @@ class TorchEmitter(Emitter):
         return acc
 
     def _init_method(self) -> list[str]:
+        """``reset_parameters``, or nothing when the network has no layer the scheme initialises."""
         scheme = self.g.init
         types = {n.op for n in self.nodes}
-        lines = ["    def reset_parameters(self) -> None:",
-                 f'        """{"He (Kaiming)" if scheme == "kaiming" else "Glorot (Xavier)"} initialisation."""',
-                 "        for m in self.modules():"]
+        branches: list[tuple[str, list[str]]] = []  # (isinstance test, body)
         conv = [t for op, t in (("conv", "nn.Conv2d"), ("deconv", "nn.ConvTranspose2d")) if op in types]
-        branch = "if"
         if conv:
-            lines.append(f"            {branch} isinstance(m, {conv[0] if len(conv) == 1 else '(' + ', '.join(conv) + ')'}):")
-            if scheme == "kaiming":
-                lines.append('                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")')
-            else:
-                lines.append("                nn.init.xavier_uniform_(m.weight)")
-            lines.append("                if m.bias is not None:")
-            lines.append("                    nn.init.zeros_(m.bias)")
-            branch = "elif"
+            weight = ('nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")' if scheme == "kaiming"
+                      else "nn.init.xavier_uniform_(m.weight)")
+            branches.append((f"isinstance(m, {_one_or_tuple(conv)})",
+                             [weight, "if m.bias is not None:", "    nn.init.zeros_(m.bias)"]))
         bns = [t for t in ("nn.BatchNorm2d", "nn.BatchNorm1d") if t in self._ctors]
         if bns:
-            lines.append(f"            {branch} isinstance(m, {bns[0] if len(bns) == 1 else '(' + ', '.join(bns) + ')'})"
-                         " and m.affine:")
-            lines.append("                nn.init.ones_(m.weight)")
-            lines.append("                nn.init.zeros_(m.bias)")
-            branch = "elif"
+            branches.append((f"isinstance(m, {_one_or_tuple(bns)}) and m.affine",
+                             ["nn.init.ones_(m.weight)", "nn.init.zeros_(m.bias)"]))
         if "fc" in types:
-            lines.append(f"            {branch} isinstance(m, nn.Linear):")
-            if scheme == "kaiming":
-                lines.append("                nn.init.normal_(m.weight, 0.0, 0.01)")
-            else:
-                lines.append("                nn.init.xavier_uniform_(m.weight)")
-            lines.append("                if m.bias is not None:")
-            lines.append("                    nn.init.zeros_(m.bias)")
+            weight = "nn.init.normal_(m.weight, 0.0, 0.01)" if scheme == "kaiming" else "nn.init.xavier_uniform_(m.weight)"
+            branches.append(("isinstance(m, nn.Linear)", [weight, "if m.bias is not None:", "    nn.init.zeros_(m.bias)"]))
+        zero = []
         if self.g.zero_init_residual:
             for n in self.nodes:
                 if n.op == "add":
                     body = self.g.node(self.g.inputs_of(n.name)[0])
                     if body.op == "bn" and body.args["affine"]:
-                        lines.append(f"        nn.init.zeros_({self._access(body.name)}.weight)")
-        return lines
+                        zero.append(f"        nn.init.zeros_({self._access(body.name)}.weight)")
+        if not branches and not zero:
+            return []
+        lines = ["    def reset_parameters(self) -> None:",
+                 f'        """{"He (Kaiming)" if scheme == "kaiming" else "Glorot (Xavier)"} initialisation."""']
+        if branches:
+            lines.append("        for m in self.modules():")
+        for i, (test, body) in enumerate(branches):
+            lines.append(f"            {'elif' if i else 'if'} {test}:")
+            lines += [f"                {b}" for b in body]
+        return lines + zero
 
     # -- assembly
     def _assemble(self, network_src: str) -> str:
@@ -801,7 +835,7 @@ class TorchEmitter(Emitter):
 
     def _where_file(self) -> str:
         n = self.g.node(self.g.inputs[0])
-        return f", from {os.path.basename(n.span.file)}" if n.span else ""
+        return f", from {docstring_text(os.path.basename(n.span.file))}" if n.span else ""
 
     # -- ops
     MODULE_OPS = frozenset({"conv", "deconv", "maxpool", "avgpool", "gap", "adaptiveavgpool", "fc", "flatten",
@@ -999,7 +1033,27 @@ _HELPERS = [
 ]
 
 
-def compile_torch(net, source_name: str | None = None) -> str:
-    """PyTorch source for a checked :class:`cnndsl.Network` (or its graph)."""
+def _one_or_tuple(types: list[str]) -> str:
+    return types[0] if len(types) == 1 else "(" + ", ".join(types) + ")"
+
+
+def _value_key(v: Any) -> tuple[str, Any]:
+    """A hashable key under which :func:`same_value` values are equal (a square pair is its number)."""
+    if isinstance(v, tuple) and len(v) == 2 and v[0] == v[1]:
+        v = v[0]
+    return ("bool" if isinstance(v, bool) else "number" if isinstance(v, (int, float)) else type(v).__name__, v)
+
+
+def generate(net) -> tuple[str, str]:
+    """PyTorch source for a checked :class:`cnndsl.Network` (or its graph), and the network class's name.
+
+    The source is parsed before it is returned: code that is not valid Python is a :class:`CompilerBug`.
+    """
     graph = net.graph if hasattr(net, "graph") else net
-    return TorchEmitter(graph, source_name).generate()
+    emitter = TorchEmitter(graph)
+    return check_source(emitter.generate(), "PyTorch"), emitter.class_name
+
+
+def compile_torch(net) -> str:
+    """PyTorch source for a checked :class:`cnndsl.Network` (or its graph)."""
+    return generate(net)[0]

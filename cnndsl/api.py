@@ -74,9 +74,9 @@ def compile(net: str | Network, backend: str = "torch", *, inference: bool = Fal
     ``inference=True`` generates the inference build (see :func:`inference_network`).
     """
     if backend == "torch":
-        from .backends.torch import compile_torch
+        from .backends.torch import generate as generate_torch
 
-        return compile_torch(_network(net, params, inference))
+        return generate_torch(_network(net, params, inference))[0]
     if backend == "jax":
         from .backends.jax import generate
 
@@ -96,16 +96,16 @@ def build_torch(net: str | Network, *, inference: bool = False, state_dict=None,
     import linecache
     import types
 
+    from .backends.torch import generate as generate_torch
+
     network = _network(net, params, inference)
-    source = compile(network, "torch")
+    source, class_name = generate_torch(network)
     filename = f"<cnndsl {network.name}>"
     # tracebacks, inspect.getsource and torch.jit.script read the generated source from here
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
     module = types.ModuleType(f"cnndsl_generated_{network.name}")
     exec(builtins_compile(source, filename, "exec"), module.__dict__)  # noqa: S102
-    from .backends.torch import camel
-
-    cls = getattr(module, camel(network.name))
+    cls = getattr(module, class_name)
     if inference:
         import torch
 

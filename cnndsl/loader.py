@@ -9,22 +9,30 @@ shipped ``networks/`` folder.
 from __future__ import annotations
 
 import difflib
+import os
+import stat
 from dataclasses import dataclass, field
 from functools import cache, lru_cache
 from importlib import resources
 from pathlib import Path
 
 from . import syntax as ast
-from .errors import CnnDslError, CnnNameError, Span
-from .syntax import parse
+from .errors import CnnDslError, CnnLimitError, CnnNameError, Source, Span
+from .syntax import MAX_SOURCE_BYTES, parse
 
 ZOO_PACKAGE = "cnndsl.networks"
 
 
 def read_text(path: Path, span: Span | None = None) -> str:
-    """Read a .cnn file as UTF-8; binary or unreadable files are user errors, not tracebacks."""
+    """Read a .cnn file as UTF-8, refusing anything that is not a regular file of at most ``MAX_SOURCE_BYTES``.
+
+    The file is opened without blocking (a FIFO cannot hang it), checked with ``fstat`` on the open
+    descriptor (no race between the check and the read), and never read past the limit: a device
+    such as ``/dev/zero`` or ``/dev/urandom``, a FIFO or a 100 MB file is refused before anything is
+    read. Binary and non-UTF-8 files are user errors at the offending byte's line and column.
+    """
     try:
-        data = path.read_bytes()
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
     except FileNotFoundError:
         raise CnnNameError(f"no such file: {path}", span, "give a path to a .cnn file or a zoo name (`cnndsl list`)") \
             from None
@@ -32,14 +40,63 @@ def read_text(path: Path, span: Span | None = None) -> str:
         raise CnnNameError(f"{path} is a directory, not a .cnn file", span) from None
     except OSError as e:
         raise CnnDslError(f"cannot read {path}: {e.strerror}", span) from None
-    if b"\x00" in data[:8192]:
-        raise CnnDslError(f"{path} is a binary file, not .cnn text", span,
-                          "pass a .cnn network description or a zoo name (see `cnndsl list`)")
     try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise CnnDslError(f"{path} is not UTF-8 text (bad byte at offset {e.start})", span,
-                          "save the file as UTF-8") from None
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise CnnNameError(f"{path} is a directory, not a .cnn file", span)
+        if not stat.S_ISREG(info.st_mode):
+            raise CnnDslError(f"{path} is {_file_kind(info.st_mode)}, not a regular file", span,
+                              "give the path of a .cnn file")
+        if info.st_size > MAX_SOURCE_BYTES:
+            raise CnnLimitError(f"{path} is larger than {MAX_SOURCE_BYTES // (1024 * 1024)} MiB "
+                                f"({info.st_size:,} bytes)", span, "a network description is a few kilobytes")
+        chunks, size = [], 0
+        while size <= MAX_SOURCE_BYTES:  # a file that grows while it is read still stops at the limit
+            chunk = os.read(fd, MAX_SOURCE_BYTES + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as e:
+        raise CnnDslError(f"cannot read {path}: {e.strerror}", span) from None
+    finally:
+        os.close(fd)
+    data = b"".join(chunks)
+    if len(data) > MAX_SOURCE_BYTES:
+        raise CnnLimitError(f"{path} is larger than {MAX_SOURCE_BYTES // (1024 * 1024)} MiB", span,
+                            "a network description is a few kilobytes")
+    return decode_source(data, str(path), span)
+
+
+def decode_source(data: bytes, name: str, span: Span | None = None) -> str:
+    """``data`` as UTF-8 .cnn text. A NUL byte (a binary file) or a byte that is not UTF-8 is an error at its
+    line and column; for a ``use``d file (``span`` is the ``use``) the error stays at the ``use`` and says where."""
+    nul = data.find(b"\x00")
+    if nul < 0:
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            bad = e.start
+    else:
+        bad = nul
+    before = data[:bad].decode("utf-8", "replace")
+    line = before.count("\n") + 1
+    col = len(before) - (before.rfind("\n") + 1) + 1
+    if span is None:
+        rest = data[bad:].split(b"\n", 1)[0].decode("utf-8", "replace")
+        span, at = Span(Source(name, before + rest), line, col, line, col + 1), "here"
+    else:
+        at = f"at {line}:{col}"
+    if bad == nul:
+        raise CnnDslError(f"{name} is a binary file, not .cnn text (a NUL byte {at})", span,
+                          "pass a .cnn network description or a zoo name (see `cnndsl list`)")
+    raise CnnDslError(f"{name} is not UTF-8 text (the byte 0x{data[bad]:02x} {at})", span, "save the file as UTF-8")
+
+
+def _file_kind(mode: int) -> str:
+    kinds = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+             (stat.S_ISSOCK, "a socket"))
+    return next((name for test, name in kinds if test(mode)), "a special file")
 
 
 def _zoo_dir():
