@@ -45,11 +45,12 @@ def compare(net, batch: int = 2, seed: int = 0, jit: bool = True) -> float:
     randomise_batch_norms(tm, seed)
     variables = torch_to_jax(net, tm.state_dict())
     jm = cnndsl.build_jax(net)
-    x = np.random.RandomState(seed).randn(batch, *net.input_shape).astype(np.float32)
+    rs = np.random.RandomState(seed)
+    xs = [rs.randn(batch, *net.graph.node(i).shape).astype(np.float32) for i in net.graph.inputs]
     with torch.no_grad():
-        ref = tm(torch.from_numpy(x)).numpy()
+        ref = tm(*map(torch.from_numpy, xs)).numpy()
     apply = jax.jit(jm.apply) if jit else jm.apply
-    out = to_torch_layout(np.asarray(apply(variables, x.transpose(0, 2, 3, 1) if x.ndim == 4 else x)))
+    out = to_torch_layout(np.asarray(apply(variables, *(x.transpose(0, 2, 3, 1) if x.ndim == 4 else x for x in xs))))
     assert out.shape == ref.shape == (batch, *net.output_shapes[0])
     return float(np.abs(out - ref).max() / np.abs(ref).max())
 
