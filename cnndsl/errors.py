@@ -11,9 +11,38 @@ renders as::
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass, field
 
 MAX_SHOWN = 100  # characters of a long source line shown around the caret
+
+
+def _blank(ch: str) -> str:
+    """A character as the shown source line prints it: controls and separators as one space."""
+    return " " if unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Zl", "Zp") else ch
+
+
+def shown_line(text: str) -> str:
+    """One source line as a diagnostic shows it, one character per character of ``text``.
+
+    Tabs, form feeds, carriage returns, Unicode line separators and other control or
+    format characters become a space, so the caret under column ``c`` stays under the
+    ``c``-th character and a character that a terminal would move the cursor for (or
+    start a new line at) cannot misplace it.
+    """
+    return "".join(_blank(ch) for ch in text) if not text.isprintable() else text
+
+
+def _escaped(text: str) -> str:
+    """A message or hint as printed: newlines and tabs kept, other control characters as escapes (``\\x1b``).
+
+    A name or file name quoted in a message can hold anything a string literal can; printed raw,
+    an escape sequence or a line separator in it would act on the terminal.
+    """
+    if text.isprintable():
+        return text
+    return "".join(ch if ch in "\n\t" or _blank(ch) == ch else ch.encode("unicode_escape").decode("ascii")
+                   for ch in text)
 
 
 @dataclass(frozen=True)
@@ -24,8 +53,21 @@ class Source:
     text: str = field(repr=False, compare=False)
 
     def line(self, n: int) -> str:
-        lines = self.text.splitlines()
-        return lines[n - 1] if 1 <= n <= len(lines) else ""
+        """Line ``n`` (1-based) as the parser counts lines: split at ``\\n`` only.
+
+        Not :meth:`str.splitlines`, which also splits at form feeds, ``\\x1c``-``\\x1e``,
+        ``\\x85`` and U+2028/U+2029: Lark's line counter (and so every :class:`Span`)
+        counts ``\\n`` alone, and a ``\\r`` before it is the previous line's last character.
+        """
+        if n < 1:
+            return ""
+        start = 0
+        for _ in range(n - 1):
+            start = self.text.find("\n", start) + 1
+            if start == 0:
+                return ""
+        end = self.text.find("\n", start)
+        return self.text[start:] if end < 0 else self.text[start:end]
 
 
 @dataclass(frozen=True)
@@ -52,13 +94,14 @@ class Span:
 
 def render(kind: str, message: str, span: Span | None, hint: str | None) -> str:
     """Format a diagnostic as ``file:line:col: kind: message``, the line, a caret, a hint."""
+    message = _escaped(message)
     if span is None:
         out = [f"{kind}: {message}"]
     else:
-        out = [f"{span}: {kind}: {message}"]
+        out = [f"{_escaped(str(span))}: {kind}: {message}"]
         text = span.source.line(span.line)
-        if text.strip():
-            shown = text.expandtabs(1)
+        shown = shown_line(text)
+        if shown.strip():
             width = span.end_col - span.col if span.end_line == span.line else len(text) - span.col + 1
             width = max(1, min(width, len(shown) - span.col + 1))
             start = 0
@@ -69,7 +112,7 @@ def render(kind: str, message: str, span: Span | None, hint: str | None) -> str:
             out.append("    " + shown)
             out.append("    " + " " * (span.col - 1 - start) + "^" * width)
     if hint:
-        out.append(f"hint: {hint}")
+        out.append(f"hint: {_escaped(hint)}")
     return "\n".join(out)
 
 

@@ -13,6 +13,8 @@ labelled group shows the scope's output shape and totals.
 
 from __future__ import annotations
 
+import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +23,12 @@ from .graphviz import call_text, op_label
 from .network import Network, fmt_shape, human
 
 MAX_HOVER_INSTANCES = 8
+#: The largest message body accepted (a document is at most ``syntax.MAX_SOURCE_BYTES``, JSON-escaped).
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+MAX_HEADER_LINE = 8 * 1024  # bytes in one header line
+MAX_HEADER_LINES = 32
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -153,6 +161,191 @@ def analyse(text: str, filename: str) -> Analysis:
     return result
 
 
+class _Malformed(Exception):
+    """A frame that breaks the base protocol (the reason is the message)."""
+
+
+class FramedReader:
+    """The client's byte stream as pygls reads it (``readline()``, ``read(n)``), malformed frames left out.
+
+    The LSP base protocol frames each JSON-RPC message as ``Content-Length: N`` (and optional
+    other headers), a blank line, and N bytes of body. pygls's own loop trusts the header: one
+    non-numeric, negative or missing ``Content-Length`` makes it read bodies as headers and never
+    find a message again, and a huge one makes it allocate that many bytes. This reader parses
+    the frames itself, with bounds (header lines of at most :data:`MAX_HEADER_LINE` bytes, at most
+    :data:`MAX_HEADER_LINES` of them, bodies of at most :data:`MAX_MESSAGE_BYTES`), and hands pygls
+    only well-formed frames whose body is a JSON-RPC message. After a malformed frame it skips to
+    the next ``Content-Length:`` in the stream (a body shorter than announced swallows the start
+    of the next message: that header is looked for inside it). Input that ends inside a frame ends
+    the session; :attr:`truncated` then says so.
+    """
+
+    MARKER = b"content-length:"
+    CHUNK = 64 * 1024
+
+    def __init__(self, raw):
+        self.raw = raw
+        self.buf = bytearray()  # read from ``raw``, not yet parsed
+        self.eof = False
+        self.truncated = False
+        self.frame = b""  # the well-formed frame being handed to pygls
+        self.pos = 0
+
+    # -- what pygls calls -------------------------------------------------------------------------
+
+    def readline(self) -> bytes:
+        """The next line (up to and including ``\\n``) of the well-formed frames; ``b""`` at the end."""
+        if not self._ready():
+            return b""
+        end = self.frame.find(b"\n", self.pos)
+        end = len(self.frame) if end < 0 else end + 1
+        line, self.pos = self.frame[self.pos:end], end
+        return line
+
+    def read(self, n: int = -1) -> bytes:
+        """The next ``n`` bytes of the well-formed frames (fewer at the end)."""
+        if not self._ready():
+            return b""
+        end = len(self.frame) if n is None or n < 0 else min(len(self.frame), self.pos + n)
+        data, self.pos = self.frame[self.pos:end], end
+        return data
+
+    def _ready(self) -> bool:
+        if self.pos < len(self.frame):
+            return True
+        body = self.next_body()
+        if body is None:
+            self.frame = b""
+            return False
+        self.frame, self.pos = b"Content-Length: %d\r\n\r\n" % len(body) + body, 0
+        return True
+
+    # -- framing ----------------------------------------------------------------------------------
+
+    def next_body(self) -> bytes | None:
+        """The body of the next well-formed message, or None when the input has ended."""
+        while True:
+            try:
+                length = self._header()
+                if length is None:
+                    return None
+                body = self._take(length)
+                if len(body) < length:
+                    log.warning("cnndsl lsp: the input ended %d bytes into a %d-byte message", len(body), length)
+                    self.truncated = True
+                    return None
+                self._check_body(body)
+                return body
+            except _Malformed as e:
+                log.warning("cnndsl lsp: skipped a malformed message (%s)", e)
+                if not self._resync():
+                    self.truncated = True
+                    return None
+
+    def _check_body(self, body: bytes) -> None:
+        try:
+            message = json.loads(body)
+        except ValueError:
+            at = body.lower().find(self.MARKER)
+            if at >= 0:  # shorter than announced: the next message's header is inside; read on from there
+                self.buf[:0] = body[at:]
+            raise _Malformed(f"the {len(body)}-byte body is not JSON") from None
+        if not isinstance(message, dict) or "jsonrpc" not in message:
+            raise _Malformed("the body is not a JSON-RPC message")
+
+    def _header(self) -> int | None:
+        """Read one header block; its Content-Length, or None at the end of the input."""
+        length, lines = None, 0
+        while True:
+            line = self._line()
+            if line is None:
+                if lines:
+                    log.warning("cnndsl lsp: the input ended inside a message header")
+                    self.truncated = True
+                return None
+            text = line.rstrip(b"\r\n")
+            if not text:
+                if not lines:
+                    continue  # blank lines between messages
+                if length is None:
+                    raise _Malformed("no Content-Length header")
+                return length
+            lines += 1
+            if lines > MAX_HEADER_LINES:
+                raise _Malformed(f"more than {MAX_HEADER_LINES} header lines")
+            name, sep, value = text.partition(b":")
+            if not sep:
+                raise _Malformed(f"not a header line: {_shown(text)}")
+            if name.strip().lower() != b"content-length":
+                continue
+            value = value.strip()
+            if not (value.isdigit() and len(value) <= 12):  # bytes.isdigit: ASCII digits only, no sign
+                raise _Malformed(f"Content-Length {_shown(value)} is not a size in bytes")
+            if int(value) > MAX_MESSAGE_BYTES:
+                raise _Malformed(f"Content-Length {int(value):,} is over the limit of {MAX_MESSAGE_BYTES:,} bytes")
+            if length is not None and length != int(value):
+                raise _Malformed("two different Content-Length headers")
+            length = int(value)
+
+    def _line(self) -> bytes | None:
+        """The next line of input (up to ``\\n``, or what is left at the end); None when nothing is left."""
+        start = 0
+        while True:
+            i = self.buf.find(b"\n", start)
+            if 0 <= i < MAX_HEADER_LINE:
+                line = bytes(self.buf[:i + 1])
+                del self.buf[:i + 1]
+                return line
+            if i >= MAX_HEADER_LINE or len(self.buf) >= MAX_HEADER_LINE:
+                del self.buf[:1]  # a step forward, so that the search for the next header moves on
+                raise _Malformed(f"a header line longer than {MAX_HEADER_LINE} bytes")
+            start = len(self.buf)
+            if not self._fill():
+                if not self.buf:
+                    return None
+                line = bytes(self.buf)
+                self.buf.clear()
+                return line
+
+    def _take(self, n: int) -> bytes:
+        """The next ``n`` bytes of input (fewer if it ends first)."""
+        while len(self.buf) < n and self._fill():
+            pass
+        body = bytes(self.buf[:n])
+        del self.buf[:n]
+        return body
+
+    def _resync(self) -> bool:
+        """Skip input up to the next ``Content-Length:`` (any case); False if the input ends first."""
+        keep = len(self.MARKER) - 1
+        while True:
+            at = self.buf.lower().find(self.MARKER)
+            if at >= 0:
+                del self.buf[:at]
+                return True
+            del self.buf[:max(0, len(self.buf) - keep)]  # bounded: only a possible start of the marker stays
+            if not self._fill():
+                self.buf.clear()
+                return False
+
+    def _fill(self) -> bool:
+        """Append what the client has sent (waiting for at least one byte); False at the end of the input."""
+        if self.eof:
+            return False
+        read1 = getattr(self.raw, "read1", None)
+        data = read1(self.CHUNK) if read1 is not None else self.raw.read(1)
+        if not data:
+            self.eof = True
+            return False
+        self.buf += data
+        return True
+
+
+def _shown(data: bytes, limit: int = 40) -> str:
+    text = repr(data[:limit])[1:]
+    return text + ("..." if len(data) > limit else "")
+
+
 def server():
     """The pygls language server (imported lazily: pygls is an optional dependency)."""
     from lsprotocol import types as lsp
@@ -208,7 +401,10 @@ def server():
 
 
 def main() -> int:
-    """Serve LSP over stdin/stdout until the client exits."""
+    """Serve LSP over stdin/stdout until the client exits; 1 when the input ended inside a message.
+
+    Malformed frames are skipped (see :class:`FramedReader`) and logged on stderr.
+    """
     try:
         ls = server()
     except ImportError:
@@ -216,8 +412,11 @@ def main() -> int:
 
         print("cnndsl lsp needs pygls: pip install 'cnndsl[lsp]'", file=sys.stderr)
         return 2
-    ls.start_io()
-    return 0
+    import sys
+
+    reader = FramedReader(sys.stdin.buffer)
+    ls.start_io(stdin=reader)
+    return 1 if reader.truncated else 0
 
 
 if __name__ == "__main__":

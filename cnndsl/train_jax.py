@@ -4,6 +4,7 @@ Same data, split, normalisation and recipe as the torch path (SGD with momentum 
 weight decay 5e-4 via optax, the learning rate divided by 10 at 2/3 of the epochs,
 cross-entropy plus 0.3 x each auxiliary head's), one jitted step per batch, batch norm
 statistics carried between steps. Frozen layers (``freeze(...)``) are not updated.
+Nothing here imports torch: the data comes from :func:`cnndsl.train.load_data` as NumPy arrays.
 """
 
 from __future__ import annotations
@@ -13,17 +14,15 @@ from typing import Any
 
 import numpy as np
 
-from .errors import CnnDslError
 from .network import Network
 
 
 def digits_images() -> tuple[np.ndarray, np.ndarray, list[str]]:
     """scikit-learn's digits as float images (N, 1, 8, 8) in [0, 1] and integer labels."""
-    from sklearn.datasets import load_digits
+    from .train import digits_arrays
 
-    digits = load_digits()
-    return ((digits.images / 16.0).astype(np.float32)[:, None], digits.target.astype(np.int32),
-            [str(c) for c in digits.target_names])
+    x, y, names = digits_arrays()
+    return x, y.astype(np.int32), names
 
 
 def fit_input(x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -48,10 +47,9 @@ def fit_input(x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
 
 def split(y: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """The torch path's fixed, stratified 80/20 train/test split, as index arrays."""
-    from sklearn.model_selection import train_test_split
+    from .train import split_indices
 
-    train, test = train_test_split(list(range(len(y))), test_size=0.2, random_state=seed, stratify=y)
-    return np.asarray(train), np.asarray(test)
+    return split_indices(y, seed)
 
 
 def _labels(tree: Any, frozen: set[str], prefix: str = "") -> Any:
@@ -67,26 +65,16 @@ def train_jax(net: str | Network, data: str = "digits", epochs: int | None = Non
 
     ``on_epoch(epoch, epochs, test_accuracy)`` is called after every epoch, as in :func:`cnndsl.train.train`.
     """
-    try:
-        import jax
-        import jax.numpy as jnp
-        import optax
-    except ImportError as e:
-        raise CnnDslError(f"training with the JAX backend needs {e.name} (pip install 'cnndsl[jax]')", None) \
-            from None
-
     from . import api
-    from .train import _network, load_image_folder
+    from .train import _network, load_data, require
+
+    jax = require("jax", "training with the JAX backend", "JAX", "pip install 'cnndsl[jax]'")
+    jnp = require("jax.numpy", "training with the JAX backend", "JAX", "pip install 'cnndsl[jax]'")
+    optax = require("optax", "training with the JAX backend", "optax", "pip install 'cnndsl[jax]'")
 
     out = out or sys.stdout
-    if data == "digits":
-        x, y, names = digits_images()
-    else:
-        probe = net if isinstance(net, Network) else api.load(str(net), **params)
-        shape = probe.input_shape
-        xt, yt, names = load_image_folder(data, shape[1:] if len(shape) == 3 else (8, 8),
-                                          shape[0] if len(shape) == 3 else 1)
-        x, y = xt.numpy(), yt.numpy().astype(np.int32)
+    x, y, names = load_data(net, data, params)  # NumPy (and Pillow, scikit-learn) only: no torch here
+    y = y.astype(np.int32)
     network = _network(net, len(names), params)
     x = fit_input(x, network.input_shape)
     train_idx, test_idx = split(y, seed)

@@ -144,3 +144,95 @@ def test_syntax_errors_and_hover_inside_blocks_without_a_server():
     assert a.diagnostics == [] or all(d.severity == "warning" for d in a.diagnostics)
     text = a.hover(5, 12)  # `conv7-64/2` of the ImageNet ResNets: torchvision's conv1, 9,408 weights
     assert "64x112x112" in text and "9,408 params" in text and "resnet50" in text
+
+
+def frame(msg: dict) -> bytes:
+    body = json.dumps(msg).encode("utf-8")
+    return b"Content-Length: %d\r\n\r\n" % len(body) + body
+
+
+INIT = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+        "params": {"processId": None, "rootUri": None, "capabilities": {}}}
+#: What a malformed frame carries: were it handled, a response with id 77 would come back.
+STRAY = json.dumps({"jsonrpc": "2.0", "id": 77, "method": "initialize",
+                    "params": {"processId": None, "rootUri": None, "capabilities": {}}}).encode()
+MALFORMED = {
+    "non-numeric length": b"Content-Length: abc\r\n\r\n" + STRAY,
+    "negative length": b"Content-Length: -5\r\n\r\n" + STRAY,
+    "huge length": b"Content-Length: 1000000000000\r\n\r\n" + STRAY,
+    "length out of int range": b"Content-Length: " + b"9" * 5000 + b"\r\n\r\n" + STRAY,
+    "no length": b"Content-Type: application/vscode-jsonrpc; charset=utf-8\r\n\r\n" + STRAY,
+    "not a header": b"hello there\r\n\r\n" + STRAY,
+    "garbage without newlines": bytes(range(32, 127)) * 300,
+    # announced 40 bytes more than sent: the body runs into the next (valid) frame's header
+    "body shorter than announced": b"Content-Length: %d\r\n\r\n" % (len(STRAY) + 40) + STRAY,
+    "body not JSON": b"Content-Length: 9\r\n\r\nnot json!",
+}
+
+
+@pytest.mark.parametrize("bad", MALFORMED.values(), ids=MALFORMED.keys())
+def test_a_malformed_frame_is_skipped_and_the_next_message_answered(bad, tmp_path):
+    c = Client()
+    try:
+        c.proc.stdin.write(bad + frame(INIT))
+        c.proc.stdin.flush()
+        init = c.wait_for(lambda m: m.get("id") == 1 and "method" not in m, timeout=60)
+        assert init["result"]["capabilities"]["hoverProvider"]
+        assert not any(m.get("id") == 77 for m in c.messages)  # the malformed frame's body was not run
+        # and the server goes on working: diagnostics for an opened document
+        c.send("initialized", {}, request=False)
+        uri = (tmp_path / "t.cnn").as_uri()
+        c.send("textDocument/didOpen", {"textDocument": {"uri": uri, "languageId": "cnn", "version": 1,
+                                                         "text": DOC}}, request=False)
+        assert len(c.diagnostics(uri, 1)["diagnostics"]) == 1
+        c.next_id = 1
+        c.request("shutdown", None)
+        c.send("exit", None, request=False)
+        assert c.proc.wait(timeout=60) == 0
+    finally:
+        if c.proc.poll() is None:
+            c.proc.kill()
+
+
+@pytest.mark.parametrize("tail", [b"Content-Length: 500\r\n\r\n" + STRAY, b"Content-Length: 5", b"Content-Len"],
+                         ids=["body cut short", "header cut short", "header name cut short"])
+def test_input_ending_inside_a_message_ends_the_server_with_status_1(tail):
+    c = Client()
+    try:
+        c.proc.stdin.write(frame(INIT) + tail)
+        c.proc.stdin.flush()
+        c.wait_for(lambda m: m.get("id") == 1 and "method" not in m, timeout=60)
+        c.proc.stdin.close()
+        assert c.proc.wait(timeout=60) == 1
+        assert not any(m.get("id") == 77 for m in c.messages)
+    finally:
+        if c.proc.poll() is None:
+            c.proc.kill()
+
+
+def test_the_reader_bounds_what_it_buffers():
+    """Unit level: 4 MiB of garbage is skipped holding little of it at a time; the frames after it come whole."""
+    import io
+
+    from cnndsl.lsp import MAX_HEADER_LINE, FramedReader
+
+    held: list[int] = []
+
+    class Trickle(io.BytesIO):
+        """A pipe that delivers 4 KiB at a time, recording how much the reader holds at each read."""
+
+        def read1(self, n=-1):
+            held.append(len(reader.buf))
+            return super().read1(min(n, 4096))
+
+    good = frame({"jsonrpc": "2.0", "method": "initialized", "params": {}})
+    body = good.split(b"\r\n\r\n", 1)[1]
+    garbage = b"x" * (4 * 1024 * 1024)
+    reader = FramedReader(Trickle(garbage + b"\r\n" + b"Content-Length: 99999999999\r\n\r\n" + garbage + good + good))
+    assert reader.next_body() == body
+    assert max(held) <= MAX_HEADER_LINE + 4096
+    # pygls's side: a canonical header, a blank line, the body; then b"" at the end
+    assert reader.readline() == b"Content-Length: %d\r\n" % len(body)
+    assert reader.readline() == b"\r\n"
+    assert reader.read(len(body)) == body
+    assert reader.readline() == b"" and reader.read(10) == b"" and not reader.truncated
