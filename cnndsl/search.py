@@ -20,9 +20,12 @@ avoid them; failed trials (an error while training) are ignored by it.
 
 The study lives in a storage: by default a journal file ``DIR/study.log`` next to the results, which
 several local processes (``workers``) share safely. ``storage`` takes an SQLAlchemy URL instead
-(``sqlite:///search.db``, ``postgresql://user:pass@host/db``): several machines pointed at one
-database with the same study name run one study together. Running the same command again in the
-same folder continues the study with more trials.
+(``sqlite:///search.db``, ``postgresql+psycopg2://user:pass@host/db`` with ``pip install
+psycopg2-binary``): several machines pointed at one database with the same study name run one study
+together, and may create it at the same moment. In a database, a running trial sends a heartbeat; one
+whose worker was killed is failed by the next worker and run again. Each process seeds its sampler
+afresh unless given a seed (recorded per trial). Running the same command again in the same folder
+continues the study with more trials.
 
 The validation accuracy is measured on the training loop's fixed held-out 20% split (stratified,
 the same for every trial), which this search uses for selection: keep a separate test set for the
@@ -51,10 +54,15 @@ from .variants import Limits, Space
 RESULTS_FILE = "results.csv"
 BEST_FILE = "best.cnn"
 JOURNAL_FILE = "study.log"
+#: Seconds between a running trial's heartbeats in a database storage; one silent for twice as long (its
+#: worker was killed) is failed by the next worker that asks for a trial, and run again.
+HEARTBEAT_SECONDS = 60
+#: How many times a trial whose worker died is run again (a member that kills its worker is not retried forever).
+HEARTBEAT_RETRIES = 2
 #: Who ran a trial (a column of results.csv): this machine and process.
 WORKER = f"{socket.gethostname()}/{os.getpid()}"
 COLUMNS = ("trial", "state", "reason", "accuracy", "epochs", "params", "macs", "activations", "arch_hash",
-           "duplicate_of", "seconds", "worker", "choices")
+           "duplicate_of", "seconds", "worker", "seed", "choices")
 
 
 @dataclass(frozen=True)
@@ -74,6 +82,7 @@ class SearchConfig:
     pruner: Any = "median"
     lr: float = 0.05
     batch_size: int = 32
+    heartbeat: int | None = HEARTBEAT_SECONDS
 
     def open_space(self) -> Space:
         return Space.open(self.space, input_shape=self.input_shape, params=dict(self.params))
@@ -94,6 +103,9 @@ class SearchResult:
     out: Path | None = None
     trained: int = 0
     timings: list[float] = field(default_factory=list)
+    #: The sampler seed this call used (worker ``i``: ``seed + i``): pass it as ``seed`` to reproduce a one-process run.
+    seed: int | None = None
+    workers: int = 1
 
     @property
     def best_accuracy(self) -> float | None:
@@ -116,6 +128,8 @@ class SearchResult:
                        f"{b['macs']:,} MACs")
         else:
             out.append("no trial completed")
+        if self.seed is not None:
+            out.append(f"sampler seed {self.seed}" + (f" (worker i: {self.seed} + i)" if self.workers > 1 else ""))
         if self.out:
             out.append(f"wrote {self.out / RESULTS_FILE}" + (f" and {self.out / BEST_FILE}" if self.best else ""))
         return out
@@ -132,27 +146,221 @@ def _optuna():
     return optuna
 
 
-def _storage(url: str):
-    """An Optuna storage: an SQLAlchemy URL (``sqlite:///x.db``, ``postgresql://...``) or a journal file path."""
-    optuna = _optuna()
+#: The storage URLs to suggest (the PostgreSQL one names its driver: SQLAlchemy's default is psycopg 3).
+STORAGE_FORMS = ("sqlite:///FILE.db, postgresql+psycopg2://USER:PASSWORD@HOST/DATABASE, "
+                 "mysql+pymysql://USER:PASSWORD@HOST/DATABASE, or the path of a journal file")
+#: The package that provides each SQLAlchemy database driver, for the hint when it is missing.
+DRIVER_PACKAGES = {"psycopg2": "psycopg2-binary", "psycopg": "'psycopg[binary]'", "pg8000": "pg8000",
+                   "asyncpg": "asyncpg", "pymysql": "pymysql", "mysqldb": "mysqlclient",
+                   "mysqlconnector": "mysql-connector-python", "mariadbconnector": "mariadb"}
+#: Attempts at opening a storage and creating a study when other processes create them at the same moment.
+CREATE_ATTEMPTS = 8
+
+
+def _storage(url: str, heartbeat: int | None = None):
+    """An Optuna storage: an SQLAlchemy URL (``sqlite:///x.db``, ``postgresql+psycopg2://...``) or a journal
+    file path; every mistake (a bad URL, a missing driver or folder, a damaged file) is a CnnDslError.
+
+    ``heartbeat`` (seconds) turns on Optuna's heartbeat for a database: a running trial records that it is
+    alive that often, and one silent for twice as long (its worker was killed) is failed by the next
+    worker that asks for a trial, and retried. Optuna's journal storage has no heartbeat.
+    """
+    _optuna()
     if "://" in url:
+        return _rdb_storage(url, heartbeat)
+    return _journal_storage(Path(url))
+
+
+def _rdb_storage(url: str, heartbeat: int | None):
+    import warnings
+
+    import sqlalchemy
+    from sqlalchemy import exc
+
+    optuna = _optuna()
+    try:
+        parsed = sqlalchemy.engine.make_url(url)
+    except exc.ArgumentError:
+        raise CnnDslError(f"{url!r} is not a database URL", None, f"give {STORAGE_FORMS}") from None
+    shown = parsed.render_as_string(hide_password=True)
+    backend = parsed.get_backend_name()
+    where = parsed.database or ""
+    if backend == "sqlite" and where and where != ":memory:" and not where.startswith("file:"):
+        folder = Path(where).parent
+        if not folder.is_dir():
+            raise CnnDslError(f"the storage {shown} is in a folder that does not exist: {folder}", None,
+                              f"create it first (mkdir -p {folder}) or give another path")
+        if Path(where).is_dir():
+            raise CnnDslError(f"the storage {shown} names a folder, not a database file", None,
+                              "give the path of a file (sqlite:///DIR/search.db)")
+    kwargs: dict[str, Any] = {}
+    if heartbeat:
+        kwargs = {"heartbeat_interval": int(heartbeat), "grace_period": 2 * int(heartbeat)}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            retry = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None)  # optuna >= 4.9
+            if retry is not None:
+                kwargs["heartbeat_stale_trial_callback"] = retry(max_retry=HEARTBEAT_RETRIES)
+            else:
+                kwargs["failed_trial_callback"] = optuna.storages.RetryFailedTrialCallback(max_retry=HEARTBEAT_RETRIES)
+    for attempt in range(CREATE_ATTEMPTS):
         try:
-            return optuna.storages.RDBStorage(url)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(url, **kwargs)
+        except exc.NoSuchModuleError:
+            raise CnnDslError(f"the storage {shown} names an unknown kind of database ({parsed.drivername!r})",
+                              None, f"give {STORAGE_FORMS}") from None
+        except exc.ArgumentError as e:
+            raise CnnDslError(f"the storage {shown} cannot be used: {' '.join(str(e).split())}", None,
+                              f"give {STORAGE_FORMS}") from None
         except ImportError as e:
-            raise CnnDslError(f"the storage {url} needs a database driver: {e}", None) from None
+            raise _driver_error(parsed, shown, e) from None
+        except exc.DBAPIError as e:
+            if attempt + 1 < CREATE_ATTEMPTS and _creation_race(e):
+                _back_off(attempt)
+                continue
+            raise _database_error(parsed, shown, e) from None
+        except RuntimeError as e:  # optuna: the tables were written by another version of Optuna
+            raise CnnDslError(f"the storage {shown} cannot be used: {' '.join(str(e).split())}", None,
+                              "upgrade it with `optuna storage upgrade --storage URL`, or use another one") from None
+    raise AssertionError("unreachable")
+
+
+def _driver_error(parsed, shown: str, e: ImportError) -> CnnDslError:
+    """A missing database driver, with the package to install (and, for PostgreSQL, the URL that names one)."""
+    cause = e.__cause__ if isinstance(e.__cause__, ImportError) else e
+    missing = getattr(cause, "name", None) or str(cause)
+    backend = parsed.get_backend_name()
+    if backend == "postgresql":
+        hint = ("use postgresql+psycopg2://USER:PASSWORD@HOST/DATABASE and `pip install psycopg2-binary` "
+                "(a plain postgresql:// asks SQLAlchemy for its default driver, psycopg 3)")
+        if "+" in parsed.drivername and parsed.get_driver_name() != "psycopg2":  # a driver of its own choosing
+            package = DRIVER_PACKAGES.get(parsed.get_driver_name(), parsed.get_driver_name())
+            hint = f"pip install {package}, or " + hint
+    elif backend in ("mysql", "mariadb"):
+        package = DRIVER_PACKAGES.get(parsed.get_driver_name(), parsed.get_driver_name())
+        hint = f"pip install {package}, or use mysql+pymysql://USER:PASSWORD@HOST/DATABASE and `pip install pymysql`"
+    else:
+        package = DRIVER_PACKAGES.get(parsed.get_driver_name(), parsed.get_driver_name())
+        hint = f"install the {parsed.drivername} driver (pip install {package})"
+    return CnnDslError(f"the storage {shown} needs a database driver that is not installed ({missing})", None, hint)
+
+
+def _database_error(parsed, shown: str, e) -> CnnDslError:
+    """The database refused (no server, a wrong password, a file that is not a database): one line and a hint."""
+    text = " ".join(str(getattr(e, "orig", None) or e).split()) or type(e).__name__
+    if parsed.get_backend_name() == "sqlite":
+        if "not a database" in text:
+            return CnnDslError(f"the storage {shown}: {parsed.database} is not an SQLite database", None,
+                               "give the path of a new file, or of a database an earlier search wrote")
+        return CnnDslError(f"cannot open the storage {shown}: {text}", None,
+                           "check that the file can be created and written there")
+    return CnnDslError(f"cannot open the storage {shown}: {text}", None,
+                       "check that the database server is running and reachable, and the URL's user, password, "
+                       "host, port and database name")
+
+
+def _creation_race(e) -> bool:
+    """Whether a database error is another process creating the same tables or rows at the same moment."""
+    from sqlalchemy import exc
+
+    text = str(getattr(e, "orig", None) or e).lower()
+    if isinstance(e, exc.IntegrityError):
+        return True
+    return any(s in text for s in ("already exists", "duplicate", "unique constraint", "database is locked"))
+
+
+def _back_off(attempt: int) -> None:
+    """A short random pause before another attempt, so that racing processes fall out of step."""
+    import random
+
+    time.sleep(random.uniform(0.02, 0.1) * (attempt + 1))
+
+
+def _journal_storage(path: Path):
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 
-    return JournalStorage(JournalFileBackend(url))
+    if path.is_dir():
+        raise CnnDslError(f"the storage {path} is a folder, not a journal file", None,
+                          f"give a file's path ({path / JOURNAL_FILE}) or a database URL")
+    folder = path.parent
+    if not folder.is_dir():
+        raise CnnDslError(f"the storage {path} is in a folder that does not exist: {folder}", None,
+                          f"create it first (mkdir -p {folder}) or give another path")
+    if path.exists():
+        _check_journal(path)
+    try:
+        return JournalStorage(JournalFileBackend(str(path)))
+    except OSError as e:
+        raise CnnDslError(f"cannot open the journal {path}: {e.strerror or e}", None,
+                          "check that the file can be created and written there") from None
+    except ValueError as e:  # changed between the check and the replay
+        raise CnnDslError(f"the journal {path} is damaged: {e}", None,
+                          "move it away to start a new study in a new file") from None
+
+
+def _check_journal(path: Path) -> None:
+    """Refuse a journal file that is not Optuna's (every line a JSON object with an ``op_code``) before Optuna
+    replays it, or, worse, appends to it: a damaged line stops every later read of the study."""
+    problem = _journal_problem(path)
+    if problem and problem[0] == "unfinished":  # perhaps another process is writing it now: look again
+        time.sleep(0.5)
+        problem = _journal_problem(path)
+    if problem:
+        what, line_no = problem
+        detail = "it ends in an unfinished entry" if what == "unfinished" else \
+            f"line {line_no} is not an Optuna journal entry"
+        raise CnnDslError(f"the journal {path} is not an Optuna study journal, or is damaged: {detail}", None,
+                          f"move it away to start a new study (a search writes a new {JOURNAL_FILE}), or give "
+                          f"another --storage; to keep the trials before it, delete line {line_no} and every "
+                          "line after it")
+
+
+def _journal_problem(path: Path) -> tuple[str, int] | None:
+    """The first bad line of a journal file: ``("bad" | "unfinished", line number)``, or None."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise CnnDslError(f"cannot read the journal {path}: {e.strerror or e}", None,
+                          "check the file's permissions") from None
+    line_no, start = 0, 0
+    while start < len(data):
+        end = data.find(b"\n", start)
+        line_no += 1
+        line = data[start:] if end < 0 else data[start:end]
+        start = len(data) if end < 0 else end + 1
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if not (isinstance(record, dict) and "op_code" in record):
+            return ("unfinished" if end < 0 else "bad"), line_no
+        if end < 0:
+            return "unfinished", line_no
+    return None
 
 
 def _sampler(cfg: SearchConfig, worker: int):
     optuna = _optuna()
-    seed = None if cfg.seed is None else cfg.seed + worker  # distinct streams, else workers propose alike
+    seed = _worker_seed(cfg, worker)
     if cfg.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if cfg.sampler == "tpe":
         return optuna.samplers.TPESampler(seed=seed)
     raise CnnDslError(f"unknown sampler {cfg.sampler!r}", None, "use tpe or random")
+
+
+def _worker_seed(cfg: SearchConfig, worker: int) -> int | None:
+    """Worker ``worker``'s sampler seed: distinct streams, else the workers would propose alike."""
+    return None if cfg.seed is None else cfg.seed + worker
+
+
+def fresh_seed() -> int:
+    """A new sampler seed from the operating system's randomness (what a search uses unless given one)."""
+    import secrets
+
+    return secrets.randbits(31)
 
 
 def _pruner(spec):
@@ -168,9 +376,27 @@ def _pruner(spec):
 
 
 def _load_study(cfg: SearchConfig, worker: int = 0):
+    """Open ``cfg``'s study, creating it if it does not exist: safe when several processes, on one machine or
+    several, create the same fresh study (and the database tables under it) at the same moment."""
     optuna = _optuna()
-    return optuna.create_study(storage=_storage(cfg.storage), study_name=cfg.study, direction="maximize",
-                               sampler=_sampler(cfg, worker), pruner=_pruner(cfg.pruner), load_if_exists=True)
+    from sqlalchemy import exc
+
+    storage = _storage(cfg.storage, cfg.heartbeat)
+    for attempt in range(CREATE_ATTEMPTS):
+        try:
+            return optuna.create_study(storage=storage, study_name=cfg.study, direction="maximize",
+                                       sampler=_sampler(cfg, worker), pruner=_pruner(cfg.pruner),
+                                       load_if_exists=True)
+        except (optuna.exceptions.DuplicatedStudyError, exc.DBAPIError) as e:
+            # another process created the study between this one's insert and its look-up, or is creating it
+            if attempt + 1 == CREATE_ATTEMPTS or (isinstance(e, exc.DBAPIError) and not _creation_race(e)):
+                if isinstance(e, exc.DBAPIError):
+                    raise CnnDslError(f"cannot open the study {cfg.study!r}: {' '.join(str(e.orig).split())}",
+                                      None, "check that the database server is running and reachable") from None
+                raise CnnDslError(f"cannot create or open the study {cfg.study!r}: {e}", None,
+                                  "run the command again") from None
+            _back_off(attempt)
+    raise AssertionError("unreachable")
 
 
 # ----------------------------------------------------------------------------- one trial
@@ -266,14 +492,38 @@ def _failure(e: BaseException) -> str:
     return "failed: " + " ".join(text.split())
 
 
-def run_trials(study, space: Space, cfg: SearchConfig, n: int, on_done=None) -> None:
-    """Ask, run and tell ``n`` trials of ``study``; a trial that raises is told failed and the error re-raised."""
+def run_trials(study, space: Space, cfg: SearchConfig, n: int, on_done=None, worker: int = 0) -> None:
+    """Ask, run and tell ``n`` trials of ``study``; a trial that raises is told failed and the error re-raised.
+
+    With a storage that has a heartbeat (a database, see :func:`_storage`), each ask first fails the trials
+    whose worker stopped sending heartbeats (killed mid-trial), which queues them to run again, and a
+    running trial sends its heartbeat from a thread. ``worker`` is this process's index (its sampler seed
+    is ``cfg.seed + worker``, recorded in each trial's ``seed``).
+    """
+    import warnings
+
     optuna = _optuna()
+    from optuna.storages._heartbeat import get_heartbeat_thread, is_heartbeat_enabled  # what study.optimize uses
+
     _warm_up()
+    beating = is_heartbeat_enabled(study._storage)
+    seed = _worker_seed(cfg, worker)
     for _ in range(n):
-        trial = study.ask()
+        with warnings.catch_warnings():
+            # Optuna warns that its heartbeat is meant for study.optimize; this loop does what optimize does
+            warnings.filterwarnings("ignore", message="Heartbeat of storage")
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            if beating:
+                optuna.storages.fail_stale_trials(study)
+            trial = study.ask()
+        if "choices" in trial.user_attrs:  # a retry of a trial whose worker died: its copied figures are stale
+            for key, blank in (("epochs", 0), ("seconds", 0.0), ("reason", "")):
+                trial.set_user_attr(key, blank)
+        if seed is not None:
+            trial.set_user_attr("seed", seed)
         try:
-            value, state = run_trial(study, trial, space, cfg)
+            with get_heartbeat_thread(trial._trial_id, study._storage):  # stopped before the trial is told
+                value, state = run_trial(study, trial, space, cfg)
         except BaseException as e:
             trial.set_user_attr("reason", _failure(e))
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
@@ -287,7 +537,7 @@ def _worker(cfg: SearchConfig, n: int, worker: int) -> None:
     """A worker process's body: quiet Optuna, run its share of the trials, report a mistake cleanly."""
     _optuna().logging.set_verbosity(_optuna().logging.WARNING)
     try:
-        run_trials(_load_study(cfg, worker), cfg.open_space(), cfg, n)
+        run_trials(_load_study(cfg, worker), cfg.open_space(), cfg, n, worker=worker)
     except CnnDslError as e:
         print(e, file=sys.stderr)
         sys.exit(1)
@@ -305,12 +555,18 @@ def _row(t) -> dict[str, Any]:
             "accuracy": value, "epochs": a.get("epochs", 0), "params": a.get("params"), "macs": a.get("macs"),
             "activations": a.get("activations"), "arch_hash": a.get("arch_hash", ""),
             "duplicate_of": a.get("duplicate_of", ""), "seconds": a.get("seconds", 0.0), "worker": a.get("worker", ""),
-            "choices": a.get("options", {}), "_choices": a.get("choices", {})}
+            "seed": a.get("seed", ""), "choices": a.get("options", {}), "_choices": a.get("choices", {})}
 
 
 def collect(study) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
     """Every trial as a row (by trial number) and the best complete one (ties: fewer params, then earlier)."""
-    rows = [_row(t) for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)]
+    trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
+    rows = [_row(t) for t in trials]
+    retried_as = {t.system_attrs["retry_history"][-1]: t.number for t in trials if t.system_attrs.get("retry_history")}
+    for r in rows:
+        if r["state"] == "fail" and not r["reason"]:  # failed by another worker: its own died mid-trial
+            r["reason"] = "failed: its worker stopped mid-trial (no heartbeat)" + (
+                f", run again as trial {retried_as[r['trial']]}" if r["trial"] in retried_as else "")
     done = [r for r in rows if r["state"] == "complete" and r["accuracy"] is not None]
     best = min(done, key=lambda r: (-r["accuracy"], r["params"], r["trial"])) if done else None
     return rows, best
@@ -395,17 +651,35 @@ def _run_workers(cfg: SearchConfig, trials: int, workers: int, bar, study, space
             proc.terminate()
             proc.join()
         raise
-    failed = [proc.name for proc in procs if proc.exitcode != 0]
+    failed = [proc for proc in procs if proc.exitcode != 0]
     if failed:
-        raise CnnDslError(f"search worker{'s' if len(failed) > 1 else ''} {', '.join(failed)} stopped with an "
-                          "error (its message is above)", None)
+        killed = any(proc.exitcode < 0 for proc in failed)
+        raise CnnDslError("; ".join(f"search worker {proc.name} {_exit_text(proc.exitcode)}" for proc in failed), None,
+                          "a worker killed mid-trial leaves that trial running in a journal file; in a database "
+                          "(--storage URL) the next worker fails it and runs it again" if killed else None)
+
+
+def _exit_text(code: int) -> str:
+    """How a worker process ended, from its exit code (negative: the signal that killed it)."""
+    import signal
+
+    if code < 0:
+        try:
+            name = f" ({signal.Signals(-code).name})"
+        except ValueError:
+            name = ""
+        return f"was killed by signal {-code}{name}"
+    if code == 1:  # a mistake, or an error while training: the worker printed it
+        return "stopped with an error (its message is above)"
+    return f"exited with status {code}"
 
 
 def search(space: str, data: str = "digits", trials: int = 20, *, epochs: int = 2, out: str | Path | None = None,
-           storage: str | None = None, study: str | None = None, workers: int = 1, seed: int | None = 0,
+           storage: str | None = None, study: str | None = None, workers: int = 1, seed: int | None = None,
            limits: Limits | None = None, sampler: str = "tpe", pruner: Any = "median",
            input_shape: tuple[int, ...] | None = None, params: dict[str, Any] | None = None,
-           lr: float = 0.05, batch_size: int = 32, progress: bool = False) -> SearchResult:
+           lr: float = 0.05, batch_size: int = 32, heartbeat: int | None = HEARTBEAT_SECONDS,
+           progress: bool = False) -> SearchResult:
     """Search ``space`` for the member with the best validation accuracy on ``data``; returns a :class:`SearchResult`.
 
     ``trials`` is the number of trials this call runs (spread over ``workers`` local processes); each
@@ -413,10 +687,14 @@ def search(space: str, data: str = "digits", trials: int = 20, *, epochs: int = 
     ``results.csv``, ``best.cnn`` and, without ``storage``, the study's journal file ``study.log``;
     ``storage`` is an SQLAlchemy URL or a journal file path shared by other processes or machines.
     ``study`` names the study (default: the space's name); an existing one is continued. ``seed``
-    seeds the sampler (worker ``i`` uses ``seed + i``): a one-process search is reproducible, a
-    several-worker one is not (the trials interleave differently from run to run). ``limits`` are
-    hard limits checked from the IR before training. ``pruner`` is ``"median"``, ``"none"`` or an
-    ``optuna.pruners.BasePruner``.
+    seeds the sampler (worker ``i`` uses ``seed + i``); without one, each call draws a fresh seed
+    (:func:`fresh_seed`), so two machines running the same search propose different trials. The seed
+    used is ``result.seed`` and each trial's ``seed`` column: a one-process search given that seed is
+    reproduced, a several-worker one is not (the trials interleave differently from run to run).
+    ``limits`` are hard limits checked from the IR before training. ``pruner`` is ``"median"``,
+    ``"none"`` or an ``optuna.pruners.BasePruner``. ``heartbeat`` (seconds; None turns it off) is the
+    heartbeat of a database storage: a trial whose worker was killed is failed and run again by the
+    next worker once it has been silent for twice that long.
 
     >>> result = search("my_space.cnn", trials=20, epochs=2, out="runs/s1")  # doctest: +SKIP
     >>> result.best_accuracy, result.best_source                             # doctest: +SKIP
@@ -424,6 +702,10 @@ def search(space: str, data: str = "digits", trials: int = 20, *, epochs: int = 
     optuna = _optuna()
     if trials < 1 or workers < 1 or epochs < 1:
         raise CnnDslError("trials, workers and epochs must be at least 1", None)
+    if heartbeat is not None and heartbeat < 1:
+        raise CnnDslError(f"a heartbeat of {heartbeat} seconds", None, "give at least 1 second, or None for none")
+    if seed is None:
+        seed = fresh_seed()
     probe = Space.open(space, input_shape=input_shape, params=params)  # a mistake in the space stops here
     out_dir = Path(out) if out is not None else None
     if storage is None:
@@ -439,7 +721,7 @@ def search(space: str, data: str = "digits", trials: int = 20, *, epochs: int = 
                        input_shape=tuple(input_shape) if input_shape else None,
                        params=tuple(sorted((params or {}).items())),
                        limits=(lim.max_params, lim.max_macs, lim.max_activations), sampler=sampler, seed=seed,
-                       pruner=pruner, lr=lr, batch_size=batch_size)
+                       pruner=pruner, lr=lr, batch_size=batch_size, heartbeat=heartbeat)
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if storage is None:  # one process, nothing written: an in-memory study
@@ -466,7 +748,8 @@ def search(space: str, data: str = "digits", trials: int = 20, *, epochs: int = 
         elif best:
             best_source = concrete_source(probe, best["_choices"])[0]
     timings = [r["seconds"] for r in rows if r["seconds"]]
-    return SearchResult(the_study, rows, best, best_source, out_dir, trained=len(timings), timings=timings)
+    return SearchResult(the_study, rows, best, best_source, out_dir, trained=len(timings), timings=timings,
+                        seed=seed, workers=workers)
 
 
 # ----------------------------------------------------------------------------- the command line
@@ -476,6 +759,7 @@ def cmd_search(args, params: dict) -> int:
     """``cnndsl search SPACE``: run the search and print its summary."""
     result = search(args.space, data=args.data, trials=args.trials, epochs=args.epochs, out=args.out,
                     storage=args.storage, study=args.study, workers=args.workers, seed=args.seed,
+                    heartbeat=args.heartbeat or None,
                     limits=Limits(args.max_params, args.max_macs, args.max_activations), sampler=args.sampler,
                     pruner=args.pruner, input_shape=args.input, params=params, progress=True)
     for line in result.lines():
@@ -496,11 +780,17 @@ def add_parser(sub, shape, parse_params) -> None:
     sp.add_argument("--epochs", type=int, default=2, metavar="N", help="training epochs per trial (default 2)")
     sp.add_argument("--out", default=None, metavar="DIR",
                     help="results.csv, best.cnn and the study journal go here (default: search-SPACE)")
-    sp.add_argument("--storage", metavar="URL", help="a shared study: sqlite:///FILE, postgresql://..., or a "
-                                                     "journal file path (default: DIR/study.log)")
+    sp.add_argument("--storage", metavar="URL",
+                    help="a shared study: sqlite:///FILE.db, postgresql+psycopg2://USER:PASSWORD@HOST/DB "
+                         "(pip install psycopg2-binary), or a journal file path (default: DIR/study.log)")
     sp.add_argument("--study", metavar="NAME", help="the study's name (default: the space's name)")
     sp.add_argument("--workers", type=int, default=1, metavar="K", help="local processes sharing the study")
-    sp.add_argument("--seed", type=int, default=0, help="sampler seed (default 0; worker i uses seed+i)")
+    sp.add_argument("--seed", type=int, default=None,
+                    help="sampler seed, for a reproducible run (default: a fresh one per run, printed at the end "
+                         "and in results.csv's seed column; worker i uses seed+i)")
+    sp.add_argument("--heartbeat", type=int, default=HEARTBEAT_SECONDS, metavar="SECONDS",
+                    help=f"with a database storage, a trial whose worker died is failed and run again after "
+                         f"twice this long without a heartbeat (default {HEARTBEAT_SECONDS}; 0: off)")
     sp.add_argument("--sampler", choices=("tpe", "random"), default="tpe")
     sp.add_argument("--pruner", choices=("median", "none"), default="median")
     sp.add_argument("--max-params", type=int, metavar="N")

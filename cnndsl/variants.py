@@ -54,6 +54,10 @@ from .progress import progress as progress_bar
 
 SPACES_PACKAGE = "cnndsl.networks"
 SPACES_DIR = "spaces"
+#: Enumerating a space with more members than this needs an explicit limit (``--limit N``, ``limit=N``):
+#: big enough for every shipped space (NAS-Bench-201 has 15,625 members), small enough that the output
+#: (``-o DIR`` writes a file per member) and the time it takes (a few ms a member) stay bounded.
+MAX_ENUMERATED = 100_000
 
 
 # ----------------------------------------------------------------------------- choice points
@@ -452,20 +456,38 @@ class Space:
         return f"# cnndsl variant: {header}\n" + render(0, len(text), spans)
 
     # -- the whole space
-    def count(self) -> int:
-        """The number of members, from the choice tree when it has one, else by enumerating them."""
+    def count(self, at_most: int | None = None) -> int:
+        """The number of members, from the choice tree when it has one, else by enumerating them.
+
+        With ``at_most``, an enumeration stops once it has seen more members than that and returns
+        ``at_most + 1``: any result over ``at_most`` means "more than ``at_most``" (the exact count,
+        when the tree gives it, is returned whatever its size).
+        """
         if self._count is None:
-            exact = _tree_count(self._walk)
+            exact = self._tree_count()
             if exact is not None:
-                probe = _Chooser({})
-                try:
-                    Resolver(self.lib, probe).network(self.network, self.params)
-                except CnnDslError:
-                    exact = None
-                if exact is not None and set(probe.reached) != self._first_reachable():
-                    exact = None
-            self._count = exact if exact is not None else sum(1 for _ in self._assignments())
+                self._count = exact
+            elif at_most is not None:
+                seen = sum(1 for _ in itertools.islice(self._assignments(), at_most + 1))
+                if seen <= at_most:
+                    self._count = seen
+                return seen
+            else:
+                self._count = sum(1 for _ in self._assignments())
         return self._count
+
+    def _tree_count(self) -> int | None:
+        """The count from the choice tree, when it has one and it predicts what resolving the network reaches."""
+        exact = _tree_count(self._walk)
+        if exact is not None:
+            probe = _Chooser({})
+            try:
+                Resolver(self.lib, probe).network(self.network, self.params)
+            except CnnDslError:
+                return None
+            if set(probe.reached) != self._first_reachable():
+                return None
+        return exact
 
     def _first_reachable(self) -> set[str]:
         """The choices the static walk says are reached when every choice takes its first option."""
@@ -493,10 +515,16 @@ class Space:
                 yield {**prefix, key: option}
             prefix[key] = 0
 
-    def enumerate(self) -> Iterator[Variant]:
-        """Every member, each built once, in a fixed order."""
+    def enumerate(self, limit: int | None = None) -> Iterator[Variant]:
+        """Every member, each built once, in a fixed order; with ``limit``, the first ``limit`` of them.
+
+        This is lazy and has no size check of its own: :func:`variants` refuses a space over
+        :data:`MAX_ENUMERATED` members unless it is given a limit.
+        """
         stack: list[dict[str, int]] = [{}]
-        while stack:
+        built = 0
+        while stack and (limit is None or built < limit):
+            built += 1
             fixed = stack.pop()
             chooser = _Chooser(fixed)
             net, error = self._build(chooser)
@@ -599,7 +627,7 @@ class Tally:
 def variants(space: str | Space, *, sample: int | None = None, mutate: int | None = None,
              start: dict[str, int] | str | None = None, seed: int = 0, limits: Limits | None = None,
              unique: bool = False, keep_invalid: bool = False, input_shape: tuple[int, ...] | None = None,
-             params: dict[str, Any] | None = None, tally: Tally | None = None,
+             params: dict[str, Any] | None = None, tally: Tally | None = None, limit: int | None = None,
              progress: bool = False) -> Iterator[Variant]:
     """The members of a space, checked from the IR and hashed.
 
@@ -608,12 +636,16 @@ def variants(space: str | Space, *, sample: int | None = None, mutate: int | Non
     neighbours of a member. Members over a ``limits`` value are left out, as are invalid ones unless
     ``keep_invalid``, and repeated architectures when ``unique``; ``tally`` collects what was left out.
 
+    ``limit=N`` checks at most N members (the first N in enumeration order), so at most N are
+    yielded. Enumerating a space of more than :data:`MAX_ENUMERATED` members without a ``limit`` is
+    refused with a :class:`CnnDslError`, raised by this call (before anything is yielded).
+
     >>> [v.options for v in variants("inception", sample=1, seed=3)][0]  # doctest: +ELLIPSIS
     {'inception.cnn:6:24': '64', ...}
     """
     sp = space if isinstance(space, Space) else Space.open(space, input_shape=input_shape, params=params)
-    tally = tally if tally is not None else Tally()
-    limits = limits or Limits()
+    if limit is not None and limit < 0:
+        raise CnnDslError(f"a limit of {limit} members", None, "give --limit N with N at least 0")
     if mutate is not None:
         if start is None:
             raise CnnDslError("mutating needs a member to start from", None, "pass --from FILE")
@@ -622,9 +654,26 @@ def variants(space: str | Space, *, sample: int | None = None, mutate: int | Non
     elif sample is not None:
         stream, total = sp.sample(sample, seed), sample
     else:
-        stream, total = sp.enumerate(), sp.count()
+        bound = MAX_ENUMERATED if limit is None else limit
+        total = sp.count(at_most=bound)
+        if limit is None and total > MAX_ENUMERATED:
+            exact = sp._count is not None
+            raise CnnDslError(f"{sp.label} has {'' if exact else 'more than '}{total if exact else MAX_ENUMERATED:,} "
+                              f"members, too many to enumerate (more than {MAX_ENUMERATED:,})", None,
+                              "enumerate the first N members with --limit N (limit=N in Python), "
+                              "or draw N at random with --sample N")
+        stream, total = sp.enumerate(limit), min(total, bound)
+    if limit is not None:
+        stream = itertools.islice(stream, limit)
+        total = None if total is None else min(total, limit)
     if progress:
         stream = progress_bar(stream, "variants", total, unit="variant")
+    return _checked(stream, tally if tally is not None else Tally(), limits or Limits(), unique, keep_invalid)
+
+
+def _checked(stream: Iterator[Variant], tally: Tally, limits: Limits, unique: bool,
+             keep_invalid: bool) -> Iterator[Variant]:
+    """The members of ``stream`` that are valid, within ``limits`` and (if ``unique``) new, hashed."""
     hashes = HashRegistry()
     for v in stream:
         tally.members += 1
@@ -663,7 +712,7 @@ def cmd_variants(args, params: dict) -> int:
     limits = Limits(args.max_params, args.max_macs, args.max_activations)
     tally = Tally()
     stream = variants(space, sample=args.sample, mutate=args.mutate, start=args.start, seed=args.seed,
-                      limits=limits, unique=args.unique, tally=tally, progress=True)
+                      limits=limits, unique=args.unique, tally=tally, limit=args.limit, progress=True)
     if args.output:
         out = Path(args.output)
         out.mkdir(parents=True, exist_ok=True)
@@ -692,9 +741,12 @@ def add_parser(sub, shape, parse_params) -> None:
     sp.add_argument("space", metavar="SPACE")
     what = sp.add_mutually_exclusive_group()
     what.add_argument("--count", action="store_true", help="print the number of members (no enumeration)")
-    what.add_argument("--enumerate", action="store_true", help="every member (the default)")
+    what.add_argument("--enumerate", action="store_true",
+                      help=f"every member (the default); a space of more than {MAX_ENUMERATED:,} needs --limit N")
     what.add_argument("--sample", type=int, metavar="N", help="N distinct members drawn at random")
     what.add_argument("--mutate", type=int, metavar="N", help="N members differing in one choice from --from")
+    sp.add_argument("--limit", type=int, metavar="N",
+                    help="check at most N members (the first N enumerated), so at most N are output or written")
     sp.add_argument("--from", dest="start", metavar="FILE", help="a member written by -o, or a jsonl line")
     sp.add_argument("--seed", type=int, default=0, help="random seed for --sample and --mutate (default 0)")
     sp.add_argument("--max-params", type=int, metavar="N")

@@ -138,6 +138,9 @@ def test_two_workers_share_one_study_and_its_best_trains_to_the_reported_accurac
     rows = read_rows(out / "results.csv")
     assert [int(r["trial"]) for r in rows] == numbers
     assert len({r["worker"] for r in rows}) == 2  # both processes ran trials
+    # no seed given: one drawn for the run, worker i seeding its sampler with it + i
+    seeds = {r["worker"]: {r2["seed"] for r2 in rows if r2["worker"] == r["worker"]} for r in rows}
+    assert sorted(int(s) for ss in seeds.values() for s in ss) == [result.seed, result.seed + 1]
     # the best architecture, loaded from best.cnn and trained again here, reaches the accuracy its trial reported
     accuracy = train(str(out / "best.cnn"), "digits", 1, out=io.StringIO())
     assert accuracy == pytest.approx(result.best_accuracy, abs=1e-6)
@@ -149,3 +152,47 @@ def test_mistakes_are_clean_errors(tiny):
         cnndsl.search("no_such_space.cnn", trials=1)
     with pytest.raises(cnndsl.CnnDslError, match="storage"):
         cnndsl.search(tiny, trials=2, workers=2)
+
+
+def test_each_run_draws_its_own_sampler_seed_and_records_it(tiny, tmp_path, capsys):
+    first = cnndsl.search(tiny, trials=3, epochs=1, sampler="random", pruner="none")
+    second = cnndsl.search(tiny, trials=3, epochs=1, sampler="random", pruner="none")
+    assert first.seed != second.seed  # a fresh seed per run (two equal in 2**31 draws: a one-in-2-billion failure)
+    assert {r["seed"] for r in first.rows} == {first.seed} and {r["seed"] for r in second.rows} == {second.seed}
+    again = cnndsl.search(tiny, trials=3, epochs=1, sampler="random", pruner="none", seed=first.seed)
+    assert [r["_choices"] for r in again.rows] == [r["_choices"] for r in first.rows]  # the recorded seed reproduces
+    out = tmp_path / "run"
+    assert main(["search", tiny, "--trials", "2", "--epochs", "1", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    seeds = {r["seed"] for r in read_rows(out / "results.csv")}
+    assert len(seeds) == 1 and f"sampler seed {seeds.pop()}" in printed
+
+
+def test_a_worker_killed_by_a_signal_is_reported_as_such(tiny, tmp_path):
+    import multiprocessing
+    import os
+    import signal
+    import threading
+
+    killed = []
+
+    def kill_the_other_worker():  # as soon as the search has started it, before it can have finished a trial
+        for _ in range(6000):
+            others = [p for p in multiprocessing.active_children() if p.name == "cnndsl-search-1" and p.pid]
+            if others:
+                os.kill(others[0].pid, signal.SIGKILL)
+                killed.append(others[0].pid)
+                return
+            threading.Event().wait(0.01)
+
+    killer = threading.Thread(target=kill_the_other_worker)
+    killer.start()
+    try:
+        with pytest.raises(cnndsl.CnnDslError) as e:
+            cnndsl.search(tiny, trials=2, epochs=1, workers=2, out=tmp_path / "killed", seed=0)
+    finally:
+        killer.join()
+    assert killed
+    assert e.value.message == "search worker cnndsl-search-1 was killed by signal 9 (SIGKILL)"
+    assert "message is above" not in str(e.value)
+    assert read_rows(tmp_path / "killed" / "results.csv")  # this process's trial was still written

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 
 import networkx as nx
@@ -214,3 +215,50 @@ def test_language_errors_have_places(tmp_path):
         with pytest.raises(cnndsl.CnnDslError, match=message) as e:
             cnndsl.loads(text)
         assert e.value.span is not None
+
+
+# 100 independent two-way choices: 2^100 = 1,267,650,600,228,229,401,496,703,205,376 members, counted at once.
+HUGE = "network huge: input 1x8x8\n    " + " ".join("conv1-{4|8}" for _ in range(100)) + " gap fc-10\n"
+
+
+def test_enumerating_a_huge_space_is_refused_unless_limited(tmp_path, capsys):
+    variants_module = importlib.import_module("cnndsl.variants")  # (cnndsl.variants is also the function)
+
+    path = tmp_path / "huge.cnn"
+    path.write_text(HUGE)
+    assert Space.open(str(path)).count() == 2 ** 100 > variants_module.MAX_ENUMERATED
+    out = tmp_path / "members"
+    for args in (["--enumerate"], ["--enumerate", "-o", str(out)], []):
+        capsys.readouterr()
+        assert main(["variants", str(path), *args]) == 1
+        captured = capsys.readouterr()
+        assert captured.out == "" and "Traceback" not in captured.err
+        assert f"huge has {2 ** 100:,} members, too many to enumerate" in captured.err
+        assert "--limit N" in captured.err.split("hint: ", 1)[1]
+    assert not out.exists()  # refused before anything was written
+    with pytest.raises(cnndsl.CnnDslError, match="too many to enumerate"):
+        variants(str(path))  # the API refuses at the call, before any member
+    assert main(["variants", str(path), "--limit", "3", "-o", str(out)]) == 0
+    assert len(list(out.glob("*.cnn"))) == 3
+    capsys.readouterr()
+    assert main(["variants", str(path), "--enumerate", "--limit", "4"]) == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert len(lines) == 4 and len({json.dumps(r["choices"]) for r in lines}) == 4
+    members = list(variants(str(path), limit=5))
+    assert len(members) == 5 and [m.choices for m in members] == [m.choices for m in Space.open(str(path)).enumerate(5)]
+
+
+def test_a_space_counted_by_enumeration_is_refused_once_past_the_limit(tmp_path, monkeypatch):
+    variants_module = importlib.import_module("cnndsl.variants")  # (cnndsl.variants is also the function)
+
+    # the block's choice is reached from two choices: no tree, so the members are counted by enumerating them
+    text = "block b: conv3-{4|8}\nnetwork nt: input 1x8x8\n    choice< b | relu > choice< b | relu > gap fc-10\n"
+    space = space_from(tmp_path, text)
+    members = len(list(space.enumerate()))
+    monkeypatch.setattr(variants_module, "MAX_ENUMERATED", members - 1)
+    with pytest.raises(cnndsl.CnnDslError, match=f"more than {members - 1:,} members") as e:
+        variants(space_from(tmp_path, text))
+    assert "--limit N" in e.value.hint
+    assert len(list(variants(space_from(tmp_path, text), limit=members - 1, keep_invalid=True))) == members - 1
+    monkeypatch.setattr(variants_module, "MAX_ENUMERATED", members)
+    assert len(list(variants(space_from(tmp_path, text), keep_invalid=True))) == members
