@@ -10,9 +10,10 @@ from .api import build, build_jax, build_torch, compile, load, loads
 from .convert import jax_to_torch, torch_to_jax
 from .errors import CnnDslError, CnnDslWarning
 from .network import Network
+from .passes.limits import SizeLimits
 from .search import search
 from .variants import Space, Variant, variants
 
-__all__ = ["CnnDslError", "CnnDslWarning", "Network", "Space", "Variant", "build", "build_jax", "build_torch", "compile",
+__all__ = ["CnnDslError", "CnnDslWarning", "Network", "SizeLimits", "Space", "Variant", "build", "build_jax", "build_torch", "compile",
            "jax_to_torch", "load", "loads", "search", "torch_to_jax", "variants"]
 __version__ = "0.1.0"

@@ -2,45 +2,55 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from .errors import CnnDslWarning
 from .loader import Library, open_net, pick_network
 from .network import Network
-from .passes import PIPELINE, resolve
+from .passes import PIPELINE, SizeLimits, resolve
 from .syntax import parse
 
 
-def build(library: Library, name: str, input_shape: tuple[int, ...] | None = None, choose=None,
-          **params: Any) -> Network:
-    """Resolve network ``name`` from ``library`` and run every pass over it."""
+def build(library: Library, name: str, input_shape: tuple[int, ...] | None = None, choose=None, *,
+          limits: SizeLimits | Mapping[str, int] | None = None, **params: Any) -> Network:
+    """Resolve network ``name`` from ``library`` and run every pass over it.
+
+    ``limits`` raises (or lowers) the size limits (:class:`cnndsl.passes.limits.SizeLimits`, or a dict
+    such as ``{"params": 10**12}`` of the ones to change); a network over one is refused with a
+    :class:`cnndsl.CnnLimitError` at the first layer that crosses it, before anything is allocated.
+    """
+    sizes = SizeLimits.of(limits)
     graph = resolve(library, name, choose, **params)
     if input_shape is not None:
         graph.node(graph.inputs[0]).args["shape"] = tuple(input_shape)
     warnings: list[CnnDslWarning] = []
     for _, run in PIPELINE:
-        run(graph, warnings)
+        run(graph, warnings, sizes)
     return Network(graph, warnings)
 
 
-def load(net: str, *, input_shape: tuple[int, ...] | None = None, **params: Any) -> Network:
+def load(net: str, *, input_shape: tuple[int, ...] | None = None,
+         limits: SizeLimits | Mapping[str, int] | None = None, **params: Any) -> Network:
     """Load a zoo network by name (``"resnet50"``) or a .cnn file by path (``"net.cnn"``, ``"file.cnn:name"``).
 
-    Keyword arguments override the network's parameters (``classes=10``).
+    Keyword arguments override the network's parameters (``classes=10``); ``limits`` the size limits
+    (``limits={"params": 10**12, "spatial": 100_000}``, see :func:`build`).
     Raises :class:`cnndsl.CnnDslError` for any mistake in the network.
     """
     library, name = open_net(str(net))
-    return build(library, name, input_shape, **params)
+    return build(library, name, input_shape, limits=limits, **params)
 
 
 def loads(text: str, filename: str = "<string>", *, network: str | None = None,
-          input_shape: tuple[int, ...] | None = None, **params: Any) -> Network:
+          input_shape: tuple[int, ...] | None = None, limits: SizeLimits | Mapping[str, int] | None = None,
+          **params: Any) -> Network:
     """Load a network from .cnn text. ``use`` finds files relative to the working directory and the zoo."""
     from pathlib import Path
 
     library = Library.from_module(parse(text, filename), Path.cwd())
     name = pick_network(library, network, filename)
-    return build(library, name, input_shape, **params)
+    return build(library, name, input_shape, limits=limits, **params)
 
 
 def _network(net: str | Network, params: dict[str, Any], inference: bool = False) -> Network:

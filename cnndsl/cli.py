@@ -18,17 +18,36 @@ EPILOG = "NET is a zoo name (see `cnndsl list`), a .cnn file, or FILE.cnn:NETWOR
 
 
 def _shape(text: str) -> tuple[int, ...]:
-    if not re.fullmatch(r"[1-9][0-9]*(x[1-9][0-9]*){0,2}", text):
-        raise argparse.ArgumentTypeError(f"expected CxHxW such as 3x224x224, got {text!r}")
-    return tuple(int(d) for d in text.split("x"))
+    """An ``--input`` shape, in the forms a network's ``input`` takes: ``C`` (a flat vector) or ``CxHxW``.
+
+    As in the language: decimal sizes (leading zeros allowed), each at least 1 and at most
+    ``syntax.MAX_NUMBER``; anything else (``3x16``, ``0x8x8``, ``3X8X8``) is a usage error.
+    """
+    from .syntax import MAX_NUMBER
+
+    forms = "C (a flat vector, such as 64) or CxHxW (such as 3x224x224)"
+    if not re.fullmatch(r"[0-9]+(x[0-9]+)*", text, re.ASCII):
+        raise argparse.ArgumentTypeError(f"expected {forms}, got {text!r}")
+    dims = text.split("x")
+    if len(dims) not in (1, 3):
+        raise argparse.ArgumentTypeError(f"expected {forms}, got {text!r} ({len(dims)} sizes)")
+    if any(len(d.lstrip("0")) > len(str(MAX_NUMBER)) or not 1 <= int(d) <= MAX_NUMBER for d in dims):
+        raise argparse.ArgumentTypeError(f"expected {forms} with sizes from 1 to {MAX_NUMBER:,}, got {text!r}")
+    return tuple(int(d) for d in dims)
 
 
 def _params(pairs: list[str]) -> dict:
+    """``-p NAME=VALUE`` pairs as keyword arguments (int, float, true/false, else the string).
+
+    A pair that is not ``NAME=VALUE`` with NAME an identifier raises ``argparse.ArgumentTypeError``,
+    which :func:`main` reports as the usage error it is (exit 2).
+    """
     out = {}
     for pair in pairs or ():
         key, sep, val = pair.partition("=")
         if not sep or not key.isidentifier():
-            raise SystemExit(f"cnndsl: error: --param takes NAME=VALUE, got {pair!r}")
+            raise argparse.ArgumentTypeError(f"argument --param/-p: expected NAME=VALUE such as classes=10, "
+                                             f"got {pair!r}")
         try:
             out[key] = int(val)
         except ValueError:
@@ -127,9 +146,12 @@ def cmd_compile(args) -> int:
 
 
 def cmd_train(args) -> int:
+    params = _params(args.param)
+    if args.epochs is not None and args.epochs < 1:
+        raise argparse.ArgumentTypeError(f"argument --epochs: expected at least 1, got {args.epochs}")
     from .train import train
 
-    train(args.net, data=args.data, epochs=args.epochs, backend=args.backend, **_params(args.param))
+    train(args.net, data=args.data, epochs=args.epochs, backend=args.backend, **params)
     return 0
 
 
@@ -139,11 +161,23 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def net_cmd(name, func, help_):
+        from .passes import limits
+
         sp = sub.add_parser(name, help=help_, description=help_, epilog=EPILOG)
         sp.add_argument("net", metavar="NET")
         sp.add_argument("--param", "-p", action="append", metavar="NAME=VALUE",
                         help="set a network parameter, e.g. -p classes=10")
-        sp.set_defaults(func=func)
+        sizes = sp.add_argument_group("size limits", "a network over one is refused at the layer that crosses it, "
+                                                     "before anything is allocated (N: 10**12, 1e12 or 1000000000000)")
+        for which, flag, what in limits.OPTIONS:
+            sizes.add_argument(flag, dest=f"max_{which}", type=limits.parse_limit, metavar="N",
+                               help=f"{what} (default {getattr(limits.SizeLimits(), which):,})")
+
+        def run(args):
+            with limits.raised({which: getattr(args, f"max_{which}") for which, _, _ in limits.OPTIONS}):
+                return func(args)
+
+        sp.set_defaults(func=run)
         return sp
 
     net_cmd("check", cmd_check, "parse and check a network; report errors and warnings")
@@ -190,9 +224,17 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    """Run the ``cnndsl`` command line; returns the exit status (argparse exits 2 on bad usage itself)."""
+    p = parser()
+    args = p.parse_args(argv)
     try:
         return args.func(args)
+    except argparse.ArgumentTypeError as e:  # bad usage found after parsing (a malformed -p NAME=VALUE, ...)
+        # report it through the subcommand's parser (its usage line, then the message; exit 2), as argparse would;
+        # argparse has no public accessor for a subparser, so find it among the actions
+        sub = next((a.choices[args.command] for a in p._actions
+                    if isinstance(a, argparse._SubParsersAction) and args.command in a.choices), p)
+        sub.error(str(e))
     except CnnDslError as e:
         print(e, file=sys.stderr)
         return 1

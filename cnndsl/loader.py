@@ -119,13 +119,14 @@ class Library:
 
     def _add(self, module: ast.Module, base_dir: Path | None, seen: set, local: bool) -> None:
         for use in module.uses:
-            path, text = _find_use(use, base_dir)
+            path, shipped = _find_use(use, base_dir)
             key = str(path)
-            if key in seen:
+            if key in seen:  # each file is read once, however many files use it
                 continue
             seen.add(key)
-            sub = _parse_used(text, key if isinstance(path, Path) else f"<zoo>/{use.path}")
-            self._add(sub, path.parent if isinstance(path, Path) else None, seen, local=False)
+            text = path.read_text(encoding="utf-8") if shipped else read_text(path, use.span)
+            sub = _parse_used(text, key)
+            self._add(sub, path.parent, seen, local=False)
         for b in module.blocks:
             prev = self.blocks.get(b.name)
             if prev is not None and prev.span.source.name == b.span.source.name:
@@ -156,14 +157,15 @@ def _parse_used(text: str, name: str) -> ast.Module:
     return parse(text, name)
 
 
-def _find_use(use: ast.Use, base_dir: Path | None):
+def _find_use(use: ast.Use, base_dir: Path | None) -> tuple[Path, bool]:
+    """The file a ``use`` names, and whether it is a shipped one: next to the using file first, then the zoo."""
     if base_dir is not None:
-        candidate = (base_dir / use.path)
-        if candidate.is_file():
-            return candidate.resolve(), read_text(candidate, use.span)
+        candidate = base_dir / use.path
+        if candidate.exists():  # whatever it is: read_text refuses what is not a regular file, and says why
+            return candidate.resolve(), False
     zoo = _zoo_dir().joinpath(use.path)
     if zoo.is_file():
-        return Path(str(zoo)), zoo.read_text(encoding="utf-8")
+        return Path(str(zoo)), True
     raise CnnNameError(f"cannot find \"{use.path}\" to use", use.span,
                        "a used file is looked up next to this file, then in the shipped zoo")
 

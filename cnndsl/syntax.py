@@ -11,6 +11,7 @@ position and a hint.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
@@ -24,6 +25,19 @@ MAX_NESTING = 64
 MAX_RANGE = 10_000
 MAX_SOURCE_BYTES = 4 * 1024 * 1024
 MAX_NUMBER = 2**40  # no size, count or channel number in a network comes near this
+# Limits on the text, counted by :func:`scan` before the parser sees it. The zoo's largest file, inception.cnn,
+# has about 2,000 tokens and 150 labels; no zoo file has more than 5 references, 5 branches in a combinator or
+# 8 tokens in an expression; the largest expansion (`cnndsl expand inception_resnet_v2`) has about 26,000
+# tokens. Parsing costs tens of microseconds a token.
+MAX_TOKENS = 50_000  # tokens in one file, comments included
+MAX_EXPRESSION_TOKENS = 256  # tokens in one expression (one argument, one {...} value, one option of a choice)
+MAX_LABELS = 10_000  # `name:` labels in one file
+MAX_REFERENCES = 10_000  # `@name` references in one file
+MAX_BRANCHES = 1_000  # branches of one combinator, concat< a | b | ... >
+MAX_NAME_LENGTH = 1_000  # characters in one name (a word of the text, or a layer's full dotted name)
+# Counted while the parsed text is turned into syntax (each costs more than its tokens):
+MAX_RANGE_VALUES = 100_000  # values of all the {a..b} ranges of one file together (each is a choice of b-a+1)
+MAX_USES = 100  # `use "file.cnn"` lines in one file (each reads a file of up to MAX_SOURCE_BYTES)
 
 
 # ----------------------------------------------------------------------------- expressions
@@ -262,6 +276,8 @@ class _Builder(Transformer):
     def __init__(self, source: Source):
         super().__init__()
         self.src = source
+        self.range_values = 0  # of the {a..b} ranges so far
+        self.uses = 0
 
     def _s(self, meta) -> Span:
         return _span(self.src, meta)
@@ -294,6 +310,10 @@ class _Builder(Transformer):
             raise CnnSyntaxError(f"the range {{{low}..{high}}} is empty" if high < low else
                                  f"the range {{{low}..{high}}} has more than {MAX_RANGE} values", span,
                                  "a range {a..b} lists the integers from a to b, both included")
+        self.range_values += high - low + 1
+        if self.range_values > MAX_RANGE_VALUES:
+            raise CnnLimitError(f"the ranges of this file have more than {MAX_RANGE_VALUES:,} values together",
+                                span, "a search space that large cannot be searched; use fewer or shorter ranges")
         return Choice(tuple(Num(v, span) for v in range(low, high + 1)), span)
 
     def neg(self, meta, children):
@@ -325,7 +345,11 @@ class _Builder(Transformer):
         return children[0]
 
     def dotted(self, meta, children):
-        return ".".join(str(c) for c in children)
+        name = ".".join(str(c) for c in children)
+        if len(name) > MAX_NAME_LENGTH:
+            raise CnnLimitError(f"a name of {len(name):,} characters (the limit is {MAX_NAME_LENGTH:,})",
+                                self._s(meta), "give it a shorter name")
+        return name
 
     def call(self, meta, children):
         name, kernel, channels, stride, args = children
@@ -392,6 +416,10 @@ class _Builder(Transformer):
         return Derived(str(name), params or (), str(base), args or (), tuple(mods), self._s(meta))
 
     def use(self, meta, children):
+        self.uses += 1
+        if self.uses > MAX_USES:
+            raise CnnLimitError(f"the file has more than {MAX_USES} `use` lines", self._s(meta),
+                                "use each file once: its blocks are visible to the whole file")
         return Use(str(children[0])[1:-1], self._s(meta))
 
     def start(self, meta, children):
@@ -444,20 +472,121 @@ def _check_text(source: Source) -> None:
     if "\x00" in text:
         raise CnnSyntaxError("this is a binary file, not .cnn text", Span.start_of(source),
                              "pass a .cnn network description or a zoo name (see `cnndsl list`)")
-    if not text.strip() or all(line.strip().startswith("#") or not line.strip() for line in text.splitlines()):
+    if not scan(source).code:  # nothing but comments and blanks
         raise CnnSyntaxError("empty file: no network or block in it", Span.start_of(source),
                              "a network starts with `network NAME: input CxHxW` followed by its layers")
-    depth = 0
-    for lineno, line in enumerate(text.splitlines(), 1):
-        for col, ch in enumerate(line.split("#", 1)[0], 1):
-            if ch in "[<({":
-                depth += 1
-                if depth > MAX_NESTING:
-                    raise CnnLimitError(f"brackets nested more than {MAX_NESTING} deep",
-                                        Span(source, lineno, col, lineno, col + 1),
-                                        "use a block to name the repeated structure instead")
-            elif ch in "])>}":
-                depth = max(0, depth - 1)
+
+
+# ----------------------------------------------------------------------------- counting before parsing
+
+#: An approximation of the parser's tokens, cheap to find (one regular expression, no parser state).
+_TOKEN = re.compile(r"""
+      (?P<comment>\#[^\n]*)
+    | (?P<string>"[^"\n]*"?)
+    | (?P<word>[A-Za-z_][A-Za-z0-9_]*(?:-[A-Za-z_][A-Za-z0-9_]*)*)
+    | (?P<number>[0-9]+(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?(?:x[0-9]+)*)
+    | (?P<punct>//|\.\.|[^\sA-Za-z0-9_"\#])
+""", re.VERBOSE)
+_DECLARES = ("block", "network")  # `block NAME:` and `network NAME:` end in a colon that is no label
+
+
+@dataclass
+class _Open:
+    """A bracket still open while scanning, and the expression piece being counted inside it."""
+
+    char: str
+    expression: bool  # ( or { holding expressions (not the steps of [ ], < > or replace( ))
+    piece_at: int  # where the current piece (argument, option) starts
+    opened: int  # tokens seen before it
+    piece: int = 0  # tokens of the current piece so far, those of brackets inside it included
+    branches: int = 1
+
+
+@dataclass
+class TextCounts:
+    """What :func:`scan` counted in a text (each at most its limit)."""
+
+    tokens: int = 0  # comments included
+    code: int = 0  # tokens other than comments
+    labels: int = 0
+    references: int = 0
+    longest_expression: int = 0
+    most_branches: int = 0
+    deepest: int = 0
+
+
+def scan(source: Source) -> TextCounts:
+    """Count a text's tokens, labels, references, branches, expression sizes and bracket depth before parsing.
+
+    Raise :class:`CnnLimitError` at the first place over a limit (``MAX_TOKENS``, ``MAX_EXPRESSION_TOKENS``,
+    ``MAX_LABELS``, ``MAX_REFERENCES``, ``MAX_BRANCHES``, ``MAX_NAME_LENGTH``, ``MAX_NESTING``). The work is one
+    pass that stops at the limit, so a text too long to parse quickly is refused before the parser sees it.
+
+    >>> scan(Source("t.cnn", "network t: input 1x8x8 a: conv3-{2*4} concat< @a | relu >")).references
+    1
+    """
+    counts, stack = TextCounts(), []
+    prev = prev2 = ""
+    for m in _TOKEN.finditer(source.text):
+        counts.tokens += 1
+        if counts.tokens > MAX_TOKENS:
+            _over(source, m.start(), f"the file has more than {MAX_TOKENS:,} tokens",
+                  "a network this long is written with repeats (x{n}) and blocks")
+        kind, tok = m.lastgroup, m.group()
+        if kind == "comment":
+            continue
+        counts.code += 1
+        seen = counts.code
+        if kind == "word" and len(tok) > MAX_NAME_LENGTH:
+            _over(source, m.start(), f"a name of {len(tok):,} characters (the limit is {MAX_NAME_LENGTH:,})",
+                  "give it a shorter name")
+        top = stack[-1] if stack else None
+        if top is not None and top.expression and tok in ",|":
+            top.piece, top.piece_at = 0, m.end()
+        elif top is not None and top.expression:
+            top.piece += 1
+            _check_piece(source, top, counts)
+        if tok in _OPENS:
+            if len(stack) >= MAX_NESTING:
+                _over(source, m.start(), f"brackets nested more than {MAX_NESTING} deep",
+                      "use a block to name the repeated structure instead")
+            expression = tok == "{" or (tok == "(" and prev != "replace")
+            stack.append(_Open(tok, expression, m.start(), seen))
+            counts.deepest = max(counts.deepest, len(stack))
+        elif tok in _CLOSES and stack:
+            done = stack.pop()
+            if stack and stack[-1].expression:  # the tokens inside belong to the enclosing expression too
+                stack[-1].piece += seen - done.opened - 1
+                _check_piece(source, stack[-1], counts)
+        elif tok == "|" and top is not None and top.char == "<":
+            top.branches += 1
+            counts.most_branches = max(counts.most_branches, top.branches)
+            if top.branches > MAX_BRANCHES:
+                _over(source, m.start(), f"more than {MAX_BRANCHES:,} branches in one combinator",
+                      "a combinator of that many branches cannot be compiled")
+        elif tok == "@":
+            counts.references += 1
+            if counts.references > MAX_REFERENCES:
+                _over(source, m.start(), f"the file has more than {MAX_REFERENCES:,} references (@name)",
+                      "a network with that many skips cannot be compiled")
+        elif tok == ":" and prev and (prev[0].isalnum() or prev[0] == "_") and prev2 not in _DECLARES:
+            counts.labels += 1
+            if counts.labels > MAX_LABELS:
+                _over(source, m.start(), f"the file has more than {MAX_LABELS:,} labels",
+                      "a network this long is written with repeats (x{n}) and blocks, which number their layers")
+        prev2, prev = prev, tok
+    return counts
+
+
+def _check_piece(source: Source, top: _Open, counts: TextCounts) -> None:
+    counts.longest_expression = max(counts.longest_expression, top.piece)
+    if top.piece > MAX_EXPRESSION_TOKENS:
+        _over(source, top.piece_at, f"an expression of more than {MAX_EXPRESSION_TOKENS} tokens",
+              "split a very long expression, e.g. into block parameters")
+
+
+def _over(source: Source, pos: int, message: str, hint: str):
+    raise CnnLimitError(message, _offset_span(source, pos), hint)
 
 
 _CLOSES = {")": "(", "]": "[", "}": "{", ">": "<"}
@@ -470,25 +599,18 @@ def _offset_span(source: Source, pos: int) -> Span:
     return Span(source, line, col, line, col + 1)
 
 
+_BRACKET_OR_SKIPPED = re.compile(r'#[^\n]*|"[^"]*"?|[][(){}<>]')
+
+
 def _open_brackets(text: str, end: int) -> list[tuple[str, int]]:
     """The brackets still open at offset ``end``, outermost first, skipping comments and strings."""
     stack: list[tuple[str, int]] = []
-    i = 0
-    while i < end:
-        ch = text[i]
-        if ch == "#":
-            nl = text.find("\n", i)
-            i = end if nl < 0 else nl
-            continue
-        if ch == '"':
-            close = text.find('"', i + 1)
-            i = end if close < 0 else close + 1
-            continue
+    for m in _BRACKET_OR_SKIPPED.finditer(text, 0, end):  # one regular expression: no loop over characters
+        ch = m.group()
         if ch in _OPENS:
-            stack.append((ch, i))
+            stack.append((ch, m.start()))
         elif ch in _CLOSES and stack and stack[-1][0] == _CLOSES[ch]:
             stack.pop()
-        i += 1
     return stack
 
 
@@ -524,10 +646,11 @@ def _unexpected_end(source: Source, expected) -> CnnSyntaxError:
 def _longest_brace(source: Source) -> Span:
     """Where the longest ``{...}`` starts (the likely culprit of an expression too deep to build)."""
     best, best_len, opened = Span.start_of(source), 0, []
-    for i, ch in enumerate(source.text):
-        if ch == "{":
+    for m in re.finditer(r"[{}]", source.text):
+        i = m.start()
+        if m.group() == "{":
             opened.append(i)
-        elif ch == "}" and opened:
+        elif opened:
             start = opened.pop()
             if i - start > best_len:
                 best, best_len = _offset_span(source, start), i - start

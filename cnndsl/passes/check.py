@@ -10,7 +10,8 @@ from ..errors import CnnDslError, CnnDslWarning
 from ..ir import Graph
 
 
-def check(g: Graph, warnings: list[CnnDslWarning] | None = None) -> Graph:
+def check(g: Graph, warnings: list[CnnDslWarning] | None = None, limits=None) -> Graph:
+    """Check the whole graph (``limits`` is not used here: ``infer_shapes`` and ``count`` check sizes)."""
     g.verify()
     live = g.ancestors(g.outputs)
     for node in g.nodes():

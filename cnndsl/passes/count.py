@@ -12,13 +12,18 @@ import math
 
 from ..ir import Graph
 from ..ops import OPS
+from .limits import SizeLimits, Totals
 
 
-def count(g: Graph, warnings=None) -> Graph:
+def count(g: Graph, warnings=None, limits: SizeLimits | None = None) -> Graph:
+    """Count every node; with ``limits``, refuse the first layer that brings the totals over them."""
+    totals = Totals(limits) if limits is not None else None
     for node in g.nodes():
         op = OPS[node.op]
         xs = [g.node(src).shape for src in g.inputs_of(node.name)]
         node.params = op.count_params(xs, node.args)
         node.macs = op.count_macs(xs, node.args, node.shape)
         node.activations = math.prod(node.shape) if op.materializes else 0
+        if totals is not None:
+            totals.add(node.name, node.params, node.activations, node.span)
     return g

@@ -14,9 +14,11 @@ from __future__ import annotations
 from ..errors import CnnDslWarning
 from ..ir import Graph
 from ..ops import OPS
+from .limits import SizeLimits, check_shape
 
 
-def infer_shapes(g: Graph, warnings: list[CnnDslWarning] | None = None) -> Graph:
+def infer_shapes(g: Graph, warnings: list[CnnDslWarning] | None = None, limits: SizeLimits | None = None) -> Graph:
+    """Give every node its shape; with ``limits``, refuse the first layer whose output is over them."""
     seen = {(w.message, str(w.span)) for w in warnings or ()}  # the pipeline runs this pass twice
 
     def warn(w: CnnDslWarning) -> None:
@@ -28,7 +30,9 @@ def infer_shapes(g: Graph, warnings: list[CnnDslWarning] | None = None) -> Graph
     for node in g.nodes():
         if node.op == "input":
             node.shape = tuple(node.args["shape"])
-            continue
-        xs = [g.node(src).shape for src in g.inputs_of(node.name)]
-        node.shape = OPS[node.op].infer_many(xs, node.args, node.span, warn)
+        else:
+            xs = [g.node(src).shape for src in g.inputs_of(node.name)]
+            node.shape = OPS[node.op].infer_many(xs, node.args, node.span, warn)
+        if limits is not None:
+            check_shape(node, limits)
     return g

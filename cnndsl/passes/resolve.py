@@ -23,6 +23,7 @@ Naming (what the backends turn into module names):
 from __future__ import annotations
 
 import difflib
+import itertools
 import re
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -33,14 +34,20 @@ from .. import syntax as ast
 from ..errors import CnnArgumentError, CnnDslError, CnnLimitError, CnnNameError, CnnShapeError, Span
 from ..ir import Graph, Scope
 from ..ops import OPS, lookup, spellings
+from ..syntax import MAX_NAME_LENGTH
 
 MAX_NODES = 100_000
+MAX_LOOKUPS = 100_000  # references (@name) followed while building one network, block instances included
+#: Work while building one network, in units: a layer built, a sequence lowered, a reference followed, a block
+#: parameter bound, a per-op default applied. Real networks take at most a few units a layer.
+MAX_WORK = 1_000_000
 INIT_SCHEMES = ("kaiming", "xavier")  # `with init(...)`; without one, PyTorch's own defaults
 MAX_BLOCK_DEPTH = 48
 #: The flow after ``none`` (a zero tensor, NAS-Bench-201's zero edge): it builds no node. Layers applied to
 #: it are dropped, ``add<...>`` leaves it out, and concat, residual, aux or the network output reject it.
 ZERO = "<none>"
 MAX_NESTED = 100  # sequences inside sequences: blocks, groups and branches together
+MAX_SUGGESTED = 10_000  # names looked through for a "did you mean" hint (difflib takes about 10 us a name)
 
 
 @dataclass(frozen=True)
@@ -167,7 +174,9 @@ class Resolver:
         self.zeroed = False  # a `none` was taken: layers whose only use was a zero are pruned at the end
         self.claimed: dict[str, Span | None] = {}  # full name given by a label -> where
         self.depth = 0  # sequences being lowered, one inside the other
-        self.sizes: dict[str, int] = {}  # block -> a lower bound on the layers one instance builds
+        self.sizer = Sizer(library.blocks)  # lower bounds on what a step will build, before building it
+        self.lookups = 0  # references followed
+        self.work = 0  # units of MAX_WORK spent
         self.chain = chain  # derived networks being built, outermost first (to stop `a = b`, `b = a`)
 
     # -- entry
@@ -176,6 +185,9 @@ class Resolver:
         if name in self.chain:
             raise CnnNameError(f"network '{name}' is derived from itself ({' = '.join(self.chain + (name,))})",
                                span or decl.span, "derive a network from another one, not from itself")
+        if len(self.chain) >= MAX_BLOCK_DEPTH:
+            raise CnnLimitError(f"networks derived from one another more than {MAX_BLOCK_DEPTH} deep "
+                                f"(through '{name}')", span or decl.span, "derive from the base network directly")
         if isinstance(decl, ast.Derived):
             return self._derived(decl, overrides)
         env = self._bind(decl.name, decl.params, (), overrides, {}, decl.span, "network")
@@ -218,6 +230,7 @@ class Resolver:
         given = self._args(decl.args, env)
         pos = [v for k, v in given if k is None]
         params = base.params
+        names = {p.name for p in params}
         if len(pos) > len(params):
             raise CnnArgumentError(f"'{decl.base}' takes {len(params)} parameters, got {len(pos)}", decl.span)
         for p, v in zip(params, pos):
@@ -226,7 +239,7 @@ class Resolver:
             if k is not None:
                 if k in base_over:
                     raise CnnArgumentError(f"parameter '{k}' of '{decl.base}' given twice", decl.span)
-                if k not in [p.name for p in params]:
+                if k not in names:
                     raise CnnArgumentError(f"network '{decl.base}' has no parameter '{k}'", decl.span,
                                            _suggest(k, [p.name for p in params]))
                 base_over[k] = v
@@ -237,13 +250,7 @@ class Resolver:
         self.g = g
         for mod in decl.modifiers:
             if isinstance(mod, ast.Freeze):
-                for path in mod.paths:
-                    hit = [n for n in g.nodes() if n.name == path or n.name.startswith(path + ".")]
-                    if not hit:
-                        raise CnnNameError(f"nothing named '{path}' to freeze", mod.span,
-                                           _suggest(path, [n.name for n in g.nodes()]))
-                    for n in hit:
-                        n.frozen = True
+                _freeze(g, mod)
             else:
                 self._replace(g, mod, env)
         return g
@@ -278,17 +285,28 @@ class Resolver:
         if aux_at is not None:
             g.aux_outputs[aux_at] = out
 
+    def _spend(self, units: int, span: Span | None) -> None:
+        """Count work towards ``MAX_WORK``: the layer limit alone does not bound what builds few layers slowly."""
+        self.work += units
+        if self.work > MAX_WORK:
+            raise CnnLimitError(f"building the network takes more than {MAX_WORK:,} steps (layers, sequences, "
+                                "references, block parameters and defaults)", span,
+                                "a block with that many parameters or defaults used that many times cannot be "
+                                "compiled; check the repeat counts")
+
     # -- parameters and arguments
     def _args(self, args: tuple[ast.Arg, ...], env) -> list[tuple[str | None, Any]]:
         return [(a.name, evaluate(a.value, env, self.choose)) for a in args]
 
     def _bind(self, what: str, params: tuple[ast.Param, ...], positional: tuple, keywords: dict, caller_env,
               span, kind: str) -> dict[str, Any]:
-        names = [p.name for p in params]
-        for i, p in enumerate(params):
-            if p.name in names[:i]:
+        self._spend(len(params) + len(positional) + len(keywords), span)
+        names, declared = [p.name for p in params], set()
+        for p in params:
+            if p.name in declared:
                 raise CnnNameError(f"parameter '{p.name}' of '{what}' is declared twice", p.span,
                                    "give each parameter its own name")
+            declared.add(p.name)
         if len(positional) > len(params):
             raise CnnArgumentError(f"{kind} '{what}' takes {len(params)} argument{'s' if len(params) != 1 else ''}, "
                                    f"got {len(positional)}", span,
@@ -297,7 +315,7 @@ class Resolver:
         for p, v in zip(params, positional):
             env[p.name] = v
         for k, v in keywords.items():
-            if k not in names:
+            if k not in declared:
                 raise CnnArgumentError(f"{kind} '{what}' has no parameter '{k}'", span,
                                        _suggest(k, names) or f"'{what}({', '.join(names)})'")
             if k in env:
@@ -313,6 +331,8 @@ class Resolver:
 
     def _defaults(self, decls: tuple[ast.OpDefault, ...], inherited: dict, env) -> dict[str, dict[str, Any]]:
         out = {k: dict(v) for k, v in inherited.items()}
+        if decls:
+            self._spend(sum(1 + len(d.args) for d in decls), decls[0].span)
         for d in decls:
             op = lookup(d.op)
             if op is None:
@@ -341,8 +361,9 @@ class Resolver:
                                 "(blocks, groups and branches together)", seq.span,
                                 "a block that instantiates itself, or brackets nested too deeply?")
         self.depth += 1
+        self._spend(1, seq.span)
         steps = seq.steps
-        self._check_size(steps)
+        self._check_size(steps, frame)
         for i, step in enumerate(steps):
             last = i == len(steps) - 1
             nxt_act = then_act if last else self._is_activation(steps[i + 1], frame)
@@ -350,15 +371,15 @@ class Resolver:
         self.depth -= 1
         return flow
 
-    def _check_size(self, steps: tuple[ast.Step, ...]) -> None:
+    def _check_size(self, steps: tuple[ast.Step, ...], frame: Frame) -> None:
         """Refuse, before building any of it, a sequence of steps that adds up to too many layers.
 
         A repeat, a group or a block instance too large on its own is left to the checks inside it,
         which say why.
         """
         budget = MAX_NODES - len(self.g)
-        sizes = [_min_size(ast.Group(ast.Seq((step,), step.span), step.span), self.lib.blocks, self.sizes)
-                 for step in steps]
+        key = values_key(frame.env)
+        sizes = [self.sizer.step(step, frame.env, key, self.depth) for step in steps]
         if sum(sizes) <= budget or any(size > budget and (step.repeat is not None or isinstance(step.term, ast.Group)
                                                            or (isinstance(step.term, ast.Call) and
                                                                step.term.name in self.lib.blocks))
@@ -402,7 +423,7 @@ class Resolver:
         if n > MAX_NODES:
             raise CnnLimitError(f"repeat count {n} would build more than {MAX_NODES:,} layers", step.repeat.span,
                                 "a network of that size cannot be compiled; check the count")
-        at_least = len(self.g) + _min_size(step.term, self.lib.blocks, self.sizes) * n
+        at_least = len(self.g) + self.sizer.term(step.term, frame.env, self.depth) * n
         if at_least > MAX_NODES:
             raise CnnLimitError(f"repeating this {n} times would build at least {at_least:,} layers "
                                 f"(the limit is {MAX_NODES:,})", step.span,
@@ -417,7 +438,7 @@ class Resolver:
         if isinstance(step.term, ast.Ref):
             raise CnnArgumentError("a reference cannot be repeated", step.span)
         for i in range(n):
-            before = len(self.g)
+            before, spent = len(self.g), self.work
             flow = self._term(step.term, None, flow, inner, frame, tail and i == n - 1,
                               then_act if i == n - 1 else self._is_activation(step, frame), step)
             if i == 0:
@@ -426,6 +447,11 @@ class Resolver:
                     raise CnnLimitError(f"repeating this {n} times would build about {projected:,} layers "
                                         f"(the limit is {MAX_NODES:,})", step.span,
                                         "a network of that size cannot be compiled; check the count")
+                projected = self.work + (self.work - spent) * (n - 1)
+                if projected > MAX_WORK:
+                    raise CnnLimitError(f"repeating this {n} times would take about {projected:,} steps to build "
+                                        f"(the limit is {MAX_WORK:,})", step.span,
+                                        "a network that takes so long to build cannot be compiled; check the count")
         if name is not None:
             frame.labels[name] = flow
         return flow
@@ -460,6 +486,11 @@ class Resolver:
         return self._call(term, label, flow, scope, frame, tail, then_act, step)
 
     def _lookup_label(self, name: str, scope: NameScope, frame: Frame, span) -> str:
+        self.lookups += 1
+        self._spend(1, span)
+        if self.lookups > MAX_LOOKUPS:
+            raise CnnLimitError(f"the network follows more than {MAX_LOOKUPS:,} references (@name)", span,
+                                "a network with that many skips cannot be compiled")
         prefix = scope.prefix
         while True:
             full = f"{prefix}.{name}" if prefix else name
@@ -691,7 +722,7 @@ class Resolver:
             hint = ("a block that instantiates itself never ends" if name in frame.blocks_active
                     else "flatten the nesting: put blocks one after another")
             raise CnnLimitError(f"blocks nested more than {MAX_BLOCK_DEPTH} deep (through '{name}')", call.span, hint)
-        at_least = len(self.g) + _min_size(call, self.lib.blocks, self.sizes)
+        at_least = len(self.g) + self.sizer.term(call, frame.env, self.depth)
         if at_least > MAX_NODES:
             raise CnnLimitError(f"'{name}' would build at least {at_least:,} layers (the limit is {MAX_NODES:,})",
                                 call.span, "blocks that use other blocks several times grow exponentially with depth")
@@ -717,39 +748,160 @@ class Resolver:
         if len(self.g) >= MAX_NODES:
             raise CnnLimitError(f"the network has more than {MAX_NODES:,} layers", span,
                                 "a network of that size cannot be compiled")
+        _check_name(name, span)
+        self._spend(1, span)
         self.g.add(name, op, args, span, inputs)
         return name
 
 
-def _min_size(term: ast.Term, blocks: dict, sizes: dict[str, int], active: tuple[str, ...] = (),
-              depth: int = 0) -> int:
-    """A lower bound on the layers ``term`` builds, from the text alone (before building anything).
+def _check_name(name: str, span: Span | None) -> None:
+    """A layer's or scope's full dotted name (labels of the scopes around it included) stays short."""
+    if len(name) > MAX_NAME_LENGTH:
+        raise CnnLimitError(f"the full name of this layer has {len(name):,} characters "
+                            f"(the limit is {MAX_NAME_LENGTH:,})", span,
+                            "use shorter labels, or fewer levels of labelled blocks and groups")
 
-    Repeat counts that are expressions, and recursive instances, count once. It lets a block
-    bomb (each block using the next one twice, 30 deep) fail at once instead of after
-    building 100,000 layers.
+
+class _Undecided(Exception):
+    """A choice met while sizing: which option will be taken is not known before building."""
+
+
+def _undecided(choice: ast.Choice) -> int:
+    raise _Undecided
+
+
+UNKNOWN = Symbol("<unknown>")  # a value the pre-check cannot know before building
+
+
+def known_value(expr: ast.Expr, env: dict[str, Any]) -> Any:
+    """The value of ``expr`` if it is known before building (no choice in it, no error), else :data:`UNKNOWN`.
+
+    Never calls a ``choose`` hook (a search records the choices it is asked): a choice is unknown.
     """
-    if isinstance(term, ast.Ref):
-        return 0
-    if depth > 2 * MAX_NESTED:  # deeper than resolve goes: it stops there with its own error
-        return 1
-    if isinstance(term, ast.Call):
-        if term.name not in blocks or term.name in active:
+    try:
+        return evaluate(expr, env, _undecided)
+    except (CnnDslError, _Undecided):
+        return UNKNOWN
+
+
+def values_key(env: dict[str, Any]) -> tuple | None:
+    """``env`` as a dictionary key (None when a value is not hashable)."""
+    key = tuple(env.items())
+    try:
+        hash(key)
+    except TypeError:
+        return None
+    return key
+
+
+class Sizer:
+    """Lower bounds on the layers a piece of syntax builds, from the text and the values known (before building).
+
+    Repeat counts are evaluated with the parameters in scope, and a block instance's body with its
+    arguments' values, so ``block b(n): c(n) x{n}`` chained 30 deep is counted as it would be built; a
+    count that cannot be known (a choice, a name not bound yet) counts once, as does a recursive
+    instance. Each step is sized once for each set of values (and each block instance once for its
+    arguments), and a sum stops once it is over ``MAX_NODES``, so the work is bounded by the text, not by
+    the network it describes. It lets a block bomb (each block using the next one twice, 30 deep) fail at
+    once instead of after building 100,000 layers.
+    """
+
+    def __init__(self, blocks: dict[str, ast.Block]):
+        self.blocks = blocks
+        self.memo: dict[tuple, tuple[object, int]] = {}  # (id of a step or call, values) -> (it, its size)
+
+    def term(self, term: ast.Term, env: dict[str, Any], depth: int, active: tuple[str, ...] = ()) -> int:
+        """The lower bound of one term, inside ``depth`` sequences (resolve's count: it stops at ``MAX_NESTED``)."""
+        if isinstance(term, ast.Ref):
+            return 0
+        if depth >= MAX_NESTED:  # resolve stops here with its own error
             return 1
-        if term.name not in sizes:
-            sizes[term.name] = _min_size(ast.Group(blocks[term.name].body, term.span), blocks, sizes,
-                                         active + (term.name,), depth + 1)
-        return sizes[term.name]
-    seqs = [term.seq] if isinstance(term, ast.Group) else list(term.branches)
-    total = 0
-    for seq in seqs:
-        for step in seq.steps:
-            count = step.repeat.value if isinstance(step.repeat, ast.Num) and isinstance(step.repeat.value, int) \
-                else 1
-            total += _min_size(step.term, blocks, sizes, active, depth + 1) * max(count, 1)
+        if isinstance(term, ast.Call):
+            key = values_key(env)
+            memo = (id(term), key)
+            if key is not None and memo in self.memo:
+                return self.memo[memo][1]
+            size = self._call(term, env, depth, active)
+            if key is not None:
+                self.memo[memo] = (term, size)  # the term is kept alive, so its id is not reused
+            return size
+        if isinstance(term, ast.Group):
+            return self.seq(term.seq, env, depth + 1, active)
+        sizes = (self.seq(b, env, depth + 1, active) for b in term.branches)
+        if term.name.lower() == "choice":  # one branch is taken
+            return min(sizes)
+        total = 0
+        for size in sizes:
+            total += size
             if total > MAX_NODES:
-                return total
-    return total
+                break
+        return total
+
+    def seq(self, seq: ast.Seq, env: dict[str, Any], depth: int, active: tuple[str, ...] = ()) -> int:
+        key, total = values_key(env), 0
+        for step in seq.steps:
+            total += self.step(step, env, key, depth, active)
+            if total > MAX_NODES:
+                break
+        return total
+
+    def step(self, step: ast.Step, env: dict[str, Any], key: tuple | None, depth: int,
+             active: tuple[str, ...] = ()) -> int:
+        """The step's lower bound, its repeat count included (``key`` is :func:`values_key` of ``env``)."""
+        memo = (id(step), key)
+        if key is not None and memo in self.memo:
+            return self.memo[memo][1]
+        count = known_value(step.repeat, env) if step.repeat is not None else 1
+        count = count if isinstance(count, int) and not isinstance(count, bool) and count > 1 else 1
+        size = self.term(step.term, env, depth, active) * count
+        if key is not None:
+            self.memo[memo] = (step, size)
+        return size
+
+    def _call(self, call: ast.Call, env: dict[str, Any], depth: int, active: tuple[str, ...]) -> int:
+        target = env.get(call.name)
+        name = target.name if isinstance(target, Symbol) else call.name
+        block = self.blocks.get(name)
+        if block is None or name in active:
+            return 1
+        inner = self.bind(block, call, env)
+        key = values_key(inner)
+        memo = (name, key)
+        if key is not None and memo in self.memo:
+            return self.memo[memo][1]
+        size = self.seq(block.body, inner, depth + 1, active + (name,))
+        if key is not None:
+            self.memo[memo] = (block, size)
+        return size
+
+    @staticmethod
+    def bind(block: ast.Block, call: ast.Call, env: dict[str, Any]) -> dict[str, Any]:
+        """A block instance's parameters as they will be bound (as resolve binds them), :data:`UNKNOWN` where a
+        value cannot be known before building."""
+        names = [p.name for p in block.params]
+        positional = [a for a in call.args if a.name is None]
+        given = dict(zip(names, (a.value for a in positional)))
+        given.update((a.name, a.value) for a in call.args if a.name is not None)
+        declared = set(names)
+        values = {name: known_value(expr, env) for name, expr in given.items() if name in declared}
+        for p in block.params:
+            if p.name not in values:
+                values[p.name] = UNKNOWN if p.default is None else known_value(p.default, values)
+        return values
+
+
+def _freeze(g: Graph, mod: ast.Freeze) -> None:
+    """Freeze the layers named, and everything below a scope named (one pass over the layers, however many paths)."""
+    paths, hit = set(mod.paths), set()
+    for node in g.nodes():
+        found = [p for p in (node.name, *_prefixes(node.name)) if p in paths]
+        if found:
+            node.frozen = True
+            hit.update(found)
+    for path in mod.paths:
+        if path not in hit:
+            raise CnnNameError(f"nothing named '{path}' to freeze", mod.span,
+                               _suggest(path, [n.name for n in g.nodes()]))
 
 
 def _find_label(seq: ast.Seq, name: str) -> Span | None:
@@ -798,7 +950,8 @@ def _prefixes(name: str) -> Iterator[str]:
 
 
 def _suggest(word: str, choices) -> str | None:
-    close = difflib.get_close_matches(word, list(choices), 1, 0.6)
+    """A close match among ``choices`` for a hint (looked for among the first ``MAX_SUGGESTED`` of them)."""
+    close = difflib.get_close_matches(word, list(itertools.islice(choices, MAX_SUGGESTED)), 1, 0.6)
     return f"did you mean '{close[0]}'?" if close else None
 
 

@@ -14,7 +14,8 @@ from ..ir import Graph, Scope
 from ..ops import OPS
 
 
-def resolve_shortcuts(g: Graph, warnings=None) -> Graph:
+def resolve_shortcuts(g: Graph, warnings=None, limits=None) -> Graph:
+    """Decide every shortcut (``limits`` is not used here: the projections are counted by ``count``)."""
     for node in [n for n in g.nodes() if n.op == "shortcut"]:
         (add, port), = g.consumers(node.name)
         src, target = g.inputs_of(node.name)
