@@ -100,6 +100,13 @@ PLACES = {
     "init_without_weights": "network {N} with init(kaiming): input 3x8x8\n  {N}: relu flatten",
 }
 
+
+
+def place_text(place: str, name: str) -> str:
+    """The network of ``PLACES[place]`` with ``name`` in its place."""
+    return PLACES[place].format(N=name)
+
+
 # ----------------------------------------------------------------------------- the strategies
 
 _SPECIAL_BYTES = [b"\x00", b"\xff", b"\xc3", b"\x0c", b"\r", b"\x0b", b"\x1c", "\u2028".encode(), "\u0085".encode(),
@@ -233,7 +240,7 @@ def hostile_name(rng: random.Random) -> tuple[str, bytes]:
         name = rng.choice(HOSTILE_NAMES)
     else:
         name = rng.choice("_abcxT") + "".join(rng.choice("_abcdefxyz0123456789") for _ in range(rng.randint(0, 8)))
-    return f"{place}.cnn", PLACES[place].replace("{N}", name).replace("{{", "{").replace("}}", "}").encode()
+    return f"{place}.cnn", place_text(place, name).encode()
 
 
 STRATEGIES: dict[str, Callable[[random.Random], tuple[str, bytes]]] = {

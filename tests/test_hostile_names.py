@@ -14,7 +14,9 @@ import keyword
 import os
 import subprocess
 import sys
+import tempfile
 import textwrap
+from pathlib import Path
 
 import pytest
 from cnndsl.backends.base import PYTHON_RESERVED
@@ -31,6 +33,9 @@ jax = pytest.importorskip("jax")
 
 from test_cross_backend import compare
 from test_torch_backend import ir_state_keys
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from fuzz.harness import HOSTILE_NAMES, PLACES, place_text
 
 # -------------------------------------------------------------------------------------------- the lists
 
@@ -120,32 +125,11 @@ def test_hostile_file_name_through_build_torch(tmp_path):
 
 # -------------------------------------------------------------------------------------------- names in the language
 
-#: Names drawn from every namespace the generated code has: Python's, the modules', nn.Module's, cnndsl's own.
-HOSTILE_NAMES = sorted({
-    *keyword.kwlist, *keyword.softkwlist, "print", "input", "len", "super", "type", "id", "object", "max",
-    "torch", "nn", "F", "jax", "jnp", "lax", "math", "self", "x", "out", "aux", "v_x", "x_1",
-    "forward", "training", "train", "eval", "parameters", "state_dict", "register_forward_hook", "keys", "items",
-    "reset_parameters", "add_module", "_modules", "_parameters", "__init__", "__class__", "__dict__", "_",
-    "init", "apply", "params", "variables", "stats", "new_stats", "rng", "rngs", "key", "u", "n", "INPUT_SHAPE",
-    "scale", "in_channels", "out_channels", "kernel_size", "Net", "T", "B", "PaddedConv2d", "Residual", "Block",
-})
-
-#: Where a name can stand in a .cnn file: ``{N}`` is the name.
-PLACES = {
-    "label": "network t: input 3x8x8\n  {N}: conv3-4 relu fc-2",
-    "sequence_label": "network t: input 3x8x8\n  {N}: [conv3-4 relu] fc-2",
-    "label_in_block": "block b(c): {N}: conv3-{{c}} bn relu\nnetwork t: input 3x8x8\n  b(4) b(8) fc-2",
-    "branch_label": "network t: input 3x8x8\n  concat< {N}: conv1-2 | conv3-2 > {N}b: fc-2",
-    "block_parameter": "block b({N}): conv3-{{{N}}} bn relu\nnetwork t: input 3x8x8\n  b(4) b(8) fc-2",
-    "residual_parameter": "block b({N}, s=1): residual< conv3-{{{N}}}/{{s}} bn relu conv3-{{{N}}} bn > relu\n"
-                          "network t: input 3x8x8\n  conv3-4 b(4) b(4, 1) b(8, 2) fc-2",
-    "scaled_residual_parameter": "block b(k, {N}=0.5): residual(scale={{{N}}})< conv3-{{k}} bn >\n"
-                                 "network t: input 3x8x8\n  conv3-3 b(3) b(3, 0.2) fc-2",
-    "block_name": "block {N}(c): conv3-{{c}} bn relu\nnetwork t: input 3x8x8\n  {N}(4) {N}(8) fc-2",
-    "network_name": "network {N}: input 3x8x8\n  conv3-4 relu fc-2",
-    "network_parameter": "network t({N}=4): input 3x8x8\n  conv3-{{{N}}} relu fc-2",
-    "input_name": "network t: input {N}=3x8x8 input y=3x8x8\n  concat< @{N} | @y > conv3-4 fc-2",
-}
+#: Names drawn from every namespace the generated code has (the fuzz harness's list), and every attribute of
+#: an nn.Module as the installed torch has it.
+NAMES = sorted(set(HOSTILE_NAMES) | set(dir(torch.nn.Module())))
+#: File names with everything a file name can hold that Python source cannot hold raw.
+FILE_NAMES = st.text(st.sampled_from(list("ab_.\'\" \\\n\r\t\x0c\x0b\u2028\u2029\x85é#{}()")), min_size=1, max_size=12)
 
 
 def refused_by_torch(name: str) -> bool:
@@ -153,14 +137,17 @@ def refused_by_torch(name: str) -> bool:
     return name.startswith("_") or name in MODULE_ATTRS or keyword.iskeyword(name)
 
 
-def check_place(place: str, name: str) -> str:
-    """Load ``name`` in ``place``, compile it on both backends, and check what comes out; return the outcome."""
-    text = PLACES[place].format(N=name)
-    try:
-        net = cnndsl.loads(text, "t.cnn")
-    except CnnDslError as e:  # the language itself refuses the name (a keyword of .cnn, a reserved word)
-        assert e.span is not None and e.span.file == "t.cnn", str(e)
-        return "refused by the language"
+def check_place(place: str, name: str, file_name: str = "t.cnn") -> str:
+    """Load ``name`` in ``place`` from a file called ``file_name``, compile it on both backends, and check what
+    comes out; return the outcome."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / file_name.replace("/", "_")
+        path.write_text(place_text(place, name), encoding="utf-8")
+        try:
+            net = cnndsl.load(str(path))
+        except CnnDslError as e:  # the language itself refuses the name (a keyword of .cnn, a reserved word)
+            assert e.span is not None and e.span.file == str(path), str(e)
+            return "refused by the language"
     for backend in ("torch", "jax"):
         try:
             ast.parse(cnndsl.compile(net, backend))
@@ -191,9 +178,10 @@ def test_issue_cases(place):
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(place=st.sampled_from(sorted(PLACES)),
-       name=st.one_of(st.sampled_from(HOSTILE_NAMES), st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,12}", fullmatch=True)))
-def test_any_name_anywhere_compiles_or_is_refused_at_its_place(place, name):
-    check_place(place, name)
+       name=st.one_of(st.sampled_from(NAMES), st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,12}", fullmatch=True)),
+       file_name=FILE_NAMES)
+def test_any_name_anywhere_compiles_or_is_refused_at_its_place(place, name, file_name):
+    check_place(place, name, file_name + ".cnn")
 
 
 def test_init_on_a_network_without_weights():
