@@ -19,7 +19,9 @@ between the backends with :mod:`cnndsl.convert`.
 
 from __future__ import annotations
 
+import io
 import math
+import tokenize
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +55,7 @@ def _conv_transpose(x, p, stride, padding, output_padding, dilation=(1, 1), grou
     dilated by the stride and padded by dilation * (kernel - 1) - padding (plus output_padding at the end)."""
     kernel = p["kernel"]
     pads = [(d * (k - 1) - lo, d * (k - 1) - hi + extra)
-            for k, d, (lo, hi), extra in zip(kernel.shape[:2], dilation, padding, output_padding)]
+            for k, d, (lo, hi), extra in zip(kernel.shape[:2], dilation, padding, output_padding, strict=True)]
     y = jax.lax.conv_general_dilated(x, jnp.flip(kernel, (0, 1)), (1, 1), pads, lhs_dilation=stride,
                                      rhs_dilation=dilation, dimension_numbers=("NHWC", "HWIO", "NHWC"),
                                      feature_group_count=groups)
@@ -76,7 +78,7 @@ def _avg_pool(x, window, stride, padding, ceil_extra=(0, 0), count_include_pad=T
     """Average pooling as PyTorch divides: explicit padding counts when count_include_pad,
     the extra bottom/right padding of ceil mode never does."""
     dims, strides = (1, *window, 1), (1, *stride, 1)
-    full = ((0, 0), *((lo, hi + e) for (lo, hi), e in zip(padding, ceil_extra)), (0, 0))
+    full = ((0, 0), *((lo, hi + e) for (lo, hi), e in zip(padding, ceil_extra, strict=True)), (0, 0))
     total = jax.lax.reduce_window(x, 0.0, jax.lax.add, dims, strides, full)
     if count_include_pad:
         (top, bottom), (left, right) = padding
@@ -153,9 +155,12 @@ def _normal(n, start, shape, std):
 ''',
 }
 
+#: The longest line the generated module has (where the layer names allow): ruff's E501 limit, 120.
+WIDTH = 120
+
 # Names the generated module uses for itself; layer variables never take them.
-RESERVED = ("jax", "jnp", "math", "init", "apply", "key", "key_u", "key_n", "u", "n", "variables", "params", "stats", "new_stats", "train",
-            "rng", "rngs", "x", "INPUT_SHAPE", *(f"_{h}" for h in HELPERS))
+RESERVED = ("jax", "jnp", "math", "init", "apply", "key", "key_u", "key_n", "u", "n", "variables", "params", "stats",
+            "new_stats", "train", "rng", "rngs", "x", "INPUT_SHAPE", *(f"_{h}" for h in HELPERS))
 
 
 def _shape(shape: tuple[int, ...]) -> str:
@@ -370,10 +375,8 @@ class JaxEmitter(Emitter):
         p = self._p(node) if a["affine"] else "None"
         target = f"{self.var[node.name]}, new_stats{_path(node.name)}"
         call = (f"{self._in(node)}, {p}, stats{_path(node.name)}, train, momentum={a['momentum']}, "
-                f"eps={a['eps']})")
-        if len(target) + len(call) + 20 <= 116:
-            return [f"{target} = _batch_norm({call}"]
-        return [f"{target} = _batch_norm(", f"    {call}"]
+                f"eps={a['eps']}")
+        return [f"{target} = _batch_norm({call})"]
 
     def _zero_init(self, node: Node) -> bool:
         """A residual body's last batch norm starts at zero under ``zero_init_residual`` (as torchvision)."""
@@ -437,7 +440,7 @@ class JaxEmitter(Emitter):
                 if isinstance(v, dict):
                     self._tree_lines(w, v, f"{string_literal(k)}: ", ",")
                 else:
-                    w.line(f"{string_literal(k)}: {v},")
+                    _write(w, f"{string_literal(k)}: {v},")
         w.line("}" + tail)
 
     def generate(self) -> str:
@@ -453,11 +456,8 @@ class JaxEmitter(Emitter):
             self.var[node.name] = self.names.name(node.name)
             code = self.dispatch(node)
             body.line(self._comment(node))
-            if isinstance(code, list):
-                for text in code:
-                    body.line(text)
-            else:
-                body.line(f"{self.var[node.name]} = {code}")
+            for text in code if isinstance(code, list) else [f"{self.var[node.name]} = {code}"]:
+                body.lines += _wrap(text, 4)  # apply()'s body, one level in
 
         out = Writer()
         source = Path(g.node(inputs[0]).span.file).name if g.node(inputs[0]).span else "<unknown>"
@@ -536,6 +536,117 @@ class JaxEmitter(Emitter):
                 out.line(f"return {main}")
             outputs = f"({', '.join([main, *aux])})" if aux else main
             out.line(f"return {outputs}, {'new_stats' if self.stats else 'stats'}")
+
+
+def _write(w: Writer, text: str) -> None:
+    """One statement (or dict entry) at the writer's indentation, wrapped to :data:`WIDTH` by :func:`_wrap`."""
+    for part in _wrap(text, 4 * w.depth):
+        w.line(part)
+
+
+def _wrap(text: str, indent: int) -> list[str]:
+    """``text``, a line of code that starts ``indent`` columns in, as lines of at most :data:`WIDTH` columns
+    (continuation lines indented relative to the first), broken inside brackets only: after the opening
+    bracket of its widest bracketed group (after the ``=``, in an assignment) and at the commas of that
+    group, recursively where an argument alone is too long. A line that cannot be broken stays as it is.
+
+    >>> for line in _wrap("y = f(a, g(b, c), d)", 100):
+    ...     print(line)
+    y = f(a, g(b, c), d)
+    >>> for line in _wrap("y = f(aaaa, g(bbbb, cccc), [dddd, eeee]) if train else x", 90):
+    ...     print(line)
+    y = f(
+        aaaa, g(bbbb, cccc),
+        [dddd,
+         eeee]) if train else x
+    """
+    if indent + len(text) <= WIDTH:
+        return [text]
+    try:
+        tokens = list(tokenize.generate_tokens(io.StringIO(text).readline))
+    except (tokenize.TokenError, SyntaxError):
+        return [text]
+    brackets = _Brackets(text, tokens)
+    lines = brackets.lines(0, len(text), indent)
+    return [" " * (col - indent) + part for col, part in lines]
+
+
+class _Brackets:
+    """The bracket structure of one line of code, from its tokens: which bracket closes which, the
+    commas and the ``=`` directly inside each bracket (or at the top level, ``None``)."""
+
+    def __init__(self, text: str, tokens: list[tokenize.TokenInfo]):
+        self.text = text
+        self.close: dict[int, int] = {}  # column of an opening bracket -> column of its closing one
+        self.parent: dict[int, int | None] = {}  # column of an opening bracket -> the bracket around it
+        self.commas: dict[int | None, list[int]] = {}
+        self.equals: dict[int | None, list[int]] = {}
+        stack: list[int] = []
+        in_fstring = 0
+        for tok in tokens:
+            kind = tokenize.tok_name.get(tok.type, "")
+            in_fstring += (kind == "FSTRING_START") - (kind == "FSTRING_END")
+            if tok.type != tokenize.OP or in_fstring:
+                continue
+            col, inner = tok.start[1], stack[-1] if stack else None
+            if tok.string in "([{":
+                self.parent[col] = inner
+                stack.append(col)
+            elif tok.string in ")]}" and stack:
+                self.close[stack.pop()] = col
+            elif tok.string == ",":
+                self.commas.setdefault(inner, []).append(col)
+            elif tok.string == "=":
+                self.equals.setdefault(inner, []).append(col)
+
+    def _widest(self, lo: int, hi: int) -> int | None:
+        """The opening bracket of the widest group in text[lo:hi] that no other group there contains
+        (after the first ``=`` at that level, if any), or None."""
+        outer = self._enclosing(lo)
+        start = min([e for e in self.equals.get(outer, []) if lo <= e < hi], default=lo)
+        best = None
+        for o, c in self.close.items():
+            inside = start <= o and c < hi and self.parent[o] == outer and c > o + 1
+            if inside and (best is None or c - o > self.close[best] - best):
+                best = o
+        return best
+
+    def _enclosing(self, col: int) -> int | None:
+        """The innermost bracket open at column ``col``."""
+        inner = None
+        for o, c in self.close.items():
+            if o < col <= c and (inner is None or o > inner):
+                inner = o
+        return inner
+
+    def lines(self, lo: int, hi: int, indent: int) -> list[tuple[int, str]]:
+        """text[lo:hi] laid out from column ``indent``: (column, text) pairs."""
+        text = self.text
+        if indent + hi - lo <= WIDTH:
+            return [(indent, text[lo:hi])]
+        o = self._widest(lo, hi)
+        if o is None:
+            return [(indent, text[lo:hi])]
+        c = self.close[o]
+        starts = [o + 1] + [comma + 1 for comma in self.commas.get(o, [])]
+        starts = [s + len(text[s:c]) - len(text[s:c].lstrip()) for s in starts]
+        starts = [s for s in starts if s < c]  # no item after a trailing comma
+        if o == lo:  # a bracketed display: the items follow the bracket, aligned under the first
+            out, (col, line), sep, item_col = [], (indent, text[o]), "", indent + 1
+        else:  # a call (or subscript): a hanging indent, the arguments four columns in
+            out, (col, line), sep, item_col = [(indent, text[lo:o + 1])], (indent + 4, ""), "", indent + 4
+        for k, s in enumerate(starts):
+            seg = text[s:starts[k + 1]].rstrip() if k + 1 < len(starts) else text[s:hi]
+            if col + len(line) + len(sep) + len(seg) <= WIDTH:
+                line, sep = line + sep + seg, " "
+                continue
+            if line:
+                out.append((col, line))
+            *done, (col, line) = self.lines(s, s + len(seg), item_col)
+            out += done
+            sep = " "
+        out.append((col, line))
+        return out
 
 
 def _describe(node: Node) -> str:

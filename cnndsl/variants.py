@@ -640,8 +640,11 @@ def variants(space: str | Space, *, sample: int | None = None, mutate: int | Non
     yielded. Enumerating a space of more than :data:`MAX_ENUMERATED` members without a ``limit`` is
     refused with a :class:`CnnDslError`, raised by this call (before anything is yielded).
 
-    >>> [v.options for v in variants("inception", sample=1, seed=3)][0]  # doctest: +ELLIPSIS
-    {'inception.cnn:6:24': '64', ...}
+    >>> next(variants("inception", limit=1)).options  # doctest: +ELLIPSIS
+    {'inception.cnn:6:24': '32', 'inception.cnn:7:24': '48', 'inception.cnn:7:38': '64', ...}
+    >>> a, b = (list(variants("inception", sample=3, seed=3)) for _ in range(2))  # a seed repeats a sample
+    >>> [v.choices for v in a] == [v.choices for v in b] and len(a) == 3
+    True
     """
     sp = space if isinstance(space, Space) else Space.open(space, input_shape=input_shape, params=params)
     if limit is not None and limit < 0:

@@ -1,6 +1,9 @@
 """The JAX backend on its own: parameter counts, shapes, jit/grad, training, golden output.
 
-Agreement with PyTorch (the numbers themselves) is tests/test_cross_backend.py.
+Agreement with PyTorch (the numbers themselves) is tests/test_cross_backend.py. The generated code is
+compared with tests/golden/jax/; after a deliberate change, regenerate those files (and the torch ones)
+with ``CNNDSL_REGEN_GOLDEN=1 python -m pytest tests/test_torch_backend.py tests/test_jax_backend.py``
+and review the diff.
 """
 
 from __future__ import annotations
@@ -8,9 +11,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from conftest import assert_ruff_clean, check_golden
 
 jax = pytest.importorskip("jax")
 jnp = pytest.importorskip("jax.numpy")
@@ -20,9 +23,6 @@ from cnndsl.backends.jax import JaxEmitter, _nhwc
 import cnndsl
 from cnndsl.loader import zoo_index
 from cnndsl.ops import OPS
-
-GOLDEN = Path(__file__).parent / "golden" / "jax"
-UPDATE = os.environ.get("CNNDSL_UPDATE_GOLDEN") == "1"
 
 
 def n_values(tree) -> int:
@@ -145,27 +145,15 @@ def test_init_schemes_have_the_papers_spread(scheme):
 
 @pytest.mark.parametrize("name", ["lenet5", "resnet18"])
 def test_golden(name):
-    source = cnndsl.compile(name, backend="jax")
-    path = GOLDEN / f"{name}.py"
-    if UPDATE or not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(source, encoding="utf-8")
-    assert source == path.read_text(encoding="utf-8"), "regenerate with CNNDSL_UPDATE_GOLDEN=1 and review the diff"
+    check_golden("jax", name, cnndsl.compile(name, backend="jax"))
 
 
-@pytest.mark.parametrize("name", ["googlenet_torchvision", "unet", "alexnet", "inception_resnet_v2"])
-def test_generated_source_is_ruff_clean_and_imports_jax_only(name, tmp_path):
-    source = cnndsl.compile(name, backend="jax")
-    imports = {line for line in source.splitlines() if line.startswith(("import ", "from "))}
-    assert {"import jax", "import jax.numpy as jnp"} <= imports <= {"import math", "import jax", "import jax.numpy as jnp"}
-    path = tmp_path / f"{name}.py"
-    path.write_text(source, encoding="utf-8")
-    ruff = Path(sys.executable).with_name("ruff")
-    if not ruff.exists():
-        pytest.skip("ruff is not installed next to this Python")
-    done = subprocess.run([str(ruff), "check", "--isolated", "--line-length", "120", str(path)],
-                          check=False, capture_output=True, text=True)
-    assert done.returncode == 0, done.stdout
+def test_generated_source_is_ruff_clean_and_imports_jax_only(tmp_path):
+    """The rules every backend's output passes (conftest.GENERATED_CODE_RUFF), and only jax imported."""
+    for source in assert_ruff_clean("jax", tmp_path).values():
+        imports = {line for line in source.splitlines() if line.startswith(("import ", "from "))}
+        assert {"import jax", "import jax.numpy as jnp"} <= imports <= {"import math", "import jax",
+                                                                        "import jax.numpy as jnp"}
 
 
 def test_output_is_deterministic_across_hash_seeds():

@@ -1,4 +1,9 @@
-"""The PyTorch backend: every zoo network builds with the IR's names, shapes and counts; small ones train."""
+"""The PyTorch backend: every zoo network builds with the IR's names, shapes and counts; small ones train.
+
+The generated code is compared with tests/golden/torch/; after a deliberate change, regenerate those
+files (and the JAX ones) with ``CNNDSL_REGEN_GOLDEN=1 python -m pytest tests/test_torch_backend.py
+tests/test_jax_backend.py`` and review the diff.
+"""
 
 from __future__ import annotations
 
@@ -7,16 +12,15 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
+from conftest import assert_ruff_clean, check_golden
 
 import cnndsl
 from cnndsl.loader import zoo_index
 
 torch = pytest.importorskip("torch")
 
-GOLDEN = Path(__file__).parent / "golden" / "torch"
 GOLDEN_NETS = ("lenet5", "resnet18", "googlenet_torchvision")
 # Run a real forward pass only where it is cheap; the rest are checked on the meta device (no memory, no maths).
 FORWARD_NETS = ("lenet5", "resnet20", "resnet18", "googlenet_torchvision", "alexnet")
@@ -166,26 +170,14 @@ def test_unsupported_or_reserved_names_are_clean_errors():
 
 
 def test_generated_code_is_ruff_clean_and_imports_torch_only(tmp_path):
-    for name in GOLDEN_NETS + ("resnet50", "vgg16", "inception_resnet_v2", "unet"):
-        src = cnndsl.compile(name)
+    """The rules every backend's output passes (conftest.GENERATED_CODE_RUFF), and no cnndsl import."""
+    for src in assert_ruff_clean("torch", tmp_path).values():
         assert "cnndsl" not in src.split('"""', 2)[2]
-        path = tmp_path / f"{name}.py"
-        path.write_text(src)
-    ruff = [sys.executable, "-m", "ruff", "check", "--no-cache", "--isolated", "--select", "E,F,W,I,B,UP",
-            "--line-length", "120", str(tmp_path)]
-    done = subprocess.run(ruff, capture_output=True, text=True, check=False)
-    assert done.returncode == 0, done.stdout + done.stderr
 
 
 @pytest.mark.parametrize("name", GOLDEN_NETS)
 def test_golden_files(name):
-    src = cnndsl.compile(name)
-    path = GOLDEN / f"{name}.py"
-    if os.environ.get("CNNDSL_REGEN_GOLDEN"):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(src)
-    assert path.exists(), "run with CNNDSL_REGEN_GOLDEN=1 to create the golden file"
-    assert src == path.read_text(), f"generated code for {name} changed; review the diff, then CNNDSL_REGEN_GOLDEN=1"
+    check_golden("torch", name, cnndsl.compile(name))
 
 
 def test_output_is_identical_across_hash_seeds():

@@ -31,7 +31,7 @@ def _avg_pool(x, window, stride, padding, ceil_extra=(0, 0), count_include_pad=T
     """Average pooling as PyTorch divides: explicit padding counts when count_include_pad,
     the extra bottom/right padding of ceil mode never does."""
     dims, strides = (1, *window, 1), (1, *stride, 1)
-    full = ((0, 0), *((lo, hi + e) for (lo, hi), e in zip(padding, ceil_extra)), (0, 0))
+    full = ((0, 0), *((lo, hi + e) for (lo, hi), e in zip(padding, ceil_extra, strict=True)), (0, 0))
     total = jax.lax.reduce_window(x, 0.0, jax.lax.add, dims, strides, full)
     if count_include_pad:
         (top, bottom), (left, right) = padding

@@ -251,7 +251,8 @@ def apply(variables, x, *, train=False, rng=None):
     layer2_0_downsample_0 = _conv(layer1_1_relu2, params["layer2"]["0"]["downsample"]["0"], (2, 2), ((0, 0), (0, 0)))
     # blocks.cnn:8  layer2.0.downsample.1: bn -> 28x28x128
     layer2_0_downsample_1, new_stats["layer2"]["0"]["downsample"]["1"] = _batch_norm(
-        layer2_0_downsample_0, params["layer2"]["0"]["downsample"]["1"], stats["layer2"]["0"]["downsample"]["1"], train, momentum=0.1, eps=1e-05)
+        layer2_0_downsample_0, params["layer2"]["0"]["downsample"]["1"], stats["layer2"]["0"]["downsample"]["1"], train,
+        momentum=0.1, eps=1e-05)
     # blocks.cnn:8  layer2.0.add1: add -> 28x28x128
     layer2_0_add1 = layer2_0_bn2 + layer2_0_downsample_1
     # blocks.cnn:8  layer2.0.relu2: relu -> 28x28x128
@@ -288,7 +289,8 @@ def apply(variables, x, *, train=False, rng=None):
     layer3_0_downsample_0 = _conv(layer2_1_relu2, params["layer3"]["0"]["downsample"]["0"], (2, 2), ((0, 0), (0, 0)))
     # blocks.cnn:8  layer3.0.downsample.1: bn -> 14x14x256
     layer3_0_downsample_1, new_stats["layer3"]["0"]["downsample"]["1"] = _batch_norm(
-        layer3_0_downsample_0, params["layer3"]["0"]["downsample"]["1"], stats["layer3"]["0"]["downsample"]["1"], train, momentum=0.1, eps=1e-05)
+        layer3_0_downsample_0, params["layer3"]["0"]["downsample"]["1"], stats["layer3"]["0"]["downsample"]["1"], train,
+        momentum=0.1, eps=1e-05)
     # blocks.cnn:8  layer3.0.add1: add -> 14x14x256
     layer3_0_add1 = layer3_0_bn2 + layer3_0_downsample_1
     # blocks.cnn:8  layer3.0.relu2: relu -> 14x14x256
@@ -325,7 +327,8 @@ def apply(variables, x, *, train=False, rng=None):
     layer4_0_downsample_0 = _conv(layer3_1_relu2, params["layer4"]["0"]["downsample"]["0"], (2, 2), ((0, 0), (0, 0)))
     # blocks.cnn:8  layer4.0.downsample.1: bn -> 7x7x512
     layer4_0_downsample_1, new_stats["layer4"]["0"]["downsample"]["1"] = _batch_norm(
-        layer4_0_downsample_0, params["layer4"]["0"]["downsample"]["1"], stats["layer4"]["0"]["downsample"]["1"], train, momentum=0.1, eps=1e-05)
+        layer4_0_downsample_0, params["layer4"]["0"]["downsample"]["1"], stats["layer4"]["0"]["downsample"]["1"], train,
+        momentum=0.1, eps=1e-05)
     # blocks.cnn:8  layer4.0.add1: add -> 7x7x512
     layer4_0_add1 = layer4_0_bn2 + layer4_0_downsample_1
     # blocks.cnn:8  layer4.0.relu2: relu -> 7x7x512
