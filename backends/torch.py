@@ -65,8 +65,6 @@ MODULE_ATTRS = frozenset({
 MODULE_GLOBALS = frozenset({"torch", "nn", "F"})
 # Names a forward's local variables must not take.
 _RESERVED_VARS = PYTHON_RESERVED | MODULE_GLOBALS | {"self", "aux"}
-# Ops whose result is the very tensor they got (in eval mode): in-place ReLU must look through them.
-_ALIASING = frozenset({"identity", "dropout", "flatten"})
 
 
 # ----------------------------------------------------------------------------- small value types
@@ -214,7 +212,7 @@ class TorchEmitter(Emitter):
         """
         for n in self.nodes:
             parts = n.name.split(".")
-            for part in parts if n.op in self.MODULE_OPS else parts[:-1]:
+            for part in parts if n.opdef.torch_module else parts[:-1]:
                 if part.isdigit():
                     continue
                 if part.startswith("_"):
@@ -288,7 +286,7 @@ class TorchEmitter(Emitter):
         for i, kid in enumerate(kids):
             if kid in self.g:
                 node = self.g.node(kid)
-                if node.op not in self.MODULE_OPS or self.g.inputs_of(kid) != [prev]:
+                if not node.opdef.torch_module or self.g.inputs_of(kid) != [prev]:
                     return False
                 if node.op == "fc" and len(self.g.node(prev).shape) != 1 and i > 0:
                     return False
@@ -837,10 +835,7 @@ class TorchEmitter(Emitter):
         n = self.g.node(self.g.inputs[0])
         return f", from {docstring_text(os.path.basename(n.span.file))}" if n.span else ""
 
-    # -- ops
-    MODULE_OPS = frozenset({"conv", "deconv", "maxpool", "avgpool", "gap", "adaptiveavgpool", "fc", "flatten",
-                            "relu", "tanh", "sigmoid", "softmax", "identity", "dropout", "bn", "lrn"})
-
+    # -- ops (an op's emit method returns a Mod exactly when its registry entry says ``torch_module``)
     def _emit(self, node: Node) -> Mod | Fn:
         spec = getattr(self, f"emit_{node.op}")(node, [self.g.node(s).shape for s in self.g.inputs_of(node.name)])
         if isinstance(spec, Mod):
@@ -959,7 +954,7 @@ class TorchEmitter(Emitter):
             return Fn([Slot(node.args["scale"], "scale"), f" * {' + '.join(terms)}"] if len(xs) == 1 else
                       [Slot(node.args["scale"], "scale"), " * {0} + " + " + ".join(terms[1:])])
         srcs = self.g.inputs_of(node.name)
-        if len(set(srcs)) == len(srcs) and self.g.node(srcs[0]).op in _ADD_INPLACE_AFTER \
+        if len(set(srcs)) == len(srcs) and self.g.node(srcs[0]).opdef.overwritable \
                 and self._can_overwrite(srcs[0]):
             # torchvision's `out += identity`: no new tensor per residual block. Safe because nothing else
             # reads operand 0 and its producer's backward pass does not need its output.
@@ -974,18 +969,18 @@ class TorchEmitter(Emitter):
         return Fn([f"F.pad({sub}, (0, 0, 0, 0, 0, ", Slot(c - xs[0][0], "pad_channels"), "))"])
 
     def _can_overwrite(self, name: str) -> bool:
-        """Whether an in-place op may overwrite the value of ``name`` (nobody else reads it)."""
+        """Whether an in-place op may overwrite the value of ``name`` (nobody else reads it).
+
+        An op that does not materialize its output (in-place ReLU; identity, dropout and flatten,
+        whose result in eval mode is the very tensor they got) is looked through to its input.
+        """
         while True:
             node = self.g.node(name)
             if node.op == "input" or name in self.outputs or len(self.g.consumers(name)) != 1:
                 return False
-            if node.op not in _ALIASING and node.op != "relu":
+            if node.opdef.materializes:
                 return True
             name = self.g.inputs_of(name)[0]
-
-
-#: Ops whose backward pass does not read their own output, so an add may overwrite it in place.
-_ADD_INPLACE_AFTER = frozenset({"conv", "deconv", "bn", "fc", "add"})
 
 
 class _Rep:

@@ -6,9 +6,9 @@ default filled in), feed which. Identity layers (``identity``, ``skip``) are con
 an edge that is removed hash alike when the networks they build are the same.
 
 The refinement is Weisfeiler-Lehman's, along the data flow and run to convergence: a node's colour is
-its label together with its operands' colours (in operand order, or as a multiset for a plain sum),
-which for a DAG converges in one pass in topological order; the graph's hash is the multiset of all
-colours plus those of the outputs. Distinct graphs can share a hash in theory, so
+its label together with its operands' colours (in operand order, or as a multiset for an op whose
+operands commute, ``Op.commutes``: a plain sum), which for a DAG converges in one pass in topological
+order; the graph's hash is the multiset of all colours plus those of the outputs. Distinct graphs can share a hash in theory, so
 :class:`HashRegistry` confirms a repeated hash with an isomorphism check (networkx's VF2) and tells
 genuinely different graphs apart.
 """
@@ -21,17 +21,14 @@ import json
 import networkx as nx
 
 from .ir import Graph
+from .ops import Identity
 
 #: Ops that pass their input through unchanged: contracted before hashing.
-IDENTITY_OPS = frozenset({"identity"})
+IDENTITY_OPS = frozenset({Identity.name})
 
 
 def _label(op: str, args: dict) -> str:
     return op + json.dumps(args, sort_keys=True, default=str, separators=(",", ":"))
-
-
-def _commutative(op: str, args: dict) -> bool:
-    return op == "add" and args.get("scale", 1.0) == 1.0
 
 
 def canonical_graph(graph: Graph) -> tuple[nx.DiGraph, list[str]]:
@@ -48,7 +45,7 @@ def canonical_graph(graph: Graph) -> tuple[nx.DiGraph, list[str]]:
             alias[node.name] = srcs[0]
             continue
         g.add_node(node.name, label=_label(node.op, node.args))
-        commutative = _commutative(node.op, node.args)
+        commutative = node.opdef.commutes(node.args)
         for port, src in enumerate(srcs):
             # a MultiDiGraph is not needed: an op reading one tensor twice (add(x, x)) keeps the count in the label
             if g.has_edge(src, node.name):

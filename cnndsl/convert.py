@@ -22,8 +22,9 @@ when it runs the transposed convolution as a dilated convolution.
 PyTorch flattens a feature map in (C, H, W) order, the JAX backend (NHWC) in
 (H, W, C) order, so a vector that came from flattening a map holds the same
 numbers in another order. :func:`flat_orders` tracks that order through the
-graph; the first fc after a flatten gets its weight rows permuted, not just
-transposed (and a batch norm over such a vector its features).
+graph, by the rule each op declares (``Op.flat_order``); the first fc after a
+flatten gets its weight rows permuted, not just transposed (and a batch norm
+over such a vector its features).
 """
 
 from __future__ import annotations
@@ -35,9 +36,7 @@ import numpy as np
 
 from .ir import Graph
 from .network import Network
-
-# Ops that keep the element order of a flat vector (elementwise, or over all elements at once).
-_ORDER_KEEPING = frozenset({"relu", "tanh", "sigmoid", "softmax", "dropout", "identity", "bn"})
+from .ops import FlatOrder
 
 
 def _graph(net: Network | Graph | str) -> Graph:
@@ -80,16 +79,14 @@ def _propagate(graph: Graph, channel_major: bool) -> dict[str, np.ndarray | None
         if node.shape is None or len(node.shape) != 1:
             continue
         ins = graph.inputs_of(node.name)
-        in_shapes = [graph.node(i).shape for i in ins]
-        if node.op in ("flatten", "fc") and len(in_shapes[0]) == 3:
-            # fc over a map flattens it first; its own output is in neuron order
-            order = None if channel_major else _hwc_order(in_shapes[0])
-            orders[node.name] = order if node.op == "flatten" else None
-        elif node.op == "fc" or node.op == "input":
+        rule = node.opdef.flat_order
+        if rule is FlatOrder.FLATTENS and len(graph.node(ins[0]).shape) == 3:
+            orders[node.name] = None if channel_major else _hwc_order(graph.node(ins[0]).shape)
+        elif rule is FlatOrder.FRESH:
             orders[node.name] = None
-        elif node.op in _ORDER_KEEPING:
+        elif rule is FlatOrder.KEEPS:
             orders[node.name] = orders.get(ins[0])
-        elif node.op == "concat":
+        elif rule is FlatOrder.JOINS:
             parts = [orders.get(i) for i in ins]
             if any(p is _MIXED for p in parts):
                 orders[node.name] = _MIXED
@@ -102,13 +99,13 @@ def _propagate(graph: Graph, channel_major: bool) -> dict[str, np.ndarray | None
                     pieces.append(offset + (np.arange(n) if p is None else p))
                     offset += n
                 orders[node.name] = np.concatenate(pieces)
-        elif node.op == "add":
+        elif rule is FlatOrder.ALIGNS:
             parts = [orders.get(i) for i in ins]
             first = parts[0]
             same = all((p is None and first is None) or (p is not None and first is not None
                                                          and np.array_equal(p, first)) for p in parts)
             orders[node.name] = first if same else _MIXED
-        else:  # an op this module does not know: assume it mixes elements in an order-dependent way
+        else:  # MIXES (and flattening a vector): assume it mixes elements in an order-dependent way
             orders[node.name] = _MIXED if any(orders.get(i) is not None for i in ins) else None
     return orders
 

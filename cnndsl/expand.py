@@ -6,7 +6,7 @@ activations and shortcuts are all spelled out. A layer whose input is not the
 line before it starts from an explicit ``@reference``.
 
 >>> import cnndsl
->>> print(expand(cnndsl.loads("network t: input 1x8x8  conv3-4 relu")))
+>>> print(expand(cnndsl.loads("network t: input 1x8x8  conv3-4 relu")), end="")
 # cnndsl expand: t
 network t: input 1x8x8
     conv1: conv(c=4, k=(3, 3), s=(1, 1), p=((1, 1), (1, 1)), d=(1, 1), groups=1, bias=true)
@@ -16,6 +16,7 @@ network t: input 1x8x8
 from __future__ import annotations
 
 from .network import Network, fmt_shape
+from .ops import COMBINATORS, Input
 
 
 def value(v) -> str:
@@ -45,14 +46,14 @@ def expand(net: Network) -> str:
     inputs = []
     for name in g.inputs:
         shape = fmt_shape(g.node(name).shape)
-        inputs.append(f"input {shape}" if name == "input" else f"input {name}={shape}")
+        inputs.append(f"input {shape}" if name == Input.DEFAULT_NAME else f"input {name}={shape}")
     lines.append(f"network {g.name}: " + "  ".join(inputs))
     prev = g.inputs[0] if g.inputs else None
     for node in g.nodes():
-        if node.op == "input":
+        if isinstance(node.opdef, Input):
             continue
         srcs = g.inputs_of(node.name)
-        if node.op in ("concat", "add"):
+        if node.op in COMBINATORS:  # written as `concat< @a | @b >`
             branches = " | ".join(f"@{s}" for s in srcs)
             lines.append(f"    {node.name}: {layer(node.op, node.args)}< {branches} >")
         else:

@@ -26,74 +26,19 @@ from pathlib import Path
 from .errors import CnnDslError
 from .ir import Node
 from .network import Network, human
+from .ops import Concat, Family, Input
 
 FORMATS = ("svg", "png", "pdf", "dot")
 
-# Fill colours by op family (a light palette that prints well in black and white too).
-_FILL = {
-    "conv": "#cfe2f3", "deconv": "#cfe2f3",
-    "maxpool": "#d9ead3", "avgpool": "#d9ead3", "gap": "#d9ead3", "adaptiveavgpool": "#d9ead3",
-    "fc": "#fce5cd", "flatten": "#f3f3f3",
-    "bn": "#eeeeee", "lrn": "#eeeeee", "dropout": "#f3f3f3",
-    "concat": "#fff2cc", "add": "#fff2cc", "padshortcut": "#fff2cc",
-    "input": "#ffffff",
-}
+# A box's fill colour and size follow its op's display family (ops.Family: a light palette that
+# prints well in black and white too).
 _AUX_COLOUR = "#b45f06"
 _SKIP_COLOUR = "#3d85c6"
-_SMALL_OPS = {"relu", "tanh", "sigmoid", "softmax", "identity", "bn", "dropout", "flatten", "lrn"}
-
-
-def _pair(v) -> str:
-    """A (h, w) pair as ``3`` when square, ``1x7`` otherwise."""
-    if isinstance(v, tuple):
-        return str(v[0]) if len(set(v)) == 1 else "x".join(str(x) for x in v)
-    return str(v)
-
-
-def _pad(p) -> str | None:
-    """Explicit padding ((top, bottom), (left, right)) in the shortest form, or None when zero."""
-    flat = [x for pair in p for x in pair] if isinstance(p, tuple) else [p]
-    if not any(flat):
-        return None
-    if len(set(flat)) == 1:
-        return str(flat[0])
-    return ",".join(str(x) for x in flat)
 
 
 def op_label(node: Node) -> str:
     """A layer in the papers' short form with its non-default arguments: ``conv3-64/2``, ``maxpool3/2 ceil``."""
-    a, op = node.args, node.op
-    if op in ("conv", "deconv"):
-        text = f"{op}{_pair(a['k'])}-{a['c']}"
-        if _pair(a["s"]) != "1":
-            text += f"/{_pair(a['s'])}"
-        extra = []
-        if _pair(a.get("d", 1)) != "1":
-            extra.append(f"d={_pair(a['d'])}")
-        if a.get("groups", 1) != 1:
-            extra.append(f"g={a['groups']}")
-        return " ".join([text, *extra])
-    if op in ("maxpool", "avgpool"):
-        text = f"{op}{_pair(a['k'])}"
-        if _pair(a["s"]) != _pair(a["k"]):
-            text += f"/{_pair(a['s'])}"
-        pad = _pad(a["p"])
-        return " ".join([text, *([f"p={pad}"] if pad else []), *(["ceil"] if a["ceil"] else [])])
-    if op == "fc":
-        return f"fc-{a['c']}"
-    if op == "dropout":
-        return f"dropout {a['p']:g}"
-    if op == "adaptiveavgpool":
-        return f"adaptiveavgpool {_pair(a['size'])}"
-    if op == "add":
-        return "add" if a["scale"] == 1.0 else f"add ×{a['scale']:g}"
-    if op == "concat":
-        return "concat crop" if a["crop"] else "concat"
-    if op == "padshortcut":
-        return f"padshortcut-{a['c']}/{a['s']}"
-    if op == "lrn":
-        return f"lrn {a['size']}"
-    return op
+    return node.opdef.short_form(node.args)
 
 
 def _shape(shape) -> str:
@@ -194,9 +139,10 @@ class _Picture:
     def _layer_box(self, node: Node) -> _Box:
         g = self.g
         op = op_label(node)
-        small = node.op in _SMALL_OPS
+        family = node.opdef.family
+        small = family.small
         is_out = node.name in g.outputs
-        if node.op == "input":
+        if isinstance(node.opdef, Input):
             label = f"<<b>input</b><br/><font point-size=\"9\">{_esc(_shape(node.shape))}</font>>"
         elif small:
             label = f"<{_esc(op)}>"
@@ -213,7 +159,7 @@ class _Picture:
             tip += f", {human(node.macs)}MACs"
         if node.span:
             tip += f" ({node.span})"
-        return _Box(node.name, label, tip, _FILL.get(node.op, "#ffffff"), small and not is_out,
+        return _Box(node.name, label, tip, family.fill, small and not is_out,
                     node.name in self.aux_nodes, is_out)
 
     def _block_box(self, scope_name: str) -> _Box:
@@ -341,10 +287,11 @@ class _Picture:
 
     def _is_skip(self, src: str, dst: Node, port: int) -> bool:
         """An edge that jumps over layers into a merge: a residual's identity, a U-Net skip."""
-        if dst.op not in ("add", "concat") or len(self.g.consumers(src)) < 2:
+        if dst.opdef.family is not Family.MERGE or len(self.g.consumers(src)) < 2:
             return False
-        # inception branches all start from one point too, but each runs through layers first
-        return port > 0 or dst.op == "concat"
+        # inception branches all start from one point too, but each runs through layers first;
+        # into a sum, operand 0 is the main path (a residual's body)
+        return port > 0 or isinstance(dst.opdef, Concat)
 
 
 def to_dot(net: Network, *, collapse: bool = False, edge_labels: bool = True) -> str:

@@ -1,8 +1,8 @@
 """A Pygments lexer for .cnn files (``pygmentize -l cnn net.cnn``), registered as an entry point.
 
-Layer names come from the op registry, so a new op is highlighted as soon as
-it is registered; combinators, keywords, labels, references, repetition,
-shapes, numbers and ``{expressions}`` each get their own token.
+Its words come from :mod:`cnndsl.vocabulary` (the layer names and argument flags from the op
+registry), so a new op is highlighted as soon as it is registered; combinators, keywords,
+labels, references, repetition, shapes, numbers and ``{expressions}`` each get their own token.
 
 >>> from pygments.token import Error
 >>> [t for t, _ in CnnLexer().get_tokens("network t: input 3x32x32  conv3-8 relu") if t is Error]
@@ -14,15 +14,7 @@ from __future__ import annotations
 from pygments.lexer import RegexLexer, bygroups, words
 from pygments.token import Comment, Keyword, Name, Number, Operator, Punctuation, String, Text, Whitespace
 
-from .ops import COMBINATORS, OPS, spellings
-
-KEYWORDS = ("use", "block", "network", "with", "input", "freeze", "replace")
-FLAGS = ("same", "valid", "nobias", "ceil", "true", "false", "none")
-
-
-def _layer_words() -> list[str]:
-    names = set(OPS) | set(spellings())
-    return sorted((n for n in names if "-" not in n), key=lambda n: (-len(n), n))
+from .vocabulary import COMBINATORS, KEYWORDS, LAYER_FOLLOWS, flag_words, layer_words
 
 
 class CnnLexer(RegexLexer):
@@ -46,13 +38,12 @@ class CnnLexer(RegexLexer):
             (r"@[A-Za-z_][A-Za-z0-9_]*(?:\.(?:[A-Za-z_][A-Za-z0-9_]*|[0-9]+))*", Name.Variable.Magic),
             (words(COMBINATORS, suffix=r"(?=\s*[(<])"), Keyword.Reserved),
             # a layer in the papers' short form: conv3-64/2, conv1x7-192, maxpool3/2, fc-4096, soft-max
-            (r"(?i)(soft-max)\b", Name.Builtin),
-            (r"(?i)(" + "|".join(_layer_words()) + r")(?=[0-9{\-/(\s<>|\]]|$)", Name.Builtin),
+            (r"(?i)(" + "|".join(layer_words()) + ")" + LAYER_FOLLOWS, Name.Builtin),
             (r"(?<![A-Za-z0-9_])x(?=[0-9{])", Operator.Word),  # repetition: x3, x{n}
             (r"[0-9]+(?:x[0-9]+)+", Number.Integer),  # shapes and rectangular kernels
             (r"[0-9]+\.[0-9]+(?:[eE][-+]?[0-9]+)?|[0-9]+[eE][-+]?[0-9]+", Number.Float),
             (r"[0-9]+", Number.Integer),
-            (words(FLAGS, suffix=r"\b"), Keyword.Constant),
+            (words(flag_words(), suffix=r"\b"), Keyword.Constant),
             (r"[A-Za-z_][A-Za-z0-9_]*", Name),
             (r"//|\.\.|[-+*/%=]", Operator),
             (r"[<>|]", Operator),

@@ -21,6 +21,7 @@ from pathlib import Path
 from .errors import CnnDslError, CnnDslWarning, Span
 from .graphviz import call_text, op_label
 from .network import Network, fmt_shape, human
+from .ops import Input
 
 MAX_HOVER_INSTANCES = 8
 #: The largest message body accepted (a document is at most ``syntax.MAX_SOURCE_BYTES``, JSON-escaped).
@@ -54,7 +55,7 @@ class Analysis:
         hits = []  # (span size, kind, network, item)
         for net in self.networks:
             for node in net.graph.nodes():
-                if node.op != "input" and _contains(node.span, self.filename, line, character):
+                if not isinstance(node.opdef, Input) and _contains(node.span, self.filename, line, character):
                     hits.append((_size(node.span), "node", net, node))
             for sc in net.graph.scopes.values():
                 if _contains(sc.span, self.filename, line, character):

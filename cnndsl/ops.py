@@ -1,6 +1,8 @@
 """The op registry: every layer kind, its arguments and their defaults, its shape
-rule, its parameter count and its MACs. Passes and backends look ops up here;
-adding an op is one class here plus one method per backend.
+rule, its parameter count and its MACs, and every other fact about it that a
+pass, a backend or a report needs (see :class:`Op`). Passes, backends, reports
+and the editor vocabularies look ops up here; adding an op is one class here
+plus one method per backend.
 
 Shapes are logical, layout-free tuples: ``(C, H, W)`` for feature maps and
 ``(N,)`` for flat vectors. Padding is always stored as explicit
@@ -16,6 +18,7 @@ means.
 from __future__ import annotations
 
 import difflib
+import enum
 import math
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -114,11 +117,108 @@ def as_padding(v: Any, k: tuple[int, int], d: tuple[int, int], span) -> tuple[tu
     return ((ph, ph), (pw, pw))
 
 
+# ----------------------------------------------------------------------------- the kinds of facts
+
+
+class Family(enum.Enum):
+    """An op's display family: the fill colour of its box in a graph picture, and whether the box is small
+    (a step drawn without its output shape, such as an activation)."""
+
+    INPUT = ("input", "#ffffff", False)
+    CONV = ("convolution", "#cfe2f3", False)
+    POOL = ("pooling", "#d9ead3", False)
+    DENSE = ("fully connected", "#fce5cd", False)
+    MERGE = ("merge", "#fff2cc", False)
+    NORM = ("normalisation", "#eeeeee", True)
+    ACTIVATION = ("activation", "#ffffff", True)
+    RESHAPE = ("reshape", "#f3f3f3", True)
+    REGULARISATION = ("regularisation", "#f3f3f3", True)
+    IDENTITY = ("identity", "#ffffff", True)
+
+    def __init__(self, title: str, fill: str, small: bool) -> None:
+        self.title, self.fill, self.small = title, fill, small
+
+
+class Saved(enum.Flag):
+    """What an op keeps for its backward pass in training mode, as PyTorch's autograd does."""
+
+    NOTHING = 0
+    INPUT = enum.auto()  # its input
+    OUTPUT = enum.auto()  # its output
+    INDICES = enum.auto()  # one index per output value (max pooling's argmax)
+    MASK = enum.auto()  # one value per output value (dropout's mask)
+
+
+class FlatOrder(enum.Enum):
+    """How an op orders the elements of a flat vector it outputs, given its operands' orders.
+
+    PyTorch flattens a feature map in (C, H, W) order, the JAX backend in (H, W, C) order, so a
+    vector can hold the same numbers in two orders; :mod:`cnndsl.convert` follows them with these rules.
+    """
+
+    KEEPS = "keeps"  # elementwise, or per feature: its operand's order
+    FLATTENS = "flattens"  # flattens a feature map, in the backend's layout order
+    FRESH = "fresh"  # an order of its own (fc's neurons, an input vector)
+    JOINS = "joins"  # its operands' elements one after the other (concat)
+    ALIGNS = "aligns"  # elementwise over operands that must share one order (add)
+    MIXES = "mixes"  # anything else: assumed to depend on the order of its operands' elements
+
+
 # ----------------------------------------------------------------------------- ops
 
 
+#: The facts every op declares, in its own class or in an abstract base (:func:`register` checks);
+#: :class:`Op` documents each one and gives none of them a default.
+FACTS = ("writable", "family", "paper_kind", "saves", "flat_order", "torch_module", "overwritable",
+         "commutative", "foldable", "fold_target")
+
+
+def _pair_text(v) -> str:
+    """A (h, w) pair as ``3`` when square, ``1x7`` otherwise."""
+    if isinstance(v, tuple):
+        return str(v[0]) if len(set(v)) == 1 else "x".join(str(x) for x in v)
+    return str(v)
+
+
+def _pad_text(p) -> str | None:
+    """Explicit padding ((top, bottom), (left, right)) in the shortest form, or None when zero."""
+    flat = [x for pair in p for x in pair] if isinstance(p, tuple) else [p]
+    if not any(flat):
+        return None
+    if len(set(flat)) == 1:
+        return str(flat[0])
+    return ",".join(str(x) for x in flat)
+
+
 class Op:
-    """Abstract base: an op kind. Subclasses are final and registered in :data:`OPS`."""
+    """Abstract base: an op kind. Subclasses are final and registered in :data:`OPS`.
+
+    Besides its arguments and its rules (shape, parameters, MACs), every op declares these facts
+    (:data:`FACTS`), which the rest of cnndsl reads instead of keeping lists of op names:
+
+    - ``writable``: it can be written as a layer in .cnn text (the editors' and the lexer's
+      vocabulary); not ``input`` (declared by ``input CxHxW``) nor ``shortcut`` (made by ``residual<...>``).
+    - ``family``: its :class:`Family` (a graph box's colour and size; the papers' depth counts
+      the conv and fully connected families).
+    - ``paper_kind``: its "type" in the papers' tables (GoogLeNet's Table 1: "convolution",
+      "max pool"), or None for a layer those tables leave out (ReLU, LRN, batch norm).
+    - ``saves``: what it keeps for the backward pass (:class:`Saved`; the summary's "saved for bwd").
+    - ``flat_order``: how it orders the elements of a flat output (:class:`FlatOrder`; the weight
+      converter and the JAX backend's flatten order).
+    - ``torch_module``: PyTorch builds it as an ``nn.Module`` (a submodule and a ``state_dict`` scope);
+      otherwise the forward writes it inline (``torch.cat``, ``+``).
+    - ``overwritable``: its output is a fresh tensor that its backward pass does not read, so the op
+      after it may overwrite it in place (a residual's ``out += identity``). Declared true only where
+      that is known to hold.
+    - ``commutative``: its operands may be swapped (at its default arguments; :meth:`commutes` says for
+      given ones), which the architecture hash uses.
+    - ``foldable``: in eval mode it is a per-channel affine map that ``fold_bn`` folds into the layer
+      before it, when that layer is a ``fold_target``.
+    - ``fold_target``: a ``foldable`` op right after it can be folded into its weights and bias.
+
+    Its paper spellings are methods, since they depend on the arguments: :meth:`short_form` and
+    :meth:`case_study`.
+    """
 
     name: ClassVar[str]
     aliases: ClassVar[tuple[str, ...]] = ()
@@ -135,6 +235,18 @@ class Op:
     materializes: ClassVar[bool] = True  # allocates its output in eval-mode forward (not in-place, not a view)
     takes_act: ClassVar[bool] = False  # accepts the `act=` pseudo-argument (conv, fc, deconv)
     doc: ClassVar[str] = ""
+
+    # -- facts (see the class docstring); no defaults: each op declares them
+    writable: ClassVar[bool]
+    family: ClassVar[Family]
+    paper_kind: ClassVar[str | None]
+    saves: ClassVar[Saved]
+    flat_order: ClassVar[FlatOrder]
+    torch_module: ClassVar[bool]
+    overwritable: ClassVar[bool]
+    commutative: ClassVar[bool]
+    foldable: ClassVar[bool]
+    fold_target: ClassVar[bool]
 
     # -- arguments
     def convert(self, field: str, value: Any, span: Span | None) -> Any:
@@ -183,12 +295,42 @@ class Op:
         """Multiply-accumulates of conv and fc layers (the papers' "FLOPs"); 0 for the rest."""
         return 0
 
+    def commutes(self, args: dict) -> bool:
+        """Whether the operands may be swapped with these arguments (the architecture hash's question)."""
+        return self.commutative
+
+    # -- paper spellings
+    def short_form(self, args: dict) -> str:
+        """The layer in the papers' short form with its non-default arguments: ``conv3-64/2``, ``maxpool3/2 ceil``.
+
+        Graph boxes, summary rows and hovers show it.
+        """
+        return self.name
+
+    def case_study(self, x: Shape, args: dict) -> tuple[str, str] | None:
+        """The layer's name and weights in the VGG case study's listing (``CONV3-64``, ``(3*3*3)*64 = 1,728``).
+
+        None for a layer the listing names by its short form in capitals and counts by its
+        parameters, and leaves out when it has none.
+        """
+        return None
+
 
 OPS: dict[str, Op] = {}
 _SPELLINGS: dict[str, str] = {}
 
 
+def _undeclared(cls: type[Op]) -> list[str]:
+    """The facts that neither ``cls`` nor an abstract base between it and :class:`Op` declares."""
+    bases = [k for k in cls.__mro__ if issubclass(k, Op) and k is not Op]
+    return [f for f in FACTS if not any(f in vars(k) for k in bases)]
+
+
 def register(cls: type[Op]) -> type[Op]:
+    """Register a final op class in :data:`OPS` (under its name and aliases); it must declare every fact."""
+    missing = _undeclared(cls)
+    if missing:
+        raise TypeError(f"op '{cls.name}' ({cls.__name__}) declares no {', '.join(missing)}; see Op's docstring")
     op = cls()
     OPS[cls.name] = op
     for spelling in (cls.name, *cls.aliases):
@@ -203,6 +345,7 @@ def lookup(spelling: str) -> Op | None:
 
 
 def spellings() -> list[str]:
+    """Every spelling of every op (names and aliases, lower case), sorted."""
     return sorted(_SPELLINGS)
 
 
@@ -246,6 +389,14 @@ class _Conv(Op):
     flags: ClassVar[dict[str, tuple[str, Any]]] = {"valid": ("p", "valid"), "same": ("p", "same"), "nobias": ("bias", False)}
     shorthand = ("k", "c", "s")
     takes_act = True
+    writable = True
+    family = Family.CONV
+    saves = Saved.INPUT
+    flat_order = FlatOrder.MIXES
+    torch_module = True
+    overwritable = True
+    commutative = False
+    foldable = False
 
     def convert(self, field, v, span):
         if field in ("k", "s", "d"):
@@ -268,6 +419,17 @@ class _Conv(Op):
             raise CnnShapeError(f"{cin} input channels do not split into {args['groups']} groups", span,
                                 "groups must divide both the input and the output channels")
 
+    def short_form(self, args):
+        text = f"{self.name}{_pair_text(args['k'])}-{args['c']}"
+        if _pair_text(args["s"]) != "1":
+            text += f"/{_pair_text(args['s'])}"
+        extra = []
+        if _pair_text(args["d"]) != "1":
+            extra.append(f"d={_pair_text(args['d'])}")
+        if args["groups"] != 1:
+            extra.append(f"g={args['groups']}")
+        return " ".join([text, *extra])
+
 
 @register
 class Conv(_Conv):
@@ -275,6 +437,8 @@ class Conv(_Conv):
 
     name = "conv"
     doc = "convK-C/S, e.g. conv3-64 or conv7-64/2; long form conv(c=64, k=3, s=1, p=same)"
+    paper_kind = "convolution"
+    fold_target = True
 
     def infer(self, x, args, span, warn=None):
         c, h, w = _spatial(self, x, span)
@@ -292,6 +456,10 @@ class Conv(_Conv):
         kh, kw = args["k"]
         return out[0] * out[1] * out[2] * (xs[0][0] // args["groups"]) * kh * kw
 
+    def case_study(self, x, args):
+        (kh, kw), c, cin = args["k"], args["c"], x[0] // args["groups"]
+        return f"CONV{_pair_text(args['k'])}-{c}", f"({kh}*{kw}*{cin})*{c} = {kh * kw * cin * c:,}"
+
 
 @register
 class Deconv(_Conv):
@@ -303,6 +471,8 @@ class Deconv(_Conv):
               ("groups", 1), ("bias", True))
     flags: ClassVar[dict[str, tuple[str, Any]]] = {"nobias": ("bias", False)}
     doc = "deconvK-C/S, e.g. deconv2-512/2 (stride defaults to the kernel size)"
+    paper_kind = name
+    fold_target = False  # fold_state_dict scales a weight's first axis, which is a deconv's input
 
     def convert(self, field, v, span):
         if field == "output_padding":
@@ -346,6 +516,14 @@ class _Pool(Op):
     positional = ("k", "s")
     flags: ClassVar[dict[str, tuple[str, Any]]] = {"ceil": ("ceil", True), "valid": ("p", "valid"), "same": ("p", "same")}
     shorthand = ("k", None, "s")
+    writable = True
+    family = Family.POOL
+    flat_order = FlatOrder.MIXES
+    torch_module = True
+    overwritable = False
+    commutative = False
+    foldable = False
+    fold_target = False
 
     def convert(self, field, v, span):
         if field == "k":
@@ -373,6 +551,16 @@ class _Pool(Op):
                 _window_out(self, h, args["p"][0], kh, sh, 1, "height", span, warn, args["ceil"]),
                 _window_out(self, w, args["p"][1], kw, sw, 1, "width", span, warn, args["ceil"]))
 
+    def short_form(self, args):
+        text = f"{self.name}{_pair_text(args['k'])}"
+        if _pair_text(args["s"]) != _pair_text(args["k"]):
+            text += f"/{_pair_text(args['s'])}"
+        pad = _pad_text(args["p"])
+        return " ".join([text, *([f"p={pad}"] if pad else []), *(["ceil"] if args["ceil"] else [])])
+
+    def case_study(self, x, args):
+        return f"POOL{_pair_text(args['k'])}", "0"
+
 
 @register
 class MaxPool(_Pool):
@@ -380,6 +568,8 @@ class MaxPool(_Pool):
 
     name = "maxpool"
     aliases = ("pool", "max-pool", "maxpooling")
+    paper_kind = "max pool"
+    saves = Saved.INPUT | Saved.INDICES
 
 
 @register
@@ -389,6 +579,8 @@ class AvgPool(_Pool):
     name = "avgpool"
     aliases = ("avg-pool", "avgpooling")
     fields = _Pool.fields + (("count_include_pad", True),)
+    paper_kind = "avg pool"
+    saves = Saved.NOTHING
 
 
 @register
@@ -397,10 +589,23 @@ class GlobalAvgPool(Op):
 
     name = "gap"
     aliases = ("globalavgpool", "global-avg-pool")
+    writable = True
+    family = Family.POOL
+    paper_kind = "avg pool"
+    saves = Saved.NOTHING
+    flat_order = FlatOrder.MIXES
+    torch_module = True
+    overwritable = False
+    commutative = False
+    foldable = False
+    fold_target = False
 
     def infer(self, x, args, span, warn=None):
         c, _, _ = _spatial(self, x, span)
         return (c, 1, 1)
+
+    def case_study(self, x, args):
+        return "GAP", "0"
 
 
 @register
@@ -410,6 +615,16 @@ class AdaptiveAvgPool(Op):
     name = "adaptiveavgpool"
     fields = (("size", REQUIRED),)
     positional = ("size",)
+    writable = True
+    family = Family.POOL
+    paper_kind = name
+    saves = Saved.NOTHING
+    flat_order = FlatOrder.MIXES
+    torch_module = True
+    overwritable = False
+    commutative = False
+    foldable = False
+    fold_target = False
 
     def convert(self, field, v, span):
         return as_pair(field, v, span)
@@ -417,6 +632,9 @@ class AdaptiveAvgPool(Op):
     def infer(self, x, args, span, warn=None):
         c, _, _ = _spatial(self, x, span)
         return (c, *args["size"])
+
+    def short_form(self, args):
+        return f"adaptiveavgpool {_pair_text(args['size'])}"
 
 
 @register
@@ -431,6 +649,16 @@ class FC(Op):
     shorthand = (None, "c", None)
     takes_act = True
     doc = "fc-N, e.g. fc-4096"
+    writable = True
+    family = Family.DENSE
+    paper_kind = "linear"
+    saves = Saved.INPUT
+    flat_order = FlatOrder.FRESH  # over a feature map it flattens it first, but its output is its neurons
+    torch_module = True
+    overwritable = True
+    commutative = False
+    foldable = False
+    fold_target = False
 
     def convert(self, field, v, span):
         return as_bool(field, v, span) if field == "bias" else as_int(field, v, span)
@@ -444,6 +672,13 @@ class FC(Op):
     def count_macs(self, xs, args, out):
         return math.prod(xs[0]) * args["c"]
 
+    def short_form(self, args):
+        return f"fc-{args['c']}"
+
+    def case_study(self, x, args):
+        fan_in = "*".join(str(d) for d in (*x[1:], x[0])) if len(x) == 3 else str(x[0])
+        return "FC", f"{fan_in}*{args['c']} = {math.prod(x) * args['c']:,}"
+
 
 @register
 class Flatten(Op):
@@ -451,6 +686,16 @@ class Flatten(Op):
 
     name = "flatten"
     materializes = False
+    writable = True
+    family = Family.RESHAPE
+    paper_kind = name
+    saves = Saved.NOTHING
+    flat_order = FlatOrder.FLATTENS
+    torch_module = True
+    overwritable = False
+    commutative = False
+    foldable = False
+    fold_target = False
 
     def infer(self, x, args, span, warn=None):
         return (math.prod(x),)
@@ -459,6 +704,15 @@ class Flatten(Op):
 class _Activation(Op):
     activation = True
     materializes = False  # applied in place
+    writable = True
+    family = Family.ACTIVATION
+    saves = Saved.OUTPUT
+    flat_order = FlatOrder.KEEPS
+    torch_module = True
+    overwritable = False
+    commutative = False
+    foldable = False
+    fold_target = False
 
 
 @register
@@ -466,18 +720,21 @@ class ReLU(_Activation):
     """Rectified linear unit."""
 
     name = "relu"
+    paper_kind = None
 
 
 @register
 class Tanh(_Activation):
     name = "tanh"
     materializes = True
+    paper_kind = name
 
 
 @register
 class Sigmoid(_Activation):
     name = "sigmoid"
     materializes = True
+    paper_kind = name
 
 
 @register
@@ -487,6 +744,7 @@ class Softmax(_Activation):
     name = "softmax"
     aliases = ("soft-max",)
     materializes = True
+    paper_kind = "softmax"
 
 
 @register
@@ -494,6 +752,16 @@ class Identity(Op):
     name = "identity"
     aliases = ("skip",)  # NAS-Bench-201's skip-connect edge
     materializes = False
+    writable = True
+    family = Family.IDENTITY
+    paper_kind = name
+    saves = Saved.NOTHING
+    flat_order = FlatOrder.KEEPS
+    torch_module = True
+    overwritable = False
+    commutative = False
+    foldable = False
+    fold_target = False
 
 
 @register
@@ -504,9 +772,22 @@ class Dropout(Op):
     fields = (("p", 0.5),)
     positional = ("p",)
     materializes = False
+    writable = True
+    family = Family.REGULARISATION
+    paper_kind = "dropout"
+    saves = Saved.MASK
+    flat_order = FlatOrder.KEEPS
+    torch_module = True
+    overwritable = False
+    commutative = False
+    foldable = False
+    fold_target = False
 
     def convert(self, field, v, span):
         return as_float(field, v, span, 0.0, 1.0)
+
+    def short_form(self, args):
+        return f"dropout {args['p']:g}"
 
 
 @register
@@ -516,6 +797,16 @@ class BatchNorm(Op):
     name = "bn"
     aliases = ("batchnorm",)
     fields = (("eps", 1e-5), ("momentum", 0.1), ("affine", True))
+    writable = True
+    family = Family.NORM
+    paper_kind = None
+    saves = Saved.INPUT
+    flat_order = FlatOrder.KEEPS
+    torch_module = True
+    overwritable = True
+    commutative = False
+    foldable = True
+    fold_target = False
 
     def convert(self, field, v, span):
         if field == "affine":
@@ -536,12 +827,25 @@ class LRN(Op):
     name = "lrn"
     fields = (("size", 5), ("alpha", 1e-4), ("beta", 0.75), ("k", 2.0))
     positional = ("size",)
+    writable = True
+    family = Family.NORM
+    paper_kind = None
+    saves = Saved.INPUT | Saved.OUTPUT
+    flat_order = FlatOrder.MIXES
+    torch_module = True
+    overwritable = False
+    commutative = False
+    foldable = False
+    fold_target = False
 
     def convert(self, field, v, span):
         return as_int(field, v, span) if field == "size" else as_float(field, v, span, 0.0)
 
     def infer(self, x, args, span, warn=None):
         return _spatial(self, x, span)
+
+    def short_form(self, args):
+        return f"lrn {args['size']}"
 
 
 @register
@@ -551,9 +855,22 @@ class Concat(Op):
     name = "concat"
     fields = (("crop", False),)
     min_inputs, max_inputs = 1, None
+    writable = True
+    family = Family.MERGE
+    paper_kind = name
+    saves = Saved.NOTHING
+    flat_order = FlatOrder.JOINS
+    torch_module = False
+    overwritable = False
+    commutative = False
+    foldable = False
+    fold_target = False
 
     def convert(self, field, v, span):
         return as_bool(field, v, span)
+
+    def short_form(self, args):
+        return "concat crop" if args["crop"] else "concat"
 
     def infer_many(self, xs, args, span, warn=None):
         ranks = {len(x) for x in xs}
@@ -579,9 +896,25 @@ class Add(Op):
     name = "add"
     fields = (("scale", 1.0),)
     min_inputs, max_inputs = 2, None
+    writable = True
+    family = Family.MERGE
+    paper_kind = name
+    saves = Saved.NOTHING
+    flat_order = FlatOrder.ALIGNS
+    torch_module = False
+    overwritable = True
+    commutative = True
+    foldable = False
+    fold_target = False
 
     def convert(self, field, v, span):
         return as_float(field, v, span)
+
+    def commutes(self, args):
+        return args["scale"] == 1.0  # the scale multiplies the first operand only
+
+    def short_form(self, args):
+        return "add" if args["scale"] == 1.0 else f"add ×{args['scale']:g}"
 
     def infer_many(self, xs, args, span, warn=None):
         if len(set(xs)) > 1:
@@ -598,9 +931,22 @@ class PadShortcut(Op):
 
     name = "padshortcut"
     fields = (("c", REQUIRED), ("s", 1))
+    writable = True
+    family = Family.MERGE
+    paper_kind = name
+    saves = Saved.NOTHING
+    flat_order = FlatOrder.MIXES
+    torch_module = False
+    overwritable = False
+    commutative = False
+    foldable = False
+    fold_target = False
 
     def convert(self, field, v, span):
         return as_int(field, v, span)
+
+    def short_form(self, args):
+        return f"padshortcut-{args['c']}/{args['s']}"
 
     def infer(self, x, args, span, warn=None):
         c, h, w = _spatial(self, x, span)
@@ -621,6 +967,16 @@ class Shortcut(Op):
     fields = (("mode", "auto"), ("bn_eps", 1e-5), ("bn_momentum", 0.1))
     MODES = ("auto", "proj", "conv", "pad", "identity")
     min_inputs = max_inputs = 2  # the residual's input, and its body's output (for the shape to reach)
+    writable = False
+    family = Family.MERGE
+    paper_kind = name
+    saves = Saved.NOTHING
+    flat_order = FlatOrder.MIXES
+    torch_module = False
+    overwritable = False
+    commutative = False
+    foldable = False
+    fold_target = False
 
     def infer_many(self, xs, args, span, warn=None):
         x, body = xs
@@ -647,6 +1003,17 @@ class Input(Op):
     name = "input"
     fields = (("shape", REQUIRED),)
     min_inputs, max_inputs = 0, 0
+    DEFAULT_NAME = "input"  # the node name of a network's first input when the text does not name it
+    writable = False
+    family = Family.INPUT
+    paper_kind = name
+    saves = Saved.NOTHING
+    flat_order = FlatOrder.FRESH
+    torch_module = False
+    overwritable = False
+    commutative = False
+    foldable = False
+    fold_target = False
 
 
 COMBINATORS = ("concat", "inception", "add", "residual", "aux")

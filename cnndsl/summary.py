@@ -9,10 +9,10 @@ its paper's table: the layer-by-layer listing of the VGG case study ("CONV3-64:
 GoogLeNet Table 1 layout for networks built of inception blocks.
 
 What is saved for backward follows what PyTorch's autograd keeps in training
-mode: conv, deconv, fc and batch norm keep their input; ReLU, sigmoid, tanh and
-softmax their output; max pooling its input and its argmax indices; dropout its
-mask; LRN its input and output. A tensor kept by several layers counts once, on
-the layer that produced it.
+mode, as each op declares it (``Op.saves`` in :mod:`cnndsl.ops`): conv, deconv,
+fc and batch norm keep their input; ReLU, sigmoid, tanh and softmax their output;
+max pooling its input and its argmax indices; dropout its mask; LRN its input and
+output. A tensor kept by several layers counts once, on the layer that produced it.
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ from dataclasses import dataclass
 from .errors import CnnDslError
 from .graphviz import call_text, op_label, scope_of
 from .network import BYTES_PER_VALUE, Network, fmt_shape, human
+from .ops import Family, Input, Saved
 
-_SAVES_INPUT = {"conv", "deconv", "fc", "bn", "maxpool", "lrn"}
-_SAVES_OUTPUT = {"relu", "sigmoid", "tanh", "softmax", "lrn"}
+_PER_OUTPUT_VALUE = (Saved.INDICES, Saved.MASK)  # kept as one value per output value
 
 
 def saved_for_backward(net: Network) -> dict[str, int]:
@@ -36,14 +36,14 @@ def saved_for_backward(net: Network) -> dict[str, int]:
     kept: set[str] = set()
     extra: dict[str, int] = {}
     for node in g.nodes():
-        if node.op in _SAVES_INPUT:
+        saves = node.opdef.saves
+        if Saved.INPUT in saves:
             kept.update(g.inputs_of(node.name))
-        if node.op in _SAVES_OUTPUT:
+        if Saved.OUTPUT in saves:
             kept.add(node.name)
-        if node.op == "maxpool":  # argmax indices, one per output value
-            extra[node.name] = math.prod(node.shape)
-        if node.op == "dropout":  # the mask, one per value
-            extra[node.name] = math.prod(node.shape)
+        per_value = sum(part in saves for part in _PER_OUTPUT_VALUE)
+        if per_value:
+            extra[node.name] = per_value * math.prod(node.shape)
     out = {}
     for node in g.nodes():
         if node.frozen:
@@ -93,7 +93,7 @@ def rows(net: Network, depth: int | None = None) -> list[Row]:
     out: list[Row] = []
     opened: set[str] = set()
     for node in g.nodes():
-        if node.op == "input":
+        if isinstance(node.opdef, Input):
             continue
         ch = chain(node.name)
         for level, s in enumerate(ch):
@@ -235,35 +235,34 @@ def _hwc(shape) -> str:
     return "x".join(str(d) for d in (*shape[1:], shape[0])) if len(shape) == 3 else f"1x1x{shape[0]}"
 
 
-def _vgg_rows(net: Network) -> list[str]:
+def _case_study_rows(net: Network) -> list[tuple]:
+    """(node, its name, its weights) for each layer the VGG case study lists: those with weights or a
+    case-study name of their own (the pooling layers)."""
     g = net.graph
+    out = []
+    for node in g.nodes():
+        if isinstance(node.opdef, Input):
+            continue
+        x = g.node(g.inputs_of(node.name)[0]).shape
+        named = node.opdef.case_study(x, node.args)
+        if named is not None:
+            out.append((node, *named))
+        elif node.params:
+            out.append((node, op_label(node).upper(), f"{node.params:,}"))
+    return out
+
+
+def _vgg_rows(net: Network) -> list[str]:
     inp = net.input_shape
     inp_mem = "*".join(map(str, (*inp[1:], inp[0])))
     out = [f"INPUT: [{_hwc(inp)}] memory: {inp_mem}={_sig2(math.prod(inp))} weights: 0"]
-    listed = [n for n in g.nodes() if n.op != "input" and (n.params or n.op in ("maxpool", "avgpool", "gap"))]
-    for node in listed:
-        x = g.node(g.inputs_of(node.name)[0]).shape
+    listed = _case_study_rows(net)
+    for node, name, w in listed:
         size = math.prod(node.shape)
         mem = "*".join(str(d) for d in (*node.shape[1:], node.shape[0])) + "=" + _sig2(size) \
             if len(node.shape) == 3 else str(size)
-        a = node.args
-        if node.op == "conv":
-            name = f"CONV{op_label(node)[4:].split('-')[0]}-{a['c']}"
-            kh, kw = a["k"]
-            w = f"({kh}*{kw}*{x[0] // a['groups']})*{a['c']} = {kh * kw * (x[0] // a['groups']) * a['c']:,}"
-        elif node.op == "fc":
-            name = "FC"
-            fan_in = "*".join(str(d) for d in (*x[1:], x[0])) if len(x) == 3 else str(x[0])
-            w = f"{fan_in}*{a['c']} = {math.prod(x) * a['c']:,}"
-        elif node.op in ("maxpool", "avgpool"):
-            name, w = f"POOL{op_label(node).split('pool')[1].split('/')[0].split(' ')[0]}", "0"
-        elif node.op == "gap":
-            name, w = "GAP", "0"
-        else:
-            name, w = op_label(node).upper(), f"{node.params:,}"
         out.append(f"{name}: [{_hwc(node.shape)}] memory: {mem} weights: {w}")
-    listed = [n for n in g.nodes() if n.op != "input" and (n.params or n.op in ("maxpool", "avgpool", "gap"))]
-    values = math.prod(inp) + sum(math.prod(n.shape) for n in listed)
+    values = math.prod(inp) + sum(math.prod(n.shape) for n, _, _ in listed)
     mb = values * BYTES_PER_VALUE / 1e6
     out.append(f"TOTAL memory: {_sig2(values)} * {BYTES_PER_VALUE} bytes ~= {mb:.0f}MB / image "
                "(only forward! ~*2 for bwd)")
@@ -293,8 +292,6 @@ def _googlenet_rows(net: Network) -> list[tuple[str, ...]]:
             in_aux.add(n)
             stack += [s for s in g.inputs_of(n) if len(g.consumers(s)) == 1]
     out, done = [], set()
-    kinds = {"conv": "convolution", "maxpool": "max pool", "avgpool": "avg pool", "gap": "avg pool",
-             "dropout": "dropout", "fc": "linear", "softmax": "softmax", "lrn": None, "relu": None}
 
     def k(v: int) -> str:
         return f"{v / 1e3:.0f}K" if v else ""
@@ -303,7 +300,7 @@ def _googlenet_rows(net: Network) -> list[tuple[str, ...]]:
         return f"{v / 1e6:.0f}M" if v else ""
 
     for node in g.nodes():
-        if node.op == "input" or node.name in in_aux:
+        if isinstance(node.opdef, Input) or node.name in in_aux:
             continue
         owner = next((s for s in _inception_scopes(net) if node.name.startswith(s + ".")), None)
         if owner:
@@ -318,15 +315,18 @@ def _googlenet_rows(net: Network) -> list[tuple[str, ...]]:
                         str(a["a"]), str(a["b1"]), str(a["b2"]), str(a["c1"]), str(a["c2"]), str(a["d"]),
                         k(sum(n.params for n in members)), m(sum(n.macs for n in members))))
             continue
-        kind = kinds.get(node.op, node.op)
-        if kind is None or node.op == "bn" or "." in node.name and node.op not in ("conv", "maxpool"):
+        op = node.opdef
+        kernel, _, stride = op.shorthand  # a window's fields: the table's "patch size/stride"
+        windowed = kernel is not None and stride is not None
+        # inside a block or a group (torchvision's BasicConv2d), only the windows are rows of their own
+        if op.paper_kind is None or "." in node.name and not windowed:
             continue
         patch = ""
-        if node.op in ("conv", "maxpool", "avgpool"):
-            kk, ss = node.args["k"], node.args["s"]
+        if windowed:
+            kk, ss = node.args[kernel], node.args[stride]
             patch = f"{kk[0]}×{kk[1]}/{ss[0]}"
-        depth = "1" if node.op in ("conv", "fc") else "0"
-        out.append((kind, patch, _hwc(node.shape).replace("x", "×"), depth, "", "", "", "", "", "",
+        depth = "1" if op.family in (Family.CONV, Family.DENSE) else "0"
+        out.append((op.paper_kind, patch, _hwc(node.shape).replace("x", "×"), depth, "", "", "", "", "", "",
                     k(node.params), m(node.macs)))
     return out
 

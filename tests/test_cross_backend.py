@@ -17,6 +17,7 @@ from cnndsl.backends.jax import _nhwc
 import cnndsl
 from cnndsl.convert import jax_to_torch, torch_to_jax
 from cnndsl.loader import zoo_index
+from cnndsl.vocabulary import activation_words
 
 RTOL = 1e-4  # relative to the output's largest magnitude
 
@@ -169,7 +170,7 @@ def _map_step(draw, c: int) -> str:
         extra = f", count_include_pad={draw(st.booleans())}".lower() if kind == "avgpool" else ""
         return f"{kind}(k={k}, s={s}, p={draw(st.integers(0, k // 2))}, ceil={str(draw(st.booleans())).lower()}{extra})"
     if kind == "act":
-        return draw(st.sampled_from(["relu", "tanh", "sigmoid", "softmax"]))
+        return draw(st.sampled_from(activation_words()))
     if kind == "lrn":
         return f"lrn(size={draw(st.integers(1, 5))})"
     if kind == "residual":

@@ -27,11 +27,11 @@ def fold_bn(g: Graph, warnings=None) -> Graph:
     """Fold every ``conv -> bn`` pair where the bn is the conv's only consumer into one conv with a bias."""
     outputs = set(g.outputs)
     for bn in list(g.nodes()):
-        if bn.op != "bn" or bn.name in outputs:
+        if not bn.opdef.foldable or bn.name in outputs:
             continue
         (src,) = g.inputs_of(bn.name)
         conv = g.node(src)
-        if conv.op != "conv" or src in outputs or len(g.consumers(src)) != 1 or "folded_from" in conv.args:
+        if not conv.opdef.fold_target or src in outputs or len(g.consumers(src)) != 1 or "folded_from" in conv.args:
             continue
         consumers = g.consumers(bn.name)
         g.remove(bn.name)

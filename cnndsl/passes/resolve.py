@@ -33,8 +33,9 @@ from typing import Any
 from .. import syntax as ast
 from ..errors import CnnArgumentError, CnnDslError, CnnLimitError, CnnNameError, CnnShapeError, Span
 from ..ir import Graph, Scope
-from ..ops import OPS, lookup, spellings
+from ..ops import COMBINATORS, OPS, lookup, spellings
 from ..syntax import MAX_NAME_LENGTH
+from ..vocabulary import activation_words, layer_words
 
 MAX_NODES = 100_000
 MAX_LOOKUPS = 100_000  # references (@name) followed while building one network, block instances included
@@ -350,7 +351,7 @@ class Resolver:
                 if act not in (None, "none", False) and not (isinstance(act, str) and lookup(act) and
                                                              lookup(act).activation):
                     raise CnnArgumentError(f"'{act}' is not an activation", a.span,
-                                           "act= takes relu, tanh, sigmoid, softmax or none")
+                                           f"act= takes {', '.join(activation_words())} or none")
             out.setdefault(op.name, {}).update(vals)
         return out
 
@@ -520,9 +521,9 @@ class Resolver:
 
     def _combinator(self, c: ast.Combinator, label, flow, scope: NameScope, frame: Frame, tail) -> str:
         kind = c.name.lower()
-        if kind not in ("concat", "inception", "add", "residual", "aux"):  # choice<...> is handled in _term
+        if kind not in COMBINATORS:  # choice<...> is handled in _term
             raise CnnNameError(f"unknown combinator '{c.name}<...>'", c.span,
-                               _suggest(kind, ["concat", "inception", "add", "residual", "aux"]) or
+                               _suggest(kind, list(COMBINATORS)) or
                                "combinators are concat<...>, add<...>, residual<...>, aux<...>")
         given = dict(self._kwargs(c.args, frame, c.span, kind))
         # In a numbered sequence a combinator takes one position, as a scope of its own. Elsewhere its
@@ -687,7 +688,7 @@ class Resolver:
             actop = lookup(str(act))
             if actop is None or not actop.activation:
                 raise CnnArgumentError(f"'{act}' is not an activation", call.span,
-                                       "act= takes relu, tanh, sigmoid, softmax or none")
+                                       f"act= takes {', '.join(activation_words())} or none")
             return self._add_node(scope.child(actop.name, None), actop.name, actop.normalize({}, call.span),
                                   call.span, [node])
         return node
@@ -701,8 +702,8 @@ class Resolver:
                 op = lookup(m["base"])
                 dims = tuple(int(x) for x in m["k"].split("x"))
                 kernel = dims[0] if len(dims) == 1 else dims
-        if op is None or op.name in ("input", "shortcut"):
-            hint = _suggest(name, sorted(set(spellings()) | set(self.lib.blocks)))
+        if op is None or not op.writable:
+            hint = _suggest(name, sorted(set(layer_words()) | set(self.lib.blocks)))
             base = re.match(r"^([A-Za-z_][A-Za-z_-]*?)[0-9]", name)
             if base and lookup(base[1]) and lookup(base[1]).shorthand[0]:
                 b = base[1]
