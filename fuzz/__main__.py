@@ -13,12 +13,7 @@ import multiprocessing
 import sys
 import time
 
-from .harness import STRATEGIES, Tally, batches, run_batch
-
-
-def _run(job: tuple) -> Tally:
-    seed, strategy, start, count, every = job
-    return run_batch(seed, strategy, start, count, every)
+from .harness import STRATEGIES, Tally, batches, run_job
 
 
 def report(tally: Tally, seed: int, seconds: float, every: int) -> str:
@@ -59,12 +54,12 @@ def main(argv: list[str] | None = None) -> int:
     total = Tally()
     if args.workers > 1:
         with multiprocessing.get_context("spawn").Pool(args.workers) as pool:
-            for i, t in enumerate(pool.imap(_run, jobs)):
+            for i, t in enumerate(pool.imap(run_job, jobs)):
                 total.add(t)
                 print(f"{i + 1}/{len(jobs)} batches, {len(total.failures)} failures", file=sys.stderr, flush=True)
     else:
         for job in jobs:
-            total.add(_run(job))
+            total.add(run_job(job))
     text = report(total, args.seed, time.perf_counter() - start, args.sandbox_every)
     print(text, end="")
     for s, i, detail in total.failures:

@@ -479,6 +479,11 @@ def run_batch(seed: int, strategy: str, start: int, count: int, sandbox_every: i
     return tally
 
 
+def run_job(job: tuple) -> Tally:
+    """:func:`run_batch` on ``(seed, strategy, start, count, sandbox_every)``: a worker pool's task."""
+    return run_batch(*job)
+
+
 def batches(seed: int, strategies: list[str], start: int, inputs: int, size: int) -> Iterator[tuple]:
     """Split ``inputs`` inputs per strategy into batches for the worker pool."""
     for strategy in strategies:
