@@ -8,7 +8,6 @@ when there is no server binary or psycopg2, or the server does not start.
 
 from __future__ import annotations
 
-import csv
 import glob
 import importlib
 import os
@@ -23,6 +22,7 @@ import time
 from pathlib import Path
 
 import pytest
+from test_search import read_rows
 
 import cnndsl
 from cnndsl.cli import main
@@ -48,11 +48,6 @@ def tiny(tmp_path):
     path = tmp_path / "tiny.cnn"
     path.write_text(TINY)
     return str(path)
-
-
-def read_rows(path):
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def child_env():
