@@ -14,6 +14,7 @@ generated into a temporary folder.
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -157,6 +158,38 @@ def test_non_utf8_file(tmp_path):
     assert (err.span.line, err.span.col) == (1, 4)  # the latin-1 é of "# réseau"
     assert str(err).splitlines()[2] == "       ^"
     assert err.hint == "save the file as UTF-8"
+
+
+@pytest.mark.parametrize("device", ["/dev/zero", "/dev/urandom", "/dev/null"])
+def test_a_device_is_refused_before_it_is_read(device):
+    """/dev/zero would fill the memory, /dev/urandom never ends: neither is opened for reading past a stat."""
+    if not os.path.exists(device):
+        pytest.skip(f"no {device} here")
+    err = load_error(Path(device))
+    assert err.message == f"{device} is a character device, not a regular file"
+
+
+def test_a_fifo_is_refused_without_waiting_for_a_writer(tmp_path):
+    fifo = tmp_path / "net.cnn"
+    os.mkfifo(fifo)
+    # opened without blocking: with no writer on the other end, a blocking open would hang this test
+    assert load_error(fifo).message == f"{fifo} is a FIFO, not a regular file"
+
+
+def test_a_used_fifo_is_refused_at_the_use(tmp_path):
+    os.mkfifo(tmp_path / "blocks.cnn")
+    path = tmp_path / "net.cnn"
+    path.write_text('use "blocks.cnn"\nnetwork t: input 3x8x8 conv3-8\n')
+    err = load_error(path)
+    assert "is a FIFO, not a regular file" in err.message and (err.span.line, err.span.col) == (1, 1)
+
+
+def test_a_huge_file_is_refused_from_its_size(tmp_path):
+    path = tmp_path / "huge.cnn"
+    with open(path, "wb") as f:  # sparse: 100 MB that take no disk
+        f.truncate(100 * 2**20)
+    err = load_error(path)
+    assert err.message == f"{path} is larger than 4 MiB (104,857,600 bytes)"
 
 
 def test_used_file_is_binary(tmp_path):
