@@ -39,6 +39,7 @@ from cnndsl.backends.base import (
     docstring_text,
     string_literal,
 )
+from cnndsl.backends.torch_weights import fold_state_dict
 
 from cnndsl.errors import CnnDslError
 from cnndsl.ir import Graph, Node
@@ -241,34 +242,17 @@ class TorchEmitter(Emitter):
         return children
 
     def _members(self, scope: str) -> list[Node]:
-        """The layers inside ``scope``, in graph order (indexed once: a scan per scope is quadratic)."""
-        if not hasattr(self, "_members_of"):
-            self._members_of: dict[str, list[Node]] = {}
-            for n in self.nodes:
-                parts = n.name.split(".")
-                for i in range(1, len(parts)):
-                    self._members_of.setdefault(".".join(parts[:i]), []).append(n)
-        return self._members_of.get(scope, []) if scope else []
+        """The layers inside ``scope``, in graph order."""
+        return self.g.scope_members(scope)
 
     def _boundary(self, scope: str) -> tuple[list[str], list[str]]:
         """The outside values a scope reads, and its values read outside (or returned)."""
         if not hasattr(self, "_boundaries"):
             self._boundaries: dict[str, tuple[list[str], list[str]]] = {}
         if scope not in self._boundaries:
-            self._boundaries[scope] = self._find_boundary(scope)
+            self._boundaries[scope] = self.g.scope_boundary(scope)
         ins, outs = self._boundaries[scope]
         return list(ins), list(outs)
-
-    def _find_boundary(self, scope: str) -> tuple[list[str], list[str]]:
-        inside = {n.name for n in self._members(scope)}
-        ins, outs = [], []
-        for name in inside:
-            for src in self.g.inputs_of(name):
-                if src not in inside and src not in ins:
-                    ins.append(src)
-            if name in self.outputs or any(dst not in inside for dst, _ in self.g.consumers(name)):
-                outs.append(name)
-        return sorted(ins), sorted(outs)
 
     def _classify(self, scope: str) -> str:
         kids = self.scopes[scope]
@@ -1052,3 +1036,42 @@ def generate(net) -> tuple[str, str]:
 def compile_torch(net) -> str:
     """PyTorch source for a checked :class:`cnndsl.Network` (or its graph)."""
     return generate(net)[0]
+
+
+def build(net, *, inference: bool = False, state_dict=None):
+    """Generate the PyTorch source for a checked network and return an instance of its ``nn.Module``.
+
+    The source runs in a fresh module namespace, so the model does not depend on cnndsl.
+    ``inference=True`` says ``net`` is an inference build (``cnndsl.api.inference_network``): the model
+    is returned in eval mode, without gradients, in channels-last memory format, and ``state_dict`` (the
+    *training* build's ``state_dict()``) gives it its weights, batch norms folded into the convolutions.
+    Otherwise ``state_dict`` is loaded as it is.
+    """
+    import linecache
+    import types
+
+    source, class_name = generate(net)
+    filename = f"<cnndsl {net.name}>"
+    # tracebacks, inspect.getsource and torch.jit.script read the generated source from here
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    module = types.ModuleType(f"cnndsl_generated_{net.name}")
+    exec(compile(source, filename, "exec"), module.__dict__)  # noqa: S102 - our own source
+    cls = getattr(module, class_name)
+    if inference:
+        import torch
+
+        if state_dict is not None:  # no point initialising weights about to be replaced
+            with torch.device("meta"):
+                model = cls()
+            weights = {k: v.detach().clone() for k, v in fold_state_dict(net.graph, state_dict).items()}
+            model.load_state_dict(weights, assign=True)
+        else:
+            model = cls()
+        model.eval().requires_grad_(False)
+        if len(net.input_shape) == 3:
+            model = model.to(memory_format=torch.channels_last)
+        return model
+    model = cls()
+    if state_dict is not None:
+        model.load_state_dict(state_dict)
+    return model

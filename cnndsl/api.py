@@ -1,56 +1,21 @@
-"""The Python API: load, check and summarise networks (the CLI is a thin layer over it)."""
+"""The Python API: load, check and summarise networks (the CLI is a thin layer over it).
+
+Loading is :mod:`cnndsl.pipeline`'s (``build``, ``load``, ``loads``, ``inference_network`` are re-exported
+here); this layer puts a backend behind it and takes a network by name wherever it takes a :class:`Network`.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
 
-from .errors import CnnDslWarning
-from .loader import Library, open_net, pick_network
+from . import convert, pipeline
 from .network import Network
-from .passes import PIPELINE, SizeLimits, resolve
-from .syntax import parse
 
-
-def build(library: Library, name: str, input_shape: tuple[int, ...] | None = None, choose=None, *,
-          limits: SizeLimits | Mapping[str, int] | None = None, **params: Any) -> Network:
-    """Resolve network ``name`` from ``library`` and run every pass over it.
-
-    ``limits`` raises (or lowers) the size limits (:class:`cnndsl.passes.limits.SizeLimits`, or a dict
-    such as ``{"params": 10**12}`` of the ones to change); a network over one is refused with a
-    :class:`cnndsl.CnnLimitError` at the first layer that crosses it, before anything is allocated.
-    """
-    sizes = SizeLimits.of(limits)
-    graph = resolve(library, name, choose, **params)
-    if input_shape is not None:
-        graph.node(graph.inputs[0]).args["shape"] = tuple(input_shape)
-    warnings: list[CnnDslWarning] = []
-    for _, run in PIPELINE:
-        run(graph, warnings, sizes)
-    return Network(graph, warnings)
-
-
-def load(net: str, *, input_shape: tuple[int, ...] | None = None,
-         limits: SizeLimits | Mapping[str, int] | None = None, **params: Any) -> Network:
-    """Load a zoo network by name (``"resnet50"``) or a .cnn file by path (``"net.cnn"``, ``"file.cnn:name"``).
-
-    Keyword arguments override the network's parameters (``classes=10``); ``limits`` the size limits
-    (``limits={"params": 10**12, "spatial": 100_000}``, see :func:`build`).
-    Raises :class:`cnndsl.CnnDslError` for any mistake in the network.
-    """
-    library, name = open_net(str(net))
-    return build(library, name, input_shape, limits=limits, **params)
-
-
-def loads(text: str, filename: str = "<string>", *, network: str | None = None,
-          input_shape: tuple[int, ...] | None = None, limits: SizeLimits | Mapping[str, int] | None = None,
-          **params: Any) -> Network:
-    """Load a network from .cnn text. ``use`` finds files relative to the working directory and the zoo."""
-    from pathlib import Path
-
-    library = Library.from_module(parse(text, filename), Path.cwd())
-    name = pick_network(library, network, filename)
-    return build(library, name, input_shape, limits=limits, **params)
+build = pipeline.build
+load = pipeline.load
+loads = pipeline.loads
+inference_network = pipeline.inference_network
 
 
 def _network(net: str | Network, params: dict[str, Any], inference: bool = False) -> Network:
@@ -58,29 +23,13 @@ def _network(net: str | Network, params: dict[str, Any], inference: bool = False
     return inference_network(network) if inference else network
 
 
-def inference_network(net: Network) -> Network:
-    """The inference build of ``net`` (a new :class:`Network`; ``net`` is left as it is).
-
-    Dropout and auxiliary heads are dropped (``passes.strip_training``) and each batch norm
-    that follows a convolution is folded into it (``passes.fold_bn``). The training build's
-    weights map to it with :func:`cnndsl.passes.fold_bn.fold_state_dict`.
-    """
-    import copy
-
-    from .passes import check, count, fold_bn, strip_training
-
-    graph = copy.deepcopy(net.graph)
-    for run in (strip_training, fold_bn, count, check):
-        run(graph)
-    return Network(graph, list(net.warnings))
-
-
 def compile(net: str | Network, backend: str = "torch", *, inference: bool = False,
             **params: Any) -> str:
     """Generate source code for a network (a zoo name, a .cnn path, or a :class:`Network`).
 
     ``backend="torch"`` gives a self-contained PyTorch module (it imports torch only),
-    ``backend="jax"`` a pure-function JAX model (it imports jax only).
+    ``backend="jax"`` a pure-function JAX model (it imports jax only),
+    ``backend="flax"`` a Flax NNX module (it imports jax and flax.nnx only).
     ``inference=True`` generates the inference build (see :func:`inference_network`).
     """
     if backend == "torch":
@@ -91,7 +40,11 @@ def compile(net: str | Network, backend: str = "torch", *, inference: bool = Fal
         from .backends.jax import generate
 
         return generate(_network(net, params, inference))
-    raise ValueError(f"unknown backend {backend!r}; expected 'torch' or 'jax'")
+    if backend == "flax":
+        from .backends.flax import compile_flax
+
+        return compile_flax(_network(net, params, inference))
+    raise ValueError(f"unknown backend {backend!r}; expected 'torch', 'jax' or 'flax'")
 
 
 def build_torch(net: str | Network, *, inference: bool = False, state_dict=None, **params: Any):
@@ -103,39 +56,9 @@ def build_torch(net: str | Network, *, inference: bool = False, state_dict=None,
     without gradients, in channels-last memory format; ``state_dict`` (a training build's
     ``state_dict()``) gives it its weights, batch norms folded into the convolutions.
     """
-    import linecache
-    import types
+    from .backends.torch import build
 
-    from .backends.torch import generate as generate_torch
-
-    network = _network(net, params, inference)
-    source, class_name = generate_torch(network)
-    filename = f"<cnndsl {network.name}>"
-    # tracebacks, inspect.getsource and torch.jit.script read the generated source from here
-    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
-    module = types.ModuleType(f"cnndsl_generated_{network.name}")
-    exec(builtins_compile(source, filename, "exec"), module.__dict__)  # noqa: S102
-    cls = getattr(module, class_name)
-    if inference:
-        import torch
-
-        from .passes.fold_bn import fold_state_dict
-
-        if state_dict is not None:  # no point initialising weights about to be replaced
-            with torch.device("meta"):
-                model = cls()
-            weights = {k: v.detach().clone() for k, v in fold_state_dict(network.graph, state_dict).items()}
-            model.load_state_dict(weights, assign=True)
-        else:
-            model = cls()
-        model.eval().requires_grad_(False)
-        if len(network.input_shape) == 3:
-            model = model.to(memory_format=torch.channels_last)
-        return model
-    model = cls()
-    if state_dict is not None:
-        model.load_state_dict(state_dict)
-    return model
+    return build(_network(net, params, inference), inference=inference, state_dict=state_dict)
 
 
 def build_jax(net: str | Network, **params: Any):
@@ -148,4 +71,27 @@ def build_jax(net: str | Network, **params: Any):
     return build(_network(net, params))
 
 
-builtins_compile = __builtins__["compile"] if isinstance(__builtins__, dict) else __builtins__.compile
+def torch_to_jax(net: str | Network, state_dict: Mapping[str, Any]) -> dict:
+    """A PyTorch ``state_dict`` of ``net`` (a :class:`Network`, its graph, or a name to load) as JAX ``variables``.
+
+    See :func:`cnndsl.convert.torch_to_jax`.
+    """
+    return convert.torch_to_jax(load(net) if isinstance(net, str) else net, state_dict)
+
+
+def jax_to_torch(net: str | Network, variables: Mapping[str, Any]) -> dict:
+    """JAX ``variables`` of ``net`` (a :class:`Network`, its graph, or a name to load) as a PyTorch ``state_dict``.
+
+    See :func:`cnndsl.convert.jax_to_torch`.
+    """
+    return convert.jax_to_torch(load(net) if isinstance(net, str) else net, variables)
+
+
+def build_flax(net: str | Network, *, seed: int = 0, **params: Any):
+    """Compile ``net`` to Flax NNX and return an instance of the generated ``nnx.Module``, built with
+    ``rngs=nnx.Rngs(seed)``. Weights move from and to a torch ``state_dict`` with
+    :func:`cnndsl.backends.flax.torch_to_flax` and :func:`cnndsl.backends.flax.flax_to_torch`.
+    """
+    from .backends.flax import build
+
+    return build(_network(net, params), seed)

@@ -187,7 +187,7 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--depth", type=int, metavar="N", help="fold scopes below nesting level N into one row")
     sp.add_argument("--paper", action="store_true", help="print the network in the layout of its paper's table")
     sp = net_cmd("compile", cmd_compile, "generate framework code for a network (stdout, or -o FILE)")
-    sp.add_argument("--backend", choices=("torch", "jax"), default="torch")
+    sp.add_argument("--backend", choices=("torch", "jax", "flax"), default="torch")
     sp.add_argument("-o", "--output", metavar="FILE", help="write here (replaced only by a complete file)")
     sp.add_argument("--input", type=_shape, metavar="CxHxW", help="override the input size")
     sp.add_argument("--inference", action="store_true",

@@ -1,8 +1,9 @@
 """Weights between the backends: a PyTorch ``state_dict`` <-> JAX ``variables``.
 
 Both backends name parameters after the IR's dotted node names, so the
-conversion is a walk over the IR (:func:`cnndsl.load` ``(...).graph``) that
-reshapes each layer's tensors between the layouts:
+conversion is a walk over the IR (a checked :class:`~cnndsl.network.Network` or its
+graph; :func:`cnndsl.torch_to_jax` also takes a name to load) that reshapes each
+layer's tensors between the layouts:
 
 =================  ==============================  ===================================
 layer              PyTorch (``state_dict``)         JAX (``variables``)
@@ -39,14 +40,13 @@ from .network import Network
 from .ops import FlatOrder
 
 
-def _graph(net: Network | Graph | str) -> Graph:
+def _graph(net: Network | Graph) -> Graph:
     if isinstance(net, Graph):
         return net
     if isinstance(net, Network):
         return net.graph
-    from .api import load
-
-    return load(net).graph
+    raise TypeError(f"expected a checked Network or its Graph, got {type(net).__name__} (cnndsl.torch_to_jax and "
+                    "cnndsl.jax_to_torch also take a network's name)")
 
 
 def _hwc_order(shape: tuple[int, ...]) -> np.ndarray | None:
@@ -110,7 +110,7 @@ def _propagate(graph: Graph, channel_major: bool) -> dict[str, np.ndarray | None
     return orders
 
 
-def flat_orders(net: Network | Graph | str) -> dict[str, np.ndarray | None]:
+def flat_orders(net: Network | Graph) -> dict[str, np.ndarray | None]:
     """For each flat (vector) node, how the JAX backend orders its elements relative to PyTorch.
 
     ``jax_vector == torch_vector[order]``; ``None`` where the orders agree. Keys are
@@ -175,10 +175,10 @@ def _unorder(a: np.ndarray, order: np.ndarray | None) -> np.ndarray:
     return back
 
 
-def torch_to_jax(net: Network | Graph | str, state_dict: Mapping[str, Any]) -> dict:
+def torch_to_jax(net: Network | Graph, state_dict: Mapping[str, Any]) -> dict:
     """Convert a PyTorch ``state_dict`` of the generated torch model to JAX ``variables``.
 
-    ``net`` is a :class:`~cnndsl.Network` (or its graph, or a zoo name / path).
+    ``net`` is a :class:`~cnndsl.Network` (or its graph; :func:`cnndsl.torch_to_jax` also takes a zoo name / path).
     Returns ``{"params": ..., "batch_stats": ...}`` of ``jax.numpy`` arrays, nested
     by the layers' dotted names. Missing keys raise ``KeyError`` naming the key.
     """
@@ -223,7 +223,7 @@ def _torch_keys(node) -> tuple[str, ...]:
     return ("weight", "bias") if node.args["bias"] else ("weight",)
 
 
-def jax_to_torch(net: Network | Graph | str, variables: Mapping[str, Any]) -> dict:
+def jax_to_torch(net: Network | Graph, variables: Mapping[str, Any]) -> dict:
     """Convert JAX ``variables`` to a ``state_dict`` the generated torch model loads (``strict=True``).
 
     The inverse of :func:`torch_to_jax`; batch norms get ``num_batches_tracked = 0``.

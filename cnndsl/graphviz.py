@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import CnnDslError
-from .ir import Node
-from .network import Network, human
+from .ir import Node, scope_of
+from .network import Network, human, register_report
 from .ops import Concat, Family, Input
 
 FORMATS = ("svg", "png", "pdf", "dot")
@@ -38,7 +38,7 @@ _SKIP_COLOUR = "#3d85c6"
 
 def op_label(node: Node) -> str:
     """A layer in the papers' short form with its non-default arguments: ``conv3-64/2``, ``maxpool3/2 ceil``."""
-    return node.opdef.short_form(node.args)
+    return node.short_form()
 
 
 def _shape(shape) -> str:
@@ -67,24 +67,13 @@ def _attrs(**kw) -> str:
     return "[" + ", ".join(parts) + "]"
 
 
-def scope_of(name: str, scopes) -> str | None:
-    """The innermost scope that contains node ``name`` (scopes are dotted prefixes)."""
-    best = None
-    for s in scopes:
-        if name.startswith(s + ".") and (best is None or len(s) > len(best)):
-            best = s
-    return best
-
-
 def _parent_scope(scope: str, scopes) -> str | None:
     return scope_of(scope, scopes)
 
 
 def call_text(scope) -> str:
     """A block instance's call as written: ``bottleneck(128, 2, proj)``."""
-    if scope.kind != "block":
-        return scope.name
-    return f"{scope.block}({', '.join(str(v) for v in scope.args.values())})"
+    return scope.call_text()
 
 
 @dataclass
@@ -125,15 +114,7 @@ class _Picture:
     def _aux_nodes(self) -> set[str]:
         """Nodes that feed only aux outputs (the side heads)."""
         g = self.g
-        main: set[str] = set()
-        stack = [g.output] if g.output else []
-        while stack:
-            n = stack.pop()
-            if n in main:
-                continue
-            main.add(n)
-            stack.extend(g.inputs_of(n))
-        return {n.name for n in g.nodes()} - main
+        return {n.name for n in g.nodes()} - g.main_path()
 
     # -- boxes
     def _layer_box(self, node: Node) -> _Box:
@@ -343,5 +324,14 @@ def available() -> bool:
     return True
 
 
-__all__ = ["FORMATS", "available", "op_label", "pipe", "render", "to_dot"]
+def svg(net: Network) -> str | None:
+    """The network drawn as SVG, blocks collapsed (Jupyter's picture); None when Graphviz is not installed."""
+    if not available():
+        return None
+    return pipe(to_dot(net, collapse=True), "svg").decode("utf-8")
+
+
+register_report("svg", lambda net, depth=None: svg(net))
+
+__all__ = ["FORMATS", "available", "op_label", "pipe", "render", "svg", "to_dot"]
 

@@ -4,7 +4,8 @@ Nodes are layers keyed by a stable, readable, unique dotted name
 (``layer1.0.conv1``) that the backends reuse for module and parameter names.
 Each node holds its op kind, its arguments with every default filled in, and
 its source span; passes add ``shape``, ``params``, ``macs`` and
-``activations``. Edges carry the operand position (``port``), so concat order
+``activations``, and keep their own records in ``meta`` (never in ``args``,
+which are the layer as written: what ``expand`` prints and the arch hash reads). Edges carry the operand position (``port``), so concat order
 and ``add(x, x)`` are explicit.
 
 >>> g = Graph("tiny")
@@ -41,10 +42,16 @@ class Node:
     macs: int = 0
     activations: int = 0
     frozen: bool = False
+    #: Pass bookkeeping (``fold_bn``'s ``folded_from``, ...): not part of the layer, so not in ``args``.
+    meta: dict = field(default_factory=dict)
 
     @property
     def opdef(self):
         return OPS[self.op]
+
+    def short_form(self) -> str:
+        """The layer in the papers' short form with its non-default arguments: ``conv3-64/2``, ``maxpool3/2 ceil``."""
+        return self.opdef.short_form(self.args)
 
 
 @dataclass
@@ -58,6 +65,21 @@ class Scope:
     span: Span | None = None  # where the scope was made (a block's call site)
     definition: Span | None = None  # for a block instance, where the block is defined
 
+    def call_text(self) -> str:
+        """A block instance's call as written (``bottleneck(128, 2, proj)``); any other scope's name."""
+        if self.kind != "block":
+            return self.name
+        return f"{self.block}({', '.join(str(v) for v in self.args.values())})"
+
+
+def scope_of(name: str, scopes) -> str | None:
+    """The innermost of ``scopes`` that contains node (or scope) ``name``: scopes are dotted prefixes."""
+    best = None
+    for s in scopes:
+        if name.startswith(s + ".") and (best is None or len(s) > len(best)):
+            best = s
+    return best
+
 
 class Graph:
     """A network as a DAG of layers. All networkx access stays inside this class."""
@@ -67,6 +89,7 @@ class Graph:
         self._nodes: dict[str, Node] = {}
         self._counter = 0
         self._topo: list[str] | None = None  # cached order; every mutation clears it
+        self._members: tuple[list[str], dict[str, list[Node]]] | None = None  # (the order it follows, scope -> layers)
         # Operands by port and consumers, kept beside the networkx graph: the passes ask for them per node,
         # and networkx's edge views cost more than the rest of a pass.
         self._in: dict[str, dict[int, str]] = {}
@@ -184,6 +207,38 @@ class Graph:
                 seen.add(name)
                 stack.extend(self.inputs_of(name))
         return seen
+
+    def main_path(self) -> set[str]:
+        """The main output and every node it depends on (what eval mode runs: aux heads excluded)."""
+        return self.ancestors([self.output] if self.output else [])
+
+    def scope_members(self, scope: str) -> list[Node]:
+        """The layers inside ``scope`` (a dotted prefix of their names), in graph order; none for ``""``.
+
+        Indexed once per graph version: a scan per scope would be quadratic.
+        """
+        if not scope:
+            return []
+        if self._topo is None or self._members is None or self._members[0] is not self._topo:
+            members: dict[str, list[Node]] = {}
+            for n in self.nodes():
+                parts = n.name.split(".")
+                for i in range(1, len(parts)):
+                    members.setdefault(".".join(parts[:i]), []).append(n)
+            self._members = (self._topo, members)
+        return list(self._members[1].get(scope, []))
+
+    def scope_boundary(self, scope: str) -> tuple[list[str], list[str]]:
+        """The outside values ``scope`` reads, and its values read outside it or returned (each sorted by name)."""
+        inside = {n.name for n in self.scope_members(scope)}
+        outputs = set(self.outputs)
+        ins: set[str] = set()
+        outs = []
+        for name in inside:
+            ins.update(src for src in self.inputs_of(name) if src not in inside)
+            if name in outputs or any(dst not in inside for dst, _ in self._out[name]):
+                outs.append(name)
+        return sorted(ins), sorted(outs)
 
     @property
     def outputs(self) -> list[str]:

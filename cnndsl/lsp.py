@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import CnnDslError, CnnDslWarning, Span
-from .graphviz import call_text, op_label
 from .network import Network, fmt_shape, human
 from .ops import Input
 
@@ -91,7 +90,7 @@ def _contains(span: Span | None, filename: str, line: int, character: int) -> bo
 
 
 def _node_line(node) -> str:
-    text = f"**{node.name}** `{op_label(node)}` → `{fmt_shape(node.shape)}`"
+    text = f"**{node.name}** `{node.short_form()}` → `{fmt_shape(node.shape)}`"
     if node.params:
         text += f" · {node.params:,} params"
     if node.macs:
@@ -101,15 +100,15 @@ def _node_line(node) -> str:
 
 def _scope_line(net: Network, sc) -> str:
     g = net.graph
-    members = [n for n in g.nodes() if n.name.startswith(sc.name + ".")]
+    members = g.scope_members(sc.name)
     if not members:
         return f"**{sc.name}**"
-    inside = {n.name for n in members}
-    out = [n for n in members if n.name in g.outputs or any(d not in inside for d, _ in g.consumers(n.name))]
+    outs = set(g.scope_boundary(sc.name)[1])
+    out = [n for n in members if n.name in outs]
     shape = fmt_shape((out or members)[-1].shape)
     params = sum(n.params for n in members)
     macs = sum(n.macs for n in members)
-    what = call_text(sc) if sc.kind == "block" else sc.kind
+    what = sc.call_text() if sc.kind == "block" else sc.kind
     return (f"**{sc.name}** `{what}` → `{shape}` · {len(members)} layers · {params:,} params"
             f" · {human(macs)}MACs")
 
@@ -353,7 +352,7 @@ def server():
     from pygls import uris
     from pygls.lsp.server import LanguageServer
 
-    from . import __version__
+    from .version import __version__
 
     ls = LanguageServer("cnndsl", __version__)
     cache: dict[str, Analysis] = {}

@@ -1,16 +1,40 @@
-"""A checked network: the IR graph after every pass, with its totals and summary."""
+"""A checked network: the IR graph after every pass, with its totals and summary.
+
+The summary's data (``json``, ``csv``) is made here; its tables and pictures (``table``, ``paper``,
+Jupyter's HTML and SVG) by the report modules (:mod:`cnndsl.summary`, :mod:`cnndsl.graphviz`), which sit
+above this one and register them by name (:func:`register_report`) when imported; importing ``cnndsl``
+imports them.
+"""
 
 from __future__ import annotations
 
 import csv
 import io
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .errors import CnnDslWarning
 from .ir import Graph
 
 BYTES_PER_VALUE = 4  # float32
+
+#: Report name -> ``render(network, depth)``: ``table``, ``paper`` and ``html`` (cnndsl.summary), ``svg``
+#: (cnndsl.graphviz; None when Graphviz is not installed).
+REPORTS: dict[str, Callable[..., str | None]] = {}
+
+
+def register_report(name: str, render: Callable[..., str | None]) -> None:
+    """Make ``render(network, depth)`` the report ``name`` that :class:`Network` shows (a report module's hook)."""
+    REPORTS[name] = render
+
+
+def _report(name: str) -> Callable[..., str | None]:
+    try:
+        return REPORTS[name]
+    except KeyError:
+        raise LookupError(f"no {name!r} report registered: import cnndsl (it loads cnndsl.summary and "
+                          "cnndsl.graphviz)") from None
 
 
 def fmt_shape(shape) -> str:
@@ -57,7 +81,7 @@ class Network:
         return sum(self.graph.node(n).activations for n in self._eval_path())
 
     def _eval_path(self) -> set[str]:
-        return self.graph.ancestors([self.graph.output])
+        return self.graph.main_path()
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -100,23 +124,15 @@ class Network:
             for r in self.layers():
                 w.writerow([r["name"], r["op"], fmt_shape(r["shape"]), r["params"], r["macs"], r["activations"]])
             return buf.getvalue()
-        from . import summary
-
-        return summary.paper_table(self) if fmt == "paper" else summary.table(self, depth)
+        return _report("paper" if fmt == "paper" else "table")(self, depth)
 
     def _repr_html_(self) -> str:
         """Jupyter: the summary table, folded to two levels."""
-        from .summary import html_table
-
-        return html_table(self, depth=2)
+        return _report("html")(self, 2)
 
     def _repr_svg_(self) -> str | None:
         """Jupyter: the network drawn by Graphviz, blocks collapsed (None when Graphviz is not installed)."""
-        from . import graphviz
-
-        if not graphviz.available():
-            return None
-        return graphviz.pipe(graphviz.to_dot(self, collapse=True), "svg").decode("utf-8")
+        return _report("svg")(self)
 
     def __repr__(self) -> str:
         return f"<Network {self.name}: {self.params:,} params, {self.macs:,} MACs>"

@@ -28,9 +28,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from .backends.torch import build as build_torch
 from .errors import CnnDslError
 from .files import check_writable, write_atomic
 from .network import Network
+from .pipeline import inference_network, load
+from .version import __version__
 
 DEFAULT_OPSET = 17  # supported by the TorchScript exporter and by onnxruntime 1.16 and later
 INPUT_NAME, OUTPUT_NAME = "input", "output"
@@ -55,20 +58,19 @@ def to_onnx(net: str | Network, *, input_shape: tuple[int, ...] | None = None, b
     ``input_shape`` overrides the network's input (C x H x W); ``params`` set network parameters.
     The weights are ``state_dict`` when given, else PyTorch's initialisation under ``seed`` (so the
     same arguments give the same bytes). ``inference=True`` exports the inference build (batch norms
-    folded into the convolutions, see :func:`cnndsl.api.inference_network`). ``batch`` is the batch
+    folded into the convolutions, see :func:`cnndsl.pipeline.inference_network`). ``batch`` is the batch
     size of the example traced; with ``dynamic_batch`` the file accepts any batch size.
     Raises :class:`cnndsl.CnnDslError` when the network is wrong or cannot be exported.
     """
-    from . import api
-
     torch = _require("torch")
     onnx = _require("onnx")
     if isinstance(net, Network) and (input_shape is not None or params):
         raise TypeError("input_shape and params apply to a network given by name, not to a Network")
-    network = net if isinstance(net, Network) else api.load(str(net), input_shape=input_shape, **params)
+    network = net if isinstance(net, Network) else load(str(net), input_shape=input_shape, **params)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = api.build_torch(network, inference=inference, state_dict=state_dict)
+        model = build_torch(inference_network(network) if inference else network, inference=inference,
+                            state_dict=state_dict)
     model.eval()
     example = torch.zeros(batch, *network.input_shape)
     buffer = io.BytesIO()
@@ -87,8 +89,6 @@ def to_onnx(net: str | Network, *, input_shape: tuple[int, ...] | None = None, b
         raise CnnDslError(f"cannot export '{network.name}' to ONNX: {message}", _span(network), hint) from e
     model_proto = onnx.load_from_string(buffer.getvalue())
     model_proto.producer_name = "cnndsl"
-    from . import __version__
-
     model_proto.producer_version = __version__
     model_proto.doc_string = f"{network.name}: {'x'.join(map(str, network.input_shape))} input, " \
                              f"{network.params:,} parameters"

@@ -581,8 +581,8 @@ def concrete_source(space: Space, choices: dict[str, int]) -> tuple[str, Any]:
 def _checked_best(out: Path, space: Space, choices: dict[str, int]) -> str:
     """The best member's source, confirmed to load from ``out/best.cnn`` to the network that was trained
     (the files it uses must be found from there); else its expansion, which needs no other file."""
-    from .api import load
     from .expand import expand
+    from .pipeline import load
 
     text, net = concrete_source(space, choices)
     path = out / BEST_FILE

@@ -23,8 +23,8 @@ import sys
 from dataclasses import dataclass
 
 from .errors import CnnDslError
-from .graphviz import call_text, op_label, scope_of
-from .network import BYTES_PER_VALUE, Network, fmt_shape, human
+from .ir import scope_of
+from .network import BYTES_PER_VALUE, Network, fmt_shape, human, register_report
 from .ops import Family, Input, Saved
 
 _PER_OUTPUT_VALUE = (Saved.INDICES, Saved.MASK)  # kept as one value per output value
@@ -104,14 +104,14 @@ def rows(net: Network, depth: int | None = None) -> list[Row]:
             opened.add(s)
             sc = scopes[s]
             name = s.rsplit(".", 1)[-1]
-            label = f"{name}: {call_text(sc)}" if sc.kind == "block" else name
+            label = f"{name}: {sc.call_text()}" if sc.kind == "block" else name
             folded = depth is not None and level == depth - 1
             p, m, a, sv = totals[s]
             out.append(Row(level, label, g.node(last[s]).shape, p, m, a, sv) if folded else
                        Row(level, label, g.node(last[s]).shape, None, None, None, None))
         if depth is not None and len(ch) >= depth:
             continue
-        label = f"{node.name.rsplit('.', 1)[-1] if ch else node.name}: {op_label(node)}"
+        label = f"{node.name.rsplit('.', 1)[-1] if ch else node.name}: {node.short_form()}"
         out.append(Row(len(ch), label, node.shape, node.params, node.macs, node.activations, saved[node.name]))
     return out
 
@@ -248,7 +248,7 @@ def _case_study_rows(net: Network) -> list[tuple]:
         if named is not None:
             out.append((node, *named))
         elif node.params:
-            out.append((node, op_label(node).upper(), f"{node.params:,}"))
+            out.append((node, node.short_form().upper(), f"{node.params:,}"))
     return out
 
 
@@ -308,7 +308,7 @@ def _googlenet_rows(net: Network) -> list[tuple[str, ...]]:
                 continue
             done.add(owner)
             sc = g.scopes[owner]
-            members = [n for n in g.nodes() if n.name.startswith(owner + ".")]
+            members = g.scope_members(owner)
             a = sc.args
             shape = members[-1].shape
             out.append((f"inception ({owner.removeprefix('inception')})", "", _hwc(shape).replace("x", "×"), "2",
@@ -345,3 +345,9 @@ def paper_table(net: Network) -> str:
     raise CnnDslError(f"no paper table layout for '{net.name}'", None,
                       "--paper knows the VGG case study's listing (networks without branches) and "
                       "GoogLeNet's Table 1 (networks of inception blocks)")
+
+
+# Network.summary() and Jupyter's table (the network layer knows these by name only)
+register_report("table", table)
+register_report("html", html_table)
+register_report("paper", lambda net, depth=None: paper_table(net))

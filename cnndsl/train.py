@@ -2,52 +2,36 @@
 
 The data is scikit-learn's 8x8 digits (1,797 images, 16 grey levels) resized to the
 network's input, or an ImageFolder-style directory (one subfolder of images per
-class, read with Pillow). A fixed, stratified 80/20 split; SGD with momentum and
-weight decay, the learning rate divided by 10 at 2/3 of the epochs; one line per
-epoch, and ``test accuracy: 0.97`` last.
+class, read with Pillow), read by :mod:`cnndsl.train_data` (NumPy only, shared with
+the JAX path, :mod:`cnndsl.train_jax`, which ``backend="jax"`` hands over to).
+A fixed, stratified 80/20 split; SGD with momentum and weight decay, the learning
+rate divided by 10 at 2/3 of the epochs; one line per epoch, and
+``test accuracy: 0.97`` last.
 """
 
 from __future__ import annotations
 
-import importlib
-import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from .backends.torch import build as build_torch
 from .errors import CnnDslError
 from .network import Network
 from .progress import progress
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
-TEST_FRACTION = 0.2
-
-
-def require(module: str, purpose: str, package: str, hint: str | None = None):
-    """Import ``module``, or raise a :class:`CnnDslError` saying that ``purpose`` needs ``package``.
-
-    A module that is missing and one that is installed but fails to import (a broken install)
-    both become a clean message with the ``pip install`` that fixes it.
-    """
-    try:
-        return importlib.import_module(module)
-    except ImportError as e:
-        top = module.split(".")[0]
-        missing = isinstance(e, ModuleNotFoundError) and (e.name or top).split(".")[0] == top
-        why = "which is not installed" if missing else f"which fails to import ({e})"
-        raise CnnDslError(f"{purpose} needs {package}, {why}", None, hint or f"pip install {package}") from None
-
-
-def digits_arrays() -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """scikit-learn's digits as float32 images (N, 1, 8, 8) in [0, 1] and int64 labels (NumPy only)."""
-    datasets = require("sklearn.datasets", "the digits data set", "scikit-learn",
-                       "pip install scikit-learn, or give --data DIR (an ImageFolder-style directory)")
-    digits = datasets.load_digits()
-    return ((digits.images / 16.0).astype(np.float32)[:, None], digits.target.astype(np.int64),
-            [str(c) for c in digits.target_names])
+from .train_data import (  # noqa: F401 - the data helpers, shared with the JAX path, are part of this API too
+    IMAGE_SUFFIXES,
+    TEST_FRACTION,
+    check_split,
+    classified_network,
+    digits_arrays,
+    image_files,
+    image_folder_arrays,
+    load_data,
+    require,
+    split_indices,
+)
 
 
 def load_digits_data():
@@ -58,118 +42,12 @@ def load_digits_data():
     return torch.from_numpy(x), torch.from_numpy(y), names
 
 
-def _listing(folder: Path) -> list[Path]:
-    """The entries of ``folder`` without hidden ones (``.DS_Store``, ``._x.png``, ``.ipynb_checkpoints``)."""
-    try:
-        return sorted(p for p in folder.iterdir() if not p.name.startswith("."))
-    except OSError as e:
-        raise CnnDslError(f"cannot read the folder '{folder}': {e.strerror or e}", None) from None
-
-
-def image_files(root: str | Path) -> tuple[list[list[Path]], list[str]]:
-    """The image files of an ImageFolder-style directory, per class, and the class names (sorted).
-
-    Raises :class:`CnnDslError` when ``root`` is not such a directory, or when its classes
-    have too few images for the stratified 80/20 split (checked before any image is decoded).
-    """
-    root = Path(root)
-    classes = [p for p in _listing(root) if p.is_dir()] if root.is_dir() else []
-    if not classes:
-        raise CnnDslError(f"'{root}' is not a folder of class subfolders", None,
-                          "give --data digits, or a directory laid out as DIR/<class>/<image>")
-    files = [[p for p in _listing(c) if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()] for c in classes]
-    if not any(files):
-        raise CnnDslError(f"no images under '{root}'", None, f"expected files ending in {', '.join(IMAGE_SUFFIXES)}")
-    check_split([len(f) for f in files], [c.name for c in classes], root)
-    return files, [c.name for c in classes]
-
-
-def check_split(counts: list[int], classes: list[str], root: str | Path | None = None) -> None:
-    """Raise a :class:`CnnDslError` unless classes of these sizes allow the stratified 80/20 split.
-
-    The conditions are scikit-learn's: every class has at least 2 images, and the train and
-    the test part (``ceil(0.2 * N)`` images) each have at least one image per class.
-    """
-    for name, n in zip(classes, counts):
-        if n < 2:
-            have = "no images" if n == 0 else "only 1 image"
-            where = f" in '{root}'" if root is not None else ""
-            raise CnnDslError(f"class '{name}'{where} has {have}; the stratified 80/20 train/test split "
-                              "needs at least 2 per class", None,
-                              f"add images to {Path(root) / name}, or remove that folder" if root is not None
-                              else "give at least 2 examples of every class")
-    total, k = sum(counts), len(classes)
-    n_test = math.ceil(TEST_FRACTION * total)
-    if n_test < k or total - n_test < k:
-        need = next((n for n in range(2 * k, 10 * k + 10) if math.ceil(TEST_FRACTION * n) >= k
-                     and n - math.ceil(TEST_FRACTION * n) >= k), 5 * k)
-        raise CnnDslError(f"{total} images in {k} classes are too few for the stratified 80/20 split: "
-                          f"its test fifth ({n_test}) needs one image per class", None,
-                          f"give at least {need} images in all")
-
-
-def image_folder_arrays(root: str | Path, size: tuple[int, int], channels: int
-                        ) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """An ImageFolder-style directory (``root/<class>/<image>``) as float32 (N, C, H, W) in [0, 1] (NumPy only).
-
-    Hidden files and folders are left out. A file that Pillow cannot decode (corrupt,
-    truncated, not an image) is a :class:`CnnDslError` naming it.
-    """
-    files, classes = image_files(root)
-    image = require("PIL.Image", "reading an image folder", "Pillow", "pip install pillow")
-    images, labels = [], []
-    for label, paths in enumerate(files):
-        for path in paths:
-            try:
-                with image.open(path) as img:
-                    img = img.convert("L" if channels == 1 else "RGB").resize((size[1], size[0]))
-                    data = np.frombuffer(img.tobytes(), dtype=np.uint8)
-            except Exception as e:  # Pillow raises OSError, ValueError, SyntaxError, ... for a bad file
-                reason = str(e) or type(e).__name__
-                raise CnnDslError(f"cannot read the image '{path}': {reason}", None,
-                                  "remove or replace the file: every image in the folder must be one that "
-                                  "Pillow can open") from e
-            images.append(data.reshape(size[0], size[1], -1).transpose(2, 0, 1).astype(np.float32) / 255.0)
-            labels.append(label)
-    return np.stack(images), np.asarray(labels, dtype=np.int64), classes
-
-
 def load_image_folder(root: str | Path, size: tuple[int, int], channels: int):
     """:func:`image_folder_arrays` as torch tensors."""
     import torch
 
     x, y, classes = image_folder_arrays(root, size, channels)
     return torch.from_numpy(x), torch.from_numpy(y), classes
-
-
-def _split_module():
-    return require("sklearn.model_selection", "the stratified train/test split", "scikit-learn")
-
-
-def load_data(net: str | Network, data: str, params: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """``--data digits`` or an image folder (sized for ``net``'s input) as NumPy images, labels, class names."""
-    from . import api
-
-    if data == "digits":
-        return digits_arrays()
-    _split_module()  # a missing scikit-learn is reported before any image is read
-    probe = net if isinstance(net, Network) else api.load(str(net), **params)
-    shape = probe.input_shape
-    return image_folder_arrays(data, shape[1:] if len(shape) == 3 else (8, 8), shape[0] if len(shape) == 3 else 1)
-
-
-def split_indices(y: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """The fixed, stratified 80/20 train/test split of labels ``y``, as index arrays (NumPy only)."""
-    model_selection = _split_module()
-    y = np.asarray(y)
-    classes, counts = np.unique(y, return_counts=True)
-    check_split(list(counts), [str(c) for c in classes])
-    try:
-        tr, te = model_selection.train_test_split(list(range(len(y))), test_size=TEST_FRACTION, random_state=seed,
-                                                  stratify=y)
-    except ValueError as e:  # what check_split does not foresee
-        raise CnnDslError(f"cannot split the data 80/20 by class: {e}", None) from None
-    return np.asarray(tr), np.asarray(te)
 
 
 def fit_input(x, shape: tuple[int, ...]):
@@ -187,21 +65,6 @@ def fit_input(x, shape: tuple[int, ...]):
     return x
 
 
-def _network(net: str | Network, classes: int, params: dict[str, Any]) -> Network:
-    from . import api
-
-    if isinstance(net, Network):
-        network = net
-    else:
-        network = api.load(str(net), **params)
-        if network.output_shapes[0] != (classes,) and "classes" in network.graph.params and "classes" not in params:
-            network = api.load(str(net), **{**params, "classes": classes})
-    if network.output_shapes[0] != (classes,):
-        raise CnnDslError(f"'{network.name}' gives {network.output_shapes[0]} outputs, the data has {classes} "
-                          "classes", None, f"pass -p classes={classes} if the network has that parameter")
-    return network
-
-
 def train(net: str | Network, data: str = "digits", epochs: int | None = None, backend: str = "torch", *,
           seed: int = 0, batch_size: int = 32, lr: float = 0.05, out=None,
           on_epoch: Callable[[int, int, float], None] | None = None, **params: Any) -> float:
@@ -210,8 +73,6 @@ def train(net: str | Network, data: str = "digits", epochs: int | None = None, b
     ``on_epoch(epoch, epochs, test_accuracy)`` is called after every epoch (a search uses it to prune);
     an exception it raises stops the training and propagates.
     """
-    from . import api
-
     if backend == "jax":  # before any torch import: the JAX path does not need torch
         from .train_jax import train_jax
 
@@ -225,13 +86,13 @@ def train(net: str | Network, data: str = "digits", epochs: int | None = None, b
     out = out or sys.stdout
     torch.manual_seed(seed)
     x, y, names = load_data(net, data, params)
-    network = _network(net, len(names), params)
+    network = classified_network(net, len(names), params)
     x = fit_input(torch.from_numpy(x), network.input_shape)
     y = torch.from_numpy(y)
     train_idx, test_idx = _split(y, seed)
     mean, std = x[train_idx].mean(), x[train_idx].std()
     x = (x - mean) / std
-    model = api.build_torch(network)
+    model = build_torch(network)
     if network.params < 1_000_000:  # a small net on CPU is bound by per-op overhead: threads only contend
         torch.set_num_threads(1)
     epochs = epochs or 8

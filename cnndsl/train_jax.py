@@ -4,7 +4,7 @@ Same data, split, normalisation and recipe as the torch path (SGD with momentum 
 weight decay 5e-4 via optax, the learning rate divided by 10 at 2/3 of the epochs,
 cross-entropy plus 0.3 x each auxiliary head's), one jitted step per batch, batch norm
 statistics carried between steps. Frozen layers (``freeze(...)``) are not updated.
-Nothing here imports torch: the data comes from :func:`cnndsl.train.load_data` as NumPy arrays.
+Nothing here imports torch: the data comes from :func:`cnndsl.train_data.load_data` as NumPy arrays.
 """
 
 from __future__ import annotations
@@ -14,13 +14,13 @@ from typing import Any
 
 import numpy as np
 
+from .backends.jax import build as build_jax
 from .network import Network
+from .train_data import classified_network, digits_arrays, load_data, require, split_indices
 
 
 def digits_images() -> tuple[np.ndarray, np.ndarray, list[str]]:
     """scikit-learn's digits as float images (N, 1, 8, 8) in [0, 1] and integer labels."""
-    from .train import digits_arrays
-
     x, y, names = digits_arrays()
     return x, y.astype(np.int32), names
 
@@ -47,8 +47,6 @@ def fit_input(x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
 
 def split(y: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """The torch path's fixed, stratified 80/20 train/test split, as index arrays."""
-    from .train import split_indices
-
     return split_indices(y, seed)
 
 
@@ -65,9 +63,6 @@ def train_jax(net: str | Network, data: str = "digits", epochs: int | None = Non
 
     ``on_epoch(epoch, epochs, test_accuracy)`` is called after every epoch, as in :func:`cnndsl.train.train`.
     """
-    from . import api
-    from .train import _network, load_data, require
-
     jax = require("jax", "training with the JAX backend", "JAX", "pip install 'cnndsl[jax]'")
     jnp = require("jax.numpy", "training with the JAX backend", "JAX", "pip install 'cnndsl[jax]'")
     optax = require("optax", "training with the JAX backend", "optax", "pip install 'cnndsl[jax]'")
@@ -75,13 +70,13 @@ def train_jax(net: str | Network, data: str = "digits", epochs: int | None = Non
     out = out or sys.stdout
     x, y, names = load_data(net, data, params)  # NumPy (and Pillow, scikit-learn) only: no torch here
     y = y.astype(np.int32)
-    network = _network(net, len(names), params)
+    network = classified_network(net, len(names), params)
     x = fit_input(x, network.input_shape)
     train_idx, test_idx = split(y, seed)
     mean, std = x[train_idx].mean(), x[train_idx].std(ddof=1)
     x = ((x - mean) / std).astype(np.float32)
 
-    model = api.build_jax(network)
+    model = build_jax(network)
     epochs = epochs or 10
     steps_per_epoch = -(-len(train_idx) // batch_size)
     schedule = optax.piecewise_constant_schedule(lr, {max(1, 2 * epochs // 3) * steps_per_epoch: 0.1})

@@ -44,12 +44,12 @@ from pathlib import Path
 from typing import Any
 
 from . import syntax as ast
-from .api import build
 from .arch_hash import HashRegistry
 from .errors import CnnArgumentError, CnnDslError, CnnNameError
 from .loader import Library, open_net, read_text
 from .network import Network
 from .passes.resolve import Resolver
+from .pipeline import build
 from .progress import progress as progress_bar
 
 SPACES_PACKAGE = "cnndsl.networks"

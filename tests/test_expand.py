@@ -36,3 +36,40 @@ def test_expand_keeps_aux_outputs_and_skips():
     """)
     again = cnndsl.loads(expand(net))
     assert again.graph.outputs == net.graph.outputs == ["concat1", "fc1"]
+
+
+# Pass bookkeeping (fold_bn's record of the batch norm it folded) lives in node metadata, not in the
+# layer's arguments: the inference build expands to .cnn text that loads, and hashes as that text does.
+INFERENCE_NETS = ["lenet5", "resnet18", "resnet20", "vgg11_bn", "googlenet", "inception_v3", "alexnet"]
+
+
+@pytest.mark.parametrize("name", INFERENCE_NETS)
+def test_expand_of_the_inference_build_loads_to_the_same_graph(zoo, name):
+    from cnndsl.api import inference_network
+    from cnndsl.arch_hash import arch_hash
+
+    inf = inference_network(zoo(name))
+    text = expand(inf)
+    assert "folded" not in text
+    again = cnndsl.loads(text, f"{name}.inference.expanded.cnn")
+    assert again.graph.signature() == inf.graph.signature()
+    assert (again.params, again.macs, again.activations, again.output_shapes) == \
+        (inf.params, inf.macs, inf.activations, inf.output_shapes)
+    assert arch_hash(again.graph) == arch_hash(inf.graph)
+
+
+def test_bookkeeping_changes_neither_the_arch_hash_nor_expand(zoo):
+    import copy
+
+    from cnndsl.arch_hash import arch_hash
+    from cnndsl.passes import fold_bn
+
+    net = zoo("resnet18")
+    g = copy.deepcopy(net.graph)
+    before, text = arch_hash(g), expand(net)
+    for node in g.nodes():
+        node.meta["note"] = {"by": "a pass", "order": node.order}
+    assert arch_hash(g) == before and expand(cnndsl.Network(g)) == text
+    folded = fold_bn(copy.deepcopy(net.graph))
+    convs = [n for n in folded.nodes() if "folded_from" in n.meta]
+    assert convs and all(set(n.args) == set(net.graph.node(n.name).args) for n in convs)

@@ -11,10 +11,10 @@ Inputs are shrunk where the network allows, to keep the test fast.
 from __future__ import annotations
 
 import pytest
+from cnndsl.backends.torch_weights import fold_state_dict  # torch state_dict keys, but no torch import
 
 import cnndsl
 from cnndsl import CnnDslError, api
-from cnndsl.passes.fold_bn import fold_state_dict
 
 torch = pytest.importorskip("torch")
 
@@ -73,7 +73,7 @@ def test_inference_build_equals_training_build(name):
     inf_net = api.inference_network(net)
     ops = {n.op for n in inf_net.graph.nodes()}
     assert "dropout" not in ops and not inf_net.graph.aux_outputs
-    folded = sum(1 for n in inf_net.graph.nodes() if "folded_from" in n.args)
+    folded = sum(1 for n in inf_net.graph.nodes() if "folded_from" in n.meta)
     main_path = net.graph.ancestors([net.graph.output])
     bns = sum(1 for n in net.graph.nodes() if n.op == "bn" and n.name in main_path)
     assert bns == sum(1 for n in inf_net.graph.nodes() if n.op == "bn") + folded
