@@ -228,7 +228,7 @@ class JaxEmitter(Emitter):
         ``fan_in`` and ``fan_out`` are PyTorch's, computed from its own weight layout.
         """
         scheme = self.graph.init
-        if scheme is None:
+        if scheme is None or node.op == "fc" and not self.graph.init_fc:  # PyTorch's own default
             self.helpers.add("uniform")
             leaf = {"kernel": f"_uniform({self._take('u', shape)}, {_tuple(shape)}, fan_in={fan_in})"}
             if node.args.get("bias"):

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import keyword
 import os
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,9 +82,15 @@ class Slot:
 
 @dataclass(frozen=True)
 class ShapeNote:
-    """The ``-> CxHxW`` of a comment; dimensions that differ between instances print as letters."""
+    """A step's comment: where it comes from, then ``-> CxHxW``. Dimensions that differ between the instances
+    sharing a class print as letters (``Cx56x56``); a shape with no size of its own left is left out."""
 
     shape: tuple[int, ...]
+    where: str = ""  # "blocks.cnn:8"
+
+    def text(self, shape: str | None) -> str:
+        parts = [p for p in (self.where, shape and f"-> {shape}") if p]
+        return "  # " + " ".join(parts) if parts else ""
 
 
 @dataclass(frozen=True)
@@ -559,8 +566,8 @@ class TorchEmitter(Emitter):
 
     def _note(self, span, shape) -> list[Piece]:
         if span is None:
-            return ["  # -> ", ShapeNote(tuple(shape))]
-        return [f"  # {comment_text(os.path.basename(span.file))}:{span.line} -> ", ShapeNote(tuple(shape))]
+            return [ShapeNote(tuple(shape))]
+        return [ShapeNote(tuple(shape), f"{comment_text(os.path.basename(span.file))}:{span.line}")]
 
     # -- sharing classes between block instances
     def _share_classes(self, level: list[str]) -> None:
@@ -572,15 +579,25 @@ class TorchEmitter(Emitter):
             by_kind.setdefault(members[0].kind, []).append(members)
         for kind, variants in by_kind.items():
             base = camel(kind)
+            first_name = ""
             for idx, members in enumerate(variants):
-                name = base
+                name, variant = base, ""
                 if idx:
-                    first_attrs = {line[0] for line in variants[0][0].init}
-                    extra = [line[0] for line in members[0].init if line[0] not in first_attrs]
+                    def attrs(cd: ClassDef) -> list[str]:
+                        return [line[0][len("self."):].split(" ")[0] for line in cd.init]
+                    first = attrs(variants[0][0])
+                    extra = [a for a in attrs(members[0]) if a not in first]
+                    missing = [a for a in first if a not in attrs(members[0])]
                     name = base + ("Downsample" if any("downsample" in a for a in extra) else str(idx + 1))
-                self._finish_class(self.globals.name(name), members)
+                    if not extra and not missing:  # the same attributes: say which inline layers differ
+                        ops = [Counter(n.op for n in self._members(v[0].scope)) for v in (variants[0], members)]
+                        extra, missing = sorted(ops[1] - ops[0]), sorted(ops[0] - ops[1])
+                    variant = _variant_note(first_name, extra, missing)
+                name = self.globals.name(name)
+                first_name = first_name or name
+                self._finish_class(name, members, variant)
 
-    def _finish_class(self, name: str, members: list[ClassDef]) -> None:
+    def _finish_class(self, name: str, members: list[ClassDef], variant: str = "") -> None:
         """Decide which numbers become constructor arguments, and render the class once."""
         rep = members[0]
         params: list[str] = []  # the constructor's parameters, in order
@@ -638,8 +655,9 @@ class TorchEmitter(Emitter):
                     vals = [lines[li][pi].value if isinstance(p, Slot) else lines[li][pi].shape for lines in lines_of]
                     if isinstance(p, ShapeNote):
                         letters = "CHW" if len(p.shape) == 3 else "N"
-                        text.append("x".join(str(d) if all(v[k] == d for v in vals) else letters[k]
-                                             for k, d in enumerate(p.shape)))
+                        same = [all(v[k] == d for v in vals) for k, d in enumerate(p.shape)]
+                        shown = "x".join(str(d) if s else letters[k] for k, (d, s) in enumerate(zip(p.shape, same)))
+                        text.append(p.text(shown if any(same) else None))
                         continue
                     expr = resolve(vals, p.hint, in_forward)
                     if expr is None:
@@ -661,7 +679,7 @@ class TorchEmitter(Emitter):
         rep_params = _Rep(params)
         self._rep = {**self._rep, name: rep_params}
         sig = ", ".join(f"{p}: {self._ptype(values[0][i])}" for i, p in enumerate(params))
-        doc = self._class_doc(rep, members)
+        doc = self._class_doc(rep, variant)
         lines = [f"class {name}(nn.Module):", f'    """{doc}"""', ""]
         lines.append(f"    def __init__(self{', ' if sig else ''}{sig}) -> None:")
         lines.append("        super().__init__()")
@@ -683,13 +701,13 @@ class TorchEmitter(Emitter):
             return "tuple[int, int]" if not (len(v) == 2 and v[0] == v[1]) else "int"
         return "int"
 
-    def _class_doc(self, rep: ClassDef, members: list[ClassDef]) -> str:
+    def _class_doc(self, rep: ClassDef, variant: str) -> str:
+        """Where the class comes from, and for a second variant of a block, what it has that the first has not."""
         sc = self.g.scopes.get(rep.scope)
         span = sc and (sc.definition or sc.span)
         where = f" ({docstring_text(os.path.basename(span.file))}:{span.line})" if span else ""
-        if sc is not None and sc.kind == "block":
-            return f"Block '{rep.kind}'{where}."
-        return f"{rep.kind}{where}."
+        kind = f"Block '{rep.kind}'" if sc is not None and sc.kind == "block" else rep.kind
+        return f"{kind}{where}{variant}."
 
     # -- the network class
     def _render_network(self, net: ClassDef) -> str:
@@ -732,7 +750,7 @@ class TorchEmitter(Emitter):
             elif isinstance(p, Slot):
                 text.append(literal(p.value))
             else:
-                text.append(fmt_shape(p.shape))
+                text.append(p.text(fmt_shape(p.shape)))
         return "".join(text)
 
     def _where(self) -> str:
@@ -781,7 +799,7 @@ class TorchEmitter(Emitter):
         if bns:
             branches.append((f"isinstance(m, {_one_or_tuple(bns)}) and m.affine",
                              ["nn.init.ones_(m.weight)", "nn.init.zeros_(m.bias)"]))
-        if "fc" in types:
+        if "fc" in types and self.g.init_fc:
             weight = "nn.init.normal_(m.weight, 0.0, 0.01)" if scheme == "kaiming" else "nn.init.xavier_uniform_(m.weight)"
             branches.append(("isinstance(m, nn.Linear)", [weight, "if m.bias is not None:", "    nn.init.zeros_(m.bias)"]))
         zero = []
@@ -1010,6 +1028,19 @@ _HELPERS = [
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.avg_pool2d(F.pad(x, self.pad), self.kernel_size, self.stride, 0, self.ceil_mode)'''),
 ]
+
+
+def _variant_note(first: str, extra: list[str], missing: list[str]) -> str:
+    """What a block's second (third, ...) class differs in from its first: ``, as Basic with a downsample``."""
+    def names(attrs: list[str]) -> str:
+        return ", ".join(f"`{a}`" for a in attrs)
+    if extra and missing:
+        return f": {first} with {names(extra)} in place of {names(missing)}"
+    if extra:
+        return f": {first} with {names(extra)}"
+    if missing:
+        return f": {first} without {names(missing)}"
+    return f": {first}'s layers with other settings"
 
 
 def _one_or_tuple(types: list[str]) -> str:

@@ -226,3 +226,18 @@ def test_zero_init_residual_zeroes_the_last_bn_of_each_residual_body():
     assert torch.all(model.layers[1].downsample[1].weight == 1)  # the projection's BN is left alone
     with pytest.raises(cnndsl.CnnDslError, match="zero_init_residual"):
         cnndsl.loads("network t with init(kaiming, zero=1): input 3x8x8 conv3-4")
+
+
+def test_init_fc_default_leaves_the_fc_at_pytorchs_default():
+    """torchvision's ResNet initialises its convolutions (He) and batch norms, and leaves fc at nn.Linear's default."""
+    src = "network t with init(kaiming{}): input 3x8x8 conv3-16 bn relu gap fc-1000"
+    for option, low, high in ((", fc=default", 0.5, 1.5), ("", 0.0, 0.2)):
+        torch.manual_seed(0)
+        model = cnndsl.build_torch(cnndsl.loads(src.format(option)))
+        # nn.Linear's default: U(-1/sqrt(fan_in), 1/sqrt(fan_in)), so the largest |w| * sqrt(16) comes close to 1
+        largest = model.fc1.weight.abs().max().item() * 16 ** 0.5
+        assert low < largest < high, (option, largest)
+        assert (model.fc1.bias.abs().sum().item() == 0) is (option == "")
+    assert "nn.Linear" not in cnndsl.compile("resnet18").split("def reset_parameters")[1]
+    with pytest.raises(cnndsl.CnnDslError, match="fc="):
+        cnndsl.loads(src.format(", fc=zeros"))

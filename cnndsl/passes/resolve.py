@@ -43,6 +43,7 @@ MAX_LOOKUPS = 100_000  # references (@name) followed while building one network,
 #: parameter bound, a per-op default applied. Real networks take at most a few units a layer.
 MAX_WORK = 1_000_000
 INIT_SCHEMES = ("kaiming", "xavier")  # `with init(...)`; without one, PyTorch's own defaults
+INIT_FC = ("scheme", "default")  # `with init(..., fc=...)`: the fc layers by the scheme too, or left at the default
 MAX_BLOCK_DEPTH = 48
 #: The flow after ``none`` (a zero tensor, NAS-Bench-201's zero edge): it builds no node. Layers applied to
 #: it are dropped, ``add<...>`` leaves it out, and concat, residual, aux or the network output reject it.
@@ -197,11 +198,15 @@ class Resolver:
             if d.op == "init":
                 scheme = [plain(evaluate(a.value, env, self.choose)) for a in d.args if a.name is None]
                 options = {a.name: plain(evaluate(a.value, env, self.choose)) for a in d.args if a.name}
-                if len(scheme) != 1 or scheme[0] not in INIT_SCHEMES or set(options) - {"zero_init_residual"}:
+                if (len(scheme) != 1 or scheme[0] not in INIT_SCHEMES or set(options) - {"zero_init_residual", "fc"}
+                        or options.get("fc", "scheme") not in INIT_FC):
                     raise CnnArgumentError("init takes one scheme (" + ", ".join(INIT_SCHEMES) + ") and optionally "
-                                           "zero_init_residual=true", d.span, "with init(kaiming)")
+                                           "zero_init_residual=true and fc=" + "|".join(INIT_FC), d.span,
+                                           "with init(kaiming), or with init(kaiming, fc=default) to leave the fc "
+                                           "layers at the framework's default, as torchvision's ResNet does")
                 g.init = scheme[0]
                 g.zero_init_residual = options.get("zero_init_residual") is True
+                g.init_fc = options.get("fc", "scheme") == "scheme"
         defaults = tuple(d for d in decl.defaults if d.op != "init")
         frame = Frame(env, self._defaults(defaults, {}, env), "", body=decl.body)
         scope = NameScope("", sequential=False)

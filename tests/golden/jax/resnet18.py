@@ -48,21 +48,23 @@ def _batch_norm(x, p, stats, train, momentum, eps):
     return (y * p["scale"] + p["bias"] if p else y), stats
 
 
+def _uniform(u, start, shape, fan_in):
+    """PyTorch's default initialisation, U(-1/sqrt(fan_in), 1/sqrt(fan_in)), from u[start:], a U(-1, 1) draw."""
+    size = math.prod(shape)
+    return u[start:start + size].reshape(shape) * fan_in ** -0.5
+
+
 def _he_normal(n, start, shape, fan_out):
     """He (Kaiming) normal initialisation for ReLU networks, fan-out mode, N(0, 2 / fan_out), from n[start:]."""
     size = math.prod(shape)
     return n[start:start + size].reshape(shape) * (2.0 / fan_out) ** 0.5
 
 
-def _normal(n, start, shape, std):
-    """N(0, std^2), from n[start:], a standard normal draw."""
-    size = math.prod(shape)
-    return n[start:start + size].reshape(shape) * std
-
-
 def init(key):
     """Fresh variables for resnet18: He (Kaiming) initialisation."""
-    n = jax.random.normal(key, (11678912,), jnp.float32)  # shared out below
+    key_u, key_n = jax.random.split(key)
+    u = jax.random.uniform(key_u, (513000,), jnp.float32, -1.0, 1.0)  # shared out below
+    n = jax.random.normal(key_n, (11166912,), jnp.float32)  # shared out below
     params = {
         "conv1": {"kernel": _he_normal(n, 0, (7, 7, 3, 64), fan_out=3136)},
         "bn1": {"scale": jnp.ones(64), "bias": jnp.zeros(64)},
@@ -134,7 +136,10 @@ def init(key):
                 "bn2": {"scale": jnp.ones(512), "bias": jnp.zeros(512)},
             },
         },
-        "fc": {"kernel": _normal(n, 11166912, (512, 1000), std=0.01), "bias": jnp.zeros(1000)},
+        "fc": {
+            "kernel": _uniform(u, 0, (512, 1000), fan_in=512),
+            "bias": _uniform(u, 512000, (1000,), fan_in=512),
+        },
     }
     batch_stats = {
         "bn1": {"mean": jnp.zeros(64), "var": jnp.ones(64)},

@@ -17,9 +17,9 @@ class Bconv(nn.Module):
         self.relu1 = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.conv(x)  # googlenet.cnn:5 -> CxHxW
-        x = self.bn(x)  # googlenet.cnn:5 -> CxHxW
-        x = self.relu1(x)  # googlenet.cnn:5 -> CxHxW
+        x = self.conv(x)  # googlenet.cnn:5
+        x = self.bn(x)  # googlenet.cnn:5
+        x = self.relu1(x)  # googlenet.cnn:5
         return x
 
 
@@ -43,11 +43,11 @@ class Inception(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        branch1 = self.branch1(x)  # googlenet.cnn:10 -> CxHxW
-        branch2 = self.branch2(x)  # googlenet.cnn:10 -> CxHxW
-        branch3 = self.branch3(x)  # googlenet.cnn:10 -> CxHxW
-        branch4 = self.branch4(x)  # googlenet.cnn:11 -> CxHxW
-        x = torch.cat([branch1, branch2, branch3, branch4], 1)  # googlenet.cnn:10 -> CxHxW
+        branch1 = self.branch1(x)  # googlenet.cnn:10
+        branch2 = self.branch2(x)  # googlenet.cnn:10
+        branch3 = self.branch3(x)  # googlenet.cnn:10
+        branch4 = self.branch4(x)  # googlenet.cnn:11
+        x = torch.cat([branch1, branch2, branch3, branch4], 1)  # googlenet.cnn:10
         return x
 
 

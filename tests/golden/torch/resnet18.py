@@ -20,18 +20,18 @@ class Basic(nn.Module):
         self.relu2 = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.conv1(x)  # blocks.cnn:8 -> CxHxW
-        out = self.bn1(out)  # blocks.cnn:8 -> CxHxW
-        out = self.relu1(out)  # blocks.cnn:8 -> CxHxW
-        out = self.conv2(out)  # blocks.cnn:8 -> CxHxW
-        out = self.bn2(out)  # blocks.cnn:8 -> CxHxW
-        x = out.add_(x)  # blocks.cnn:8 -> CxHxW
-        x = self.relu2(x)  # blocks.cnn:8 -> CxHxW
+        out = self.conv1(x)  # blocks.cnn:8
+        out = self.bn1(out)  # blocks.cnn:8
+        out = self.relu1(out)  # blocks.cnn:8
+        out = self.conv2(out)  # blocks.cnn:8
+        out = self.bn2(out)  # blocks.cnn:8
+        x = out.add_(x)  # blocks.cnn:8
+        x = self.relu2(x)  # blocks.cnn:8
         return x
 
 
 class BasicDownsample(nn.Module):
-    """Block 'basic' (blocks.cnn:7)."""
+    """Block 'basic' (blocks.cnn:7): Basic with `downsample`."""
 
     def __init__(self, in_channels: int, c: int) -> None:
         super().__init__()
@@ -47,14 +47,14 @@ class BasicDownsample(nn.Module):
         self.relu2 = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.conv1(x)  # blocks.cnn:8 -> CxHxW
-        out = self.bn1(out)  # blocks.cnn:8 -> CxHxW
-        out = self.relu1(out)  # blocks.cnn:8 -> CxHxW
-        out = self.conv2(out)  # blocks.cnn:8 -> CxHxW
-        out = self.bn2(out)  # blocks.cnn:8 -> CxHxW
-        downsample = self.downsample(x)  # blocks.cnn:8 -> CxHxW
-        x = out.add_(downsample)  # blocks.cnn:8 -> CxHxW
-        x = self.relu2(x)  # blocks.cnn:8 -> CxHxW
+        out = self.conv1(x)  # blocks.cnn:8
+        out = self.bn1(out)  # blocks.cnn:8
+        out = self.relu1(out)  # blocks.cnn:8
+        out = self.conv2(out)  # blocks.cnn:8
+        out = self.bn2(out)  # blocks.cnn:8
+        downsample = self.downsample(x)  # blocks.cnn:8
+        x = out.add_(downsample)  # blocks.cnn:8
+        x = self.relu2(x)  # blocks.cnn:8
         return x
 
 
@@ -111,7 +111,3 @@ class Resnet18(nn.Module):
             elif isinstance(m, nn.BatchNorm2d) and m.affine:
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0.0, 0.01)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)

@@ -1,0 +1,664 @@
+"""The Flax NNX backend: a printer of the :mod:`~cnndsl.backends.plan`.
+
+The generated module imports ``jax`` and ``flax.nnx`` only and defines one ``nnx.Module`` per class of
+the plan (a block shared by its instances, built with keyword arguments) and the network's class, built
+as ``Resnet18(rngs=nnx.Rngs(0))`` and called on an NHWC batch. ``model.train()`` / ``model.eval()`` switch
+BatchNorm (``use_running_average``) and Dropout (``deterministic``) as NNX does; a network with auxiliary
+heads returns ``(main, aux1, ...)`` in training mode, the main output in evaluation mode.
+
+Semantics are PyTorch's (the torch backend is the reference), with the JAX backend's helpers for what
+``nnx`` has no layer for: explicit ``(lo, hi)`` padding, ceil-mode pooling, average-pool divisors, LRN,
+adaptive pooling. BatchNorm's momentum is ``1 - `` PyTorch's; NNX keeps the biased batch variance in its
+running average (PyTorch the unbiased one), so running variances drift apart by ``n / (n - 1)`` in training.
+A transposed convolution is an ``nnx.Conv`` over the input dilated by the stride, its kernel stored flipped.
+
+:func:`torch_to_flax` and :func:`flax_to_torch` move weights between a torch ``state_dict`` and the model,
+through :mod:`cnndsl.convert` (which permutes the first fc's rows for the NHWC flatten order).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from cnndsl.backends.base import (
+    Emitter,
+    Namespace,
+    Unsupported,
+    Writer,
+    check_source,
+    comment_text,
+    docstring_text,
+)
+from cnndsl.backends.jax import HELPERS as JAX_HELPERS
+from cnndsl.backends.jax import _wrap
+from cnndsl.backends.plan import ClassPlan, Plan, Ref, Step, collapse, make_plan
+
+from cnndsl.convert import flattens_channel_major
+from cnndsl.network import Network
+
+#: Helpers of the generated module beyond the JAX backend's: initialisers and the transposed conv's padding.
+HELPERS: dict[str, str] = {
+    "uniform": '''
+def _uniform(bound):
+    """U(-bound, bound): PyTorch's default initialisation has bound = 1 / sqrt(fan_in)."""
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+''',
+    "transposed_padding": '''
+def _transposed_padding(kernel, dilation, padding, output_padding):
+    """PyTorch's ConvTranspose2d as a convolution over the input dilated by the stride: its (low, high) padding."""
+    return tuple((d * (k - 1) - lo, d * (k - 1) - hi + extra)
+                 for k, d, (lo, hi), extra in zip(kernel, dilation, padding, output_padding, strict=True))
+''',
+    **{h: JAX_HELPERS[h] for h in ("max_pool", "avg_pool", "adaptive_avg_pool", "lrn")},
+}
+#: Module-level initialisers, written when a layer uses them.
+CONSTANTS = {
+    "HE_NORMAL": 'nnx.initializers.variance_scaling(2.0, "fan_out", "normal")  # kaiming_normal_(mode="fan_out")',
+    "GLOROT_UNIFORM": "nnx.initializers.xavier_uniform()",
+    "FC_NORMAL": "nnx.initializers.normal(0.01)",
+}
+#: Names the generated module defines at its top level.
+MODULE_GLOBALS = frozenset({"jax", "jnp", "nnx", *(f"_{h}" for h in HELPERS), *CONSTANTS})
+#: nnx.Module's public methods (flax 0.10 to 0.12), and the attributes ``train()`` / ``eval()`` set.
+NNX_ATTRS = frozenset({"eval", "iter_children", "iter_modules", "perturb", "set_attributes", "sow", "train",
+                       "deterministic", "use_running_average", "layers"})
+#: The ops held as submodules (the rest are written inline in ``__call__``).
+MODULE_OPS = frozenset({"conv", "deconv", "fc", "bn", "dropout"})
+
+
+def _lit(v: Any) -> str:
+    if isinstance(v, tuple):
+        return "(" + ", ".join(_lit(x) for x in v) + ("," if len(v) == 1 else "") + ")"
+    if isinstance(v, bool):
+        return "True" if v else "False"
+    return repr(v)
+
+
+def _like(like: Any, leaf: str) -> str:
+    """``leaf`` in the structure of ``like``: ``(k, k)`` for a pair."""
+    if isinstance(like, tuple):
+        return "(" + ", ".join(_like(x, leaf) for x in like) + ("," if len(like) == 1 else "") + ")"
+    return leaf
+
+
+def _nhwc(shape) -> str:
+    letters = "CHW" if len(shape) == 3 else "N"
+    dims = [str(d) if d is not None else letters[i] for i, d in enumerate(shape)]
+    if len(dims) == 3:
+        dims = [dims[1], dims[2], dims[0]]
+    return "x".join(dims)
+
+
+class _ClassPrinter:
+    """Prints one class of the plan: its constructor parameters, members and ``__call__``."""
+
+    def __init__(self, printer: FlaxPrinter, cls: ClassPlan, name: str):
+        self.p = printer
+        self.cls = cls
+        self.name = name
+        self.is_root = cls.id == ""
+        locals_ = Namespace(printer.globals.taken() | {"self", "rngs"})
+        self.params = {}
+        for prm in cls.params:
+            self.params[prm.name] = prm.name if locals_.is_free(prm.name) else locals_.name(prm.name)
+            locals_.reserve(self.params[prm.name])
+        self.attrs = Namespace(NNX_ATTRS)
+        self.member: dict[str, str] = {}  # step attr hint -> attribute
+        for step in cls.steps:
+            if step.kind != "layer" or step.op in MODULE_OPS:
+                local = step.attr.rsplit(".", 1)[-1]
+                hint = f"{step.op or 'block'}{local}" if local.isdigit() else step.attr  # conv0, not v_0
+                self.member[step.attr] = self.attrs.name(hint)
+        self.kept: dict[str, str] = {}  # constructor parameter -> attribute holding it (forward numbers)
+        self.init_lines: list[str] = []
+
+    # -- values
+    def ctor(self, v: Any, full: bool = False) -> str:
+        """A value in ``__init__``: a literal, or an expression of the constructor's parameters."""
+        if isinstance(v, Ref):
+            e = self.params[v.param] if v.factor == 1 else f"{v.factor} * {self.params[v.param]}"
+            return _like(v.like, e) if full else e
+        c = collapse(v)
+        return _lit(v if full or isinstance(c, tuple) else c)
+
+    def fwd(self, v: Any) -> str:
+        """A value in ``__call__`` (full form): a literal, or the attribute that keeps the parameter."""
+        if isinstance(v, Ref):
+            if v.param not in self.kept:
+                self.kept[v.param] = self.attrs.name(v.param)
+            e = f"self.{self.kept[v.param]}"
+            return _like(v.like, e if v.factor == 1 else f"{v.factor} * {e}")
+        return _lit(v)
+
+    def fan(self, *terms: Any) -> str:
+        """A product of values (channels, kernel sizes) as an expression, its constant part folded."""
+        const, names = 1, []
+        for t in terms:
+            if isinstance(t, Ref):
+                names += [self.ctor(t)] * (len(t.like) if isinstance(t.like, tuple) else 1)
+            elif isinstance(t, tuple):
+                for x in t:
+                    const *= x
+            else:
+                const *= t
+        parts = names + ([str(const)] if const != 1 or not names else [])
+        return " * ".join(parts)
+
+    # -- members
+    def module(self, step: Step) -> str:
+        if step.kind == "call":
+            return self.call(step.child, step.args)
+        if step.kind == "sequence":
+            items = []
+            for i, child in enumerate(step.children):
+                args = tuple((k.split(".", 1)[1], v) for k, v in step.args if k.split(".", 1)[0] == str(i))
+                items.append(self.call(child, args))
+            return "nnx.Sequential(" + ", ".join(items) + ")"
+        return getattr(self, f"ctor_{step.op}")(step)
+
+    def call(self, child: str, args) -> str:
+        cp = self.p.classes[child]
+        kws = [f"{cp.params[k]}={self.ctor(v)}" for k, v in args]
+        return f"{cp.name}({', '.join([*kws, 'rngs=rngs'])})"
+
+    def _kernel_init(self, step: Step, fan_in: str, fan_out: str, dense: bool = False) -> list[str]:
+        scheme, bias = self.p.plan.init, step.arg("bias")
+        if scheme is None or dense and not self.p.plan.init_fc:  # PyTorch's own default
+            self.p.helpers.add("uniform")
+            bound = f"({fan_in}) ** -0.5" if " " in fan_in else f"{fan_in} ** -0.5"
+            return [f"kernel_init=_uniform({bound})"] + ([f"bias_init=_uniform({bound})"] if bias else [])
+        if step.op == "deconv":  # PyTorch's fans of a ConvTranspose2d weight: computed here, not by nnx
+            if scheme == "kaiming":
+                return [f"kernel_init=nnx.initializers.normal((2 / ({fan_out})) ** 0.5)"]
+            self.p.helpers.add("uniform")
+            return [f"kernel_init=_uniform((6 / ({fan_in} + {fan_out})) ** 0.5)"]
+        if scheme == "kaiming":
+            const = "FC_NORMAL" if dense else "HE_NORMAL"
+        elif scheme in ("xavier", "glorot"):
+            const = "GLOROT_UNIFORM"
+        else:
+            raise Unsupported(f"initialisation '{scheme}' is not supported by the Flax backend", step.span)
+        self.p.constants.add(const)
+        return [f"kernel_init={const}"]
+
+    def _grouped_fan(self, channels: Any, groups: Any, kernel: Any) -> str:
+        """``channels // groups * kh * kw``, folded where the numbers are constants."""
+        if not isinstance(channels, Ref) and not isinstance(groups, Ref):
+            return self.fan(channels // groups, kernel)
+        if not isinstance(groups, Ref) and groups == 1:
+            return self.fan(channels, kernel)
+        return f"{self.ctor(channels)} // {self.ctor(groups)} * {self.fan(kernel)}"
+
+    def ctor_conv(self, step: Step) -> str:
+        a = dict(step.args)
+        parts = [self.ctor(a["in_channels"]), self.ctor(a["c"]), self.ctor(a["k"], full=True)]
+        if collapse(a["s"]) != 1:
+            parts.append(f"strides={self.ctor(a['s'])}")
+        parts.append(f"padding={self.ctor(a['p'])}")
+        if collapse(a["d"]) != 1:
+            parts.append(f"kernel_dilation={self.ctor(a['d'])}")
+        if a["groups"] != 1:
+            parts.append(f"feature_group_count={self.ctor(a['groups'])}")
+        if a["bias"] is not True:
+            parts.append(f"use_bias={self.ctor(a['bias'])}")
+        fan_in = self._grouped_fan(a["in_channels"], a["groups"], a["k"])
+        parts += self._kernel_init(step, fan_in, self.fan(a["c"], a["k"]))
+        return f"nnx.Conv({', '.join([*parts, 'rngs=rngs'])})"
+
+    def ctor_deconv(self, step: Step) -> str:
+        a = dict(step.args)
+        self.p.helpers.add("transposed_padding")
+        parts = [self.ctor(a["in_channels"]), self.ctor(a["c"]), self.ctor(a["k"], full=True)]
+        pad = (f"_transposed_padding({self.ctor(a['k'], True)}, {self.ctor(a['d'], True)}, "
+               f"{self.ctor(a['p'], True)}, {self.ctor(a['output_padding'], True)})")
+        parts.append(f"padding={pad}")
+        if collapse(a["s"]) != 1:
+            parts.append(f"input_dilation={self.ctor(a['s'])}")
+        if collapse(a["d"]) != 1:
+            parts.append(f"kernel_dilation={self.ctor(a['d'])}")
+        if a["groups"] != 1:
+            parts.append(f"feature_group_count={self.ctor(a['groups'])}")
+        if a["bias"] is not True:
+            parts.append(f"use_bias={self.ctor(a['bias'])}")
+        fan_in = self._grouped_fan(a["c"], a["groups"], a["k"])
+        parts += self._kernel_init(step, fan_in, self.fan(a["in_channels"], a["k"]))
+        return f"nnx.Conv({', '.join([*parts, 'rngs=rngs'])})"
+
+    def ctor_fc(self, step: Step) -> str:
+        a = dict(step.args)
+        parts = [self.ctor(a["in_features"]), self.ctor(a["c"])]
+        if a["bias"] is not True:
+            parts.append(f"use_bias={self.ctor(a['bias'])}")
+        parts += self._kernel_init(step, self.fan(a["in_features"]), self.fan(a["c"]), dense=True)
+        return f"nnx.Linear({', '.join([*parts, 'rngs=rngs'])})"
+
+    def ctor_bn(self, step: Step) -> str:
+        a = dict(step.args)
+        m = a["momentum"]
+        momentum = f"1 - {self.ctor(m)}" if isinstance(m, Ref) else repr(round(1 - m, 12))
+        parts = [self.ctor(a["features"]), f"momentum={momentum}"]
+        if isinstance(a["eps"], Ref) or a["eps"] != 1e-5:
+            parts.append(f"epsilon={self.ctor(a['eps'])}")
+        if a["affine"] is not True:
+            parts += [f"use_scale={self.ctor(a['affine'])}", f"use_bias={self.ctor(a['affine'])}"]
+        if a["zero_init"] is True:
+            parts.append("scale_init=nnx.initializers.zeros")
+        elif isinstance(a["zero_init"], Ref):
+            parts.append(f"scale_init=nnx.initializers.zeros if {self.ctor(a['zero_init'])} else nnx.initializers.ones")
+        return f"nnx.BatchNorm({', '.join([*parts, 'rngs=rngs'])})"
+
+    def ctor_dropout(self, step: Step) -> str:
+        return f"nnx.Dropout({self.ctor(step.arg('p'))}, rngs=rngs)"
+
+    # -- __call__
+    def expr(self, step: Step, xs: list[str]) -> tuple[list[str], str]:
+        """Statements to run first, and the expression of the step's value."""
+        if step.kind != "layer" or step.op in MODULE_OPS:
+            pre = []
+            if step.op == "fc" and step.arg("flatten") is True:
+                pre = [f"{xs[0]} = {self.flat(xs[0])}"]
+            return pre, f"self.{self.member[step.attr]}({xs[0]})"
+        return [], getattr(self, f"call_{step.op}")(step, xs)
+
+    def flat(self, x: str) -> str:
+        if self.p.channel_major:  # PyTorch's (C, H, W) order, where the network's numbers depend on it
+            return f"{x}.transpose(0, 3, 1, 2).reshape({x}.shape[0], -1)"
+        return f"{x}.reshape({x}.shape[0], -1)"
+
+    def call_flatten(self, step, xs):
+        return self.flat(xs[0]) if step.arg("flatten") is True else xs[0]
+
+    def call_relu(self, step, xs):
+        return f"nnx.relu({xs[0]})"
+
+    def call_tanh(self, step, xs):
+        return f"jnp.tanh({xs[0]})"
+
+    def call_sigmoid(self, step, xs):
+        return f"nnx.sigmoid({xs[0]})"
+
+    def call_softmax(self, step, xs):
+        return f"nnx.softmax({xs[0]}, axis=-1)"
+
+    def call_identity(self, step, xs):
+        return xs[0]
+
+    def _pads(self, step) -> str:
+        p, extra = step.arg("p"), step.arg("ceil_extra")
+        if not isinstance(p, Ref) and not isinstance(extra, Ref):
+            return _lit(tuple((lo, hi + e) for (lo, hi), e in zip(p, extra)))
+        return f"tuple((lo, hi + e) for (lo, hi), e in zip({self.fwd(p)}, {self.fwd(extra)}, strict=True))"
+
+    def call_maxpool(self, step, xs):
+        self.p.helpers.add("max_pool")
+        return f"_max_pool({xs[0]}, {self.fwd(step.arg('k'))}, {self.fwd(step.arg('s'))}, {self._pads(step)})"
+
+    def call_avgpool(self, step, xs):
+        self.p.helpers.add("avg_pool")
+        more = ""
+        if step.arg("ceil_extra") != (0, 0):
+            more += f", ceil_extra={self.fwd(step.arg('ceil_extra'))}"
+        if step.arg("count_include_pad") is not True:
+            more += f", count_include_pad={self.fwd(step.arg('count_include_pad'))}"
+        return (f"_avg_pool({xs[0]}, {self.fwd(step.arg('k'))}, {self.fwd(step.arg('s'))}, "
+                f"{self.fwd(step.arg('p'))}{more})")
+
+    def call_gap(self, step, xs):
+        return f"{xs[0]}.mean((1, 2), keepdims=True)"
+
+    def call_adaptiveavgpool(self, step, xs):
+        self.p.helpers.add("adaptive_avg_pool")
+        return f"_adaptive_avg_pool({xs[0]}, {self.fwd(step.arg('size'))})"
+
+    def call_lrn(self, step, xs):
+        self.p.helpers.add("lrn")
+        return (f"_lrn({xs[0]}, size={self.fwd(step.arg('size'))}, alpha={self.fwd(step.arg('alpha'))}, "
+                f"beta={self.fwd(step.arg('beta'))}, k={self.fwd(step.arg('k'))})")
+
+    def call_add(self, step, xs):
+        scale = step.arg("scale")
+        terms = list(xs)
+        if isinstance(scale, Ref) or scale != 1.0:
+            terms[0] = f"{self.fwd(scale)} * {terms[0]}"
+        return " + ".join(terms)
+
+    def call_concat(self, step, xs):
+        parts = []
+        for x, crop in zip(xs, step.arg("crops")):
+            if crop is None:
+                parts.append(x)
+            elif isinstance(crop, Ref):
+                c = self.fwd(crop)
+                parts.append(f"{x}[:, {c}[0]:{c}[0] + {c}[2], {c}[1]:{c}[1] + {c}[3]]")
+            else:
+                top, left, h, w = crop
+                parts.append(f"{x}[:, {top}:{top + h}, {left}:{left + w}]")
+        return f"jnp.concatenate([{', '.join(parts)}], axis=-1)"
+
+    def call_padshortcut(self, step, xs):
+        s, pad = step.arg("s"), step.arg("pad_channels")
+        x = xs[0]
+        if isinstance(s, Ref) or s != 1:
+            x = f"{x}[:, ::{self.fwd(s)}, ::{self.fwd(s)}]"
+        if not isinstance(pad, Ref) and pad == 0:
+            return x
+        # the new channels are zeros after the old ones, as the torch backend pads
+        return f"jnp.pad({x}, ((0, 0), (0, 0), (0, 0), (0, {self.fwd(pad)})))"
+
+    # -- the class
+    def comment(self, step: Step) -> str:
+        """Where the step comes from, and its shape when it has a size of its own (one the instances share)."""
+        parts = [f"{comment_text(os.path.basename(step.span.file))}:{step.span.line}"] if step.span else []
+        if any(d is not None for d in step.shape):
+            parts.append(f"-> {_nhwc(step.shape)}")
+        return "  # " + " ".join(parts) if parts else ""
+
+    def forward(self) -> list[str]:
+        cls = self.cls
+        names = Namespace(self.p.globals.taken() | {"self"})
+        var: dict[str, str] = {}
+        if len(cls.inputs) == 1:
+            var[cls.inputs[0]] = "x"
+            names.reserve("x")
+        else:
+            for key in cls.inputs:
+                var[key] = names.name(key)
+        steps = list(cls.steps)
+        last_use: dict[str, int] = {}
+        readers: dict[str, int] = {}
+        for i, s in enumerate(steps):
+            for src in s.inputs:
+                last_use[src] = i
+            for src in dict.fromkeys(s.inputs):
+                readers[src] = readers.get(src, 0) + 1
+        for out in (cls.output, *cls.aux_outputs):
+            last_use[out] = len(steps)
+        held: dict[str, str] = {v: k for k, v in var.items()}  # variable -> key it holds
+        main = [s for s in steps if not s.aux]
+        aux = [s for s in steps if s.aux]
+        lines: list[str] = []
+
+        def emit(i: int, s: Step, out: list[str]) -> None:
+            xs = [var[k] for k in s.inputs]
+            pre, e = self.expr(s, xs)
+            name = None
+            if len(s.inputs) == 1 and last_use.get(s.inputs[0]) == i and readers.get(s.output, 0) <= 1 \
+                    and s.output not in cls.aux_outputs:
+                name = xs[0]
+            if name is None and s.inputs and last_use.get(s.inputs[0]) == i and held.get(xs[0]) == s.inputs[0] \
+                    and readers.get(s.output, 0) <= 1 and s.output not in cls.aux_outputs and xs[0] not in xs[1:]:
+                name = xs[0]  # a join overwrites its first operand, as `out += identity`
+            if name is None:
+                name = names.name("out") if names.is_free("out") else names.name(s.output.rsplit(".", 1)[-1])
+            var[s.output] = name
+            held[name] = s.output
+            out.extend(pre)
+            out.append(f"{name} = {e}{self.comment(s)}")
+
+        for s in main:
+            emit(steps.index(s), s, lines)
+        if aux:
+            lines.append("if self.deterministic:  # evaluation: the main output only")
+            lines.append(f"    return {var[cls.output]}")
+            for s in aux:
+                emit(steps.index(s), s, lines)
+            outs = ", ".join(var[k] for k in (cls.output, *cls.aux_outputs))
+            lines.append(f"return {outs}  # training: the auxiliary heads' outputs too")
+        else:
+            lines.append(f"return {var[cls.output]}")
+        self.args = [var[k] for k in cls.inputs]
+        return lines
+
+    def source(self) -> str:
+        cls = self.cls
+        members = []
+        for step in cls.steps:
+            if step.attr in self.member:
+                members.append(f"self.{self.member[step.attr]} = {self.module(step)}")
+        body = self.forward()
+        w = Writer()
+        w.line(f"class {self.name}(nnx.Module):")
+        with w.indent():
+            span = cls.span
+            where = f" ({docstring_text(os.path.basename(span.file))}:{span.line})" if span else ""
+            what = f"Block '{docstring_text(cls.kind)}'" if cls.is_block else (
+                f"Network '{docstring_text(cls.kind)}'" if self.is_root else docstring_text(cls.kind))
+            w.line(f'"""{what}{where}."""')
+            w.line()
+            sig = "".join(f"{self.params[p.name]}: {self._ptype(p.name)}, " for p in cls.params)
+            w.line(f"def __init__(self, {sig}*, rngs: nnx.Rngs) -> None:")
+            with w.indent():
+                for m in members:
+                    for part in _wrap(m, 4 * w.depth):
+                        w.line(part)
+                for param, attr in self.kept.items():
+                    w.line(f"self.{attr} = {self.params[param]}")
+                if cls.aux_outputs:
+                    w.line("self.deterministic = False  # model.train() / model.eval() set it, as on nnx.Dropout")
+                if not members and not self.kept and not cls.aux_outputs:
+                    w.line("del rngs  # no layer with weights")
+            w.line()
+            args = ", ".join(f"{a}: jax.Array" for a in self.args)
+            ret = "jax.Array" if not cls.aux_outputs else "jax.Array | tuple[jax.Array, ...]"
+            w.line(f"def __call__(self, {args}) -> {ret}:")
+            with w.indent():
+                for line in body:
+                    for part in _wrap(line, 4 * w.depth):
+                        w.line(part)
+        return w.text()
+
+    def _ptype(self, param: str) -> str:
+        inst = self.p.plan.instances.get(self.cls.instances[0]) if self.cls.instances[0] else None
+        v = dict(inst.args).get(param) if inst else None
+        if isinstance(v, bool):
+            return "bool"
+        if isinstance(v, float):
+            return "float"
+        if isinstance(v, tuple):
+            return "tuple"
+        return "int"
+
+
+class FlaxPrinter(Emitter):
+    """Prints the Flax NNX module of a network from its plan."""
+
+    backend = "Flax"
+
+    def __init__(self, net: Network):
+        super().__init__(net.graph)
+        self.net = net
+        self.check_supported()
+        self.plan: Plan = make_plan(net.graph)
+        self.channel_major = flattens_channel_major(net.graph)
+        self.globals = Namespace(MODULE_GLOBALS)
+        self.helpers: set[str] = set()
+        self.constants: set[str] = set()
+        self.classes: dict[str, Any] = {}
+        for cls in self.plan.classes:
+            self.classes[cls.id] = _ClassPrinter(self, cls, self.globals.name(cls.name))
+        self.class_name = self.globals.name(self.plan.root.name)
+        self.classes[""] = _ClassPrinter(self, self.plan.root, self.class_name)
+
+    def supports(self, op: str) -> bool:
+        return op == "input" or op in MODULE_OPS or callable(getattr(_ClassPrinter, f"call_{op}", None))
+
+    def generate(self) -> str:
+        bodies = [self.classes[c.id].source() for c in self.plan.classes] + [self.classes[""].source()]
+        g = self.graph
+        span = g.node(g.inputs[0]).span
+        source = docstring_text(os.path.basename(span.file)) if span else "<unknown>"
+        out = Writer()
+        out.line(f'"""{docstring_text(g.name)}: a Flax NNX model generated by cnndsl from {source}. Do not edit.')
+        out.line()
+        out.line(f"model = {self.class_name}(rngs=nnx.Rngs(0)); model(x) on an NHWC batch x. model.train() (the")
+        out.line("default) and model.eval() switch batch norm and dropout, as NNX does.")
+        out.line('"""')
+        out.line()
+        out.line("import jax")
+        if any("jnp." in b for b in bodies) or any("jnp." in HELPERS[h] for h in self.helpers):
+            out.line("import jax.numpy as jnp")
+        out.line("from flax import nnx")
+        used = [(name, value) for name, value in CONSTANTS.items() if name in self.constants]
+        if used:
+            out.line()
+        for name, value in used:
+            out.line(f"{name} = {value}")
+        for helper, text in HELPERS.items():
+            if helper in self.helpers:
+                out.line()
+                out.line()
+                for line in text.strip("\n").split("\n"):
+                    out.line(line)
+        text = out.text()
+        return text + "".join("\n\n" + b for b in bodies)
+
+    def paths(self) -> dict[str, tuple]:
+        """Each IR layer with weights or statistics -> its path of attributes (and indices) in the model."""
+        out: dict[str, tuple] = {}
+
+        def walk(class_id: str, scope: str, path: tuple) -> None:
+            cp = self.classes[class_id]
+            for step in cp.cls.steps:
+                if step.attr not in cp.member:
+                    continue
+                here = path + (cp.member[step.attr],)
+                name = f"{scope}.{step.attr}" if scope else step.attr
+                if step.kind == "layer":
+                    out[name] = here
+                elif step.kind == "call":
+                    walk(step.child, name, here)
+                else:
+                    for i, child in enumerate(step.children):
+                        walk(child, f"{name}.{i}", here + ("layers", i))
+
+        walk("", "", ())
+        return out
+
+
+def generate(net: Network) -> tuple[str, str]:
+    """The Flax NNX source of a checked network, and its class's name (the source is parsed first)."""
+    printer = FlaxPrinter(net)
+    return check_source(printer.generate(), "Flax"), printer.class_name
+
+
+def compile_flax(net: Network) -> str:
+    """The Flax NNX source of a checked network."""
+    return generate(net)[0]
+
+
+def model_class(net: Network):
+    """The generated ``nnx.Module`` class of a checked network (its source run in a fresh namespace)."""
+    source, name = generate(net)
+    namespace: dict[str, Any] = {"__name__": f"cnndsl_flax_{net.name}"}
+    exec(compile(source, f"<cnndsl flax: {net.name}>", "exec"), namespace)  # noqa: S102 - our own source
+    return namespace[name]
+
+
+def build(net: Network, seed: int = 0):
+    """Generate, load and instantiate the Flax NNX model of a checked network (``rngs=nnx.Rngs(seed)``)."""
+    from flax import nnx
+
+    return model_class(net)(rngs=nnx.Rngs(seed))
+
+
+def abstract(net: Network, seed: int = 0):
+    """The model with shapes but no values (``nnx.eval_shape``): nothing initialised, nothing compiled."""
+    from flax import nnx
+
+    cls = model_class(net)
+    return nnx.eval_shape(lambda: cls(rngs=nnx.Rngs(seed)))
+
+
+# ----------------------------------------------------------------------------- weights
+
+
+def _at(model, path: tuple):
+    for part in path:
+        model = model[part] if isinstance(part, int) else getattr(model, part)
+    return model
+
+
+def _tree_get(tree, dotted: str):
+    for part in dotted.split("."):
+        tree = tree[part]
+    return tree
+
+
+def torch_to_flax(net: Network, state_dict, model=None, seed: int = 0):
+    """Load a torch ``state_dict`` of the generated torch model into ``model`` (in place) and return it.
+
+    Without ``model`` one is made for the weights without initialising any (no random kernels to compile),
+    its dropout keys from ``seed``.
+    """
+    import jax.numpy as jnp
+
+    from cnndsl.convert import torch_to_jax
+
+    if model is None:
+        model = _with_values(abstract(net, seed), net, state_dict, seed)
+        return model
+    variables = torch_to_jax(net, state_dict)
+    for name, path in FlaxPrinter(net).paths().items():
+        node, module = net.graph.node(name), _at(model, path)
+        if node.op == "bn":
+            stats = _tree_get(variables["batch_stats"], name)
+            module.mean.set_value(stats["mean"])
+            module.var.set_value(stats["var"])
+            if node.args["affine"]:
+                leaf = _tree_get(variables["params"], name)
+                module.scale.set_value(leaf["scale"])
+                module.bias.set_value(leaf["bias"])
+        elif node.op in ("conv", "deconv", "fc"):
+            leaf = _tree_get(variables["params"], name)
+            kernel = leaf["kernel"]
+            module.kernel.set_value(jnp.flip(kernel, (0, 1)) if node.op == "deconv" else kernel)
+            if node.args["bias"]:
+                module.bias.set_value(leaf["bias"])
+    return model
+
+
+def _with_values(model, net: Network, state_dict, seed: int):
+    """An abstract model given the torch weights, and concrete random-stream state (keys from ``seed``)."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    graphdef, state = nnx.split(model)
+
+    def concrete(leaf):
+        if not isinstance(leaf, jax.ShapeDtypeStruct):
+            return leaf
+        if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+            return jax.random.split(jax.random.key(seed), leaf.shape) if leaf.shape else jax.random.key(seed)
+        return jnp.zeros(leaf.shape, leaf.dtype)
+
+    model = nnx.merge(graphdef, jax.tree.map(concrete, state))
+    return torch_to_flax(net, state_dict, model)
+
+
+def flax_to_torch(net: Network, model) -> dict:
+    """The torch ``state_dict`` of ``model``'s weights (the inverse of :func:`torch_to_flax`)."""
+    import numpy as np
+
+    from cnndsl.convert import _tree_put, jax_to_torch
+
+    params: dict = {}
+    stats: dict = {}
+    for name, path in FlaxPrinter(net).paths().items():
+        node, module = net.graph.node(name), _at(model, path)
+        if node.op == "bn":
+            _tree_put(stats, name, {"mean": np.asarray(module.mean.get_value()), "var": np.asarray(module.var.get_value())})
+            if node.args["affine"]:
+                _tree_put(params, name, {"scale": np.asarray(module.scale.get_value()),
+                                         "bias": np.asarray(module.bias.get_value())})
+        elif node.op in ("conv", "deconv", "fc"):
+            kernel = np.asarray(module.kernel.get_value())
+            leaf = {"kernel": kernel[::-1, ::-1] if node.op == "deconv" else kernel}
+            if node.args["bias"]:
+                leaf["bias"] = np.asarray(module.bias.get_value())
+            _tree_put(params, name, leaf)
+    return jax_to_torch(net, {"params": params, "batch_stats": stats})

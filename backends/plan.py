@@ -1,0 +1,526 @@
+"""The backend-neutral plan: what every printer of a network agrees on, decided once from the checked IR.
+
+A :class:`Plan` says
+
+- the module tree: each scope (a dotted prefix of the layer names) is a ``class`` of its own (one
+  entry, one exit: it gets its own straight-line forward), a ``sequence`` (numbered children that
+  chain, each a class instance, called as one step), or ``inline`` (several entries or exits: its
+  layers sit in the enclosing class's forward);
+- which scopes share one class (the same expanded structure), and per class the numbers that differ
+  between its instances: those become constructor parameters, named after the .cnn block's own
+  parameters where one explains the values (``c``, ``2 * c``), ``in_channels`` where the value is the
+  block's input channels, otherwise a hint made from the layer and the argument (``conv1_k``);
+- per class, the forward as straight-line :class:`Step` s (a layer, a child call, a sequence call),
+  each with its inputs, its source span and its output shape.
+
+It holds no framework knowledge: the numbers are the IR's (logical ``(C, H, W)`` shapes, explicit
+``(lo, hi)`` padding pairs, PyTorch-style argument meanings), and every name in it is a hint that a
+printer turns into an identifier through its own :class:`~cnndsl.backends.base.Namespace`.
+
+>>> import cnndsl
+>>> plan = make_plan(cnndsl.load("resnet18").graph)
+>>> [(c.name, [p.name for p in c.params]) for c in plan.classes]
+[('Basic', ['c']), ('Downsample', ['in_channels', 'conv_c']), ('BasicDownsample', ['in_channels', 'c'])]
+>>> plan.instances["layer2.0"].args
+(('in_channels', 64), ('c', 128))
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+from cnndsl.errors import CnnDslError, Span
+from cnndsl.ir import Graph, Node
+
+#: The key of a class's one outside input in its steps (no IR name can take it).
+ENTRY = "<in>"
+
+
+@dataclass(frozen=True)
+class Ref:
+    """A value that differs between the instances of a class: ``factor`` times constructor parameter ``param``.
+
+    ``like`` is the first instance's value where a scalar parameter stands for a pair or pairs of it (a
+    printer writes ``(k, k)`` for a kernel size); ``None`` where the parameter holds the value in full.
+    """
+
+    param: str
+    factor: int = 1
+    like: Any = None
+
+
+@dataclass(frozen=True)
+class Param:
+    """A constructor parameter: ``origin`` is ``"block"`` (the .cnn block's own parameter),
+    ``"in_channels"`` (the channels the block reads) or ``"derived"`` (any other number)."""
+
+    name: str
+    origin: str
+
+
+@dataclass(frozen=True)
+class Step:
+    """One statement of a forward.
+
+    ``kind`` is ``"layer"`` (the IR op ``op``), ``"call"`` (an instance of class ``child``) or
+    ``"sequence"`` (instances of the classes ``children``, chained). ``output`` and ``inputs`` are keys:
+    IR names relative to the class's scope (:data:`ENTRY` for its outside input). ``attr`` is the
+    member's name hint (the relative dotted name). ``args`` are the layer's numbers (for a call, the
+    child's constructor arguments; for a sequence, ``"<i>.<param>"``), values or :class:`Ref` s.
+    ``shape`` is the output's logical shape, ``None`` where the instances differ. ``aux`` marks the steps
+    that only an auxiliary head needs.
+    """
+
+    kind: str
+    output: str
+    inputs: tuple[str, ...]
+    attr: str
+    op: str | None = None
+    child: str | None = None
+    children: tuple[str, ...] = ()
+    args: tuple[tuple[str, Any], ...] = ()
+    span: Span | None = None
+    shape: tuple[int | None, ...] = ()
+    aux: bool = False
+
+    def arg(self, name: str, default: Any = None) -> Any:
+        return dict(self.args).get(name, default)
+
+
+@dataclass(frozen=True)
+class ClassPlan:
+    """One class (the network's, or a block's shared by its ``instances``)."""
+
+    id: str  # the first instance's scope ("" for the network)
+    name: str  # a CamelCase hint
+    kind: str  # the block's name, "Residual", "Branches", "Block", or the network's name
+    is_block: bool
+    params: tuple[Param, ...]
+    steps: tuple[Step, ...]
+    inputs: tuple[str, ...]  # keys of the forward's arguments
+    output: str  # key of the main output
+    aux_outputs: tuple[str, ...]
+    instances: tuple[str, ...]
+    span: Span | None  # where the (first) block is defined, or the network's input
+    in_shape: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Instance:
+    """A scope that is an instance of class ``cls``, built with ``args`` (parameter name -> value)."""
+
+    scope: str
+    cls: str
+    args: tuple[tuple[str, Any], ...]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The whole network: its classes (children before parents), the network's own class ``root``."""
+
+    network: str
+    root: ClassPlan
+    classes: tuple[ClassPlan, ...]
+    instances: MappingProxyType  # scope -> Instance
+    scope_kinds: MappingProxyType  # scope -> "class" | "sequence" | "inline"
+    init: str | None
+    zero_init_residual: bool
+    init_fc: bool  # the scheme initialises the fc layers too (else the framework's default)
+
+    def cls(self, class_id: str) -> ClassPlan:
+        return self.root if class_id == "" else self._by_id[class_id]
+
+    @property
+    def _by_id(self) -> dict[str, ClassPlan]:
+        return {c.id: c for c in self.classes}
+
+
+# ----------------------------------------------------------------------------- layer numbers
+
+
+def _prod(shape) -> int:
+    out = 1
+    for d in shape:
+        out *= d
+    return out
+
+
+def layer_args(graph: Graph, node: Node) -> tuple[tuple[str, Any], ...]:
+    """The numbers a printer needs for one layer: the IR's arguments and what follows from the shapes
+    (input channels or features, ceil mode's extra bottom/right padding, centre-crop windows)."""
+    a = node.args
+    ins = [graph.node(s).shape for s in graph.inputs_of(node.name)]
+    op = node.op
+    if op == "conv":
+        return (("in_channels", ins[0][0]), ("c", a["c"]), ("k", a["k"]), ("s", a["s"]), ("p", a["p"]),
+                ("d", a["d"]), ("groups", a["groups"]), ("bias", a["bias"]))
+    if op == "deconv":
+        return (("in_channels", ins[0][0]), ("c", a["c"]), ("k", a["k"]), ("s", a["s"]), ("p", a["p"]),
+                ("d", a["d"]), ("groups", a["groups"]), ("bias", a["bias"]),
+                ("output_padding", a["output_padding"]))
+    if op == "fc":
+        return (("in_features", _prod(ins[0])), ("c", a["c"]), ("bias", a["bias"]), ("flatten", len(ins[0]) != 1))
+    if op == "bn":
+        zero = graph.init is not None and graph.zero_init_residual and any(
+            graph.node(d).op == "add" and port == 0 for d, port in graph.consumers(node.name))
+        return (("features", ins[0][0]), ("eps", a["eps"]), ("momentum", a["momentum"]), ("affine", a["affine"]),
+                ("zero_init", zero))
+    if op in ("maxpool", "avgpool"):
+        extra = (0, 0)
+        if a["ceil"]:
+            _, h, w = ins[0]
+            extra = tuple(max(0, (out - 1) * s + k - (size + lo + hi))
+                          for size, out, k, s, (lo, hi) in zip((h, w), node.shape[1:], a["k"], a["s"], a["p"]))
+        more = (("count_include_pad", a["count_include_pad"]),) if op == "avgpool" else ()
+        return (("k", a["k"]), ("s", a["s"]), ("p", a["p"]), ("ceil_extra", extra), *more)
+    if op == "adaptiveavgpool":
+        return (("size", a["size"]),)
+    if op == "lrn":
+        return (("size", a["size"]), ("alpha", a["alpha"]), ("beta", a["beta"]), ("k", a["k"]))
+    if op == "dropout":
+        return (("p", a["p"]),)
+    if op == "add":
+        return (("scale", a["scale"]),)
+    if op == "concat":
+        crops = []
+        for shape in ins:
+            if a["crop"] and len(shape) == 3 and shape[1:] != node.shape[1:]:
+                (h, w), (th, tw) = shape[1:], node.shape[1:]
+                crops.append(((h - th) // 2, (w - tw) // 2, th, tw))  # top, left, height, width
+            else:
+                crops.append(None)
+        return (("crops", tuple(crops)),)
+    if op == "padshortcut":
+        return (("s", a["s"]), ("pad_channels", a["c"] - ins[0][0]))
+    if op == "flatten":
+        return (("flatten", len(ins[0]) != 1),)
+    return tuple(sorted(a.items()))
+
+
+# ----------------------------------------------------------------------------- values
+
+
+def collapse(v: Any) -> Any:
+    """A tuple whose elements are all equal, as that element (recursively): ``((1, 1), (1, 1))`` -> 1."""
+    if isinstance(v, tuple) and v and all(_same(collapse(x), collapse(v[0])) for x in v):
+        return collapse(v[0])
+    return v
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return a == b
+    return type(a) is type(b) and a == b
+
+
+def _form(v: Any) -> Any:
+    """The structure of a value, for deciding whether two instances can share a class."""
+    if isinstance(v, tuple):
+        return tuple(_form(x) for x in v)
+    if v is None:
+        return None
+    return "bool" if isinstance(v, bool) else "number" if isinstance(v, (int, float)) else type(v).__name__
+
+
+def _key(v: Any) -> tuple:
+    v = collapse(v)
+    return (_form(v), repr(v))
+
+
+def camel(name: str) -> str:
+    """``basic_block`` -> ``BasicBlock``: a class name hint."""
+    parts = [p for p in name.replace("-", "_").split("_") if p]
+    out = "".join(p[:1].upper() + p[1:] for p in parts) or "Net"
+    return out if out[0].isalpha() else "Net" + out
+
+
+# ----------------------------------------------------------------------------- the planner
+
+
+@dataclass
+class _Draft:
+    """A scope's class before sharing: its steps hold plain values."""
+
+    scope: str
+    kind: str
+    is_block: bool
+    block_args: dict
+    steps: list[Step]
+    inputs: tuple[str, ...]
+    output: str
+    aux_outputs: tuple[str, ...]
+    in_channels: int | None
+    span: Span | None
+    in_shape: tuple[int, ...] | None
+
+    def signature(self) -> tuple:
+        return (self.kind, self.is_block, self.inputs, self.output, tuple(
+            (s.kind, s.output, s.inputs, s.attr, s.op, s.child, s.children,
+             tuple((k, _form(collapse(v))) for k, v in s.args), s.aux) for s in self.steps))
+
+
+class Planner:
+    """Builds the :class:`Plan` of a checked graph (see the module docstring)."""
+
+    def __init__(self, graph: Graph):
+        self.g = graph
+        self.nodes = list(graph.nodes())
+        self.outputs = list(graph.outputs)
+        self.children = self._scope_tree()
+        self.members: dict[str, list[Node]] = {}
+        for n in self.nodes:
+            parts = n.name.split(".")
+            for i in range(1, len(parts)):
+                self.members.setdefault(".".join(parts[:i]), []).append(n)
+        self.boundaries: dict[str, tuple[list[str], list[str]]] = {}
+        self.kinds: dict[str, str] = {}
+        self.class_of: dict[str, str] = {}  # scope -> class id
+        self.instances: dict[str, Instance] = {}
+        self.classes: list[ClassPlan] = []
+        self.variants: dict[str, list[_Draft]] = {}  # block kind -> the first draft of each of its classes
+
+    def _scope_tree(self) -> dict[str, list[str]]:
+        children: dict[str, list[str]] = {"": []}
+        for n in self.nodes:
+            parts = n.name.split(".")
+            for i in range(len(parts)):
+                parent, child = ".".join(parts[:i]), ".".join(parts[:i + 1])
+                kids = children.setdefault(parent, [])
+                if child not in kids:
+                    kids.append(child)
+                if i < len(parts) - 1:
+                    children.setdefault(child, [])
+        return children
+
+    def boundary(self, scope: str) -> tuple[list[str], list[str]]:
+        """The outside values a scope reads, and its values read outside it (or returned), sorted."""
+        if scope not in self.boundaries:
+            inside = {n.name for n in self.members.get(scope, [])}
+            ins, outs = [], []
+            for n in self.members.get(scope, []):
+                for src in self.g.inputs_of(n.name):
+                    if src not in inside and src not in ins:
+                        ins.append(src)
+                if n.name in self.outputs or any(d not in inside for d, _ in self.g.consumers(n.name)):
+                    outs.append(n.name)
+            self.boundaries[scope] = (sorted(ins), sorted(outs))
+        ins, outs = self.boundaries[scope]
+        return list(ins), list(outs)
+
+    def _classify(self, scope: str) -> str:
+        ins, outs = self.boundary(scope)
+        if len(ins) != 1 or len(outs) != 1 or any(n.op == "input" for n in self.members.get(scope, [])):
+            return "inline"
+        kids = self.children[scope]
+        local = [k.rsplit(".", 1)[-1] for k in kids]
+        if local == [str(i) for i in range(len(local))] and all(self.kinds.get(k) == "class" for k in kids):
+            prev = ins[0]
+            for i, kid in enumerate(kids):
+                k_in, k_out = self.boundary(kid)
+                readers = {d for d, _ in self.g.consumers(k_out[0])}
+                last = i == len(kids) - 1
+                if k_in != [prev] or not last and (k_out[0] in self.outputs or any(
+                        d not in {n.name for n in self.members[kids[i + 1]]} for d in readers)):
+                    break
+                prev = k_out[0]
+            else:
+                if prev == outs[0]:
+                    return "sequence"
+        return "class"
+
+    def plan(self) -> Plan:
+        scopes = sorted((s for s in self.children if s), key=lambda s: -s.count("."))
+        for s in scopes:  # deepest first: a parent's kind and class need its children's
+            if s in self.g:
+                raise CnnDslError(f"'{s}' names both a layer and a group of layers", self.g.node(s).span)
+            self.kinds[s] = self._classify(s)
+        first = {s: min(n.order for n in self.members[s]) for s in scopes}
+        height: dict[str, int] = {}
+        for s in scopes:
+            height[s] = max((height[k] for k in self.children[s] if k in height), default=0) + (
+                self.kinds[s] == "class")
+        for h in sorted({height[s] for s in scopes if self.kinds[s] == "class"}):
+            level = sorted((s for s in scopes if self.kinds[s] == "class" and height[s] == h), key=first.get)
+            self._share([self._draft(s) for s in level])
+        root = self._draft("")
+        root_plan = self._finish(root.kind, [root], class_id="", name=camel(self.g.name))
+        return Plan(self.g.name, root_plan, tuple(self.classes), MappingProxyType(dict(self.instances)),
+                    MappingProxyType(dict(self.kinds)), self.g.init, self.g.zero_init_residual,
+                    self.g.init_fc)
+
+    # -- drafts
+    def _draft(self, scope: str) -> _Draft:
+        sc = self.g.scopes.get(scope) if scope else None
+        if sc is not None and sc.kind == "block":
+            kind, is_block, block_args = sc.block, True, dict(sc.args)
+            span = sc.definition or sc.span
+        elif scope:
+            _, outs = self.boundary(scope)
+            kind = {"add": "Residual", "concat": "Branches"}.get(self.g.node(outs[0]).op, camel(scope.rsplit(".", 1)[-1]))
+            is_block, block_args, span = False, {}, sc.span if sc is not None else None
+        else:
+            kind, is_block, block_args = self.g.name, False, {}
+            span = self.g.node(self.g.inputs[0]).span
+        if scope:
+            ins, outs = self.boundary(scope)
+            entry = {ins[0]: ENTRY}
+            inputs, output, aux_outputs = (ENTRY,), outs[0], ()
+            in_shape = self.g.node(ins[0]).shape
+        else:
+            entry = {}
+            inputs, output, aux_outputs = tuple(self.g.inputs), self.g.output, tuple(self.g.aux_outputs)
+            in_shape = None
+
+        def key(name: str) -> str:
+            return entry.get(name) or (name[len(scope) + 1:] if scope else name)
+
+        raw = self._collect(scope, key)
+        steps = self._toposort(raw)
+        if not scope and self.g.aux_outputs:
+            needed = self.g.ancestors([self.g.output])
+            steps = [s for s, _ in steps if s.output in needed] + [
+                Step(**{**s.__dict__, "aux": True}) for s, _ in steps if s.output not in needed]
+        else:
+            steps = [s for s, _ in steps]
+        return _Draft(scope, kind, is_block, block_args, steps, inputs, key(output), tuple(map(key, aux_outputs)),
+                      in_shape[0] if in_shape else None, span, in_shape)
+
+    def _collect(self, scope: str, key) -> list[tuple[Step, int]]:
+        """The steps of ``scope``'s forward (an inline child's layers included), with their graph order."""
+        out = []
+        for kid in self.children[scope]:
+            if kid in self.g:
+                node = self.g.node(kid)
+                if node.op == "input":
+                    continue
+                out.append((Step("layer", key(kid), tuple(map(key, self.g.inputs_of(kid))), key(kid), op=node.op,
+                                 args=layer_args(self.g, node), span=node.span, shape=node.shape), node.order))
+                continue
+            kind = self.kinds[kid]
+            if kind == "inline":
+                out += self._collect_inline(kid, key)
+                continue
+            ins, outs = self.boundary(kid)
+            order = min(n.order for n in self.members[kid])
+            sc = self.g.scopes.get(kid)
+            span = sc.span if sc is not None else None
+            exit_ = self.g.node(outs[0])
+            if kind == "class":
+                inst = self.instances[kid]
+                out.append((Step("call", key(outs[0]), (key(ins[0]),), key(kid), child=inst.cls, args=inst.args,
+                                 span=span or exit_.span, shape=exit_.shape), order))
+            else:
+                kids = self.children[kid]
+                args = tuple((f"{i}.{p}", v) for i, k in enumerate(kids) for p, v in self.instances[k].args)
+                out.append((Step("sequence", key(outs[0]), (key(ins[0]),), key(kid),
+                                 children=tuple(self.instances[k].cls for k in kids), args=args,
+                                 span=span or exit_.span, shape=exit_.shape), order))
+        return out
+
+    def _collect_inline(self, scope: str, key) -> list[tuple[Step, int]]:
+        return self._collect(scope, key)
+
+    @staticmethod
+    def _toposort(steps: list[tuple[Step, int]]) -> list[tuple[Step, int]]:
+        producer = {s.output: i for i, (s, _) in enumerate(steps)}
+        done: set[int] = set()
+        out: list[tuple[Step, int]] = []
+        pending = sorted(range(len(steps)), key=lambda i: steps[i][1])
+        while pending:
+            for i in pending:
+                s = steps[i][0]
+                if all(src not in producer or producer[src] in done for src in s.inputs):
+                    out.append(steps[i])
+                    done.add(i)
+                    pending.remove(i)
+                    break
+            else:  # pragma: no cover - the IR is acyclic
+                raise AssertionError("cycle between steps")
+        return out
+
+    # -- sharing
+    def _share(self, drafts: list[_Draft]) -> None:
+        groups: dict[tuple, list[_Draft]] = {}
+        for d in drafts:
+            groups.setdefault(d.signature(), []).append(d)
+        for members in groups.values():
+            kind = members[0].kind
+            variants = self.variants.setdefault(kind, [])
+            name = camel(kind)
+            if variants:  # a second structure of the same block: named by what it adds
+                first_attrs = {s.attr.split(".")[0] for s in variants[0].steps}
+                extra = [s.attr for s in members[0].steps if s.attr.split(".")[0] not in first_attrs]
+                name += "Downsample" if any("downsample" in a for a in extra) else str(len(variants) + 1)
+            variants.append(members[0])
+            self.classes.append(self._finish(kind, members, class_id=members[0].scope, name=name))
+
+    def _finish(self, kind: str, members: list[_Draft], class_id: str, name: str) -> ClassPlan:
+        rep = members[0]
+        params: list[Param] = []
+        keys: dict[tuple, str] = {}
+        values: list[list[tuple[str, Any]]] = [[] for _ in members]
+        used: set[str] = set()
+
+        block_names = set(rep.block_args)  # a derived hint never takes a block's own name
+
+        def add(key: tuple, hint: str, origin: str, vals: list[Any]) -> str:
+            if key not in keys:
+                pname, n = hint, 1
+                while origin != "block" and (pname in used or pname in block_names):
+                    n += 1
+                    pname = f"{hint}{n}"
+                used.add(pname)
+                keys[key] = pname
+                params.append(Param(pname, origin))
+                for j, v in enumerate(vals):
+                    values[j].append((pname, v))
+            return keys[key]
+
+        def resolve(vals: list[Any], hint: str) -> Any:
+            flat = [collapse(v) for v in vals]
+            if all(_same(v, flat[0]) for v in flat):
+                return vals[0]
+            for p in rep.block_args:
+                pv = [m.block_args.get(p) for m in members]
+                if all(_same(v, collapse(q)) for v, q in zip(flat, pv)):
+                    like = None if isinstance(pv[0], tuple) else vals[0]  # a scalar parameter fills a pair
+                    return Ref(add(("block", p), p, "block", pv), 1, like)
+                ints = all(isinstance(q, int) and not isinstance(q, bool) for q in pv + flat)
+                if ints and pv[0]:
+                    k = flat[0] // pv[0]
+                    if k > 1 and all(v == k * q for v, q in zip(flat, pv)):
+                        return Ref(add(("block", p), p, "block", pv), k, vals[0])
+            if all(m.in_channels is not None and _same(v, m.in_channels) for v, m in zip(flat, members)):
+                return Ref(add(("in_channels",), "in_channels", "in_channels", [m.in_channels for m in members]),
+                           1, vals[0])
+            return Ref(add(("derived", *map(_key, vals)), hint, "derived", vals), 1, None)  # the values in full
+
+        steps = []
+        for i, step in enumerate(rep.steps):
+            args = []
+            for j, (arg, v) in enumerate(step.args):
+                vals = [m.steps[i].args[j][1] for m in members]
+                local = step.attr.rsplit(".", 1)[-1]
+                arg_hint = arg.replace(".", "_")
+                if local.isdigit():  # an element of a numbered sequence: named after its op, or the argument alone
+                    hint = f"{step.op}_{arg_hint}" if step.op else arg_hint
+                else:
+                    hint = f"{local}_{arg_hint}"
+                args.append((arg, resolve(vals, hint)))
+            shapes = [m.steps[i].shape for m in members]
+            shape = tuple(d if all(s[k] == d for s in shapes) else None for k, d in enumerate(step.shape))
+            steps.append(Step(**{**step.__dict__, "args": tuple(args), "shape": shape}))
+        for m, vals in zip(members, values):
+            self.instances[m.scope] = Instance(m.scope, class_id, tuple(vals))
+            self.class_of[m.scope] = class_id
+        return ClassPlan(class_id, name, kind, rep.is_block, tuple(params), tuple(steps), rep.inputs, rep.output,
+                         rep.aux_outputs, tuple(m.scope for m in members), rep.span, rep.in_shape)
+
+
+def make_plan(graph: Graph) -> Plan:
+    """The :class:`Plan` of a checked graph (a :class:`cnndsl.Network`'s ``.graph``)."""
+    return Planner(graph).plan()
