@@ -1,4 +1,4 @@
-"""The IR: one directed graph per network, networkx kept behind a small class.
+"""The IR: one directed graph per network, kept behind a small class.
 
 Nodes are layers keyed by a stable, readable, unique dotted name
 (``layer1.0.conv1``) that the backends reuse for module and parameter names.
@@ -6,7 +6,8 @@ Each node holds its op kind, its arguments with every default filled in, and
 its source span; passes add ``shape``, ``params``, ``macs`` and
 ``activations``, and keep their own records in ``meta`` (never in ``args``,
 which are the layer as written: what ``expand`` prints and the arch hash reads). Edges carry the operand position (``port``), so concat order
-and ``add(x, x)`` are explicit.
+and ``add(x, x)`` are explicit. The graph's own adjacency is the only store;
+:meth:`Graph.to_networkx` builds a networkx view on demand for its algorithms.
 
 >>> g = Graph("tiny")
 >>> _ = g.add("x", "input", {"shape": (1, 8, 8)}, None, [])
@@ -82,18 +83,21 @@ def scope_of(name: str, scopes) -> str | None:
 
 
 class Graph:
-    """A network as a DAG of layers. All networkx access stays inside this class."""
+    """A network as a DAG of layers.
+
+    The adjacency below is the one store of nodes and edges: ``_in`` (operands by port) and ``_out``
+    (its reverse index, the consumers) change together, only in :meth:`_link` and :meth:`_unlink`.
+    networkx is a view built on demand (:meth:`to_networkx`); all networkx use stays inside this class.
+    """
 
     def __init__(self, name: str, params: dict | None = None):
-        self._g = nx.MultiDiGraph()
         self._nodes: dict[str, Node] = {}
         self._counter = 0
-        self._topo: list[str] | None = None  # cached order; every mutation clears it
-        self._members: tuple[list[str], dict[str, list[Node]]] | None = None  # (the order it follows, scope -> layers)
-        # Operands by port and consumers, kept beside the networkx graph: the passes ask for them per node,
-        # and networkx's edge views cost more than the rest of a pass.
-        self._in: dict[str, dict[int, str]] = {}
-        self._out: dict[str, set[tuple[str, int]]] = {}
+        self._in: dict[str, dict[int, str]] = {}  # node -> {port: operand}
+        self._out: dict[str, set[tuple[str, int]]] = {}  # node -> {(consumer, port)}
+        # Caches derived from the store; every mutation clears them (:meth:`_changed`).
+        self._topo: list[str] | None = None  # topological order
+        self._members: dict[str, list[Node]] | None = None  # scope -> its layers, in topological order
         self.name = name
         self.params: dict[str, Any] = dict(params or {})
         self.inputs: list[str] = []
@@ -115,45 +119,49 @@ class Graph:
         node = Node(name, op, args, span, self._counter)
         self._counter += 1
         self._nodes[name] = node
-        self._g.add_node(name)
         self._in[name], self._out[name] = {}, set()
         for port, src in enumerate(inputs):
             self._link(src, name, port)
-        self._topo = None
+        self._changed()
         return node
 
+    def _changed(self) -> None:
+        """Drop the caches derived from the store: every mutating method calls this."""
+        self._topo = None
+        self._members = None
+
     def _link(self, src: str, dst: str, port: int) -> None:
-        self._g.add_edge(src, dst, key=port, port=port)
         self._in[dst][port] = src
         self._out[src].add((dst, port))
 
+    def _unlink(self, src: str, dst: str, port: int) -> None:
+        del self._in[dst][port]
+        self._out[src].discard((dst, port))
+
     def remove(self, name: str) -> None:
         """Remove a node and its edges; its consumers' operands are left to :meth:`connect`."""
-        del self._nodes[name]
-        self._g.remove_node(name)
-        for port, src in self._in.pop(name).items():
-            self._out[src].discard((name, port))
-        for dst, port in self._out.pop(name):
-            del self._in[dst][port]
-        self._topo = None
+        for port, src in list(self._in[name].items()):
+            self._unlink(src, name, port)
+        for dst, port in list(self._out[name]):
+            self._unlink(name, dst, port)
+        del self._nodes[name], self._in[name], self._out[name]
+        self._changed()
 
     def rewire(self, name: str, port: int, new_src: str) -> None:
         """Make operand ``port`` of ``name`` come from ``new_src``."""
-        old = self._in[name][port]
-        self._g.remove_edge(old, name, key=port)
-        self._out[old].discard((name, port))
+        self._unlink(self._in[name][port], name, port)
         self._link(new_src, name, port)
-        self._topo = None
+        self._changed()
 
     def connect(self, src: str, dst: str, port: int) -> None:
         """Add operand ``port`` of ``dst`` (after its old source was removed)."""
         self._link(src, dst, port)
-        self._topo = None
+        self._changed()
 
     def reorder_after(self, name: str, anchor: str) -> None:
         """Give a node an order just after ``anchor`` (for nodes added by a rewrite)."""
         self._nodes[name].order = self._nodes[anchor].order  # ties broken by name in topo_order
-        self._topo = None
+        self._changed()
 
     # -- reading
     def __contains__(self, name: str) -> bool:
@@ -183,6 +191,13 @@ class Graph:
 
     def _topological_order(self) -> list[str]:
         """Kahn's algorithm, always taking the ready node that came first in the source (then by name)."""
+        order = self._kahn()
+        if len(order) != len(self._nodes):
+            self.verify()  # reports the cycle
+        return order
+
+    def _kahn(self) -> list[str]:
+        """The deterministic topological order; shorter than the graph when there is a cycle."""
         waiting = {name: len(ports) for name, ports in self._in.items()}
         ready = [(node.order, name) for name, node in self._nodes.items() if not waiting[name]]
         heapq.heapify(ready)
@@ -194,9 +209,24 @@ class Graph:
                 waiting[dst] -= 1
                 if not waiting[dst]:
                     heapq.heappush(ready, (self._nodes[dst].order, dst))
-        if len(order) != len(self._nodes):
-            self.verify()  # reports the cycle
         return order
+
+    def to_networkx(self) -> nx.MultiDiGraph:
+        """A new networkx view of the graph, for its algorithms: edges keyed and labelled by ``port``.
+
+        Built on demand and not kept: changing it does not change the graph.
+
+        >>> g = Graph("tiny")
+        >>> _ = g.add("x", "input", {"shape": (1, 8, 8)}, None, [])
+        >>> _ = g.add("sum", "add", {}, None, ["x", "x"])
+        >>> sorted(g.to_networkx().edges(keys=True, data="port"))
+        [('x', 'sum', 0, 0), ('x', 'sum', 1, 1)]
+        """
+        view = nx.MultiDiGraph()
+        view.add_nodes_from(self._nodes)
+        for dst, ports in self._in.items():
+            view.add_edges_from((ports[p], dst, p, {"port": p}) for p in sorted(ports))
+        return view
 
     def ancestors(self, names) -> set[str]:
         """The given nodes and every node they depend on (e.g. the main output's path, aux heads excluded)."""
@@ -220,14 +250,14 @@ class Graph:
         """
         if not scope:
             return []
-        if self._topo is None or self._members is None or self._members[0] is not self._topo:
+        if self._members is None:
             members: dict[str, list[Node]] = {}
             for n in self.nodes():
                 parts = n.name.split(".")
                 for i in range(1, len(parts)):
                     members.setdefault(".".join(parts[:i]), []).append(n)
-            self._members = (self._topo, members)
-        return list(self._members[1].get(scope, []))
+            self._members = members
+        return list(self._members.get(scope, []))
 
     def scope_boundary(self, scope: str) -> tuple[list[str], list[str]]:
         """The outside values ``scope`` reads, and its values read outside it or returned (each sorted by name)."""
@@ -247,8 +277,8 @@ class Graph:
 
     def verify(self) -> None:
         """Check well-formedness: acyclic, contiguous ports, operand counts, outputs exist."""
-        if not nx.is_directed_acyclic_graph(self._g):
-            cycle = nx.find_cycle(self._g)
+        if self._topo is None and len(self._kahn()) != len(self._nodes):  # a cached order is a full one
+            cycle = nx.find_cycle(self.to_networkx())
             raise CnnDslError(f"the network has a cycle through '{cycle[0][0]}'",
                               self._nodes[cycle[0][0]].span)
         for node in self._nodes.values():
