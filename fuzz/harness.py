@@ -15,7 +15,7 @@ An input passes when it ends in one of two ways:
 
 * a clean error: :class:`cnndsl.CnnDslError` rendered as ``file:line:col: error: ...`` (or ``error: ...``
   for a whole-file problem), no traceback;
-* a network, whose PyTorch and JAX sources each either parse as Python or are refused with a clean,
+* a network, whose PyTorch, JAX and Flax NNX sources each either parse as Python or are refused with a clean,
   positioned error; a sample of the ones that parse are imported and run in a sandbox process (below).
 
 Anything else fails: another exception, generated code that does not parse, an input that takes more than
@@ -50,6 +50,10 @@ MEMORY_LIMIT = 8 * 2**30  # bytes of address space for a worker process
 #: Networks up to this size are also imported and run in the sandbox (bigger ones only compile and parse).
 RUN_MAX_PARAMS = 2_000_000
 RUN_MAX_MACS = 50_000_000
+#: Flax NNX models initialise eagerly (an XLA compilation per kernel shape on a CPU): every compiled network's
+#: Flax source is parsed, and every FLAX_RUN_EVERY-th one is also built and run in the sandbox.
+FLAX_RUN_EVERY = 10
+BACKENDS = ("torch", "jax", "flax")
 
 # ----------------------------------------------------------------------------- the corpus
 
@@ -310,7 +314,7 @@ def check(strategy: str, index: int, name: str, data: bytes, workdir: Path) -> O
             why = _clean(e, "load")
             return Outcome(strategy, index, "failure" if why else "refused", why or "")
         runs, refused = [], 0
-        for backend in ("torch", "jax"):
+        for backend in BACKENDS:
             stage = f"compile --backend {backend}"
             try:
                 source = cnndsl.compile(net, backend)
@@ -321,7 +325,8 @@ def check(strategy: str, index: int, name: str, data: bytes, workdir: Path) -> O
                 refused += 1
                 continue
             ast.parse(source)  # compile already parses it; a second look costs little and checks the claim
-            if net.params <= RUN_MAX_PARAMS and net.macs <= RUN_MAX_MACS:
+            if net.params <= RUN_MAX_PARAMS and net.macs <= RUN_MAX_MACS and (
+                    backend != "flax" or index % FLAX_RUN_EVERY == 0):
                 out = workdir / f"{strategy}_{index}_{backend}.py"
                 out.write_text(source, encoding="utf-8")
                 shapes = [net.graph.node(i).shape for i in net.graph.inputs]
@@ -346,6 +351,7 @@ resource.setrlimit(resource.RLIMIT_AS, (int(sys.argv[1]),) * 2)
 import numpy as np
 import torch
 import jax, jax.numpy as jnp
+from flax import nnx
 
 BAD = ("os.system", "os.exec", "os.posix_spawn", "os.spawn", "os.fork", "subprocess.Popen", "os.remove",
        "os.rename", "os.rmdir", "os.mkdir", "os.chmod", "os.symlink", "os.link", "os.truncate", "shutil.",
@@ -371,6 +377,12 @@ for line in sys.stdin:
             model = classes[-1]().eval()
             with torch.no_grad():
                 model(*(torch.randn(2, *s) for s in shapes))
+        elif backend == "flax":
+            classes = [v for v in vars(module).values()
+                       if isinstance(v, type) and issubclass(v, nnx.Module) and v.__module__ == "generated"]
+            model = classes[-1](rngs=nnx.Rngs(0))
+            model.eval()
+            model(*(jnp.zeros((2, s[1], s[2], s[0]) if len(s) == 3 else (2, *s)) for s in shapes))
         else:
             variables = module.init(jax.random.PRNGKey(0))
             xs = [jnp.zeros((2, s[1], s[2], s[0]) if len(s) == 3 else (2, *s)) for s in shapes]
