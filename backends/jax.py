@@ -1,28 +1,41 @@
-"""The JAX backend: a checked IR -> the source of a pure-function JAX model.
+"""The JAX backend: a printer of the :mod:`~cnndsl.backends.plan` as pure JAX functions.
 
 The generated module imports jax alone (no Flax, no cnndsl) and defines
 
-* ``init(key) -> variables``, ``variables = {"params": ..., "batch_stats": ...}``
-  nested by the layers' dotted names, as Flax lays them out (conv and fc
-  ``kernel`` / ``bias``, batch norm ``scale`` / ``bias`` and ``mean`` / ``var``);
-* ``apply(variables, x, *, train=False, rng=None)``: NHWC in, the main output
-  out; with ``train=True`` it returns ``(outputs, new_batch_stats)``, where
-  ``outputs`` is the main output, or ``(main, aux1, ...)`` when the network has
-  auxiliary heads, and ``rng`` (a ``jax.random`` key) drives dropout.
+* one pair of functions per class of the plan (a block shared by its instances): ``init_basic(key, *, c,
+  dtype, param_dtype)`` makes one instance's variables and ``basic(params, stats, x, *, train)`` runs its
+  forward; each takes, as keywords, the constructor parameters of the plan it needs (named after the .cnn
+  block's own parameters) and only the arguments it uses (a block without batch norms has no ``stats``,
+  returns no new ones; one without dropout has no ``rng``). The network's own forward calls them, with a
+  loop over a run of identical blocks in a sequence, so that ResNet-152 is a few hundred lines, not thousands;
+* ``init(key, *, dtype=jnp.float32, param_dtype=None) -> variables``, ``variables = {"params": ...,
+  "batch_stats": ...}`` nested by the layers' dotted names, as Flax lays them out (conv and fc ``kernel`` /
+  ``bias``, batch norm ``scale`` / ``bias`` and ``mean`` / ``var``). Each layer draws from its own key: the
+  network's key folded (``jax.random.fold_in``) with each component of the layer's dotted name in turn, a
+  name as its CRC-32 and an index as itself, constants computed here (:func:`path_hash`). A layer's initial
+  values depend on its name and shape alone: inserting a layer before it changes none of them.
+  ``dtype`` is the variables' dtype and ``param_dtype`` (``None``: ``dtype``) the parameters'; unlike Flax
+  linen, whose ``param_dtype`` defaults to float32 whatever the computation's ``dtype``, one ``dtype``
+  makes a whole bfloat16 model. ``apply`` computes in the promotion of its input's dtype and the
+  parameters' (Flax's ``dtype=None``): a bfloat16 batch through float32 parameters computes in float32;
+* ``apply(variables, x, *, train=False, rng=None)``: NHWC in, the main output out; with ``train=True`` it
+  returns ``(outputs, new_batch_stats)``, where ``outputs`` is the main output, or ``(main, aux1, ...)``
+  when the network has auxiliary heads (traced in training only), and ``rng`` (a ``jax.random`` key, folded
+  with each dropout's path as init's key is) drives dropout.
 
-Semantics follow PyTorch exactly (the torch backend is the reference): the IR's
-explicit padding pairs, ceil-mode pooling as extra bottom/right padding that an
-average pool does not count, PyTorch's LRN, adaptive pooling bins and
-ConvTranspose2d, and the running-statistics update of BatchNorm2d. Weights move
-between the backends with :mod:`cnndsl.convert`.
+Semantics follow PyTorch exactly (the torch backend is the reference): the IR's explicit padding pairs,
+ceil-mode pooling as extra bottom/right padding that an average pool does not count, PyTorch's LRN,
+adaptive pooling bins and ConvTranspose2d, and the running-statistics update of BatchNorm2d (the variance's
+unbiased). Weights move between the backends with :mod:`cnndsl.convert`.
 """
 
 from __future__ import annotations
 
 import io
-import math
+import os
+import re
 import tokenize
-from pathlib import Path
+import zlib
 from typing import Any
 
 from cnndsl.backends.base import (
@@ -35,28 +48,38 @@ from cnndsl.backends.base import (
     docstring_text,
     string_literal,
 )
+from cnndsl.backends.plan import ClassPlan, Plan, Ref, Step, collapse, make_plan
 
 from cnndsl.convert import flattens_channel_major
-from cnndsl.ir import Graph, Node
 from cnndsl.network import Network
 
 # Helper functions the generated module may define; each is emitted only if a layer uses it.
 HELPERS: dict[str, str] = {
+    "key": '''
+def _key(key, *path):
+    """The key of a layer or block: ``key`` folded with each component of its path (None stays None)."""
+    for part in path:
+        key = None if key is None else jax.random.fold_in(key, part)
+    return key
+''',
     "conv": '''
 def _conv(x, p, stride, padding, dilation=(1, 1), groups=1):
     """2-D convolution of an NHWC batch with an HWIO kernel and explicit (low, high) padding."""
-    y = jax.lax.conv_general_dilated(x, p["kernel"], stride, padding, rhs_dilation=dilation,
-                                     dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups)
+    dtype = jnp.result_type(x, p["kernel"])
+    y = jax.lax.conv_general_dilated(x.astype(dtype), p["kernel"].astype(dtype), stride, padding,
+                                     rhs_dilation=dilation, dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                     feature_group_count=groups)
     return y + p["bias"] if "bias" in p else y
 ''',
     "conv_transpose": '''
 def _conv_transpose(x, p, stride, padding, output_padding, dilation=(1, 1), groups=1):
     """PyTorch's ConvTranspose2d: a stride-1 convolution, with the kernel flipped, over the input
     dilated by the stride and padded by dilation * (kernel - 1) - padding (plus output_padding at the end)."""
-    kernel = p["kernel"]
+    dtype = jnp.result_type(x, p["kernel"])
+    kernel = p["kernel"].astype(dtype)
     pads = [(d * (k - 1) - lo, d * (k - 1) - hi + extra)
             for k, d, (lo, hi), extra in zip(kernel.shape[:2], dilation, padding, output_padding, strict=True)]
-    y = jax.lax.conv_general_dilated(x, jnp.flip(kernel, (0, 1)), (1, 1), pads, lhs_dilation=stride,
+    y = jax.lax.conv_general_dilated(x.astype(dtype), jnp.flip(kernel, (0, 1)), (1, 1), pads, lhs_dilation=stride,
                                      rhs_dilation=dilation, dimension_numbers=("NHWC", "HWIO", "NHWC"),
                                      feature_group_count=groups)
     return y + p["bias"] if "bias" in p else y
@@ -116,8 +139,8 @@ def _batch_norm(x, p, stats, train, momentum, eps):
         axes = tuple(range(x.ndim - 1))
         mean, var = x.mean(axes), x.var(axes)
         n = x.size // x.shape[-1]
-        stats = {"mean": (1 - momentum) * stats["mean"] + momentum * mean,
-                 "var": (1 - momentum) * stats["var"] + momentum * var * n / max(n - 1, 1)}
+        stats = {"mean": ((1 - momentum) * stats["mean"] + momentum * mean).astype(stats["mean"].dtype),
+                 "var": ((1 - momentum) * stats["var"] + momentum * var * n / max(n - 1, 1)).astype(stats["var"].dtype)}
     else:
         mean, var = stats["mean"], stats["var"]
     y = (x - mean) * jax.lax.rsqrt(var + eps)
@@ -130,412 +153,730 @@ def _dropout(x, rate, key):
     return jnp.where(keep, x / (1.0 - rate), 0.0)
 ''',
     "uniform": '''
-def _uniform(u, start, shape, fan_in):
-    """PyTorch's default initialisation, U(-1/sqrt(fan_in), 1/sqrt(fan_in)), from u[start:], a U(-1, 1) draw."""
-    size = math.prod(shape)
-    return u[start:start + size].reshape(shape) * fan_in ** -0.5
+def _uniform(key, shape, fan_in, bias, dtype):
+    """PyTorch's default initialisation: kernel and bias U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    bound = fan_in ** -0.5
+    p = {"kernel": jax.random.uniform(jax.random.fold_in(key, 0), shape, dtype, -bound, bound)}
+    if bias:
+        p["bias"] = jax.random.uniform(jax.random.fold_in(key, 1), shape[-1:], dtype, -bound, bound)
+    return p
 ''',
     "he_normal": '''
-def _he_normal(n, start, shape, fan_out):
-    """He (Kaiming) normal initialisation for ReLU networks, fan-out mode, N(0, 2 / fan_out), from n[start:]."""
-    size = math.prod(shape)
-    return n[start:start + size].reshape(shape) * (2.0 / fan_out) ** 0.5
+def _he_normal(key, shape, fan_out, bias, dtype):
+    """He (Kaiming) normal initialisation for ReLU networks, fan-out mode: N(0, 2 / fan_out); bias 0."""
+    p = {"kernel": jax.random.normal(jax.random.fold_in(key, 0), shape, dtype) * (2.0 / fan_out) ** 0.5}
+    if bias:
+        p["bias"] = jnp.zeros(shape[-1:], dtype)
+    return p
 ''',
     "glorot_uniform": '''
-def _glorot_uniform(u, start, shape, fan_in, fan_out):
-    """Glorot (Xavier) uniform initialisation, U(-a, a) with a = sqrt(6 / (fan_in + fan_out)), from u[start:]."""
-    size = math.prod(shape)
-    return u[start:start + size].reshape(shape) * (6.0 / (fan_in + fan_out)) ** 0.5
+def _glorot_uniform(key, shape, fan_in, fan_out, bias, dtype):
+    """Glorot (Xavier) uniform initialisation: U(-a, a) with a = sqrt(6 / (fan_in + fan_out)); bias 0."""
+    bound = (6.0 / (fan_in + fan_out)) ** 0.5
+    p = {"kernel": jax.random.uniform(jax.random.fold_in(key, 0), shape, dtype, -bound, bound)}
+    if bias:
+        p["bias"] = jnp.zeros(shape[-1:], dtype)
+    return p
 ''',
     "normal": '''
-def _normal(n, start, shape, std):
-    """N(0, std^2), from n[start:], a standard normal draw."""
-    size = math.prod(shape)
-    return n[start:start + size].reshape(shape) * std
+def _normal(key, shape, std, bias, dtype):
+    """N(0, std^2); bias 0."""
+    p = {"kernel": jax.random.normal(jax.random.fold_in(key, 0), shape, dtype) * std}
+    if bias:
+        p["bias"] = jnp.zeros(shape[-1:], dtype)
+    return p
+''',
+    "bn_params": '''
+def _bn_params(features, dtype, zero=False):
+    """A batch norm's scale (ones, or zeros for a residual body's last under zero_init_residual) and bias."""
+    return {"scale": (jnp.zeros if zero else jnp.ones)(features, dtype), "bias": jnp.zeros(features, dtype)}
+''',
+    "bn_stats": '''
+def _bn_stats(features, dtype):
+    """A batch norm's running statistics before any training: mean 0, variance 1."""
+    return {"mean": jnp.zeros(features, dtype), "var": jnp.ones(features, dtype)}
 ''',
 }
 
 #: The longest line the generated module has (where the layer names allow): ruff's E501 limit, 120.
 WIDTH = 120
 
-# Names the generated module uses for itself; layer variables never take them.
-RESERVED = ("jax", "jnp", "math", "init", "apply", "key", "key_u", "key_n", "u", "n", "variables", "params", "stats",
-            "new_stats", "train", "rng", "rngs", "x", "INPUT_SHAPE", *(f"_{h}" for h in HELPERS))
+#: Names the generated module defines at its top level.
+MODULE_GLOBALS = frozenset({"jax", "jnp", "init", "apply", "INPUT_SHAPE", *(f"_{h}" for h in HELPERS)})
+#: The arguments and locals of the generated functions: a plan's parameter or a value never takes them.
+LOCALS = frozenset({"variables", "params", "stats", "new_stats", "x", "train", "rng", "key", "dtype", "param_dtype",
+                    "i"})
+#: Between a statement and its trailing comment in the printer's lines (no code or comment text holds it).
+COMMENT = "\x00"
+#: The ops with weights (a kernel and maybe a bias).
+WEIGHT_OPS = frozenset({"conv", "deconv", "fc"})
 
 
-def _shape(shape: tuple[int, ...]) -> str:
-    """A logical (C, H, W) shape in the generated code's NHWC order."""
-    if len(shape) == 3:
-        c, h, w = shape
-        return f"{h}x{w}x{c}"
-    return "x".join(map(str, shape))
+def path_hash(part: str) -> int:
+    """What a key is folded with for one component of a dotted layer name: an index (a sequence's
+    element) as itself, a name as the CRC-32 of its UTF-8 bytes. A compile-time constant.
+
+    >>> path_hash("3"), hex(path_hash("conv1"))
+    (3, '0x110725b5')
+    """
+    if re.fullmatch("[0-9]{1,9}", part):
+        return int(part)
+    return zlib.crc32(part.encode("utf-8"))
 
 
-def _tuple(values) -> str:
-    values = tuple(values)
-    return f"({values[0]},)" if len(values) == 1 else "(" + ", ".join(map(str, values)) + ")"
+def _hash_text(part: str) -> str:
+    h = path_hash(part)
+    return str(h) if re.fullmatch("[0-9]{1,9}", part) else f"0x{h:08x}"
 
 
-def _path(name: str) -> str:
-    """A dotted layer name as the subscripts into the variable tree: ``["layer1"]["0"]["conv1"]``."""
-    return "".join(f"[{string_literal(part)}]" for part in name.split("."))
+def _lit(v: Any) -> str:
+    if isinstance(v, tuple):
+        return "(" + ", ".join(_lit(x) for x in v) + ("," if len(v) == 1 else "") + ")"
+    if isinstance(v, bool):
+        return "True" if v else "False"
+    return repr(v)
 
 
-def _ceil_extra(node: Node, in_shape: tuple[int, ...]) -> tuple[int, int]:
-    """The extra bottom/right padding ceil mode needs for the output size the IR inferred."""
-    _, h, w = in_shape
-    extra = []
-    for size, out, k, s, (lo, hi) in zip((h, w), node.shape[1:], node.args["k"], node.args["s"], node.args["p"]):
-        extra.append(max(0, (out - 1) * s + k - (size + lo + hi)))
-    return (extra[0], extra[1])
+def _like(like: Any, leaf: str) -> str:
+    """``leaf`` in the structure of ``like``: ``(k, k)`` for a pair."""
+    if isinstance(like, tuple):
+        return "(" + ", ".join(_like(x, leaf) for x in like) + ("," if len(like) == 1 else "") + ")"
+    return leaf
+
+
+def _text(v: int | str) -> str:
+    return str(v)
+
+
+def _shape_text(shape) -> str:
+    """A step's logical shape in NHWC order for a comment: ``56x56x64`` (a letter where instances differ)."""
+    letters = "CHW" if len(shape) == 3 else "N"
+    dims = [str(d) if d is not None else letters[i] for i, d in enumerate(shape)]
+    if len(dims) == 3:
+        dims = [dims[1], dims[2], dims[0]]
+    return "x".join(dims)
+
+
+def _snake(name: str) -> str:
+    """``BasicDownsample`` -> ``basic_downsample``: a function name hint."""
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name).lower()
+
+
+def _subs(parts) -> str:
+    """Subscripts into a variables tree: ``["layer1"]["0"]``, from literal keys or expressions (``str(i)``)."""
+    return "".join(f"[{p}]" for p in parts)
+
+
+def _keys(attr: str) -> list[str]:
+    return [string_literal(part) for part in attr.split(".")]
+
+
+def _hashes(attr: str) -> list[str]:
+    return [_hash_text(part) for part in attr.split(".")]
+
+
+class _ClassPrinter:
+    """Prints one class of the plan: its forward function and its init function (the network's: apply, init)."""
+
+    def __init__(self, printer: JaxEmitter, cls: ClassPlan):
+        self.p = printer
+        self.cls = cls
+        self.is_root = cls.id == ""
+        if self.is_root:
+            self.fn, self.init_fn = "apply", "init"
+        else:
+            self.fn = printer.globals.name(_snake(cls.name))
+            self.init_fn = printer.globals.name(f"init_{_snake(cls.name)}")
+        local = Namespace(printer.globals.taken() | LOCALS)
+        self.params: dict[str, str] = {}
+        for prm in cls.params:
+            self.params[prm.name] = prm.name if local.is_free(prm.name) else local.name(prm.name)
+            local.reserve(self.params[prm.name])
+        self.local_taken = local.taken()
+        kids = [printer.classes[c] for s in cls.steps for c in ((s.child,) if s.kind == "call" else s.children)]
+        layers = [s for s in cls.steps if s.kind == "layer"]
+        self.random = any(s.op in WEIGHT_OPS for s in layers) or any(k.random for k in kids)
+        self.has_params = self.random or any(s.op == "bn" and s.arg("affine") is not False for s in layers) or any(
+            k.has_params for k in kids)
+        self.has_stats = any(s.op == "bn" for s in layers) or any(k.has_stats for k in kids)
+        self.has_rng = any(s.op == "dropout" and collapse(s.arg("p")) not in (0.0, 1.0) for s in layers) or any(
+            k.has_rng for k in kids)
+        self.needs_train = self.has_stats or any(s.op == "dropout" for s in layers) or any(k.needs_train for k in kids)
+        self.used: set[str] = set()
+        self.fwd_used: set[str] = set()
+        self.init_used: set[str] = set()
+        self.created: set[tuple] = set()
+
+    # -- values
+    def ref(self, v: Ref) -> str:
+        self.used.add(v.param)
+        e = self.params[v.param]
+        return e if v.factor == 1 else f"{v.factor} * {e}"
+
+    def val(self, v: Any) -> str:
+        """A value in full (a pair as a pair): a literal, or an expression of the function's parameters."""
+        if isinstance(v, Ref):
+            return _like(v.like, self.ref(v))
+        return _lit(v)
+
+    def num(self, v: Any) -> int | str:
+        """A number (channels, features): an int, or an expression."""
+        return self.ref(v) if isinstance(v, Ref) else v
+
+    def pair(self, v: Any) -> list[int | str]:
+        """A (height, width) pair's two numbers: ints, or expressions."""
+        if isinstance(v, Ref):
+            e = self.ref(v)
+            return [e] * len(v.like) if isinstance(v.like, tuple) else [f"{e}[0]", f"{e}[1]"]
+        return list(v)
+
+    @staticmethod
+    def prod(*terms: int | str) -> str:
+        """A product as an expression, its constant part folded."""
+        const, names = 1, []
+        for t in terms:
+            if isinstance(t, int):
+                const *= t
+            else:
+                names.append(t)
+        return " * ".join(names + ([str(const)] if const != 1 or not names else []))
+
+    @staticmethod
+    def div(a: int | str, b: int | str) -> int | str:
+        if isinstance(a, int) and isinstance(b, int):
+            return a // b
+        return a if b == 1 else f"{a} // {b}"
+
+    def ensure(self, lines: list[str], trees: str | list[str], parts: list[str]) -> None:
+        """A statement for each dict above ``tree[parts]`` not created yet, for each tree (then it counts as created)."""
+        trees = [trees] if isinstance(trees, str) else trees
+        for k in range(1, len(parts)):
+            missing = [t for t in trees if (t, *parts[:k]) not in self.created]
+            if missing:
+                lines.append(f"{', '.join(t + _subs(parts[:k]) for t in missing)} = {', '.join('{}' for _ in missing)}")
+                self.created.update((t, *parts[:k]) for t in missing)
+        self.created.update((t, *parts) for t in trees)
+
+    # -- init
+    def init_layer(self, step: Step) -> list[str]:
+        op, a = step.op, dict(step.args)
+        keys = _keys(step.attr)
+        if op == "bn":
+            out = []
+            features = _text(self.num(a["features"]))
+            if a["affine"] is not False:
+                self.p.helpers.add("bn_params")
+                zero = a["zero_init"]
+                more = ", zero=True" if zero is True else (f", zero={self.val(zero)}" if isinstance(zero, Ref) else "")
+                self.ensure(out, "params", keys)
+                line = f"params{_subs(keys)} = _bn_params({features}, param_dtype{more})"
+                if isinstance(a["affine"], Ref):
+                    line = f"if {self.val(a['affine'])}:\n    {line}"
+                out.append(line)
+            self.p.helpers.add("bn_stats")
+            self.ensure(out, "stats", keys)
+            out.append(f"stats{_subs(keys)} = _bn_stats({features}, dtype)")
+            return out
+        if op not in WEIGHT_OPS:
+            return []
+        if op in ("conv", "deconv"):
+            kh, kw = self.pair(a["k"])
+            cin, c, g = self.num(a["in_channels"]), self.num(a["c"]), self.num(a["groups"])
+            shape = (kh, kw, self.div(cin, g), c)
+            if op == "conv":  # PyTorch's fans, of its (O, I/g, kh, kw) weight
+                fan_in, fan_out = self.prod(kh, kw, self.div(cin, g)), self.prod(kh, kw, c)
+            else:  # of a ConvTranspose2d weight, laid out (I, O/g, kh, kw)
+                fan_in, fan_out = self.prod(kh, kw, self.div(c, g)), self.prod(kh, kw, cin)
+        else:
+            n_in, c = self.num(a["in_features"]), self.num(a["c"])
+            shape, fan_in, fan_out = (n_in, c), self.prod(n_in), self.prod(c)
+        key = f"_key(key, {', '.join(_hashes(step.attr))})"
+        self.p.helpers.add("key")
+        shape_text = "(" + ", ".join(map(_text, shape)) + ")"
+        bias = self.val(a["bias"])
+        scheme, dense = self.p.plan.init, op == "fc"
+        if scheme is None or dense and not self.p.plan.init_fc:  # PyTorch's own default
+            call = f"_uniform({key}, {shape_text}, fan_in={fan_in}"
+            helper = "uniform"
+        elif scheme == "kaiming" and dense:
+            call, helper = f"_normal({key}, {shape_text}, std=0.01", "normal"
+        elif scheme == "kaiming":
+            call, helper = f"_he_normal({key}, {shape_text}, fan_out={fan_out}", "he_normal"
+        elif scheme in ("xavier", "glorot"):
+            call = f"_glorot_uniform({key}, {shape_text}, fan_in={fan_in}, fan_out={fan_out}"
+            helper = "glorot_uniform"
+        else:
+            raise Unsupported(f"initialisation '{scheme}' is not supported by the JAX backend", step.span)
+        self.p.helpers.add(helper)
+        out: list[str] = []
+        self.ensure(out, "params", keys)
+        out.append(f"params{_subs(keys)} = {call}, bias={bias}, dtype=param_dtype)")
+        return out
+
+    def init_call(self, child: _ClassPrinter, args, keys: list[str], hashes: list[str]) -> str:
+        """The init of one child instance, assigned to its subtrees (``keys`` into them, ``hashes`` to its key)."""
+        kws = []
+        if child.random:
+            self.p.helpers.add("key")
+            kws.append(f"_key(key, {', '.join(hashes)})")
+        kws += [f"{child.params[k]}={self.val(v)}" for k, v in args if k in child.init_used]
+        if child.has_stats:
+            kws.append("dtype=dtype")
+        if child.has_params:
+            kws.append("param_dtype=param_dtype")
+        targets = ([f"params{_subs(keys)}"] if child.has_params else []) + (
+            [f"stats{_subs(keys)}"] if child.has_stats else [])
+        return f"{', '.join(targets)} = {child.init_fn}({', '.join(kws)})"
+
+    def init_lines(self) -> list[str]:
+        self.used, self.created = set(), set()
+        lines = ["params, stats = {}, {}"]
+        for step in self.cls.steps:
+            if step.kind == "layer":
+                lines += self.init_layer(step)
+            elif step.kind == "call":
+                child = self.p.classes[step.child]
+                if child.has_params or child.has_stats:
+                    keys = _keys(step.attr)
+                    self.ensure(lines, [t for t, has in (("params", child.has_params), ("stats", child.has_stats))
+                                        if has], keys)
+                    lines.append(self.init_call(child, step.args, keys, _hashes(step.attr)))
+            else:
+                self.sequence(lines, step, init=True)
+        self.init_used = set(self.used)
+        return lines
+
+    def runs(self, step: Step) -> list[tuple[int, int, str, tuple]]:
+        """A sequence's elements as runs of the same class built with the same arguments: (start, stop, class, args)."""
+        elems = []
+        for i, child in enumerate(step.children):
+            args = tuple((k.split(".", 1)[1], v) for k, v in step.args if k.split(".", 1)[0] == str(i))
+            elems.append((child, args))
+        out: list[tuple[int, int, str, tuple]] = []
+        for i, (child, args) in enumerate(elems):
+            if out and out[-1][2] == child and out[-1][3] == args and out[-1][1] == i:
+                out[-1] = (out[-1][0], i + 1, child, args)
+            else:
+                out.append((i, i + 1, child, args))
+        # a loop for three or more alike, one statement each otherwise
+        return [r for start, stop, child, args in out
+                for r in ([(start, stop, child, args)] if stop - start >= 3 else
+                          [(i, i + 1, child, args) for i in range(start, stop)])]
+
+    def sequence(self, lines: list[str], step: Step, init: bool, xs: list[str] | None = None,
+                 target: str = "") -> None:
+        """A sequence's elements, one statement each or a loop over each run of three or more alike."""
+        keys, hashes = _keys(step.attr), _hashes(step.attr)
+        if not init and self.comment(step):  # the sequence's source and output, above its statements
+            lines.append(self.comment(step).removeprefix(COMMENT))
+        for start, stop, child_id, args in self.runs(step):
+            child = self.p.classes[child_id]
+            loop = stop - start >= 3
+            index = ["str(i)"] if loop else [string_literal(str(start))]
+            if init:
+                trees = [t for t, has in (("params", child.has_params), ("stats", child.has_stats)) if has]
+                if not trees:
+                    continue
+                self.ensure(lines, trees, keys + index)
+                stmt = self.init_call(child, args, keys + index, hashes + (["i"] if loop else [str(start)]))
+            else:
+                if child.has_stats:
+                    self.ensure(lines, "new_stats", keys + index)
+                stmt = self.call(child, args, keys + index, hashes + (["i"] if loop else [str(start)]), xs[0], target)
+            if loop:
+                lines.append(f"for i in range({start}, {stop}):")
+                lines.append(f"    {stmt}")
+            else:
+                lines.append(stmt)
+            xs = [target]
+
+    # -- forward
+    def call(self, child: _ClassPrinter, args, keys: list[str], hashes: list[str], x: str, target: str) -> str:
+        ins = ([f"params{_subs(keys)}"] if child.has_params else []) + (
+            [f"stats{_subs(keys)}"] if child.has_stats else []) + [x]
+        kws = [f"{child.params[k]}={self.val(v)}" for k, v in args if k in child.fwd_used]
+        if child.needs_train:
+            kws.append("train=train")
+        if child.has_rng:
+            self.p.helpers.add("key")
+            kws.append(f"rng=_key(rng, {', '.join(hashes)})")
+        out = f"{target}, new_stats{_subs(keys)}" if child.has_stats else target
+        return f"{out} = {child.fn}({', '.join(ins + kws)})"
+
+    def flat(self, x: str) -> str:
+        if self.p.channel_major:  # PyTorch's (C, H, W) order, where the network's numbers depend on it
+            return f"{x}.transpose(0, 3, 1, 2).reshape({x}.shape[0], -1)"
+        return f"{x}.reshape({x}.shape[0], -1)"
+
+    def layer(self, step: Step, xs: list[str], target: str) -> list[str]:
+        """The statements of one layer, its value assigned to ``target``."""
+        if step.op == "bn":
+            a, keys = dict(step.args), _keys(step.attr)
+            self.p.helpers.add("batch_norm")
+            p = "None" if a["affine"] is False else f"params{_subs(keys)}"
+            if isinstance(a["affine"], Ref):
+                p = f"params{_subs(keys)} if {self.val(a['affine'])} else None"
+            pre: list[str] = []
+            self.ensure(pre, "new_stats", keys)
+            call = (f"_batch_norm({xs[0]}, {p}, stats{_subs(keys)}, train, momentum={self.val(a['momentum'])}, "
+                    f"eps={self.val(a['eps'])})")
+            return [*pre, f"{target}, new_stats{_subs(keys)} = {call}"]
+        return [f"{target} = {getattr(self, f'emit_{step.op}')(step, xs)}"]
+
+    def weights(self, step: Step) -> str:
+        return f"params{_subs(_keys(step.attr))}"
+
+    def _conv_extra(self, a: dict) -> str:
+        extra = ""
+        if isinstance(a["d"], Ref) or collapse(a["d"]) != 1:
+            extra += f", dilation={self.val(a['d'])}"
+        if isinstance(a["groups"], Ref) or a["groups"] != 1:
+            extra += f", groups={self.val(a['groups'])}"
+        return extra
+
+    def emit_input(self, step, xs):  # pragma: no cover - inputs are the arguments of apply()
+        raise AssertionError("inputs are the arguments of apply()")
+
+    def emit_conv(self, step, xs):
+        a = dict(step.args)
+        self.p.helpers.add("conv")
+        return f"_conv({xs[0]}, {self.weights(step)}, {self.val(a['s'])}, {self.val(a['p'])}{self._conv_extra(a)})"
+
+    def emit_deconv(self, step, xs):
+        a = dict(step.args)
+        self.p.helpers.add("conv_transpose")
+        return (f"_conv_transpose({xs[0]}, {self.weights(step)}, {self.val(a['s'])}, {self.val(a['p'])}, "
+                f"{self.val(a['output_padding'])}{self._conv_extra(a)})")
+
+    def emit_fc(self, step, xs):
+        self.p.helpers.add("dense")
+        flatten, x = step.arg("flatten"), xs[0]
+        if flatten is True:
+            x = self.flat(x)
+        elif isinstance(flatten, Ref):
+            x = f"({self.flat(x)} if {self.val(flatten)} else {x})"
+        return f"_dense({x}, {self.weights(step)})"
+
+    def emit_bn(self, step, xs):  # pragma: no cover - a statement of its own: see layer()
+        raise AssertionError("batch norm is written by layer()")
+
+    def emit_flatten(self, step, xs):
+        flatten = step.arg("flatten")
+        if isinstance(flatten, Ref):
+            return f"{self.flat(xs[0])} if {self.val(flatten)} else {xs[0]}"
+        return self.flat(xs[0]) if flatten else xs[0]
+
+    def emit_relu(self, step, xs):
+        return f"jax.nn.relu({xs[0]})"
+
+    def emit_tanh(self, step, xs):
+        return f"jnp.tanh({xs[0]})"
+
+    def emit_sigmoid(self, step, xs):
+        return f"jax.nn.sigmoid({xs[0]})"
+
+    def emit_softmax(self, step, xs):
+        return f"jax.nn.softmax({xs[0]}, axis=-1)"
+
+    def emit_identity(self, step, xs):
+        return xs[0]
+
+    def emit_dropout(self, step, xs):
+        rate, x = step.arg("p"), xs[0]
+        if not isinstance(rate, Ref) and rate == 0.0:
+            return x
+        if not isinstance(rate, Ref) and rate == 1.0:
+            return f"jnp.zeros_like({x}) if train else {x}"
+        self.p.helpers.update({"dropout", "key"})
+        return f"_dropout({x}, {self.val(rate)}, _key(rng, {', '.join(_hashes(step.attr))})) if train else {x}"
+
+    def _pads(self, step) -> str:
+        p, extra = step.arg("p"), step.arg("ceil_extra")
+        if not isinstance(p, Ref) and not isinstance(extra, Ref):
+            return _lit(tuple((lo, hi + e) for (lo, hi), e in zip(p, extra)))
+        return f"tuple((lo, hi + e) for (lo, hi), e in zip({self.val(p)}, {self.val(extra)}, strict=True))"
+
+    def emit_maxpool(self, step, xs):
+        self.p.helpers.add("max_pool")
+        return f"_max_pool({xs[0]}, {self.val(step.arg('k'))}, {self.val(step.arg('s'))}, {self._pads(step)})"
+
+    def emit_avgpool(self, step, xs):
+        self.p.helpers.add("avg_pool")
+        more = ""
+        if step.arg("ceil_extra") != (0, 0):
+            more += f", ceil_extra={self.val(step.arg('ceil_extra'))}"
+        if step.arg("count_include_pad") is not True:
+            more += f", count_include_pad={self.val(step.arg('count_include_pad'))}"
+        return (f"_avg_pool({xs[0]}, {self.val(step.arg('k'))}, {self.val(step.arg('s'))}, "
+                f"{self.val(step.arg('p'))}{more})")
+
+    def emit_gap(self, step, xs):
+        return f"{xs[0]}.mean((1, 2), keepdims=True)"
+
+    def emit_adaptiveavgpool(self, step, xs):
+        self.p.helpers.add("adaptive_avg_pool")
+        return f"_adaptive_avg_pool({xs[0]}, {self.val(step.arg('size'))})"
+
+    def emit_lrn(self, step, xs):
+        self.p.helpers.add("lrn")
+        return (f"_lrn({xs[0]}, size={self.val(step.arg('size'))}, alpha={self.val(step.arg('alpha'))}, "
+                f"beta={self.val(step.arg('beta'))}, k={self.val(step.arg('k'))})")
+
+    def emit_add(self, step, xs):
+        scale = step.arg("scale")
+        terms = list(xs)
+        if isinstance(scale, Ref) or scale != 1.0:
+            terms[0] = f"{self.val(scale)} * {terms[0]}"
+        return " + ".join(terms)
+
+    def emit_concat(self, step, xs):
+        parts = []
+        for x, crop in zip(xs, step.arg("crops")):
+            if crop is None:
+                parts.append(x)
+            elif isinstance(crop, Ref):
+                c = self.val(crop)
+                parts.append(f"{x}[:, {c}[0]:{c}[0] + {c}[2], {c}[1]:{c}[1] + {c}[3]]")
+            else:
+                top, left, h, w = crop
+                parts.append(f"{x}[:, {top}:{top + h}, {left}:{left + w}]")
+        return f"jnp.concatenate([{', '.join(parts)}], axis=-1)"
+
+    def emit_padshortcut(self, step, xs):
+        s, pad = step.arg("s"), step.arg("pad_channels")
+        x = xs[0]
+        if isinstance(s, Ref) or s != 1:
+            x = f"{x}[:, ::{self.val(s)}, ::{self.val(s)}]"
+        if not isinstance(pad, Ref) and pad == 0:
+            return x
+        # the new channels are zeros after the old ones, as the torch backend pads
+        return f"jnp.pad({x}, ((0, 0), (0, 0), (0, 0), (0, {self.val(pad)})))"
+
+    def comment(self, step: Step) -> str:
+        """Where the step comes from, and its shape when it has a size of its own (one the instances share)."""
+        parts = [f"{comment_text(os.path.basename(step.span.file))}:{step.span.line}"] if step.span else []
+        if any(d is not None for d in step.shape):
+            parts.append(f"-> {_shape_text(step.shape)}")
+        return COMMENT + "# " + " ".join(parts) if parts else ""
+
+    def forward_lines(self) -> list[str]:
+        """The forward's body: one statement per step (a loop per run of alike blocks), then the return."""
+        self.used, self.created = set(), set()
+        cls = self.cls
+        names = Namespace(self.local_taken)
+        var: dict[str, str] = {}
+        for i, key in enumerate(cls.inputs):
+            var[key] = "x" if i == 0 else names.name(key)
+        self.args = [var[k] for k in cls.inputs]
+        steps = list(cls.steps)
+        last_use: dict[str, int] = {}
+        readers: dict[str, int] = {}
+        for i, s in enumerate(steps):
+            for src in s.inputs:
+                last_use[src] = i
+            for src in dict.fromkeys(s.inputs):
+                readers[src] = readers.get(src, 0) + 1
+        for out in (cls.output, *cls.aux_outputs):
+            last_use[out] = len(steps)
+        held: dict[str, str] = {v: k for k, v in var.items()}  # variable -> key it holds
+        lines: list[str] = []
+
+        def emit(i: int, s: Step) -> None:
+            xs = [var[k] for k in s.inputs]
+            name = None
+            reuse = readers.get(s.output, 0) <= 1 and s.output not in cls.aux_outputs
+            if len(s.inputs) == 1 and last_use.get(s.inputs[0]) == i and reuse:
+                name = xs[0]
+            if name is None and s.inputs and last_use.get(s.inputs[0]) == i and held.get(xs[0]) == s.inputs[0] \
+                    and reuse and xs[0] not in xs[1:]:
+                name = xs[0]  # a join overwrites its first operand, as `out += identity`
+            if name is None:
+                name = names.name("out") if names.is_free("out") else names.name(s.output.rsplit(".", 1)[-1])
+            var[s.output] = name
+            held[name] = s.output
+            if s.kind == "layer":
+                stmts = self.layer(s, xs, name)
+                stmts[-1] += self.comment(s)
+                lines.extend(stmts)
+            elif s.kind == "call":
+                child = self.p.classes[s.child]
+                keys = _keys(s.attr)
+                if child.has_stats:
+                    self.ensure(lines, "new_stats", keys)
+                lines.append(self.call(child, s.args, keys, _hashes(s.attr), xs[0], name) + self.comment(s))
+            else:
+                self.sequence(lines, s, init=False, xs=xs, target=name)
+
+        for i, s in enumerate(steps):
+            if not s.aux:
+                emit(i, s)
+        stats = "new_stats" if self.has_stats else "stats"
+        if not self.is_root:
+            lines.append(f"return {var[cls.output]}, new_stats" if self.has_stats else f"return {var[cls.output]}")
+        else:
+            lines.append("if not train:")
+            lines.append(f"    return {var[cls.output]}")
+            if cls.aux_outputs:
+                lines[-1] += COMMENT + "# evaluation: the main output only"
+                for i, s in enumerate(steps):
+                    if s.aux:
+                        emit(i, s)
+                outs = ", ".join(var[k] for k in (cls.output, *cls.aux_outputs))
+                lines.append(f"return ({outs}), {stats}" + COMMENT + "# training: the auxiliary heads' outputs too")
+            else:
+                lines.append(f"return {var[cls.output]}, {stats}")
+        self.fwd_used = set(self.used)
+        self.out_var = var[cls.output]
+        self.aux_vars = [var[k] for k in cls.aux_outputs]
+        return lines
+
+    # -- the functions
+    def what(self) -> str:
+        cls, span = self.cls, self.cls.span
+        where = f" ({docstring_text(os.path.basename(span.file))}:{span.line})" if span else ""
+        kind = f"block '{docstring_text(cls.kind)}'" if cls.is_block else docstring_text(cls.kind)
+        return kind + where
+
+    def source(self) -> str:
+        """The forward and init functions of a block's class (the network's are written by the emitter)."""
+        body, init = self.forward_lines(), self.init_lines()
+        w = Writer()
+        ins = (["params"] if self.has_params else []) + (["stats"] if self.has_stats else []) + ["x"]
+        kws = [self.params[p.name] for p in self.cls.params if p.name in self.fwd_used]
+        kws += (["train"] if self.needs_train else []) + (["rng"] if self.has_rng else [])
+        w.line(f"def {self.fn}({', '.join(ins)}{', *, ' + ', '.join(kws) if kws else ''}):")
+        with w.indent():
+            ret = "(its output, its new batch_stats)" if self.has_stats else "its output"
+            w.line(f'"""The forward of one {self.what()}: {ret}."""')
+            if self.has_stats:
+                w.line("new_stats = {}")
+            self.write(w, body)
+        if self.has_params or self.has_stats:
+            w.line()
+            w.line()
+            kws = (["key"] if self.random else [])
+            names = [self.params[p.name] for p in self.cls.params if p.name in self.init_used]
+            names += (["dtype"] if self.has_stats else []) + (["param_dtype"] if self.has_params else [])
+            sig = ", ".join(kws) + (", *, " if kws else "*, ") + ", ".join(names)
+            w.line(f"def {self.init_fn}({sig}):")
+            with w.indent():
+                what = "(params, batch_stats)" if self.has_params and self.has_stats else (
+                    "params" if self.has_params else "batch_stats")
+                w.line(f'"""Fresh {what} of one {self.what()}."""')
+                init = [line for line in init if line != "params, stats = {}, {}"]
+                trees = [t for t, has in (("params", self.has_params), ("stats", self.has_stats)) if has]
+                w.line(f"{', '.join(trees)} = {', '.join('{}' for _ in trees)}")
+                self.write(w, init)
+                w.line(f"return {', '.join(trees)}")
+        return w.text()
+
+    @staticmethod
+    def write(w: Writer, lines: list[str]) -> None:
+        """Statements at the writer's indentation, wrapped to :data:`WIDTH`; a trailing comment that does
+        not fit goes on a line of its own above its statement."""
+        for line in lines:
+            for text in line.split("\n"):
+                indent = len(text) - len(text.lstrip(" "))
+                code, _, comment = text.partition(COMMENT)
+                if comment and 4 * w.depth + len(code) + 2 + len(comment) > WIDTH:
+                    w.line(" " * indent + comment)
+                    comment = ""
+                parts = _wrap(code, 4 * w.depth)
+                if comment:
+                    parts[-1] += "  " + comment
+                for part in parts:
+                    w.line(part)
 
 
 class JaxEmitter(Emitter):
-    """Writes the JAX module for one network: one ``emit_<op>`` method per op kind."""
+    """Prints the pure JAX module of a network from its plan (see the module docstring)."""
 
     backend = "JAX"
 
     def __init__(self, net: Network):
         super().__init__(net.graph)
         self.net = net
-        self.graph: Graph = net.graph
-        self.names = Namespace(RESERVED)
-        self.var: dict[str, str] = {}  # node name -> its variable in apply()
+        self.check_supported()
+        self.plan: Plan = make_plan(net.graph)
+        self.channel_major = flattens_channel_major(net.graph)
+        self.globals = Namespace(MODULE_GLOBALS | LOCALS)  # a function never takes a local's name
         self.helpers: set[str] = set()
-        self.params: dict = {}  # nested tree of init expressions
-        self.stats: dict = {}
-        self.draws = {"u": 0, "n": 0}  # values taken so far from init's one uniform and one normal draw
-        self.n_dropout = 0
-        self.channel_major = flattens_channel_major(self.graph)
+        self.classes: dict[str, _ClassPrinter] = {}
+        for cls in self.plan.classes:  # children before parents: a parent reads its children's needs
+            self.classes[cls.id] = _ClassPrinter(self, cls)
+        self.root = _ClassPrinter(self, self.plan.root)
 
-    # -- variables and init
-    def _take(self, draw: str, shape: tuple[int, ...]) -> str:
-        """The next values of init's uniform (``u``) or normal (``n``) draw: ``u, 1234``."""
-        start = self.draws[draw]
-        self.draws[draw] += math.prod(shape)
-        return f"{draw}, {start}"
-
-    @staticmethod
-    def _put(tree: dict, name: str, leaf: dict) -> None:
-        *scopes, last = name.split(".")
-        for part in scopes:
-            tree = tree.setdefault(part, {})
-        tree[last] = leaf
-
-    def _init_weight(self, node: Node, shape: tuple[int, ...], fan_in: int, fan_out: int) -> dict:
-        """Init expressions for a kernel (and bias), by the network's scheme, as the torch backend does.
-
-        ``fan_in`` and ``fan_out`` are PyTorch's, computed from its own weight layout.
-        """
-        scheme = self.graph.init
-        if scheme is None or node.op == "fc" and not self.graph.init_fc:  # PyTorch's own default
-            self.helpers.add("uniform")
-            leaf = {"kernel": f"_uniform({self._take('u', shape)}, {_tuple(shape)}, fan_in={fan_in})"}
-            if node.args.get("bias"):
-                leaf["bias"] = f"_uniform({self._take('u', shape[-1:])}, ({shape[-1]},), fan_in={fan_in})"
-            return leaf
-        if scheme == "kaiming" and node.op == "fc":
-            self.helpers.add("normal")
-            kernel = f"_normal({self._take('n', shape)}, {_tuple(shape)}, std=0.01)"
-        elif scheme == "kaiming":
-            self.helpers.add("he_normal")
-            kernel = f"_he_normal({self._take('n', shape)}, {_tuple(shape)}, fan_out={fan_out})"
-        elif scheme in ("xavier", "glorot"):
-            self.helpers.add("glorot_uniform")
-            kernel = f"_glorot_uniform({self._take('u', shape)}, {_tuple(shape)}, fan_in={fan_in}, fan_out={fan_out})"
-        else:
-            raise Unsupported(f"initialisation '{scheme}' is not supported by the JAX backend",
-                              self.graph.node(self.graph.inputs[0]).span)
-        leaf = {"kernel": kernel}
-        if node.args.get("bias"):
-            leaf["bias"] = f"jnp.zeros({shape[-1]})"
-        return leaf
-
-    # -- apply() helpers
-    def _in(self, node: Node, i: int = 0) -> str:
-        return self.var[self.graph.inputs_of(node.name)[i]]
-
-    def _in_shape(self, node: Node, i: int = 0) -> tuple[int, ...]:
-        return self.graph.node(self.graph.inputs_of(node.name)[i]).shape
-
-    def _p(self, node: Node) -> str:
-        return f"params{_path(node.name)}"
-
-    # -- ops: each returns the expression (or statement list) computing the node's value
-    def emit_input(self, node: Node) -> str:
-        raise AssertionError("inputs are the arguments of apply()")  # handled in apply()
-
-    def emit_conv(self, node: Node) -> str:
-        a, cin = node.args, self._in_shape(node)[0]
-        kh, kw = a["k"]
-        fan_in, fan_out = cin // a["groups"] * kh * kw, a["c"] * kh * kw  # of PyTorch's (O, I/g, kh, kw)
-        self._put(self.params, node.name, self._init_weight(node, (kh, kw, cin // a["groups"], a["c"]),
-                                                            fan_in, fan_out))
-        self.helpers.add("conv")
-        extra = ""
-        if a["d"] != (1, 1):
-            extra += f", dilation={_tuple(a['d'])}"
-        if a["groups"] != 1:
-            extra += f", groups={a['groups']}"
-        return f"_conv({self._in(node)}, {self._p(node)}, {_tuple(a['s'])}, {_tuple(a['p'])}{extra})"
-
-    def emit_deconv(self, node: Node) -> str:
-        a, cin = node.args, self._in_shape(node)[0]
-        kh, kw = a["k"]
-        # PyTorch's fans for a ConvTranspose2d weight, laid out (in, out/groups, kh, kw)
-        fan_in, fan_out = a["c"] // a["groups"] * kh * kw, cin * kh * kw
-        self._put(self.params, node.name, self._init_weight(node, (kh, kw, cin // a["groups"], a["c"]),
-                                                            fan_in, fan_out))
-        self.helpers.add("conv_transpose")
-        extra = ""
-        if a["d"] != (1, 1):
-            extra += f", dilation={_tuple(a['d'])}"
-        if a["groups"] != 1:
-            extra += f", groups={a['groups']}"
-        return (f"_conv_transpose({self._in(node)}, {self._p(node)}, {_tuple(a['s'])}, {_tuple(a['p'])}, "
-                f"{_tuple(a['output_padding'])}{extra})")
-
-    def emit_fc(self, node: Node) -> str:
-        in_shape = self._in_shape(node)
-        x = self._in(node)
-        if len(in_shape) == 3:
-            x = self._flat(x)
-        n_in = math.prod(in_shape)
-        self._put(self.params, node.name, self._init_weight(node, (n_in, node.args["c"]), n_in, node.args["c"]))
-        self.helpers.add("dense")
-        return f"_dense({x}, {self._p(node)})"
-
-    def _flat(self, x: str) -> str:
-        if self.channel_major:  # PyTorch's (C, H, W) order, where the network's numbers depend on it
-            return f"{x}.transpose(0, 3, 1, 2).reshape({x}.shape[0], -1)"
-        return f"{x}.reshape({x}.shape[0], -1)"
-
-    def emit_flatten(self, node: Node) -> str:
-        return self._flat(self._in(node)) if len(self._in_shape(node)) == 3 else self._in(node)
-
-    def _pool_padding(self, node: Node) -> tuple[tuple, tuple[int, int]]:
-        extra = _ceil_extra(node, self._in_shape(node)) if node.args["ceil"] else (0, 0)
-        return node.args["p"], extra
-
-    def emit_maxpool(self, node: Node) -> str:
-        a = node.args
-        pad, extra = self._pool_padding(node)
-        pad = tuple((lo, hi + e) for (lo, hi), e in zip(pad, extra))
-        self.helpers.add("max_pool")
-        return f"_max_pool({self._in(node)}, {_tuple(a['k'])}, {_tuple(a['s'])}, {_tuple(pad)})"
-
-    def emit_avgpool(self, node: Node) -> str:
-        a = node.args
-        pad, extra = self._pool_padding(node)
-        self.helpers.add("avg_pool")
-        more = "" if extra == (0, 0) else f", ceil_extra={_tuple(extra)}"
-        if not a["count_include_pad"] and any(sum(p) for p in pad):
-            more += ", count_include_pad=False"
-        return f"_avg_pool({self._in(node)}, {_tuple(a['k'])}, {_tuple(a['s'])}, {_tuple(pad)}{more})"
-
-    def emit_gap(self, node: Node) -> str:
-        return f"{self._in(node)}.mean((1, 2), keepdims=True)"
-
-    def emit_adaptiveavgpool(self, node: Node) -> str:
-        self.helpers.add("adaptive_avg_pool")
-        return f"_adaptive_avg_pool({self._in(node)}, {_tuple(node.args['size'])})"
-
-    def emit_relu(self, node: Node) -> str:
-        return f"jax.nn.relu({self._in(node)})"
-
-    def emit_tanh(self, node: Node) -> str:
-        return f"jnp.tanh({self._in(node)})"
-
-    def emit_sigmoid(self, node: Node) -> str:
-        return f"jax.nn.sigmoid({self._in(node)})"
-
-    def emit_softmax(self, node: Node) -> str:
-        return f"jax.nn.softmax({self._in(node)}, axis=-1)"
-
-    def emit_identity(self, node: Node) -> str:
-        return self._in(node)
-
-    def emit_dropout(self, node: Node) -> str:
-        rate, x = node.args["p"], self._in(node)
-        if rate == 0.0:
-            return x
-        if rate == 1.0:
-            return f"jnp.zeros_like({x}) if train else {x}"
-        self.helpers.add("dropout")
-        self.n_dropout += 1
-        return f"_dropout({x}, {rate}, rngs[{self.n_dropout - 1}]) if train else {x}"
-
-    def emit_bn(self, node: Node) -> list[str]:
-        a, c = node.args, node.shape[0]
-        if a["affine"]:
-            scale = "jnp.zeros" if self._zero_init(node) else "jnp.ones"
-            self._put(self.params, node.name, {"scale": f"{scale}({c})", "bias": f"jnp.zeros({c})"})
-        self._put(self.stats, node.name, {"mean": f"jnp.zeros({c})", "var": f"jnp.ones({c})"})
-        self.helpers.add("batch_norm")
-        p = self._p(node) if a["affine"] else "None"
-        target = f"{self.var[node.name]}, new_stats{_path(node.name)}"
-        call = (f"{self._in(node)}, {p}, stats{_path(node.name)}, train, momentum={a['momentum']}, "
-                f"eps={a['eps']}")
-        return [f"{target} = _batch_norm({call})"]
-
-    def _zero_init(self, node: Node) -> bool:
-        """A residual body's last batch norm starts at zero under ``zero_init_residual`` (as torchvision)."""
-        if not (self.graph.init and self.graph.zero_init_residual):
-            return False
-        return any(self.graph.node(dst).op == "add" and port == 0 for dst, port in self.graph.consumers(node.name))
-
-    def emit_lrn(self, node: Node) -> str:
-        a = node.args
-        self.helpers.add("lrn")
-        return f"_lrn({self._in(node)}, size={a['size']}, alpha={a['alpha']}, beta={a['beta']}, k={a['k']})"
-
-    def emit_concat(self, node: Node) -> str:
-        parts = []
-        for i, src in enumerate(self.graph.inputs_of(node.name)):
-            x, shape = self.var[src], self.graph.node(src).shape
-            if len(shape) == 3 and node.args["crop"] and shape[1:] != node.shape[1:]:
-                # centre crop: offset (size - target) // 2, as the torch backend
-                (h, w), (th, tw) = shape[1:], node.shape[1:]
-                top, left = (h - th) // 2, (w - tw) // 2
-                x = f"{x}[:, {top}:{top + th}, {left}:{left + tw}]"
-            parts.append(x)
-        return f"jnp.concatenate([{', '.join(parts)}], axis=-1)"
-
-    def emit_add(self, node: Node) -> str:
-        xs = [self.var[src] for src in self.graph.inputs_of(node.name)]
-        scale = node.args["scale"]
-        if scale != 1.0:
-            xs[0] = f"{scale} * {xs[0]}"
-        return " + ".join(xs)
-
-    def emit_padshortcut(self, node: Node) -> str:
-        s, cin = node.args["s"], self._in_shape(node)[0]
-        x = self._in(node)
-        if s != 1:
-            x = f"{x}[:, ::{s}, ::{s}]"
-        if node.args["c"] == cin:
-            return x
-        # the new channels are zeros after the old ones, as the torch backend pads
-        return f"jnp.pad({x}, ((0, 0), (0, 0), (0, 0), (0, {node.args['c'] - cin})))"
-
-    # -- the module
-    def _comment(self, node: Node) -> str:
-        where = ""
-        if node.span is not None:
-            where = f"{comment_text(Path(node.span.file).name)}:{node.span.line}  "
-        return f"# {where}{node.name}: {_describe(node)} -> {_shape(node.shape)}"
-
-    def _tree_lines(self, w: Writer, tree: dict, head: str, tail: str) -> None:
-        if not tree:
-            w.line(f"{head}{{}}{tail}")
-            return
-        flat = all(not isinstance(v, dict) for v in tree.values())
-        inline = head + "{" + ", ".join(f"{string_literal(k)}: {v}" for k, v in tree.items()) + "}" + tail
-        if flat and len(inline) + 4 * w.depth <= 110:
-            w.line(inline)
-            return
-        w.line(head + "{")
-        with w.indent():
-            for k, v in tree.items():
-                if isinstance(v, dict):
-                    self._tree_lines(w, v, f"{string_literal(k)}: ", ",")
-                else:
-                    _write(w, f"{string_literal(k)}: {v},")
-        w.line("}" + tail)
+    def supports(self, op: str) -> bool:
+        return op == "input" or callable(getattr(_ClassPrinter, f"emit_{op}", None))
 
     def generate(self) -> str:
+        bodies = [self.classes[c.id].source() for c in self.plan.classes]
+        root = self.root
+        body, init = root.forward_lines(), root.init_lines()
         g = self.graph
-        self.check_supported()
-        body = Writer()
-        inputs = g.inputs
-        for i, name in enumerate(inputs):
-            self.var[name] = "x" if i == 0 else self.names.name(name)
-        for node in g.nodes():
-            if node.op == "input":
-                continue
-            self.var[node.name] = self.names.name(node.name)
-            code = self.dispatch(node)
-            body.line(self._comment(node))
-            for text in code if isinstance(code, list) else [f"{self.var[node.name]} = {code}"]:
-                body.lines += _wrap(text, 4)  # apply()'s body, one level in
-
+        span = g.node(g.inputs[0]).span
+        source = docstring_text(os.path.basename(span.file)) if span else "<unknown>"
         out = Writer()
-        source = Path(g.node(inputs[0]).span.file).name if g.node(inputs[0]).span else "<unknown>"
-        out.line(f'"""{g.name}: a JAX model generated by cnndsl from {docstring_text(source)}. Do not edit.')
+        out.line(f'"""{docstring_text(g.name)}: a JAX model generated by cnndsl from {source}. Do not edit.')
         out.line()
-        out.line("init(key) -> variables, a Flax-style {\"params\": ..., \"batch_stats\": ...} tree.")
+        out.line("init(key, *, dtype=jnp.float32, param_dtype=None) -> variables, a Flax-style {\"params\": ...,")
+        out.line("\"batch_stats\": ...} tree; each layer's values come from the key folded with its dotted name.")
         out.line("apply(variables, x, *, train=False, rng=None): x is an NHWC batch; returns the output, or")
         out.line("(outputs, new_batch_stats) when train=True (rng, a jax.random key, drives dropout).")
         out.line("Under jax.jit, mark train static: jax.jit(apply, static_argnames=\"train\").")
         out.line('"""')
         out.line()
-        if self.draws["u"] or self.draws["n"]:
-            out.line("import math")
-            out.line()
         out.line("import jax")
         out.line("import jax.numpy as jnp")
         out.line()
-        shapes = ", ".join(_tuple(_nhwc(g.node(i).shape)) for i in inputs)
+        shapes = ", ".join(_lit(_nhwc(g.node(i).shape)) for i in g.inputs)
         out.line(f"INPUT_SHAPE = {shapes}  # one example, NHWC without the batch axis")
-        for helper, source in HELPERS.items():
+        for helper, text in HELPERS.items():
             if helper in self.helpers:
                 out.line()
                 out.line()
-                for text in source.strip("\n").split("\n"):
-                    out.line(text)
+                for line in text.strip("\n").split("\n"):
+                    out.line(line)
+        for b in bodies:
+            out.line()
+            out.line()
+            out.lines += b.rstrip("\n").split("\n")
         out.line()
         out.line()
-        self._write_init(out)
+        self._write_init(out, init)
         out.line()
         out.line()
         self._write_apply(out, body)
         return out.text()
 
-    def _write_init(self, out: Writer) -> None:
-        out.line("def init(key):")
+    def _write_init(self, out: Writer, init: list[str]) -> None:
+        out.line("def init(key, *, dtype=jnp.float32, param_dtype=None):")
         with out.indent():
-            scheme = {None: "PyTorch's default", "kaiming": "He (Kaiming)"}.get(self.graph.init, "Glorot (Xavier)")
-            out.line(f'"""Fresh variables for {self.graph.name}: {scheme} initialisation."""')
-            u, n = self.draws["u"], self.draws["n"]
-            if u and n:
-                out.line("key_u, key_n = jax.random.split(key)")
-            if u:  # one draw for all the weights (one random kernel to compile), sliced among them below
-                out.line(f"u = jax.random.uniform({'key_u' if n else 'key'}, ({u},), jnp.float32, -1.0, 1.0)"
-                         "  # shared out below")
-            if n:
-                out.line(f"n = jax.random.normal({'key_n' if u else 'key'}, ({n},), jnp.float32)  # shared out below")
-            if not u and not n:
-                out.line("del key  # nothing random to initialise")
-            self._tree_lines(out, self.params, "params = ", "")
-            self._tree_lines(out, self.stats, "batch_stats = ", "")
-            out.line('return {"params": params, "batch_stats": batch_stats}')
+            scheme = {None: "PyTorch's default", "kaiming": "He (Kaiming)"}.get(self.plan.init, "Glorot (Xavier)")
+            out.line(f'"""Fresh variables for {docstring_text(self.graph.name)}: {scheme} initialisation, '
+                     "in param_dtype")
+            out.line('(default: dtype), batch statistics in dtype."""')
+            out.line("param_dtype = dtype if param_dtype is None else param_dtype")
+            _ClassPrinter.write(out, init)
+            out.line('return {"params": params, "batch_stats": stats}')
 
-    def _write_apply(self, out: Writer, body: Writer) -> None:
-        g = self.graph
-        args = ", ".join(self.var[i] for i in g.inputs)
-        out.line(f"def apply(variables, {args}, *, train=False, rng=None):")
+    def _write_apply(self, out: Writer, body: list[str]) -> None:
+        root = self.root
+        out.line(f"def apply(variables, {', '.join(root.args)}, *, train=False, rng=None):")
         with out.indent():
-            main = self.var[g.output]
-            aux = [self.var[a] for a in g.aux_outputs]
-            doc = f"The forward pass of {g.name}: {main}, {_shape(g.node(g.output).shape)} per example"
-            if aux:
-                doc += f" (and {', '.join(aux)} when training)"
+            g = self.graph
+            doc = f"The forward pass of {docstring_text(g.name)}: {_shape_text(g.node(g.output).shape)} per example"
+            if root.aux_vars:
+                doc += f" (and {len(root.aux_vars)} auxiliary outputs when training)"
             out.line(f'"""{doc}."""')
             out.line('params, stats = variables["params"], variables["batch_stats"]')
-            if self.stats:
-                out.line("new_stats = jax.tree_util.tree_map(lambda v: v, stats)  # a copy the batch norms update")
-            if self.n_dropout:
+            if root.has_rng:
                 out.line("if train and rng is None:")
                 with out.indent():
                     out.line('raise ValueError("apply(train=True) needs rng, a jax.random key, for dropout")')
-                out.line(f"rngs = jax.random.split(rng, {self.n_dropout}) if train else None")
-            for text in body.lines:
-                out.line(text)
-            out.line("if not train:")
-            with out.indent():
-                out.line(f"return {main}")
-            outputs = f"({', '.join([main, *aux])})" if aux else main
-            out.line(f"return {outputs}, {'new_stats' if self.stats else 'stats'}")
+            if root.has_stats:
+                out.line("new_stats = {}")
+            _ClassPrinter.write(out, body)
 
 
 def _write(w: Writer, text: str) -> None:
@@ -647,26 +988,6 @@ class _Brackets:
             sep = " "
         out.append((col, line))
         return out
-
-
-def _describe(node: Node) -> str:
-    """A layer in the papers' short notation, for comments: ``conv3-64/2``, ``maxpool3/2 ceil``, ``fc-10``."""
-    a = node.args
-
-    def size(k: tuple[int, int]) -> str:
-        return str(k[0]) if k[0] == k[1] else f"{k[0]}x{k[1]}"
-
-    if node.op in ("conv", "deconv"):
-        stride = "" if a["s"] == (1, 1) else f"/{size(a['s'])}"
-        groups = f" groups={a['groups']}" if a["groups"] != 1 else ""
-        return f"{node.op}{size(a['k'])}-{a['c']}{stride}{groups}"
-    if node.op in ("maxpool", "avgpool"):
-        return f"{node.op}{size(a['k'])}/{size(a['s'])}{' ceil' if a['ceil'] else ''}"
-    if node.op == "fc":
-        return f"fc-{a['c']}"
-    if node.op == "dropout":
-        return f"dropout({a['p']})"
-    return node.op
 
 
 def _nhwc(shape: tuple[int, ...]) -> tuple[int, ...]:

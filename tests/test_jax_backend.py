@@ -18,7 +18,7 @@ from conftest import assert_ruff_clean, check_golden
 jax = pytest.importorskip("jax")
 jnp = pytest.importorskip("jax.numpy")
 
-from cnndsl.backends.jax import JaxEmitter, _nhwc
+from cnndsl.backends.jax import _ClassPrinter, _nhwc
 
 import cnndsl
 from cnndsl.loader import zoo_index
@@ -61,7 +61,7 @@ def test_variables_are_laid_out_as_flax():
 
 
 def test_every_op_has_an_emitter_method():
-    missing = [op for op in OPS if op != "shortcut" and not hasattr(JaxEmitter, f"emit_{op}")]
+    missing = [op for op in OPS if op != "shortcut" and not hasattr(_ClassPrinter, f"emit_{op}")]
     assert missing == []
 
 
@@ -141,6 +141,74 @@ def test_init_schemes_have_the_papers_spread(scheme):
     assert float(conv["kernel"].std()) == pytest.approx(want_conv, rel=0.05)
     assert float(fc["kernel"].std()) == pytest.approx(want_fc, rel=0.05)
     assert float(jnp.abs(conv["bias"]).max()) == 0.0
+
+
+def test_init_fc_default_and_zero_init_residual():
+    """torchvision's recipe: He convolutions, fc at PyTorch's default, each residual body's last BN scale at 0."""
+    text = """
+        block unit(c, s=1): residual< conv3-{c}/{s} bn relu conv3-{c} bn > relu
+        network t with init(kaiming, fc=default, zero_init_residual=true): input 3x16x16
+            stem: conv3-8 bn relu  layers: [unit(8) unit(16, 2) unit(16)]  gap fc-1000
+    """
+    p = cnndsl.build_jax(cnndsl.loads(text)).init(jax.random.key(0))["params"]
+    largest = float(jnp.abs(p["fc1"]["kernel"]).max()) * 16 ** 0.5  # U(-1/sqrt(16), 1/sqrt(16))
+    assert 0.9 < largest <= 1.0 and float(jnp.abs(p["fc1"]["bias"]).max()) > 0
+    for i in ("0", "1", "2"):
+        assert not jnp.any(p["layers"][i]["bn2"]["scale"]) and jnp.all(p["layers"][i]["bn1"]["scale"] == 1)
+    assert jnp.all(p["layers"]["1"]["downsample"]["1"]["scale"] == 1)  # the projection's BN is left alone
+    assert float(p["stem"]["kernel"].std()) == pytest.approx((2 / (8 * 9)) ** 0.5, rel=0.2)  # He, fan-out
+    assert not jnp.any(p["stem"]["bias"])
+
+
+def test_the_variables_and_the_computation_take_init_s_dtypes():
+    """init(dtype=...) sets every variable's dtype, param_dtype the parameters' alone; apply promotes."""
+    model = cnndsl.build_jax(cnndsl.loads("network t: input 3x8x8  conv3-4 bn relu fc-5"))
+    key = jax.random.key(0)
+
+    def dtypes(tree):
+        return {jnp.dtype(leaf.dtype) for leaf in jax.tree_util.tree_leaves(tree)}
+
+    assert dtypes(model.init(key)) == {jnp.dtype(jnp.float32)}
+    assert dtypes(model.init(key, dtype=jnp.bfloat16)) == {jnp.dtype(jnp.bfloat16)}
+    v = model.init(key, param_dtype=jnp.bfloat16)
+    assert dtypes(v["params"]) == {jnp.dtype(jnp.bfloat16)} and dtypes(v["batch_stats"]) == {jnp.dtype(jnp.float32)}
+    x = jnp.ones((2, 8, 8, 3), jnp.bfloat16)
+    assert model.apply(model.init(key, dtype=jnp.bfloat16), x).dtype == jnp.bfloat16
+    assert model.apply(model.init(key), x).dtype == jnp.float32  # bfloat16 input, float32 weights
+    _, stats = model.apply(v, x, train=True)
+    assert dtypes(stats) == {jnp.dtype(jnp.float32)}  # the running statistics keep their dtype
+
+
+def test_inserting_a_layer_keeps_the_other_layers_initial_values():
+    """Each layer's key is folded from its own dotted name: no other layer shifts it."""
+    base = "block unit(c): residual< conv3-{c} bn relu conv3-{c} bn > relu\nnetwork t: input 3x8x8  a: conv3-8 relu "
+    rest = "b: conv3-8 bn layers: [unit(8) unit(8)] fc-10"
+    before = cnndsl.build_jax(cnndsl.loads(base + rest)).init(jax.random.key(0))["params"]
+    after = cnndsl.build_jax(cnndsl.loads(base + "extra: conv3-8 relu " + rest)).init(jax.random.key(0))["params"]
+    assert set(after) == set(before) | {"extra"}
+    for name in before:
+        for a, b in zip(jax.tree_util.tree_leaves(before[name]), jax.tree_util.tree_leaves(after[name]), strict=True):
+            assert jnp.array_equal(a, b), name
+    assert not jnp.allclose(after["extra"]["kernel"], after["b"]["kernel"])
+    blocks = before["layers"]  # two instances of one block: the same code, their own values
+    assert not jnp.allclose(blocks["0"]["conv1"]["kernel"], blocks["1"]["conv1"]["kernel"])
+
+
+def test_resnet152_is_printed_once_per_block_class_not_unrolled():
+    """One forward and one init function per class of the plan, called with keywords (a loop for a run of
+    alike blocks): the module has fewer lines than the network has layers."""
+    from cnndsl.backends.jax import HELPERS
+    from cnndsl.backends.plan import make_plan
+
+    net = cnndsl.load("resnet152")
+    source = cnndsl.compile(net, backend="jax")
+    n_layers = sum(1 for n in net.graph.nodes() if n.op != "input")
+    lines = source.splitlines()
+    assert len(lines) < n_layers, (len(lines), n_layers)
+    defs = [line for line in lines if line.startswith("def ")]
+    assert len(defs) <= 2 * len(make_plan(net.graph).classes) + 2 + len(HELPERS)
+    assert any(line.strip().startswith("for i in range(") for line in lines)
+    assert max(map(len, lines)) <= 120
 
 
 @pytest.mark.parametrize("name", ["lenet5", "resnet18"])
