@@ -145,8 +145,10 @@ class Namespace:
         self._taken = set(reserved) | PYTHON_RESERVED
 
     def is_free(self, name: str) -> bool:
-        """Whether ``name`` is a legal identifier that nothing has taken (and no dunder name)."""
-        return name.isidentifier() and name.isascii() and not is_dunder(name) and name not in self._taken
+        """Whether ``name`` is a legal identifier that nothing has taken. Never a name starting with ``__``:
+        a dunder is Python's, and any other is mangled inside a class body (``__c`` becomes ``_Block__c``),
+        so a keyword argument of that name would not reach the constructor that declares it."""
+        return name.isidentifier() and name.isascii() and not name.startswith("__") and name not in self._taken
 
     def taken(self) -> frozenset[str]:
         """Every name handed out or reserved so far."""

@@ -80,7 +80,7 @@ HOSTILE_NAMES = (
     "_", "print", "input", "len", "super", "id", "object", "max", "exec", "eval", "open", "__import__",
     "torch", "nn", "F", "jax", "jnp", "lax", "math", "self", "x", "out", "aux", "v_x", "x_1",
     "forward", "training", "train", "eval", "parameters", "state_dict", "register_forward_hook", "keys", "items",
-    "reset_parameters", "add_module", "_modules", "_parameters", "__init__", "__class__", "__dict__",
+    "reset_parameters", "add_module", "_modules", "_parameters", "__init__", "__class__", "__dict__", "__c",
     "init", "apply", "params", "variables", "stats", "new_stats", "rng", "rngs", "key", "u", "n", "INPUT_SHAPE",
     "scale", "in_channels", "out_channels", "kernel_size", "Net", "T", "B", "PaddedConv2d", "Residual", "Block",
     "conv", "relu", "block", "network", "use", "freeze", "replace", "none", "skip", "concat", "residual",

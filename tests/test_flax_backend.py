@@ -201,7 +201,7 @@ def check_place(place: str, name: str) -> str:
 
 @pytest.mark.parametrize("place", sorted(PLACES))
 def test_hostile_names_compile_and_run(place):
-    names = ["self", "rngs", "nnx", "deterministic", "x", "in_channels", "__init__"]
+    names = ["self", "rngs", "nnx", "deterministic", "x", "in_channels", "__init__", "__c"]
     outcomes = {name: check_place(place, name) for name in names}
     assert outcomes["in_channels"] == "compiled"
 

@@ -168,7 +168,7 @@ def test_issue_cases(place):
     """The names the hostile-input review found broken, in every place."""
     outcomes = {name: check_place(place, name) for name in
                 ("in_channels", "nn", "super", "self", "lambda", "None", "true", "forward", "training", "__init__",
-                 "_modules", "register_forward_hook", "scale")}
+                 "_modules", "register_forward_hook", "scale", "__c")}
     if place in ("block_parameter", "residual_parameter", "scaled_residual_parameter", "network_name",
                  "network_parameter", "input_name", "block_name"):
         # none of these becomes an attribute: only the language may refuse them
