@@ -31,7 +31,7 @@ from cnndsl.backends.base import (
     docstring_text,
 )
 from cnndsl.backends.jax import HELPERS as JAX_HELPERS
-from cnndsl.backends.jax import _wrap
+from cnndsl.backends.jax import NhwcLayerCode, _like, _lit, _wrap
 from cnndsl.backends.plan import ClassPlan, Plan, Ref, Step, collapse, make_plan
 
 from cnndsl.convert import flattens_channel_major
@@ -70,21 +70,6 @@ NNX_ATTRS = frozenset({"eval", "iter_children", "iter_modules", "perturb", "set_
 MODULE_OPS = frozenset({"conv", "deconv", "fc", "bn", "dropout"})
 
 
-def _lit(v: Any) -> str:
-    if isinstance(v, tuple):
-        return "(" + ", ".join(_lit(x) for x in v) + ("," if len(v) == 1 else "") + ")"
-    if isinstance(v, bool):
-        return "True" if v else "False"
-    return repr(v)
-
-
-def _like(like: Any, leaf: str) -> str:
-    """``leaf`` in the structure of ``like``: ``(k, k)`` for a pair."""
-    if isinstance(like, tuple):
-        return "(" + ", ".join(_like(x, leaf) for x in like) + ("," if len(like) == 1 else "") + ")"
-    return leaf
-
-
 def _nhwc(shape) -> str:
     letters = "CHW" if len(shape) == 3 else "N"
     dims = [str(d) if d is not None else letters[i] for i, d in enumerate(shape)]
@@ -93,7 +78,7 @@ def _nhwc(shape) -> str:
     return "x".join(dims)
 
 
-class _ClassPrinter:
+class _ClassPrinter(NhwcLayerCode):
     """Prints one class of the plan: its constructor parameters, members and ``__call__``."""
 
     def __init__(self, printer: FlaxPrinter, cls: ClassPlan, name: str):
@@ -124,6 +109,10 @@ class _ClassPrinter:
             return _like(v.like, e) if full else e
         c = collapse(v)
         return _lit(v if full or isinstance(c, tuple) else c)
+
+    def val(self, v: Any) -> str:
+        """A value as the shared layer code (:class:`NhwcLayerCode`) writes it: as in ``__call__``."""
+        return self.fwd(v)
 
     def fwd(self, v: Any) -> str:
         """A value in ``__call__`` (full form): a literal, or the attribute that keeps the parameter."""
@@ -262,92 +251,30 @@ class _ClassPrinter:
             if step.op == "fc" and step.arg("flatten") is True:
                 pre = [f"{xs[0]} = {self.flat(xs[0])}"]
             return pre, f"self.{self.member[step.attr]}({xs[0]})"
-        return [], getattr(self, f"call_{step.op}")(step, xs)
+        return [], getattr(self, f"emit_{step.op}")(step, xs)
 
     def flat(self, x: str) -> str:
         if self.p.channel_major:  # PyTorch's (C, H, W) order, where the network's numbers depend on it
             return f"{x}.transpose(0, 3, 1, 2).reshape({x}.shape[0], -1)"
         return f"{x}.reshape({x}.shape[0], -1)"
 
-    def call_flatten(self, step, xs):
+    def emit_flatten(self, step, xs):
         return self.flat(xs[0]) if step.arg("flatten") is True else xs[0]
 
-    def call_relu(self, step, xs):
+    def emit_relu(self, step, xs):
         return f"nnx.relu({xs[0]})"
 
-    def call_tanh(self, step, xs):
+    def emit_tanh(self, step, xs):
         return f"jnp.tanh({xs[0]})"
 
-    def call_sigmoid(self, step, xs):
+    def emit_sigmoid(self, step, xs):
         return f"nnx.sigmoid({xs[0]})"
 
-    def call_softmax(self, step, xs):
+    def emit_softmax(self, step, xs):
         return f"nnx.softmax({xs[0]}, axis=-1)"
 
-    def call_identity(self, step, xs):
+    def emit_identity(self, step, xs):
         return xs[0]
-
-    def _pads(self, step) -> str:
-        p, extra = step.arg("p"), step.arg("ceil_extra")
-        if not isinstance(p, Ref) and not isinstance(extra, Ref):
-            return _lit(tuple((lo, hi + e) for (lo, hi), e in zip(p, extra)))
-        return f"tuple((lo, hi + e) for (lo, hi), e in zip({self.fwd(p)}, {self.fwd(extra)}, strict=True))"
-
-    def call_maxpool(self, step, xs):
-        self.p.helpers.add("max_pool")
-        return f"_max_pool({xs[0]}, {self.fwd(step.arg('k'))}, {self.fwd(step.arg('s'))}, {self._pads(step)})"
-
-    def call_avgpool(self, step, xs):
-        self.p.helpers.add("avg_pool")
-        more = ""
-        if step.arg("ceil_extra") != (0, 0):
-            more += f", ceil_extra={self.fwd(step.arg('ceil_extra'))}"
-        if step.arg("count_include_pad") is not True:
-            more += f", count_include_pad={self.fwd(step.arg('count_include_pad'))}"
-        return (f"_avg_pool({xs[0]}, {self.fwd(step.arg('k'))}, {self.fwd(step.arg('s'))}, "
-                f"{self.fwd(step.arg('p'))}{more})")
-
-    def call_gap(self, step, xs):
-        return f"{xs[0]}.mean((1, 2), keepdims=True)"
-
-    def call_adaptiveavgpool(self, step, xs):
-        self.p.helpers.add("adaptive_avg_pool")
-        return f"_adaptive_avg_pool({xs[0]}, {self.fwd(step.arg('size'))})"
-
-    def call_lrn(self, step, xs):
-        self.p.helpers.add("lrn")
-        return (f"_lrn({xs[0]}, size={self.fwd(step.arg('size'))}, alpha={self.fwd(step.arg('alpha'))}, "
-                f"beta={self.fwd(step.arg('beta'))}, k={self.fwd(step.arg('k'))})")
-
-    def call_add(self, step, xs):
-        scale = step.arg("scale")
-        terms = list(xs)
-        if isinstance(scale, Ref) or scale != 1.0:
-            terms[0] = f"{self.fwd(scale)} * {terms[0]}"
-        return " + ".join(terms)
-
-    def call_concat(self, step, xs):
-        parts = []
-        for x, crop in zip(xs, step.arg("crops")):
-            if crop is None:
-                parts.append(x)
-            elif isinstance(crop, Ref):
-                c = self.fwd(crop)
-                parts.append(f"{x}[:, {c}[0]:{c}[0] + {c}[2], {c}[1]:{c}[1] + {c}[3]]")
-            else:
-                top, left, h, w = crop
-                parts.append(f"{x}[:, {top}:{top + h}, {left}:{left + w}]")
-        return f"jnp.concatenate([{', '.join(parts)}], axis=-1)"
-
-    def call_padshortcut(self, step, xs):
-        s, pad = step.arg("s"), step.arg("pad_channels")
-        x = xs[0]
-        if isinstance(s, Ref) or s != 1:
-            x = f"{x}[:, ::{self.fwd(s)}, ::{self.fwd(s)}]"
-        if not isinstance(pad, Ref) and pad == 0:
-            return x
-        # the new channels are zeros after the old ones, as the torch backend pads
-        return f"jnp.pad({x}, ((0, 0), (0, 0), (0, 0), (0, {self.fwd(pad)})))"
 
     # -- the class
     def comment(self, step: Step) -> str:
@@ -484,7 +411,7 @@ class FlaxPrinter(Emitter):
         self.classes[""] = _ClassPrinter(self, self.plan.root, self.class_name)
 
     def supports(self, op: str) -> bool:
-        return op == "input" or op in MODULE_OPS or callable(getattr(_ClassPrinter, f"call_{op}", None))
+        return op == "input" or op in MODULE_OPS or callable(getattr(_ClassPrinter, f"emit_{op}", None))
 
     def generate(self) -> str:
         bodies = [self.classes[c.id].source() for c in self.plan.classes] + [self.classes[""].source()]

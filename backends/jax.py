@@ -275,7 +275,75 @@ def _hashes(attr: str) -> list[str]:
     return [_hash_text(part) for part in attr.split(".")]
 
 
-class _ClassPrinter:
+class NhwcLayerCode:
+    """The layers whose code is the same expression in every jax-based printer (pure JAX, Flax NNX): pooling,
+    LRN, joins and shortcuts over NHWC values. A printer provides ``val`` (a value as code) and ``p.helpers``."""
+
+    def _pads(self, step) -> str:
+        p, extra = step.arg("p"), step.arg("ceil_extra")
+        if not isinstance(p, Ref) and not isinstance(extra, Ref):
+            return _lit(tuple((lo, hi + e) for (lo, hi), e in zip(p, extra)))
+        return f"tuple((lo, hi + e) for (lo, hi), e in zip({self.val(p)}, {self.val(extra)}, strict=True))"
+
+    def emit_maxpool(self, step, xs):
+        self.p.helpers.add("max_pool")
+        return f"_max_pool({xs[0]}, {self.val(step.arg('k'))}, {self.val(step.arg('s'))}, {self._pads(step)})"
+
+    def emit_avgpool(self, step, xs):
+        self.p.helpers.add("avg_pool")
+        more = ""
+        if step.arg("ceil_extra") != (0, 0):
+            more += f", ceil_extra={self.val(step.arg('ceil_extra'))}"
+        if step.arg("count_include_pad") is not True:
+            more += f", count_include_pad={self.val(step.arg('count_include_pad'))}"
+        return (f"_avg_pool({xs[0]}, {self.val(step.arg('k'))}, {self.val(step.arg('s'))}, "
+                f"{self.val(step.arg('p'))}{more})")
+
+    def emit_gap(self, step, xs):
+        return f"{xs[0]}.mean((1, 2), keepdims=True)"
+
+    def emit_adaptiveavgpool(self, step, xs):
+        self.p.helpers.add("adaptive_avg_pool")
+        return f"_adaptive_avg_pool({xs[0]}, {self.val(step.arg('size'))})"
+
+    def emit_lrn(self, step, xs):
+        self.p.helpers.add("lrn")
+        return (f"_lrn({xs[0]}, size={self.val(step.arg('size'))}, alpha={self.val(step.arg('alpha'))}, "
+                f"beta={self.val(step.arg('beta'))}, k={self.val(step.arg('k'))})")
+
+    def emit_add(self, step, xs):
+        scale = step.arg("scale")
+        terms = list(xs)
+        if isinstance(scale, Ref) or scale != 1.0:
+            terms[0] = f"{self.val(scale)} * {terms[0]}"
+        return " + ".join(terms)
+
+    def emit_concat(self, step, xs):
+        parts = []
+        for x, crop in zip(xs, step.arg("crops")):
+            if crop is None:
+                parts.append(x)
+            elif isinstance(crop, Ref):
+                c = self.val(crop)
+                parts.append(f"{x}[:, {c}[0]:{c}[0] + {c}[2], {c}[1]:{c}[1] + {c}[3]]")
+            else:
+                top, left, h, w = crop
+                parts.append(f"{x}[:, {top}:{top + h}, {left}:{left + w}]")
+        return f"jnp.concatenate([{', '.join(parts)}], axis=-1)"
+
+    def emit_padshortcut(self, step, xs):
+        s, pad = step.arg("s"), step.arg("pad_channels")
+        x = xs[0]
+        if isinstance(s, Ref) or s != 1:
+            x = f"{x}[:, ::{self.val(s)}, ::{self.val(s)}]"
+        if not isinstance(pad, Ref) and pad == 0:
+            return x
+        # the new channels are zeros after the old ones, as the torch backend pads
+        return f"jnp.pad({x}, ((0, 0), (0, 0), (0, 0), (0, {self.val(pad)})))"
+
+
+
+class _ClassPrinter(NhwcLayerCode):
     """Prints one class of the plan: its forward function and its init function (the network's: apply, init)."""
 
     def __init__(self, printer: JaxEmitter, cls: ClassPlan):
@@ -589,68 +657,6 @@ class _ClassPrinter:
             return f"jnp.zeros_like({x}) if train else {x}"
         self.p.helpers.update({"dropout", "key"})
         return f"_dropout({x}, {self.val(rate)}, _key(rng, {', '.join(_hashes(step.attr))})) if train else {x}"
-
-    def _pads(self, step) -> str:
-        p, extra = step.arg("p"), step.arg("ceil_extra")
-        if not isinstance(p, Ref) and not isinstance(extra, Ref):
-            return _lit(tuple((lo, hi + e) for (lo, hi), e in zip(p, extra)))
-        return f"tuple((lo, hi + e) for (lo, hi), e in zip({self.val(p)}, {self.val(extra)}, strict=True))"
-
-    def emit_maxpool(self, step, xs):
-        self.p.helpers.add("max_pool")
-        return f"_max_pool({xs[0]}, {self.val(step.arg('k'))}, {self.val(step.arg('s'))}, {self._pads(step)})"
-
-    def emit_avgpool(self, step, xs):
-        self.p.helpers.add("avg_pool")
-        more = ""
-        if step.arg("ceil_extra") != (0, 0):
-            more += f", ceil_extra={self.val(step.arg('ceil_extra'))}"
-        if step.arg("count_include_pad") is not True:
-            more += f", count_include_pad={self.val(step.arg('count_include_pad'))}"
-        return (f"_avg_pool({xs[0]}, {self.val(step.arg('k'))}, {self.val(step.arg('s'))}, "
-                f"{self.val(step.arg('p'))}{more})")
-
-    def emit_gap(self, step, xs):
-        return f"{xs[0]}.mean((1, 2), keepdims=True)"
-
-    def emit_adaptiveavgpool(self, step, xs):
-        self.p.helpers.add("adaptive_avg_pool")
-        return f"_adaptive_avg_pool({xs[0]}, {self.val(step.arg('size'))})"
-
-    def emit_lrn(self, step, xs):
-        self.p.helpers.add("lrn")
-        return (f"_lrn({xs[0]}, size={self.val(step.arg('size'))}, alpha={self.val(step.arg('alpha'))}, "
-                f"beta={self.val(step.arg('beta'))}, k={self.val(step.arg('k'))})")
-
-    def emit_add(self, step, xs):
-        scale = step.arg("scale")
-        terms = list(xs)
-        if isinstance(scale, Ref) or scale != 1.0:
-            terms[0] = f"{self.val(scale)} * {terms[0]}"
-        return " + ".join(terms)
-
-    def emit_concat(self, step, xs):
-        parts = []
-        for x, crop in zip(xs, step.arg("crops")):
-            if crop is None:
-                parts.append(x)
-            elif isinstance(crop, Ref):
-                c = self.val(crop)
-                parts.append(f"{x}[:, {c}[0]:{c}[0] + {c}[2], {c}[1]:{c}[1] + {c}[3]]")
-            else:
-                top, left, h, w = crop
-                parts.append(f"{x}[:, {top}:{top + h}, {left}:{left + w}]")
-        return f"jnp.concatenate([{', '.join(parts)}], axis=-1)"
-
-    def emit_padshortcut(self, step, xs):
-        s, pad = step.arg("s"), step.arg("pad_channels")
-        x = xs[0]
-        if isinstance(s, Ref) or s != 1:
-            x = f"{x}[:, ::{self.val(s)}, ::{self.val(s)}]"
-        if not isinstance(pad, Ref) and pad == 0:
-            return x
-        # the new channels are zeros after the old ones, as the torch backend pads
-        return f"jnp.pad({x}, ((0, 0), (0, 0), (0, 0), (0, {self.val(pad)})))"
 
     def comment(self, step: Step) -> str:
         """Where the step comes from, and its shape when it has a size of its own (one the instances share)."""
