@@ -52,7 +52,7 @@ def test_sizes_match_the_layer_formulas(tiny):
 
 def test_cli_search_writes_results_and_a_best_architecture_that_compiles(tiny, tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["search", tiny, "--trials", "5", "--epochs", "1", "--out", str(out)]) == 0
+    assert main(["search", tiny, "--trials", "5", "--epochs", "1", "--out", str(out), "--seed", "0"]) == 0
     assert "5 trials" in capsys.readouterr().out
     rows = read_rows(out / "results.csv")
     assert [int(r["trial"]) for r in rows] == [0, 1, 2, 3, 4]
