@@ -258,23 +258,14 @@ class _ClassPrinter(NhwcLayerCode):
             return f"{x}.transpose(0, 3, 1, 2).reshape({x}.shape[0], -1)"
         return f"{x}.reshape({x}.shape[0], -1)"
 
-    def emit_flatten(self, step, xs):
-        return self.flat(xs[0]) if step.arg("flatten") is True else xs[0]
-
     def emit_relu(self, step, xs):
         return f"nnx.relu({xs[0]})"
-
-    def emit_tanh(self, step, xs):
-        return f"jnp.tanh({xs[0]})"
 
     def emit_sigmoid(self, step, xs):
         return f"nnx.sigmoid({xs[0]})"
 
     def emit_softmax(self, step, xs):
         return f"nnx.softmax({xs[0]}, axis=-1)"
-
-    def emit_identity(self, step, xs):
-        return xs[0]
 
     # -- the class
     def comment(self, step: Step) -> str:

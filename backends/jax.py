@@ -277,7 +277,20 @@ def _hashes(attr: str) -> list[str]:
 
 class NhwcLayerCode:
     """The layers whose code is the same expression in every jax-based printer (pure JAX, Flax NNX): pooling,
-    LRN, joins and shortcuts over NHWC values. A printer provides ``val`` (a value as code) and ``p.helpers``."""
+    LRN, joins and shortcuts over NHWC values, flatten, tanh and identity. A printer provides ``val`` (a value as
+    code), ``flat`` (a flatten in PyTorch's element order) and ``p.helpers``."""
+
+    def emit_flatten(self, step, xs):
+        flatten = step.arg("flatten")
+        if isinstance(flatten, Ref):
+            return f"{self.flat(xs[0])} if {self.val(flatten)} else {xs[0]}"
+        return self.flat(xs[0]) if flatten else xs[0]
+
+    def emit_tanh(self, step, xs):
+        return f"jnp.tanh({xs[0]})"
+
+    def emit_identity(self, step, xs):
+        return xs[0]
 
     def _pads(self, step) -> str:
         p, extra = step.arg("p"), step.arg("ceil_extra")
@@ -628,26 +641,14 @@ class _ClassPrinter(NhwcLayerCode):
     def emit_bn(self, step, xs):  # pragma: no cover - a statement of its own: see layer()
         raise AssertionError("batch norm is written by layer()")
 
-    def emit_flatten(self, step, xs):
-        flatten = step.arg("flatten")
-        if isinstance(flatten, Ref):
-            return f"{self.flat(xs[0])} if {self.val(flatten)} else {xs[0]}"
-        return self.flat(xs[0]) if flatten else xs[0]
-
     def emit_relu(self, step, xs):
         return f"jax.nn.relu({xs[0]})"
-
-    def emit_tanh(self, step, xs):
-        return f"jnp.tanh({xs[0]})"
 
     def emit_sigmoid(self, step, xs):
         return f"jax.nn.sigmoid({xs[0]})"
 
     def emit_softmax(self, step, xs):
         return f"jax.nn.softmax({xs[0]}, axis=-1)"
-
-    def emit_identity(self, step, xs):
-        return xs[0]
 
     def emit_dropout(self, step, xs):
         rate, x = step.arg("p"), xs[0]

@@ -284,17 +284,7 @@ class Planner:
         self.variants: dict[str, list[_Draft]] = {}  # block kind -> the first draft of each of its classes
 
     def _scope_tree(self) -> dict[str, list[str]]:
-        children: dict[str, list[str]] = {"": []}
-        for n in self.nodes:
-            parts = n.name.split(".")
-            for i in range(len(parts)):
-                parent, child = ".".join(parts[:i]), ".".join(parts[:i + 1])
-                kids = children.setdefault(parent, [])
-                if child not in kids:
-                    kids.append(child)
-                if i < len(parts) - 1:
-                    children.setdefault(child, [])
-        return children
+        return self.g.scope_tree()
 
     def boundary(self, scope: str) -> tuple[list[str], list[str]]:
         """The outside values a scope reads, and its values read outside it (or returned), sorted."""

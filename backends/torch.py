@@ -235,18 +235,7 @@ class TorchEmitter(Emitter):
                                   "pick another label: a label is the module's attribute and its state_dict key")
 
     def _scope_tree(self) -> dict[str, list[str]]:
-        """Every module container (a dotted prefix of a layer name) -> its direct children, in order."""
-        children: dict[str, list[str]] = {"": []}
-        for n in self.nodes:
-            parts = n.name.split(".")
-            for i in range(len(parts)):
-                parent, child = ".".join(parts[:i]), ".".join(parts[:i + 1])
-                kids = children.setdefault(parent, [])
-                if child not in kids:
-                    kids.append(child)
-                if i < len(parts) - 1:
-                    children.setdefault(child, [])
-        return children
+        return self.g.scope_tree()
 
     def _members(self, scope: str) -> list[Node]:
         """The layers inside ``scope``, in graph order."""

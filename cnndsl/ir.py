@@ -228,6 +228,20 @@ class Graph:
             view.add_edges_from((ports[p], dst, p, {"port": p}) for p in sorted(ports))
         return view
 
+    def scope_tree(self) -> dict[str, list[str]]:
+        """Every scope (a dotted prefix of a layer name, ``""`` the network) -> its direct children, in order."""
+        children: dict[str, list[str]] = {"": []}
+        for n in self.nodes():
+            parts = n.name.split(".")
+            for i in range(len(parts)):
+                parent, child = ".".join(parts[:i]), ".".join(parts[:i + 1])
+                kids = children.setdefault(parent, [])
+                if child not in kids:
+                    kids.append(child)
+                if i < len(parts) - 1:
+                    children.setdefault(child, [])
+        return children
+
     def ancestors(self, names) -> set[str]:
         """The given nodes and every node they depend on (e.g. the main output's path, aux heads excluded)."""
         seen: set[str] = set()
