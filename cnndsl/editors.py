@@ -20,7 +20,7 @@ import json
 import sys
 from pathlib import Path
 
-from .vocabulary import COMBINATORS, KEYWORDS, LAYER_FOLLOWS, flag_words, layer_words
+from .vocabulary import COMBINATORS, EXPRESSION_WORDS, KEYWORDS, LAYER_FOLLOWS, flag_words, layer_words
 
 GRAMMAR_FILE = "cnn.tmLanguage.json"
 _NAME = r"[A-Za-z_][A-Za-z0-9_]*(?:\.(?:[A-Za-z_][A-Za-z0-9_]*|[0-9]+))*"  # a label or a dotted reference
@@ -47,7 +47,8 @@ def _repository() -> dict[str, dict]:
         "shape": {"match": r"\b[0-9]+(?:x[0-9]+)+\b", "name": "constant.numeric.shape.cnn"},
         "number": {"match": r"\b[0-9]+(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?\b", "name": "constant.numeric.cnn"},
         "constant": {"match": rf"\b({_alternatives(flag_words())})\b", "name": "constant.language.cnn"},
-        "operator": {"match": r"//|\.\.|[-+*/%=<>|]", "name": "keyword.operator.cnn"},
+        "expression_word": {"match": rf"\b({_alternatives(EXPRESSION_WORDS)})\b", "name": "keyword.operator.word.cnn"},
+        "operator": {"match": r"//|\.\.|[=!<>]=|[-+*/%=<>|]", "name": "keyword.operator.cnn"},
     }
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 from pygments.lexer import RegexLexer, bygroups, words
 from pygments.token import Comment, Keyword, Name, Number, Operator, Punctuation, String, Text, Whitespace
 
-from .vocabulary import COMBINATORS, KEYWORDS, LAYER_FOLLOWS, flag_words, layer_words
+from .vocabulary import COMBINATORS, EXPRESSION_WORDS, KEYWORDS, LAYER_FOLLOWS, flag_words, layer_words
 
 
 class CnnLexer(RegexLexer):
@@ -44,8 +44,9 @@ class CnnLexer(RegexLexer):
             (r"[0-9]+\.[0-9]+(?:[eE][-+]?[0-9]+)?|[0-9]+[eE][-+]?[0-9]+", Number.Float),
             (r"[0-9]+", Number.Integer),
             (words(flag_words(), suffix=r"\b"), Keyword.Constant),
+            (words(EXPRESSION_WORDS, prefix=r"\b", suffix=r"\b"), Operator.Word),  # {a if s == 1 else b}
             (r"[A-Za-z_][A-Za-z0-9_]*", Name),
-            (r"//|\.\.|[-+*/%=]", Operator),
+            (r"//|\.\.|[=!<>]=|[-+*/%=]", Operator),
             (r"[<>|]", Operator),
             (r"[()\[\]{},.:]", Punctuation),
         ],

@@ -76,6 +76,41 @@ class Neg:
 
 
 @dataclass(frozen=True)
+class Not:
+    operand: Expr
+    span: Span
+
+
+@dataclass(frozen=True)
+class IfElse:
+    """``a if cond else b``: ``cond`` is evaluated first, then only the branch it picks."""
+
+    cond: Expr
+    then: Expr
+    other: Expr
+    span: Span
+
+
+@dataclass(frozen=True)
+class FuncCall:
+    """``max(a, b)``, ``make_divisible(v, divisor=8)``: one of the expression functions."""
+
+    name: str
+    args: tuple[Arg, ...]
+    span: Span
+    name_span: Span
+
+
+@dataclass(frozen=True)
+class Field:
+    """``in.c``: a field of a name (today only of ``in``, the shape of the block's input)."""
+
+    base: str
+    name: str
+    span: Span
+
+
+@dataclass(frozen=True)
 class Tuple_:
     items: tuple[Expr, ...]
     span: Span
@@ -93,7 +128,28 @@ class Choice:
     span: Span
 
 
-Expr = Num | Str | Var | BinOp | Neg | Tuple_ | Choice
+Expr = Num | Str | Var | BinOp | Neg | Not | IfElse | FuncCall | Field | Tuple_ | Choice
+#: The binary operators of :class:`BinOp`: arithmetic, comparisons, and the boolean ``and`` / ``or``.
+ARITHMETIC = ("+", "-", "*", "/", "//", "%")
+COMPARISONS = ("==", "!=", "<", "<=", ">", ">=")
+BOOLEAN = ("and", "or")
+
+
+def operands(expr: Expr) -> tuple[Expr, ...]:
+    """The expressions directly inside ``expr`` (its operands, arguments, items or options), in text order."""
+    if isinstance(expr, BinOp):
+        return (expr.left, expr.right)
+    if isinstance(expr, (Neg, Not)):
+        return (expr.operand,)
+    if isinstance(expr, IfElse):
+        return (expr.then, expr.cond, expr.other)
+    if isinstance(expr, FuncCall):
+        return tuple(a.value for a in expr.args)
+    if isinstance(expr, Tuple_):
+        return expr.items
+    if isinstance(expr, Choice):
+        return expr.options
+    return ()
 
 
 # ----------------------------------------------------------------------------- steps
@@ -319,6 +375,21 @@ class _Builder(Transformer):
     def neg(self, meta, children):
         return Neg(children[0], self._s(meta))
 
+    def not_(self, meta, children):
+        return Not(children[0], self._s(meta))
+
+    def ifelse(self, meta, children):
+        then, cond, other = children
+        return IfElse(cond, then, other, self._s(meta))
+
+    def func(self, meta, children):
+        name, *args = children
+        return FuncCall(str(name), tuple(a for a in args if a is not None), self._s(meta), _tok_span(self.src, name))
+
+    def field(self, meta, children):
+        base, name = children
+        return Field(str(base), str(name), self._s(meta))
+
     def _bin(op):
         def method(self, meta, children):
             return BinOp(op, children[0], children[1], self._s(meta))
@@ -331,6 +402,14 @@ class _Builder(Transformer):
     div = _bin("/")
     floordiv = _bin("//")
     mod = _bin("%")
+    eq = _bin("==")
+    ne = _bin("!=")
+    lt = _bin("<")
+    le = _bin("<=")
+    gt = _bin(">")
+    ge = _bin(">=")
+    and_ = _bin("and")
+    or_ = _bin("or")
     del _bin
 
     # steps
@@ -452,15 +531,24 @@ _EXPECT_NAMES = {
     "PLUS": "'+'",
     "STAR": "'*'",
     "SLASH": "'/'",
-    "__ANON_0": "'//'",
     "PERCENT": "'%'",
-    "INPUT": "'input'",
     "$END": "end of file",
 }
 
 
+def _describe(terminal: str) -> str:
+    """A terminal as a hint shows it: a kind of word (``a name``), or the literal text (``'//'``, ``'if'``)."""
+    if terminal in _EXPECT_NAMES:
+        return _EXPECT_NAMES[terminal]
+    try:
+        pattern = _parser().get_terminal(terminal).pattern
+    except KeyError:
+        return terminal
+    return repr(pattern.value) if pattern.type == "str" else terminal
+
+
 def _describe_expected(expected) -> str:
-    names = {_EXPECT_NAMES.get(e, repr(e.lower()) if e.isupper() else e) for e in expected}
+    names = {_describe(e) for e in expected}
     names = sorted(names, key=lambda n: (n.startswith("'"), n))  # "a name", "a number" before punctuation
     if len(names) > 6:
         names = names[:6] + ["..."]
@@ -485,7 +573,7 @@ _TOKEN = re.compile(r"""
     | (?P<string>"[^"\n]*"?)
     | (?P<word>[A-Za-z_][A-Za-z0-9_]*(?:-[A-Za-z_][A-Za-z0-9_]*)*)
     | (?P<number>[0-9]+(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?(?:x[0-9]+)*)
-    | (?P<punct>//|\.\.|[^\sA-Za-z0-9_"\#])
+    | (?P<punct>//|\.\.|[=!<>]=|[^\sA-Za-z0-9_"\#])
 """, re.VERBOSE)
 _DECLARES = ("block", "network")  # `block NAME:` and `network NAME:` end in a colon that is no label
 
@@ -541,19 +629,20 @@ def scan(source: Source) -> TextCounts:
             _over(source, m.start(), f"a name of {len(tok):,} characters (the limit is {MAX_NAME_LENGTH:,})",
                   "give it a shorter name")
         top = stack[-1] if stack else None
+        bracket = not (tok in ("<", ">") and top is not None and top.expression)  # else a comparison: a < b
         if top is not None and top.expression and tok in ",|":
             top.piece, top.piece_at = 0, m.end()
         elif top is not None and top.expression:
             top.piece += 1
             _check_piece(source, top, counts)
-        if tok in _OPENS:
+        if tok in _OPENS and bracket:
             if len(stack) >= MAX_NESTING:
                 _over(source, m.start(), f"brackets nested more than {MAX_NESTING} deep",
                       "use a block to name the repeated structure instead")
             expression = tok == "{" or (tok == "(" and prev != "replace")
             stack.append(_Open(tok, expression, m.start(), seen))
             counts.deepest = max(counts.deepest, len(stack))
-        elif tok in _CLOSES and stack:
+        elif tok in _CLOSES and stack and bracket:
             done = stack.pop()
             if stack and stack[-1].expression:  # the tokens inside belong to the enclosing expression too
                 stack[-1].piece += seen - done.opened - 1
@@ -599,18 +688,29 @@ def _offset_span(source: Source, pos: int) -> Span:
     return Span(source, line, col, line, col + 1)
 
 
-_BRACKET_OR_SKIPPED = re.compile(r'#[^\n]*|"[^"]*"?|[][(){}<>]')
+_BRACKET_OR_SKIPPED = re.compile(r'#[^\n]*|"[^"]*"?|(?<=\breplace)(?P<steps>\s*\()|(?P<bracket>[][(){}<>])')
 
 
 def _open_brackets(text: str, end: int) -> list[tuple[str, int]]:
-    """The brackets still open at offset ``end``, outermost first, skipping comments and strings."""
+    """The brackets still open at offset ``end``, outermost first, skipping comments and strings.
+
+    Inside ``(...)`` and ``{...}``, which hold expressions (but for ``replace(path, steps)``), ``<`` and ``>``
+    are comparisons, not brackets.
+    """
     stack: list[tuple[str, int]] = []
+    expression: list[bool] = []
     for m in _BRACKET_OR_SKIPPED.finditer(text, 0, end):  # one regular expression: no loop over characters
-        ch = m.group()
+        if m.lastgroup is None:  # a comment or a string
+            continue
+        ch, at = m.group().lstrip(), m.end() - 1
+        if ch in ("<", ">") and expression and expression[-1]:
+            continue
         if ch in _OPENS:
-            stack.append((ch, m.start()))
+            stack.append((ch, at))
+            expression.append(ch != "[" and ch != "<" and m.lastgroup != "steps")
         elif ch in _CLOSES and stack and stack[-1][0] == _CLOSES[ch]:
             stack.pop()
+            expression.pop()
     return stack
 
 
@@ -691,6 +791,9 @@ def parse(text: str, filename: str = "<string>") -> Module:
         unmatched = _unmatched_closer(source, tok.start_pos) if tok.start_pos is not None else None
         if unmatched:
             raise unmatched from None
+        if str(tok) in COMPARISONS and "NAME" not in e.expected:  # right after a comparison's right operand
+            raise CnnSyntaxError(f"unexpected {str(tok)!r}: comparisons do not chain", _tok_span(source, tok),
+                                 "write a < b and b < c") from None
         raise CnnSyntaxError(f"unexpected {str(tok)!r}", _tok_span(source, tok),
                              f"expected {_describe_expected(e.expected)}") from None
     except lark.UnexpectedEOF as e:

@@ -160,6 +160,9 @@ class _Walk:
         elif isinstance(e, ast.Tuple_):
             for item in e.items:
                 self.expr(item, guard)
+        else:  # a function's arguments, a conditional's parts, not's operand
+            for sub in ast.operands(e):
+                self.expr(sub, guard)
 
     def args(self, args, guard) -> None:
         for a in args:

@@ -14,13 +14,15 @@ from .ops import COMBINATORS, OPS
 
 #: The statement keywords of the grammar (``grammar/cnn.lark``).
 KEYWORDS = ("use", "block", "network", "with", "input", "freeze", "replace")
+#: The words of expressions: ``{a if s == 1 else b}``, ``and``, ``or``, ``not``.
+EXPRESSION_WORDS = ("if", "else", "and", "or", "not")
 #: Literal values: ``act=none``, ``bias=false``.
 LITERALS = ("true", "false", "none")
 #: A regex lookahead for what may follow a layer word: its shorthand (``conv3``, ``conv{k}``,
 #: ``fc-10``, ``pool3/2``), its arguments, a space, or the end of a branch or a group.
 LAYER_FOLLOWS = r"(?=[0-9{\-/(\s<>|\]]|$)"
 
-__all__ = ["COMBINATORS", "KEYWORDS", "LAYER_FOLLOWS", "LITERALS", "activation_words", "flag_words", "layer_words"]
+__all__ = ["COMBINATORS", "EXPRESSION_WORDS", "KEYWORDS", "LAYER_FOLLOWS", "LITERALS", "activation_words", "flag_words", "layer_words"]
 
 
 def layer_words() -> list[str]:

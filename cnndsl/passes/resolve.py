@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import difflib
 import itertools
+import math
 import re
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -34,7 +35,7 @@ from .. import syntax as ast
 from ..errors import CnnArgumentError, CnnDslError, CnnLimitError, CnnNameError, CnnShapeError, Span
 from ..ir import Graph, Scope
 from ..ops import COMBINATORS, OPS, lookup, spellings
-from ..syntax import MAX_NAME_LENGTH
+from ..syntax import MAX_NAME_LENGTH, MAX_NUMBER
 from ..vocabulary import activation_words, layer_words
 
 MAX_NODES = 100_000
@@ -61,9 +62,30 @@ class Symbol:
 
 # ----------------------------------------------------------------------------- expressions
 
+#: Where an environment keeps the point a block instance (or the network, or a ``replace``) starts from. Not a
+#: name a text can write, so no parameter hides it; ``in.c``, ``in.h`` and ``in.w`` read its shape.
+INPUT = "<in>"
+INPUT_FIELDS = {"c": (0, "channels"), "h": (1, "height"), "w": (2, "width")}
+
+
+@dataclass(frozen=True)
+class InputPoint:
+    """The input of the body being lowered; its shape is inferred when an expression first reads it."""
+
+    node: str
+    shape_of: Callable[[str], tuple[int, ...]] = field(compare=False, repr=False)
+
 
 def evaluate(expr: ast.Expr, env: dict[str, Any], choose: Callable[[ast.Choice], int] | None = None) -> Any:
-    """Evaluate an expression; unbound words become :class:`Symbol` (or booleans)."""
+    """Evaluate an expression; unbound words become :class:`Symbol` (or booleans).
+
+    ``and``, ``or`` and ``a if c else b`` evaluate only the operands they need, as Python does.
+
+    >>> from cnndsl.syntax import parse
+    >>> value = parse("network t(c=24): input 3x8x8 conv3-{max(8, c // 4) if c > 16 else c}").networks[0]
+    >>> evaluate(value.body.steps[0].term.channels, {"c": 24})
+    8
+    """
     if isinstance(expr, ast.Num):
         return expr.value
     if isinstance(expr, ast.Str):
@@ -83,12 +105,30 @@ def evaluate(expr: ast.Expr, env: dict[str, Any], choose: Callable[[ast.Choice],
         return evaluate(expr.options[index], env, choose)
     if isinstance(expr, ast.Neg):
         v = evaluate(expr.operand, env, choose)
-        _need_number(v, expr.operand)
+        _need_number(v, expr.operand.span)
         return -v
+    if isinstance(expr, ast.Not):
+        return not _need_bool(evaluate(expr.operand, env, choose), expr.operand.span, "not")
+    if isinstance(expr, ast.IfElse):
+        cond = _need_bool(evaluate(expr.cond, env, choose), expr.cond.span, "if")
+        return evaluate(expr.then if cond else expr.other, env, choose)
+    if isinstance(expr, ast.FuncCall):
+        return _call_function(expr, env, choose)
+    if isinstance(expr, ast.Field):
+        return _input_field(expr, env)
     if isinstance(expr, ast.BinOp):
+        if expr.op in ast.BOOLEAN:  # `false and x` is false and `true or x` true, without evaluating x
+            a = _need_bool(evaluate(expr.left, env, choose), expr.left.span, expr.op)
+            if a is (expr.op == "or"):
+                return a
+            return _need_bool(evaluate(expr.right, env, choose), expr.right.span, expr.op)
         a, b = evaluate(expr.left, env, choose), evaluate(expr.right, env, choose)
-        _need_number(a, expr.left)
-        _need_number(b, expr.right)
+        if expr.op in ("==", "!="):
+            return _equal(a, b) is (expr.op == "==")
+        _need_number(a, expr.left.span)
+        _need_number(b, expr.right.span)
+        if expr.op in ast.COMPARISONS:
+            return {"<": a < b, "<=": a <= b, ">": a > b, ">=": a >= b}[expr.op]
         if expr.op in ("/", "//", "%") and b == 0:
             raise CnnArgumentError("division by zero", expr.span, "the divisor here evaluates to 0")
         if expr.op == "+":
@@ -103,17 +143,186 @@ def evaluate(expr: ast.Expr, env: dict[str, Any], choose: Callable[[ast.Choice],
             r = a % b
         else:
             r = a // b if isinstance(a, int) and isinstance(b, int) and a % b == 0 else a / b
-        if isinstance(r, int) and abs(r) > 2**40:
-            raise CnnLimitError(f"number too large: {r}", expr.span, f"numbers in a network stay below {2**40:,}")
-        return r
+        return _bounded(r, expr.span)
     raise AssertionError(expr)
 
 
-def _need_number(v: Any, expr: ast.Expr) -> None:
+def _bounded(r: Any, span: Span | None) -> Any:
+    """A computed number: an integer must stay below ``MAX_NUMBER``, as a literal must."""
+    if isinstance(r, int) and not isinstance(r, bool) and abs(r) > MAX_NUMBER:
+        raise CnnLimitError(f"number too large: {r}", span, f"numbers in a network stay below {MAX_NUMBER:,}")
+    return r
+
+
+def _shown(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return v.name if isinstance(v, Symbol) else repr(v)
+
+
+def _need_number(v: Any, span: Span | None) -> None:
     if isinstance(v, bool) or not isinstance(v, (int, float)):
-        shown = v.name if isinstance(v, Symbol) else repr(v)
-        hint = f"'{shown}' is not a parameter in scope" if isinstance(v, Symbol) else None
-        raise CnnArgumentError(f"expected a number, got {shown}", expr.span, hint)
+        hint = None
+        if isinstance(v, Symbol):
+            hint = ("the input's shape is in.c, in.h, in.w" if v.name == "in"
+                    else f"'{v.name}' is not a parameter in scope")
+        raise CnnArgumentError(f"expected a number, got {_shown(v)}", span, hint)
+
+
+def _need_bool(v: Any, span: Span | None, what: str) -> bool:
+    if not isinstance(v, bool):
+        place = "a condition" if what == "if" else f"'{what}'"
+        raise CnnArgumentError(f"{place} takes true or false, got {_shown(v)}", span,
+                               "compare it to get true or false, e.g. s == 1 or c > 16")
+    return v
+
+
+def _equal(a: Any, b: Any) -> bool:
+    """``a == b`` in an expression: numbers by value (``2 == 2.0``), a boolean equal only to a boolean."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    return a == b
+
+
+def _input_field(expr: ast.Field, env: dict[str, Any]) -> int:
+    if expr.base != "in":
+        raise CnnNameError(f"unknown name '{expr.base}.{expr.name}'", expr.span,
+                           "a dotted name in an expression is a field of the input: in.c, in.h or in.w")
+    if expr.name not in INPUT_FIELDS:
+        raise CnnNameError(f"the input has no field '{expr.name}'", expr.span,
+                           _suggest(expr.name, list(INPUT_FIELDS)) or
+                           "in.c is the input's channels, in.h its height, in.w its width")
+    point = env.get(INPUT)
+    if point is None:
+        raise CnnNameError(f"in.{expr.name} is not known here", expr.span,
+                           "in.c, in.h and in.w read the input of a block or network body (and a block's parameter "
+                           "defaults); a network's parameters come before its input")
+    shape = point.shape_of(point.node)
+    index, what = INPUT_FIELDS[expr.name]
+    if index >= len(shape):
+        raise CnnShapeError(f"the input is a vector of {shape[0]} features: it has no {what}", expr.span,
+                            "in.c is a vector's length; in.h and in.w are only known for a feature map")
+    return shape[index]
+
+
+# -- the functions an expression can call
+
+
+def _number(v: Any, span: Span | None) -> int | float:
+    """An argument that must be a finite number below ``MAX_NUMBER`` (what rounding can make an integer of)."""
+    _need_number(v, span)
+    if isinstance(v, float) and not (math.isfinite(v) and abs(v) <= MAX_NUMBER):
+        raise CnnLimitError(f"number too large: {v}", span, f"numbers in a network stay below {MAX_NUMBER:,}")
+    return v
+
+
+def _positive_int(v: Any, span: Span | None, what: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise CnnArgumentError(f"{what} must be a positive integer, got {_shown(v)}", span,
+                               "make_divisible(v, divisor=8, min_value=none) rounds v to a multiple of divisor")
+    return v
+
+
+def _make_divisible(v: Any, divisor: Any, min_value: Any, spans: list[Span | None]) -> int:
+    """torchvision's ``_make_divisible``: ``v`` to the nearest multiple of ``divisor`` (halves up), at least
+    ``min_value`` (``divisor`` when none), and one ``divisor`` more where rounding lost over 10% of ``v``."""
+    v = _number(v, spans[0])
+    divisor = _positive_int(divisor, spans[1], "make_divisible's divisor")
+    if isinstance(min_value, Symbol) and min_value.name == "none":
+        min_value = divisor
+    min_value = _positive_int(min_value, spans[2], "make_divisible's min_value")
+    rounded = max(min_value, int(v + divisor / 2) // divisor * divisor)
+    return rounded + divisor if rounded < 0.9 * v else rounded
+
+
+@dataclass(frozen=True)
+class Function:
+    """A function an expression can call: its parameters (the first ``required`` needed, the others with
+    ``defaults``), or any number of at least ``required`` numbers when ``variadic``."""
+
+    signature: str  # as docs and hints show it
+    params: tuple[str, ...]
+    required: int
+    compute: Callable[..., Any]  # (argument values..., their spans) -> value
+    defaults: tuple[Any, ...] = ()
+    variadic: bool = False
+
+
+def _extreme(pick):
+    def compute(*values_and_spans):
+        *values, spans = values_and_spans
+        for v, span in zip(values, spans):
+            _need_number(v, span)
+        return pick(values)
+
+    return compute
+
+
+def _rounding(to_int):
+    def compute(x, spans):
+        return to_int(_number(x, spans[0]))
+
+    return compute
+
+
+#: The functions of expressions, by name. ``round`` is Python's (halves to even: ``round(2.5)`` is 2), as
+#: torchvision's ``int(round(...))`` is; ``make_divisible`` is torchvision's ``_make_divisible``.
+FUNCTIONS: dict[str, Function] = {
+    "min": Function("min(a, b, ...)", ("a", "b"), 2, _extreme(min), variadic=True),
+    "max": Function("max(a, b, ...)", ("a", "b"), 2, _extreme(max), variadic=True),
+    "round": Function("round(x)", ("x",), 1, _rounding(round)),
+    "ceil": Function("ceil(x)", ("x",), 1, _rounding(math.ceil)),
+    "floor": Function("floor(x)", ("x",), 1, _rounding(math.floor)),
+    "make_divisible": Function("make_divisible(v, divisor=8, min_value=none)", ("v", "divisor", "min_value"), 1,
+                               _make_divisible, (8, Symbol("none"))),
+}
+
+
+def _call_function(call: ast.FuncCall, env: dict[str, Any], choose) -> Any:
+    fn = FUNCTIONS.get(call.name)
+    if fn is None:
+        raise CnnNameError(f"unknown function '{call.name}'", call.name_span,
+                           _suggest(call.name, FUNCTIONS) or f"the functions are {', '.join(FUNCTIONS)}")
+    given: dict[str, tuple[Any, Span]] = {}
+    values, spans = [], []
+    for a in call.args:  # evaluated in the order written
+        if a.name is None:
+            if given:
+                raise CnnArgumentError(f"a positional argument after a keyword argument in {call.name}(...)", a.span,
+                                       fn.signature)
+            if not fn.variadic and len(values) == len(fn.params):
+                n = sum(1 for b in call.args if b.name is None)
+                raise CnnArgumentError(f"{call.name} takes {_count(len(fn.params), fn.required)}, got {n}",
+                                       call.span, fn.signature)
+            values.append(evaluate(a.value, env, choose))
+            spans.append(a.span)
+            continue
+        if fn.variadic or a.name not in fn.params:
+            raise CnnArgumentError(f"{call.name} has no argument '{a.name}'", a.span,
+                                   (None if fn.variadic else _suggest(a.name, fn.params)) or fn.signature)
+        if a.name in given or a.name in fn.params[:len(values)]:
+            raise CnnArgumentError(f"argument '{a.name}' of {call.name} given twice", a.span, fn.signature)
+        given[a.name] = (evaluate(a.value, env, choose), a.span)
+    if fn.variadic:
+        if len(values) < fn.required:
+            raise CnnArgumentError(f"{call.name} takes at least {fn.required} arguments, got {len(values)}",
+                                   call.span, fn.signature)
+        return _bounded(fn.compute(*values, spans), call.span)
+    for i, p in enumerate(fn.params[len(values):], len(values)):
+        if p in given:
+            v, span = given[p]
+        elif i >= fn.required:
+            v, span = fn.defaults[i - fn.required], call.span
+        else:
+            raise CnnArgumentError(f"{call.name} needs the argument '{p}'", call.span, fn.signature)
+        values.append(v)
+        spans.append(span)
+    return _bounded(fn.compute(*values, spans), call.span)
+
+
+def _count(most: int, least: int) -> str:
+    n = f"{least} to {most}" if least < most else str(most)
+    return f"{n} argument{'s' if most != 1 else ''}"
 
 
 def plain(v: Any) -> Any:
@@ -163,6 +372,14 @@ class Frame:
     blocks_active: tuple[str, ...] = ()
     labels: dict[str, str] = field(default_factory=dict)  # full name -> node
     body: ast.Seq | None = None  # the body being lowered (to tell a forward reference from a typo)
+    _sizing: dict[str, Any] | None = field(default=None, repr=False)
+
+    def sizing_env(self) -> dict[str, Any]:
+        """``env`` for the :class:`Sizer`, without the input point: each block instance starts from another
+        point, which would defeat the sizer's memo, so a count read from ``in.c`` is not known to it."""
+        if self._sizing is None:
+            self._sizing = {k: v for k, v in self.env.items() if k != INPUT} if INPUT in self.env else self.env
+        return self._sizing
 
 
 _SHORTHAND = re.compile(r"^(?P<base>[A-Za-z_][A-Za-z_-]*?)(?P<k>[0-9]+(?:x[0-9]+)?)$")
@@ -180,6 +397,7 @@ class Resolver:
         self.lookups = 0  # references followed
         self.work = 0  # units of MAX_WORK spent
         self.chain = chain  # derived networks being built, outermost first (to stop `a = b`, `b = a`)
+        self.shapes: dict[str, tuple[int, ...]] = {}  # nodes' shapes inferred so far (for in.c and residuals)
 
     # -- entry
     def network(self, name: str, overrides: dict[str, Any], span: Span | None = None) -> Graph:
@@ -208,8 +426,7 @@ class Resolver:
                 g.zero_init_residual = options.get("zero_init_residual") is True
                 g.init_fc = options.get("fc", "scheme") == "scheme"
         defaults = tuple(d for d in decl.defaults if d.op != "init")
-        frame = Frame(env, self._defaults(defaults, {}, env), "", body=decl.body)
-        scope = NameScope("", sequential=False)
+        labels: dict[str, str] = {}
         flow = None
         for i, inp in enumerate(decl.inputs):
             if any(d < 1 for d in inp.shape) or len(inp.shape) not in (1, 3):
@@ -219,8 +436,11 @@ class Resolver:
             nm = inp.name or ("input" if i == 0 else f"input{i + 1}")
             g.add(nm, "input", {"shape": inp.shape}, inp.span, [])
             g.inputs.append(nm)
-            frame.labels[nm] = nm
+            labels[nm] = nm
             flow = flow or nm
+        env[INPUT] = InputPoint(flow, self._shape)  # after g.params: in.c is no parameter of the network
+        frame = Frame(env, self._defaults(defaults, {}, env), "", labels=labels, body=decl.body)
+        scope = NameScope("", sequential=False)
         g.output = self._seq(decl.body, flow, scope, frame, tail=True, then_act=False)
         if g.output == ZERO:
             raise CnnShapeError("the network's output is always zero: every path to it goes through `none`",
@@ -273,9 +493,10 @@ class Resolver:
         was_output = mod.path == g.output
         aux_at = g.aux_outputs.index(mod.path) if mod.path in g.aux_outputs else None
         g.remove(mod.path)
+        self.shapes.clear()  # the layers after the one replaced may change shape
         parent, _, last = mod.path.rpartition(".")
         single = len(mod.seq.steps) == 1 and mod.seq.steps[0].label is None and mod.seq.steps[0].repeat is None
-        frame = Frame(env, {}, "")
+        frame = Frame({**env, INPUT: InputPoint(srcs[0], self._shape)}, {}, "")
         if single:
             scope = NameScope(parent, sequential=False)
             step = mod.seq.steps[0]
@@ -300,12 +521,37 @@ class Resolver:
                                 "a block with that many parameters or defaults used that many times cannot be "
                                 "compiled; check the repeat counts")
 
+    def _shape(self, name: str) -> tuple[int, ...]:
+        """The output shape of a layer already built, inferred on demand with those of its ancestors not yet known.
+
+        ``in.c`` and ``residual(shortcut=none)`` need shapes while the graph is built; each layer's shape is
+        worked out once (``infer_shapes`` runs over the finished graph later, with the size limits and warnings).
+        """
+        shapes, todo = self.shapes, [name]
+        while todo:
+            node = todo[-1]
+            if node in shapes:
+                todo.pop()
+                continue
+            srcs = self.g.inputs_of(node)
+            missing = [src for src in srcs if src not in shapes]
+            if missing:
+                todo.extend(missing)
+                continue
+            todo.pop()
+            n = self.g.node(node)
+            shapes[node] = (tuple(n.args["shape"]) if n.op == "input" else
+                            OPS[n.op].infer_many([shapes[src] for src in srcs], n.args, n.span))
+        return shapes[name]
+
     # -- parameters and arguments
     def _args(self, args: tuple[ast.Arg, ...], env) -> list[tuple[str | None, Any]]:
         return [(a.name, evaluate(a.value, env, self.choose)) for a in args]
 
     def _bind(self, what: str, params: tuple[ast.Param, ...], positional: tuple, keywords: dict, caller_env,
-              span, kind: str) -> dict[str, Any]:
+              span, kind: str, start: InputPoint | None = None) -> dict[str, Any]:
+        """The parameters' values, defaults included; with ``start`` (a block instance's input), also ``INPUT``,
+        which the defaults may read (``block b(c, e=in.c)``)."""
         self._spend(len(params) + len(positional) + len(keywords), span)
         names, declared = [p.name for p in params], set()
         for p in params:
@@ -320,6 +566,8 @@ class Resolver:
         env: dict[str, Any] = {}
         for p, v in zip(params, positional):
             env[p.name] = v
+        if start is not None:
+            env[INPUT] = start
         for k, v in keywords.items():
             if k not in declared:
                 raise CnnArgumentError(f"{kind} '{what}' has no parameter '{k}'", span,
@@ -370,12 +618,28 @@ class Resolver:
         self._spend(1, seq.span)
         steps = seq.steps
         self._check_size(steps, frame)
-        for i, step in enumerate(steps):
-            last = i == len(steps) - 1
-            nxt_act = then_act if last else self._is_activation(steps[i + 1], frame)
+        following = self._following(steps, frame)
+        for step, nxt in zip(steps, following):
+            last = nxt is None
+            nxt_act = then_act if last else self._is_activation(nxt, frame)
             flow = self._step(step, flow, scope, frame, tail and last, nxt_act)
         self.depth -= 1
         return flow
+
+    @staticmethod
+    def _following(steps: tuple[ast.Step, ...], frame: Frame) -> list[ast.Step | None]:
+        """For each step, the next step that builds something (None for the last): a step repeated ``x0`` is
+        skipped, so a layer before an absent activation keeps its default one, and one before absent steps
+        only is the sequence's last. A count not known before building (a choice) counts as present."""
+        out: list[ast.Step | None] = []
+        nxt = None
+        for step in reversed(steps):
+            out.append(nxt)
+            count = step.repeat.value if isinstance(step.repeat, ast.Num) else \
+                known_value(step.repeat, frame.env) if step.repeat is not None else 1
+            if not _is_zero(count):
+                nxt = step
+        return out[::-1]
 
     def _check_size(self, steps: tuple[ast.Step, ...], frame: Frame) -> None:
         """Refuse, before building any of it, a sequence of steps that adds up to too many layers.
@@ -384,8 +648,9 @@ class Resolver:
         which say why.
         """
         budget = MAX_NODES - len(self.g)
-        key = values_key(frame.env)
-        sizes = [self.sizer.step(step, frame.env, key, self.depth) for step in steps]
+        env = frame.sizing_env()
+        key = values_key(env)
+        sizes = [self.sizer.step(step, env, key, self.depth) for step in steps]
         if sum(sizes) <= budget or any(size > budget and (step.repeat is not None or isinstance(step.term, ast.Group)
                                                            or (isinstance(step.term, ast.Call) and
                                                                step.term.name in self.lib.blocks))
@@ -423,13 +688,21 @@ class Resolver:
         if step.repeat is None:
             return self._term(step.term, step.label, flow, scope, frame, tail, then_act, step)
         n = evaluate(step.repeat, frame.env, self.choose)
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise CnnArgumentError(f"a repeat count must be a positive integer, got {plain(n)!r}", step.repeat.span,
-                                   "x1 is a single copy; to leave a step out, delete it")
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise CnnArgumentError(f"a repeat count must be a whole number, 0 or more, got {plain(n)!r}",
+                                   step.repeat.span, "x1 is a single copy; x0 leaves the step out")
+        if n == 0:  # the step is absent: it builds nothing and takes no number; its label names the point here
+            if isinstance(step.term, ast.Ref):
+                raise CnnArgumentError("a reference cannot be repeated", step.span)
+            if step.label is not None:
+                name = scope.full(step.label)
+                self._claim(name, step.label_span or step.span)
+                frame.labels[name] = flow
+            return flow
         if n > MAX_NODES:
             raise CnnLimitError(f"repeat count {n} would build more than {MAX_NODES:,} layers", step.repeat.span,
                                 "a network of that size cannot be compiled; check the count")
-        at_least = len(self.g) + self.sizer.term(step.term, frame.env, self.depth) * n
+        at_least = len(self.g) + self.sizer.term(step.term, frame.sizing_env(), self.depth) * n
         if at_least > MAX_NODES:
             raise CnnLimitError(f"repeating this {n} times would build at least {at_least:,} layers "
                                 f"(the limit is {MAX_NODES:,})", step.span,
@@ -599,14 +872,30 @@ class Resolver:
                 raise CnnArgumentError(f"residual<...> has no argument '{k}'", c.span, _suggest(k, sorted(known)))
         if len(c.branches) > 2:
             raise CnnArgumentError("residual< body | shortcut > takes one or two branches", c.span)
+        mode = given.get("shortcut", "auto")
+        modes = (*OPS["shortcut"].MODES, "none")
+        if mode not in modes:
+            raise CnnArgumentError(f"unknown shortcut {mode!r}", c.span,
+                                   _suggest(str(mode), modes) or f"shortcut is one of {', '.join(modes)}")
+        if mode == "none" and len(c.branches) == 2:
+            raise CnnArgumentError("residual(shortcut=none) takes no shortcut branch", c.span,
+                                   "shortcut=none is the identity where the body keeps the shape, and no add "
+                                   "elsewhere; residual< body | shortcut > always adds the shortcut written")
         body = self._seq(c.branches[0], flow, scope, frame, tail=False, then_act=False)
         self._no_zero([body], "residual", c.span)
+        if mode == "none":  # decided here, with the shapes so far: whether there is an add at all is structure
+            if self._shape(flow) != self._shape(body):
+                if label is not None:
+                    frame.labels[scope.full(label)] = body
+                return body
+            args = OPS["add"].normalize({"scale": given.get("scale", 1.0)}, c.span)
+            return self._add_node(scope.child("add", label), "add", args, c.span, [body, flow])
         if len(c.branches) == 2:
             short = self._seq(c.branches[1], flow, scope, frame, tail=False, then_act=False)
             self._no_zero([short], "residual", c.span)
         else:
             bn = {"eps": 1e-5, "momentum": 0.1, **frame.defaults.get("bn", {})}
-            args = OPS["shortcut"].normalize({"mode": given.get("shortcut", "auto"), "bn_eps": bn["eps"],
+            args = OPS["shortcut"].normalize({"mode": mode, "bn_eps": bn["eps"],
                                               "bn_momentum": bn["momentum"]}, c.span)
             nm = scope.full("downsample")
             if nm in self.g:
@@ -638,9 +927,10 @@ class Resolver:
             value = part if isinstance(part, (int, tuple)) else evaluate(part, frame.env, self.choose)
             if isinstance(value, Symbol):
                 if isinstance(part, ast.Var) and part.name not in frame.env:
+                    names = [k for k in frame.env if k != INPUT]
                     raise CnnNameError(f"unknown name '{part.name}' in the {what}", part.span,
-                                       _suggest(part.name, frame.env) or
-                                       f"parameters in scope: {', '.join(frame.env) or 'none'}")
+                                       _suggest(part.name, names) or
+                                       f"parameters in scope: {', '.join(names) or 'none'}")
                 raise CnnArgumentError(f"the {what} must be a number, got the word '{value.name}'", part.span)
             given[field_name] = plain(value)
         act = None
@@ -728,7 +1018,7 @@ class Resolver:
             hint = ("a block that instantiates itself never ends" if name in frame.blocks_active
                     else "flatten the nesting: put blocks one after another")
             raise CnnLimitError(f"blocks nested more than {MAX_BLOCK_DEPTH} deep (through '{name}')", call.span, hint)
-        at_least = len(self.g) + self.sizer.term(call, frame.env, self.depth)
+        at_least = len(self.g) + self.sizer.term(call, frame.sizing_env(), self.depth)
         if at_least > MAX_NODES:
             raise CnnLimitError(f"'{name}' would build at least {at_least:,} layers (the limit is {MAX_NODES:,})",
                                 call.span, "blocks that use other blocks several times grow exponentially with depth")
@@ -740,10 +1030,10 @@ class Resolver:
                 if k in kw:
                     raise CnnArgumentError(f"parameter '{k}' of '{name}' given twice", call.span)
                 kw[k] = v
-        env = self._bind(name, block.params, pos, kw, frame.env, call.span, "block")
+        env = self._bind(name, block.params, pos, kw, frame.env, call.span, "block", InputPoint(flow, self._shape))
         inst = scope.child(name, label)
-        self.g.scopes[inst] = Scope(inst, "block", block=name, args={k: plain(v) for k, v in env.items()},
-                                    span=call.span, definition=block.span)
+        self.g.scopes[inst] = Scope(inst, "block", block=name, span=call.span, definition=block.span,
+                                    args={k: plain(v) for k, v in env.items() if k != INPUT})
         inner = Frame(env, self._defaults(block.defaults, frame.defaults, env), inst,
                       frame.blocks_active + (name,), body=block.body)
         out = self._seq(block.body, flow, NameScope(inst, sequential=False), inner, tail, then_act)
@@ -758,6 +1048,10 @@ class Resolver:
         self._spend(1, span)
         self.g.add(name, op, args, span, inputs)
         return name
+
+
+def _is_zero(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v == 0
 
 
 def _check_name(name: str, span: Span | None) -> None:
@@ -858,7 +1152,7 @@ class Sizer:
         if key is not None and memo in self.memo:
             return self.memo[memo][1]
         count = known_value(step.repeat, env) if step.repeat is not None else 1
-        count = count if isinstance(count, int) and not isinstance(count, bool) and count > 1 else 1
+        count = count if isinstance(count, int) and not isinstance(count, bool) and count >= 0 else 1
         size = self.term(step.term, env, depth, active) * count
         if key is not None:
             self.memo[memo] = (step, size)

@@ -18,6 +18,7 @@ when present, "fvcore_by_op" holds FlopCountAnalysis totals by operator
 """
 import json
 import pathlib
+import sys
 
 import torch
 import torchvision
@@ -35,16 +36,33 @@ except ImportError:
 OUT = pathlib.Path(__file__).parent / "fixtures"
 
 # name -> (peer id, constructor, input [C,H,W], key prefixes of auxiliary heads)
-TV = {n: (f"torchvision.models.{n}", lambda n=n: getattr(tvm, n)(weights=None), [3, 224, 224], ())
-      for n in ["alexnet", "vgg11", "vgg13", "vgg16", "vgg19", "vgg11_bn", "vgg16_bn",
-                "resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]}
-PEERS = dict(TV)
-PEERS["googlenet"] = ("torchvision.models.googlenet",
-                      lambda: tvm.googlenet(weights=None, aux_logits=True, init_weights=True),
-                      [3, 224, 224], ("aux1.", "aux2."))
-PEERS["inception_v3"] = ("torchvision.models.inception_v3",
-                         lambda: tvm.inception_v3(weights=None, aux_logits=True, init_weights=True),
-                         [3, 299, 299], ("AuxLogits.",))
+def _tv(name, size=224, aux=(), **kwargs):
+    return (f"torchvision.models.{name}", lambda: getattr(tvm, name)(weights=None, **kwargs), [3, size, size], aux)
+
+
+# The torchvision CNN classifiers, each at the crop size of its published weights.
+_SIZES = {"efficientnet_b1": 240, "efficientnet_b2": 288, "efficientnet_b3": 300, "efficientnet_b4": 380,
+          "efficientnet_b5": 456, "efficientnet_b6": 528, "efficientnet_b7": 600, "efficientnet_v2_s": 384,
+          "efficientnet_v2_m": 480, "efficientnet_v2_l": 480, "regnet_y_128gf": 384}
+CLASSIFIERS = [
+    "alexnet", *(f"convnext_{s}" for s in ("tiny", "small", "base", "large")),
+    *(f"densenet{d}" for d in (121, 161, 169, 201)), *(f"efficientnet_b{i}" for i in range(8)),
+    *(f"efficientnet_v2_{s}" for s in "sml"), *(f"mnasnet{a}" for a in ("0_5", "0_75", "1_0", "1_3")),
+    "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large",
+    *(f"regnet_x_{s}" for s in ("400mf", "800mf", "1_6gf", "3_2gf", "8gf", "16gf", "32gf")),
+    *(f"regnet_y_{s}" for s in ("400mf", "800mf", "1_6gf", "3_2gf", "8gf", "16gf", "32gf", "128gf")),
+    *(f"resnet{d}" for d in (18, 34, 50, 101, 152)), "resnext50_32x4d", "resnext101_32x8d", "resnext101_64x4d",
+    *(f"shufflenet_v2_x{w}" for w in ("0_5", "1_0", "1_5", "2_0")), "squeezenet1_0", "squeezenet1_1",
+    *(f"vgg{d}{bn}" for d in (11, 13, 16, 19) for bn in ("", "_bn")), "wide_resnet50_2", "wide_resnet101_2",
+]
+SEGMENTATION = ["fcn_resnet50", "fcn_resnet101", "deeplabv3_resnet50", "deeplabv3_resnet101",
+                "deeplabv3_mobilenet_v3_large", "lraspp_mobilenet_v3_large"]
+PEERS = {n: _tv(n, _SIZES.get(n, 224)) for n in CLASSIFIERS}
+PEERS["googlenet"] = _tv("googlenet", aux=("aux1.", "aux2."), aux_logits=True, init_weights=True)
+PEERS["inception_v3"] = _tv("inception_v3", 299, aux=("AuxLogits.",), aux_logits=True, init_weights=True)
+for n in SEGMENTATION:  # without the auxiliary classifier, at the 520x520 of their published evaluation
+    PEERS[n] = (f"torchvision.models.segmentation.{n}",
+                lambda n=n: getattr(tvm.segmentation, n)(weights=None, weights_backbone=None), [3, 520, 520], ())
 for n in ["inception_v4", "inception_resnet_v2"]:
     PEERS[n] = (f"timm:{n}", lambda n=n: timm.create_model(n, pretrained=False), [3, 299, 299], ())
 
@@ -58,6 +76,8 @@ def fixture(name):
     x = torch.zeros(1, *inp)
     with torch.no_grad():
         y = model(x)  # in eval mode the aux heads are not run
+    if isinstance(y, dict):  # a segmentation model's {"out": ...}
+        y = y["out"]
     d = {"peer": peer, "input": inp, "params": params}
     if aux:
         d["params_no_aux"] = sum(p.numel() for k, p in model.named_parameters()
@@ -87,8 +107,12 @@ def dump(d):
 
 
 def main():
+    """Write the fixtures named on the command line (default: those not written yet; --all: every one)."""
     OUT.mkdir(exist_ok=True)
-    for name in PEERS:
+    args = sys.argv[1:]
+    names = [n for n in PEERS if not (OUT / f"{n}.json").exists()] if not args else \
+        list(PEERS) if args == ["--all"] else args
+    for name in names:
         if PEERS[name][0].startswith("timm:") and timm is None:
             print(f"skip {name}: timm not installed")
             continue
