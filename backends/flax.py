@@ -13,7 +13,7 @@ running average (PyTorch the unbiased one), so running variances drift apart by 
 A transposed convolution is an ``nnx.Conv`` over the input dilated by the stride, its kernel stored flipped.
 
 :func:`torch_to_flax` and :func:`flax_to_torch` move weights between a torch ``state_dict`` and the model,
-through :mod:`cnndsl.convert` (which permutes the first fc's rows for the NHWC flatten order).
+through :mod:`cnndsl.backends.jax_weights` (which permutes the first fc's rows for the NHWC flatten order).
 """
 
 from __future__ import annotations
@@ -32,9 +32,18 @@ from cnndsl.backends.base import (
 )
 from cnndsl.backends.jax import HELPERS as JAX_HELPERS
 from cnndsl.backends.jax import NhwcLayerCode, _like, _lit, _wrap
+from cnndsl.backends.jax_weights import (
+    axes,
+    flattens_channel_major,
+    jax_path,
+    jax_to_torch,
+    present,
+    torch_to_jax,
+    tree_get,
+    tree_put,
+)
 from cnndsl.backends.plan import ClassPlan, Plan, Ref, Step, collapse, make_plan
 
-from cnndsl.convert import flattens_channel_major
 from cnndsl.network import Network
 
 #: Helpers of the generated module beyond the JAX backend's: initialisers and the transposed conv's padding.
@@ -53,7 +62,7 @@ def _transposed_padding(kernel, dilation, padding, output_padding):
     return tuple((d * (k - 1) - lo, d * (k - 1) - hi + extra)
                  for k, d, (lo, hi), extra in zip(kernel, dilation, padding, output_padding, strict=True))
 ''',
-    **{h: JAX_HELPERS[h] for h in ("max_pool", "avg_pool", "adaptive_avg_pool", "lrn")},
+    **{h: JAX_HELPERS[h] for h in ("max_pool", "avg_pool", "adaptive_avg_pool", "lrn", "upsample")},
 }
 #: Module-level initialisers, written when a layer uses them.
 CONSTANTS = {
@@ -67,7 +76,9 @@ MODULE_GLOBALS = frozenset({"jax", "jnp", "nnx", *(f"_{h}" for h in HELPERS), *C
 NNX_ATTRS = frozenset({"eval", "iter_children", "iter_modules", "perturb", "set_attributes", "sow", "train",
                        "deterministic", "use_running_average", "layers"})
 #: The ops held as submodules (the rest are written inline in ``__call__``).
-MODULE_OPS = frozenset({"conv", "deconv", "fc", "bn", "dropout"})
+MODULE_OPS = frozenset({"conv", "deconv", "fc", "bn", "dropout", "droppath", "pointwise", "layernorm", "groupnorm"})
+#: The ops held as a bare ``nnx.Param`` attribute (made by ``ctor_<op>``), which their ``emit_<op>`` reads.
+PARAM_OPS = frozenset({"layerscale"})
 
 
 def _nhwc(shape) -> str:
@@ -94,7 +105,7 @@ class _ClassPrinter(NhwcLayerCode):
         self.attrs = Namespace(NNX_ATTRS)
         self.member: dict[str, str] = {}  # step attr hint -> attribute
         for step in cls.steps:
-            if step.kind != "layer" or step.op in MODULE_OPS:
+            if step.kind != "layer" or step.op in MODULE_OPS or step.op in PARAM_OPS:
                 local = step.attr.rsplit(".", 1)[-1]
                 hint = f"{step.op or 'block'}{local}" if local.isdigit() else step.attr  # conv0, not v_0
                 self.member[step.attr] = self.attrs.name(hint)
@@ -243,6 +254,38 @@ class _ClassPrinter(NhwcLayerCode):
     def ctor_dropout(self, step: Step) -> str:
         return f"nnx.Dropout({self.ctor(step.arg('p'))}, rngs=rngs)"
 
+    def ctor_droppath(self, step: Step) -> str:
+        # stochastic depth: a dropout whose mask is one value per sample, shared by all the sample's values
+        dims = tuple(range(1, len(step.shape) + 1))
+        return f"nnx.Dropout({self.ctor(step.arg('p'))}, broadcast_dims={_lit(dims)}, rngs=rngs)"
+
+    def ctor_pointwise(self, step: Step) -> str:
+        return self.ctor_fc(step)  # an nnx.Linear: it applies over the last axis, an NHWC map's channels
+
+    def _norm(self, step: Step, groups: str | None = None) -> list[str]:
+        """A layer or group norm's arguments: nnx's default epsilon is 1e-6, PyTorch's 1e-5, and nnx's fast
+        variance, E[x^2] - E[x]^2, is not PyTorch's."""
+        a = dict(step.args)
+        parts = [self.ctor(a["features"]), *([groups] if groups else [])]
+        if isinstance(a["eps"], Ref) or a["eps"] != 1e-6:
+            parts.append(f"epsilon={self.ctor(a['eps'])}")
+        if a["affine"] is not True:
+            parts += [f"use_scale={self.ctor(a['affine'])}", f"use_bias={self.ctor(a['affine'])}"]
+        return [*parts, "use_fast_variance=False", "rngs=rngs"]
+
+    def ctor_layernorm(self, step: Step) -> str:
+        return f"nnx.LayerNorm({', '.join(self._norm(step))})"
+
+    def ctor_groupnorm(self, step: Step) -> str:
+        groups = f"num_groups={self.ctor(step.arg('groups'))}"
+        return f"nnx.GroupNorm({', '.join(self._norm(step, groups))})"
+
+    def ctor_layerscale(self, step: Step) -> str:
+        return f"nnx.Param(jnp.full(({self.ctor(step.arg('features'))},), {self.ctor(step.arg('init'))}))"
+
+    def emit_layerscale(self, step, xs):
+        return f"{xs[0]} * self.{self.member[step.attr]}"
+
     # -- __call__
     def expr(self, step: Step, xs: list[str]) -> tuple[list[str], str]:
         """Statements to run first, and the expression of the step's value."""
@@ -378,6 +421,8 @@ class _ClassPrinter(NhwcLayerCode):
             return "float"
         if isinstance(v, tuple):
             return "tuple"
+        if isinstance(v, str):
+            return "str"
         return "int"
 
 
@@ -500,10 +545,25 @@ def _at(model, path: tuple):
     return model
 
 
-def _tree_get(tree, dotted: str):
-    for part in dotted.split("."):
-        tree = tree[part]
-    return tree
+def _layers(net: Network, printer: FlaxPrinter):
+    """Each layer that holds tensors converted to JAX (its :class:`~cnndsl.ops.Weight` s) and its module in the
+    model's attribute path."""
+    paths = printer.paths()
+    for node in net.graph.nodes():
+        weights = [w for w in present(node) if w.jax is not None]
+        if weights:
+            yield node, paths[node.name], weights
+
+
+def _variable(module, w):
+    """The ``nnx.Variable`` of tensor ``w`` of a layer's module (a bare ``nnx.Param`` is the layer's own)."""
+    return getattr(module, w.jax) if w.jax else module
+
+
+def _flipped(w) -> tuple[int, ...]:
+    """The axes of ``w``'s JAX layout that Flax NNX stores reversed."""
+    groups = axes(w.jax_axes)
+    return tuple(groups.index((name,)) for name in w.flax_flipped)
 
 
 def torch_to_flax(net: Network, state_dict, model=None, seed: int = 0):
@@ -514,28 +574,15 @@ def torch_to_flax(net: Network, state_dict, model=None, seed: int = 0):
     """
     import jax.numpy as jnp
 
-    from cnndsl.convert import torch_to_jax
-
     if model is None:
         model = _with_values(abstract(net, seed), net, state_dict, seed)
         return model
     variables = torch_to_jax(net, state_dict)
-    for name, path in FlaxPrinter(net).paths().items():
-        node, module = net.graph.node(name), _at(model, path)
-        if node.op == "bn":
-            stats = _tree_get(variables["batch_stats"], name)
-            module.mean.set_value(stats["mean"])
-            module.var.set_value(stats["var"])
-            if node.args["affine"]:
-                leaf = _tree_get(variables["params"], name)
-                module.scale.set_value(leaf["scale"])
-                module.bias.set_value(leaf["bias"])
-        elif node.op in ("conv", "deconv", "fc"):
-            leaf = _tree_get(variables["params"], name)
-            kernel = leaf["kernel"]
-            module.kernel.set_value(jnp.flip(kernel, (0, 1)) if node.op == "deconv" else kernel)
-            if node.args["bias"]:
-                module.bias.set_value(leaf["bias"])
+    for node, path, weights in _layers(net, FlaxPrinter(net)):
+        module = _at(model, path)
+        for w in weights:
+            value = tree_get(variables[w.collection], jax_path(node, w))
+            _variable(module, w).set_value(jnp.flip(value, _flipped(w)) if w.flax_flipped else value)
     return model
 
 
@@ -562,21 +609,10 @@ def flax_to_torch(net: Network, model) -> dict:
     """The torch ``state_dict`` of ``model``'s weights (the inverse of :func:`torch_to_flax`)."""
     import numpy as np
 
-    from cnndsl.convert import _tree_put, jax_to_torch
-
-    params: dict = {}
-    stats: dict = {}
-    for name, path in FlaxPrinter(net).paths().items():
-        node, module = net.graph.node(name), _at(model, path)
-        if node.op == "bn":
-            _tree_put(stats, name, {"mean": np.asarray(module.mean.get_value()), "var": np.asarray(module.var.get_value())})
-            if node.args["affine"]:
-                _tree_put(params, name, {"scale": np.asarray(module.scale.get_value()),
-                                         "bias": np.asarray(module.bias.get_value())})
-        elif node.op in ("conv", "deconv", "fc"):
-            kernel = np.asarray(module.kernel.get_value())
-            leaf = {"kernel": kernel[::-1, ::-1] if node.op == "deconv" else kernel}
-            if node.args["bias"]:
-                leaf["bias"] = np.asarray(module.bias.get_value())
-            _tree_put(params, name, leaf)
-    return jax_to_torch(net, {"params": params, "batch_stats": stats})
+    variables: dict = {"params": {}, "batch_stats": {}}
+    for node, path, weights in _layers(net, FlaxPrinter(net)):
+        module = _at(model, path)
+        for w in weights:
+            value = np.asarray(_variable(module, w).get_value())
+            tree_put(variables[w.collection], jax_path(node, w), np.flip(value, _flipped(w)) if w.flax_flipped else value)
+    return jax_to_torch(net, variables)

@@ -6,8 +6,11 @@ The generated module imports jax alone (no Flax, no cnndsl) and defines
   dtype, param_dtype)`` makes one instance's variables and ``basic(params, stats, x, *, train)`` runs its
   forward; each takes, as keywords, the constructor parameters of the plan it needs (named after the .cnn
   block's own parameters) and only the arguments it uses (a block without batch norms has no ``stats``,
-  returns no new ones; one without dropout has no ``rng``). The network's own forward calls them, with a
-  loop over a run of identical blocks in a sequence, so that ResNet-152 is a few hundred lines, not thousands;
+  returns no new ones; one without dropout has no ``rng``). The network's own forward calls them: a run of
+  :data:`SCAN_MIN_RUN` or more alike blocks in a sequence (one class, the same arguments) as one
+  ``jax.lax.scan`` over the instances' stacked variables (the ``_scan_blocks`` helper), so that XLA
+  compiles the block once, a shorter run block by block; init loops over a run. ResNet-152 is a few
+  hundred lines, not thousands, and the variables keep one entry per instance (``params["layer3"]["7"]``);
 * ``init(key, *, dtype=jnp.float32, param_dtype=None) -> variables``, ``variables = {"params": ...,
   "batch_stats": ...}`` nested by the layers' dotted names, as Flax lays them out (conv and fc ``kernel`` /
   ``bias``, batch norm ``scale`` / ``bias`` and ``mean`` / ``var``). Each layer draws from its own key: the
@@ -26,7 +29,7 @@ The generated module imports jax alone (no Flax, no cnndsl) and defines
 Semantics follow PyTorch exactly (the torch backend is the reference): the IR's explicit padding pairs,
 ceil-mode pooling as extra bottom/right padding that an average pool does not count, PyTorch's LRN,
 adaptive pooling bins and ConvTranspose2d, and the running-statistics update of BatchNorm2d (the variance's
-unbiased). Weights move between the backends with :mod:`cnndsl.convert`.
+unbiased). Weights move between the backends with :mod:`cnndsl.backends.jax_weights`.
 """
 
 from __future__ import annotations
@@ -48,10 +51,11 @@ from cnndsl.backends.base import (
     docstring_text,
     string_literal,
 )
+from cnndsl.backends.jax_weights import flattens_channel_major
 from cnndsl.backends.plan import ClassPlan, Plan, Ref, Step, collapse, make_plan
 
-from cnndsl.convert import flattens_channel_major
 from cnndsl.network import Network
+from cnndsl.ops import OPS
 
 # Helper functions the generated module may define; each is emitted only if a layer uses it.
 HELPERS: dict[str, str] = {
@@ -146,11 +150,86 @@ def _batch_norm(x, p, stats, train, momentum, eps):
     y = (x - mean) * jax.lax.rsqrt(var + eps)
     return (y * p["scale"] + p["bias"] if p else y), stats
 ''',
+    "layer_norm": '''
+def _layer_norm(x, p, eps):
+    """PyTorch's LayerNorm over the last axis (a feature map's channels at each position, a vector's features),
+    with the biased variance; p holds its scale and bias, or is None."""
+    mean, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
+    y = (x - mean) * jax.lax.rsqrt(var + eps)
+    return y * p["scale"] + p["bias"] if p else y
+''',
+    "group_norm": '''
+def _group_norm(x, p, groups, eps):
+    """PyTorch's GroupNorm: the channels (the last axis) in `groups` runs of consecutive channels, each
+    normalised over its channels and every position, with the biased variance; p holds its scale and bias, or
+    is None."""
+    g = x.reshape(x.shape[0], -1, groups, x.shape[-1] // groups)
+    mean, var = g.mean((1, 3), keepdims=True), g.var((1, 3), keepdims=True)
+    y = ((g - mean) * jax.lax.rsqrt(var + eps)).reshape(x.shape)
+    return y * p["scale"] + p["bias"] if p else y
+''',
     "dropout": '''
 def _dropout(x, rate, key):
     """Inverted dropout: zero each value with probability `rate`, scale the rest by 1 / (1 - rate)."""
     keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
     return jnp.where(keep, x / (1.0 - rate), 0.0)
+''',
+    "drop_path": '''
+def _drop_path(x, rate, key):
+    """Stochastic depth: zero each sample's whole value with probability `rate`, scale the rest by 1 / (1 - rate)."""
+    keep = jax.random.bernoulli(key, 1.0 - rate, (x.shape[0],) + (1,) * (x.ndim - 1))
+    return jnp.where(keep, x / (1.0 - rate), 0.0)
+''',
+    "upsample": '''
+def _upsample(x, scale=None, mode="nearest", align_corners=False, size=None):
+    """PyTorch's interpolate(x, scale_factor=scale, mode=mode, align_corners=...) of an NHWC batch, or with
+    size=(h, w) its interpolate(x, size=size, ...): the output size floor(size * scale), or size, and the source
+    pixel of each output pixel as PyTorch computes it, in float32 with the step 1 / scale, or input / output size."""
+    for axis in (1, 2):
+        n_in = x.shape[axis]
+        if size is None:
+            n_out, step = int(n_in * scale[axis - 1]), 1.0 / scale[axis - 1]
+        else:
+            n_out, step = size[axis - 1], jnp.float32(n_in) / size[axis - 1]
+        i = jnp.arange(n_out, dtype=jnp.float32)
+        if align_corners:
+            src = i * ((n_in - 1) / (n_out - 1) if n_out > 1 else 0.0)
+        elif mode == "nearest":  # PyTorch's nearest_idx, with its cases for the same and the double size
+            src = i if n_out == n_in else jnp.floor(i / 2) if n_out == 2 * n_in else jnp.floor(i * step)
+        else:
+            src = jnp.maximum((i + 0.5) * step - 0.5, 0.0)
+        lo = jnp.minimum(jnp.floor(src).astype(jnp.int32), n_in - 1)
+        if mode == "nearest":
+            x = jnp.take(x, lo, axis=axis)
+            continue
+        hi = jnp.minimum(lo + 1, n_in - 1)
+        w = jnp.clip(src - lo, 0.0, 1.0).astype(x.dtype).reshape((-1,) + (1,) * (x.ndim - 1 - axis))
+        x = jnp.take(x, lo, axis=axis) * (1 - w) + jnp.take(x, hi, axis=axis) * w
+    return x
+''',
+    "scan_blocks": '''
+def _scan_blocks(block, indices, x, params=None, stats=None, new_stats=None, /, **kwargs):
+    """A run of alike blocks as one jax.lax.scan, so that XLA compiles the block once: ``block`` applied to
+    ``x`` in turn with each instance str(i), i in ``indices``, of a sequence's ``params`` and ``stats``
+    (stacked along a new first axis for the scan). Each call takes the keywords, ``rng`` folded with the
+    instance's index as a call of its own would be; each instance's new batch_stats go into ``new_stats``."""
+    names = [str(i) for i in indices]
+    trees = {name: jax.tree.map(lambda *leaves: jnp.stack(leaves), *(tree[n] for n in names))
+             for name, tree in (("params", params), ("stats", stats)) if tree is not None}
+    x = x.astype(jnp.result_type(x, *jax.tree.leaves(trees)))  # the loop's value keeps the dtype the blocks compute in
+
+    def body(x, instance):
+        i, trees = instance
+        kws = kwargs if kwargs.get("rng") is None else {**kwargs, "rng": jax.random.fold_in(kwargs["rng"], i)}
+        out = block(*trees.values(), x, **kws)
+        return out if stats is not None else (out, None)
+
+    x, stacked = jax.lax.scan(body, x, (jnp.asarray(indices), trees))
+    if stats is not None:
+        leaves, treedef = jax.tree.flatten(stacked)
+        for k, name in enumerate(names):
+            new_stats[name] = jax.tree.unflatten(treedef, [leaf[k] for leaf in leaves])
+    return x
 ''',
     "uniform": '''
 def _uniform(key, shape, fan_in, bias, dtype):
@@ -191,6 +270,11 @@ def _bn_params(features, dtype, zero=False):
     """A batch norm's scale (ones, or zeros for a residual body's last under zero_init_residual) and bias."""
     return {"scale": (jnp.zeros if zero else jnp.ones)(features, dtype), "bias": jnp.zeros(features, dtype)}
 ''',
+    "norm_params": '''
+def _norm_params(features, dtype):
+    """A layer or group norm's scale (ones) and bias (zeros)."""
+    return {"scale": jnp.ones(features, dtype), "bias": jnp.zeros(features, dtype)}
+''',
     "bn_stats": '''
 def _bn_stats(features, dtype):
     """A batch norm's running statistics before any training: mean 0, variance 1."""
@@ -208,8 +292,21 @@ LOCALS = frozenset({"variables", "params", "stats", "new_stats", "x", "train", "
                     "i"})
 #: Between a statement and its trailing comment in the printer's lines (no code or comment text holds it).
 COMMENT = "\x00"
-#: The ops with weights (a kernel and maybe a bias).
-WEIGHT_OPS = frozenset({"conv", "deconv", "fc"})
+#: The ops with a kernel drawn at random (and maybe a bias).
+WEIGHT_OPS = frozenset({"conv", "deconv", "fc", "pointwise"})
+#: The ops that draw from ``rng`` in training (and are the identity in evaluation).
+RANDOM_OPS = frozenset({"dropout", "droppath"})
+#: The shortest run of alike blocks in a sequence that apply() runs as one jax.lax.scan (``_scan_blocks``)
+#: rather than a call per block. XLA then compiles the block once, but a scan has a cost of its own (the loop,
+#: stacking the variables): measured on XLA:CPU, runs of 2 to 9 compile faster as calls, of 17 and more as a
+#: scan (docs/design.md, "JAX compile time"; benchmarks/jax_compile.py).
+SCAN_MIN_RUN = 10
+
+
+def _holds(step: Step, collection: str) -> bool:
+    """Whether a layer holds tensors of one collection of the variables (``"params"``, ``"batch_stats"``)."""
+    return any(w.collection == collection and w.jax is not None and (w.when is None or step.arg(w.when) is not False)
+               for w in OPS[step.op].weights)
 
 
 def path_hash(part: str) -> int:
@@ -277,8 +374,9 @@ def _hashes(attr: str) -> list[str]:
 
 class NhwcLayerCode:
     """The layers whose code is the same expression in every jax-based printer (pure JAX, Flax NNX): pooling,
-    LRN, joins and shortcuts over NHWC values, flatten, tanh and identity. A printer provides ``val`` (a value as
-    code), ``flat`` (a flatten in PyTorch's element order) and ``p.helpers``."""
+    LRN, joins, products and shortcuts over NHWC values, slices, resampling, flatten, the weightless activations
+    and identity. A printer provides ``val`` (a value as code), ``flat`` (a flatten in PyTorch's element order)
+    and ``p.helpers``."""
 
     def emit_flatten(self, step, xs):
         flatten = step.arg("flatten")
@@ -291,6 +389,64 @@ class NhwcLayerCode:
 
     def emit_identity(self, step, xs):
         return xs[0]
+
+    def emit_relu6(self, step, xs):
+        return f"jax.nn.relu6({xs[0]})"
+
+    def emit_silu(self, step, xs):
+        return f"jax.nn.silu({xs[0]})"
+
+    def emit_hardswish(self, step, xs):
+        return f"jax.nn.hard_swish({xs[0]})"
+
+    def emit_hardsigmoid(self, step, xs):
+        return f"jax.nn.hard_sigmoid({xs[0]})"
+
+    def emit_gelu(self, step, xs):
+        how = step.arg("approximate")  # jax.nn.gelu's default is the tanh approximation, PyTorch's the exact one
+        tanh = f"{self.val(how)} == \"tanh\"" if isinstance(how, Ref) else str(how == "tanh")
+        return f"jax.nn.gelu({xs[0]}, approximate={tanh})"
+
+    def emit_leakyrelu(self, step, xs):
+        slope = step.arg("negative_slope")
+        more = "" if slope == 0.01 else f", negative_slope={self.val(slope)}"
+        return f"jax.nn.leaky_relu({xs[0]}{more})"
+
+    def emit_elu(self, step, xs):
+        alpha = step.arg("alpha")
+        return f"jax.nn.elu({xs[0]}{'' if alpha == 1.0 else f', alpha={self.val(alpha)}'})"
+
+    def emit_mish(self, step, xs):
+        return f"jax.nn.mish({xs[0]})"
+
+    def emit_shuffle(self, step, xs):
+        # the channels as a (groups, C / groups) grid, transposed, as torchvision's channel_shuffle
+        x = xs[0]
+        return f"{x}.reshape(*{x}.shape[:3], {self.val(step.arg('groups'))}, -1).swapaxes(3, 4).reshape({x}.shape)"
+
+    def _interpolation(self, step) -> str:
+        """The ``mode`` and ``align_corners`` keywords of an ``_upsample`` call, where they are not the defaults."""
+        self.p.helpers.add("upsample")
+        mode, corners = step.arg("mode"), step.arg("align_corners")
+        more = "" if mode == "nearest" else f", mode={self.val(mode) if isinstance(mode, Ref) else string_literal(mode)}"
+        if corners is not False:
+            more += f", align_corners={self.val(corners)}"
+        return more
+
+    def emit_upsample(self, step, xs):
+        return f"_upsample({xs[0]}, {self.val(step.arg('scale'))}{self._interpolation(step)})"
+
+    def emit_resize(self, step, xs):
+        # to the height and width of the second operand, as torchvision's F.interpolate(x, size=input_shape[-2:])
+        return f"_upsample({xs[0]}, size={xs[1]}.shape[1:3]{self._interpolation(step)})"
+
+    def emit_mul(self, step, xs):
+        return f"{xs[0]} * {xs[1]}"  # a C x 1 x 1 gate is 1 x 1 x C in NHWC: it broadcasts over the positions
+
+    def emit_slice(self, step, xs):  # the channels are the last axis
+        start = step.arg("start")
+        start = "" if not isinstance(start, Ref) and start == 0 else self.val(start)
+        return f"{xs[0]}[..., {start}:{self.val(step.arg('stop'))}]"
 
     def _pads(self, step) -> str:
         p, extra = step.arg("p"), step.arg("ceil_extra")
@@ -377,12 +533,11 @@ class _ClassPrinter(NhwcLayerCode):
         kids = [printer.classes[c] for s in cls.steps for c in ((s.child,) if s.kind == "call" else s.children)]
         layers = [s for s in cls.steps if s.kind == "layer"]
         self.random = any(s.op in WEIGHT_OPS for s in layers) or any(k.random for k in kids)
-        self.has_params = self.random or any(s.op == "bn" and s.arg("affine") is not False for s in layers) or any(
-            k.has_params for k in kids)
-        self.has_stats = any(s.op == "bn" for s in layers) or any(k.has_stats for k in kids)
-        self.has_rng = any(s.op == "dropout" and collapse(s.arg("p")) not in (0.0, 1.0) for s in layers) or any(
+        self.has_params = self.random or any(_holds(s, "params") for s in layers) or any(k.has_params for k in kids)
+        self.has_stats = any(_holds(s, "batch_stats") for s in layers) or any(k.has_stats for k in kids)
+        self.has_rng = any(s.op in RANDOM_OPS and collapse(s.arg("p")) not in (0.0, 1.0) for s in layers) or any(
             k.has_rng for k in kids)
-        self.needs_train = self.has_stats or any(s.op == "dropout" for s in layers) or any(k.needs_train for k in kids)
+        self.needs_train = self.has_stats or any(s.op in RANDOM_OPS for s in layers) or any(k.needs_train for k in kids)
         self.used: set[str] = set()
         self.fwd_used: set[str] = set()
         self.init_used: set[str] = set()
@@ -458,6 +613,19 @@ class _ClassPrinter(NhwcLayerCode):
             self.ensure(out, "stats", keys)
             out.append(f"stats{_subs(keys)} = _bn_stats({features}, dtype)")
             return out
+        if op in ("layernorm", "groupnorm"):
+            if a["affine"] is False:
+                return []
+            self.p.helpers.add("norm_params")
+            out = []
+            self.ensure(out, "params", keys)
+            line = f"params{_subs(keys)} = _norm_params({_text(self.num(a['features']))}, param_dtype)"
+            return out + [f"if {self.val(a['affine'])}:\n    {line}" if isinstance(a["affine"], Ref) else line]
+        if op == "layerscale":
+            out = []
+            self.ensure(out, "params", keys)
+            features = _text(self.num(a["features"]))
+            return out + [f"params{_subs(keys)} = jnp.full(({features},), {self.val(a['init'])}, param_dtype)"]
         if op not in WEIGHT_OPS:
             return []
         if op in ("conv", "deconv"):
@@ -475,7 +643,7 @@ class _ClassPrinter(NhwcLayerCode):
         self.p.helpers.add("key")
         shape_text = "(" + ", ".join(map(_text, shape)) + ")"
         bias = self.val(a["bias"])
-        scheme, dense = self.p.plan.init, op == "fc"
+        scheme, dense = self.p.plan.init, op in ("fc", "pointwise")
         if scheme is None or dense and not self.p.plan.init_fc:  # PyTorch's own default
             call = f"_uniform({key}, {shape_text}, fan_in={fan_in}"
             helper = "uniform"
@@ -528,61 +696,94 @@ class _ClassPrinter(NhwcLayerCode):
         return lines
 
     def runs(self, step: Step) -> list[tuple[int, int, str, tuple]]:
-        """A sequence's elements as runs of the same class built with the same arguments: (start, stop, class, args)."""
-        elems = []
+        """A sequence's elements as maximal runs of the same class built with the same arguments:
+        (start, stop, class, args)."""
+        out: list[tuple[int, int, str, tuple]] = []
         for i, child in enumerate(step.children):
             args = tuple((k.split(".", 1)[1], v) for k, v in step.args if k.split(".", 1)[0] == str(i))
-            elems.append((child, args))
-        out: list[tuple[int, int, str, tuple]] = []
-        for i, (child, args) in enumerate(elems):
-            if out and out[-1][2] == child and out[-1][3] == args and out[-1][1] == i:
+            if out and out[-1][2] == child and out[-1][3] == args:
                 out[-1] = (out[-1][0], i + 1, child, args)
             else:
                 out.append((i, i + 1, child, args))
-        # a loop for three or more alike, one statement each otherwise
-        return [r for start, stop, child, args in out
-                for r in ([(start, stop, child, args)] if stop - start >= 3 else
-                          [(i, i + 1, child, args) for i in range(start, stop)])]
+        return out
+
+    def scans(self, step: Step, start: int, stop: int) -> bool:
+        """Whether the forward runs a sequence's elements ``start`` to ``stop`` (a run) as one jax.lax.scan:
+        at least :data:`SCAN_MIN_RUN` of them (the emitter's ``scan_min_run``), each keeping its input's
+        shape in every instance of this class (the scan's carry cannot change shape)."""
+        if self.p.scan_min_run is None or stop - start < self.p.scan_min_run:
+            return False
+        g = self.p.graph
+        for scope in self.cls.instances:
+            for i in range(start, stop):
+                ins, outs = g.scope_boundary(".".join(part for part in (scope, step.attr, str(i)) if part))
+                if g.node(ins[0]).shape != g.node(outs[0]).shape:
+                    return False
+        return True
 
     def sequence(self, lines: list[str], step: Step, init: bool, xs: list[str] | None = None,
                  target: str = "") -> None:
-        """A sequence's elements, one statement each or a loop over each run of three or more alike."""
+        """A sequence's elements, run by run: in the forward, one scan per run that :meth:`scans`; otherwise a
+        loop over a run of three or more, one statement per element of a shorter one."""
         keys, hashes = _keys(step.attr), _hashes(step.attr)
         if not init and self.comment(step):  # the sequence's source and output, above its statements
             lines.append(self.comment(step).removeprefix(COMMENT))
         for start, stop, child_id, args in self.runs(step):
             child = self.p.classes[child_id]
-            loop = stop - start >= 3
-            index = ["str(i)"] if loop else [string_literal(str(start))]
-            if init:
-                trees = [t for t, has in (("params", child.has_params), ("stats", child.has_stats)) if has]
-                if not trees:
-                    continue
-                self.ensure(lines, trees, keys + index)
-                stmt = self.init_call(child, args, keys + index, hashes + (["i"] if loop else [str(start)]))
-            else:
+            if not init and self.scans(step, start, stop):
                 if child.has_stats:
-                    self.ensure(lines, "new_stats", keys + index)
-                stmt = self.call(child, args, keys + index, hashes + (["i"] if loop else [str(start)]), xs[0], target)
-            if loop:
-                lines.append(f"for i in range({start}, {stop}):")
-                lines.append(f"    {stmt}")
-            else:
-                lines.append(stmt)
-            xs = [target]
+                    self.ensure(lines, "new_stats", keys + [string_literal(str(start))])
+                lines.append(self.scan(child, args, keys, hashes, start, stop, xs[0], target))
+                xs = [target]
+                continue
+            loop = stop - start >= 3
+            for first in [start] if loop else range(start, stop):
+                index = ["str(i)"] if loop else [string_literal(str(first))]
+                if init:
+                    trees = [t for t, has in (("params", child.has_params), ("stats", child.has_stats)) if has]
+                    if not trees:
+                        continue
+                    self.ensure(lines, trees, keys + index)
+                    stmt = self.init_call(child, args, keys + index, hashes + (["i"] if loop else [str(first)]))
+                else:
+                    if child.has_stats:
+                        self.ensure(lines, "new_stats", keys + index)
+                    stmt = self.call(child, args, keys + index, hashes + (["i"] if loop else [str(first)]), xs[0],
+                                     target)
+                if loop:
+                    lines.append(f"for i in range({start}, {stop}):")
+                    lines.append(f"    {stmt}")
+                else:
+                    lines.append(stmt)
+                xs = [target]
+
+    def scan(self, child: _ClassPrinter, args, keys: list[str], hashes: list[str], start: int, stop: int, x: str,
+             target: str) -> str:
+        """A run of a sequence as one call of ``_scan_blocks``: the child's forward over the run's instances."""
+        self.p.helpers.add("scan_blocks")
+        trees = [child.has_params and f"params{_subs(keys)}", child.has_stats and f"stats{_subs(keys)}",
+                 child.has_stats and f"new_stats{_subs(keys)}"]
+        while trees and not trees[-1]:
+            trees.pop()
+        ins = [child.fn, f"range({start}, {stop})", x] + [tree or "None" for tree in trees]
+        return f"{target} = _scan_blocks({', '.join(ins + self.keywords(child, args, hashes))})"
 
     # -- forward
-    def call(self, child: _ClassPrinter, args, keys: list[str], hashes: list[str], x: str, target: str) -> str:
-        ins = ([f"params{_subs(keys)}"] if child.has_params else []) + (
-            [f"stats{_subs(keys)}"] if child.has_stats else []) + [x]
+    def keywords(self, child: _ClassPrinter, args, hashes: list[str]) -> list[str]:
+        """The keywords of a child's forward: its constructor arguments, train, its dropout key (``hashes``)."""
         kws = [f"{child.params[k]}={self.val(v)}" for k, v in args if k in child.fwd_used]
         if child.needs_train:
             kws.append("train=train")
         if child.has_rng:
             self.p.helpers.add("key")
             kws.append(f"rng=_key(rng, {', '.join(hashes)})")
+        return kws
+
+    def call(self, child: _ClassPrinter, args, keys: list[str], hashes: list[str], x: str, target: str) -> str:
+        ins = ([f"params{_subs(keys)}"] if child.has_params else []) + (
+            [f"stats{_subs(keys)}"] if child.has_stats else []) + [x]
         out = f"{target}, new_stats{_subs(keys)}" if child.has_stats else target
-        return f"{out} = {child.fn}({', '.join(ins + kws)})"
+        return f"{out} = {child.fn}({', '.join(ins + self.keywords(child, args, hashes))})"
 
     def flat(self, x: str) -> str:
         if self.p.channel_major:  # PyTorch's (C, H, W) order, where the network's numbers depend on it
@@ -638,6 +839,29 @@ class _ClassPrinter(NhwcLayerCode):
             x = f"({self.flat(x)} if {self.val(flatten)} else {x})"
         return f"_dense({x}, {self.weights(step)})"
 
+    def emit_pointwise(self, step, xs):  # over the last axis: the channels of an NHWC map
+        self.p.helpers.add("dense")
+        return f"_dense({xs[0]}, {self.weights(step)})"
+
+    def _affine(self, step: Step) -> str:
+        """A layer or group norm's scale and bias, or None without them."""
+        affine, p = step.arg("affine"), self.weights(step)
+        if isinstance(affine, Ref):
+            return f"{p} if {self.val(affine)} else None"
+        return p if affine else "None"
+
+    def emit_layernorm(self, step, xs):
+        self.p.helpers.add("layer_norm")
+        return f"_layer_norm({xs[0]}, {self._affine(step)}, eps={self.val(step.arg('eps'))})"
+
+    def emit_groupnorm(self, step, xs):
+        self.p.helpers.add("group_norm")
+        return (f"_group_norm({xs[0]}, {self._affine(step)}, {self.val(step.arg('groups'))}, "
+                f"eps={self.val(step.arg('eps'))})")
+
+    def emit_layerscale(self, step, xs):
+        return f"{xs[0]} * {self.weights(step)}"
+
     def emit_bn(self, step, xs):  # pragma: no cover - a statement of its own: see layer()
         raise AssertionError("batch norm is written by layer()")
 
@@ -658,6 +882,13 @@ class _ClassPrinter(NhwcLayerCode):
             return f"jnp.zeros_like({x}) if train else {x}"
         self.p.helpers.update({"dropout", "key"})
         return f"_dropout({x}, {self.val(rate)}, _key(rng, {', '.join(_hashes(step.attr))})) if train else {x}"
+
+    def emit_droppath(self, step, xs):
+        rate, x = step.arg("p"), xs[0]
+        if not isinstance(rate, Ref) and rate == 0.0:
+            return x
+        self.p.helpers.update({"drop_path", "key"})
+        return f"_drop_path({x}, {self.val(rate)}, _key(rng, {', '.join(_hashes(step.attr))})) if train else {x}"
 
     def comment(self, step: Step) -> str:
         """Where the step comes from, and its shape when it has a size of its own (one the instances share)."""
@@ -788,7 +1019,8 @@ class _ClassPrinter(NhwcLayerCode):
                 if comment and 4 * w.depth + len(code) + 2 + len(comment) > WIDTH:
                     w.line(" " * indent + comment)
                     comment = ""
-                parts = _wrap(code, 4 * w.depth)
+                # a nested statement (a loop's body) wraps from its own column, its continuation indented below it
+                parts = [" " * indent + part for part in _wrap(code[indent:], 4 * w.depth + indent)]
                 if comment:
                     parts[-1] += "  " + comment
                 for part in parts:
@@ -800,9 +1032,10 @@ class JaxEmitter(Emitter):
 
     backend = "JAX"
 
-    def __init__(self, net: Network):
+    def __init__(self, net: Network, scan_min_run: int | None = SCAN_MIN_RUN):
         super().__init__(net.graph)
         self.net = net
+        self.scan_min_run = scan_min_run  # None: a call per block (a loop over a long run), never a scan
         self.check_supported()
         self.plan: Plan = make_plan(net.graph)
         self.channel_major = flattens_channel_major(net.graph)
@@ -1001,12 +1234,13 @@ def _nhwc(shape: tuple[int, ...]) -> tuple[int, ...]:
     return (shape[1], shape[2], shape[0]) if len(shape) == 3 else shape
 
 
-def generate(net: Network) -> str:
-    """The source of the JAX module for a checked network (see the module docstring).
+def generate(net: Network, *, scan_min_run: int | None = SCAN_MIN_RUN) -> str:
+    """The source of the JAX module for a checked network (see the module docstring). ``scan_min_run`` is
+    the shortest run of alike blocks that apply() scans over (``None``: none; calls per block).
 
     The source is parsed before it is returned: code that is not valid Python is a ``CompilerBug``.
     """
-    return check_source(JaxEmitter(net).generate(), "JAX")
+    return check_source(JaxEmitter(net, scan_min_run).generate(), "JAX")
 
 
 class JaxModel:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from . import convert, pipeline
+from . import pipeline
 from .network import Network
 
 build = pipeline.build
@@ -74,17 +74,21 @@ def build_jax(net: str | Network, **params: Any):
 def torch_to_jax(net: str | Network, state_dict: Mapping[str, Any]) -> dict:
     """A PyTorch ``state_dict`` of ``net`` (a :class:`Network`, its graph, or a name to load) as JAX ``variables``.
 
-    See :func:`cnndsl.convert.torch_to_jax`.
+    See :func:`cnndsl.backends.jax_weights.torch_to_jax`.
     """
-    return convert.torch_to_jax(load(net) if isinstance(net, str) else net, state_dict)
+    from .backends.jax_weights import torch_to_jax as convert
+
+    return convert(load(net) if isinstance(net, str) else net, state_dict)
 
 
 def jax_to_torch(net: str | Network, variables: Mapping[str, Any]) -> dict:
     """JAX ``variables`` of ``net`` (a :class:`Network`, its graph, or a name to load) as a PyTorch ``state_dict``.
 
-    See :func:`cnndsl.convert.jax_to_torch`.
+    See :func:`cnndsl.backends.jax_weights.jax_to_torch`.
     """
-    return convert.jax_to_torch(load(net) if isinstance(net, str) else net, variables)
+    from .backends.jax_weights import jax_to_torch as convert
+
+    return convert(load(net) if isinstance(net, str) else net, variables)
 
 
 def build_flax(net: str | Network, *, seed: int = 0, **params: Any):

@@ -17,6 +17,10 @@ from __future__ import annotations
 
 from .network import Network, fmt_shape
 from .ops import COMBINATORS, Input
+from .passes.resolve import OPERAND_COMBINATORS
+
+#: Ops of two operands written as a combinator after their first: ``@x  name: scale< @gate >``.
+WRITTEN_AS = {op: combinator for combinator, op in OPERAND_COMBINATORS.items()}
 
 
 def value(v) -> str:
@@ -53,7 +57,11 @@ def expand(net: Network) -> str:
         if isinstance(node.opdef, Input):
             continue
         srcs = g.inputs_of(node.name)
-        if node.op in COMBINATORS:  # written as `concat< @a | @b >`
+        if node.op in WRITTEN_AS:  # `@x  name: scale< @gate >`: the current value, then the branch
+            if srcs[0] != prev:
+                lines.append(f"    @{srcs[0]}")
+            lines.append(f"    {node.name}: {layer(WRITTEN_AS[node.op], node.args)}< @{srcs[1]} >")
+        elif node.op in COMBINATORS:  # written as `concat< @a | @b >`
             branches = " | ".join(f"@{s}" for s in srcs)
             lines.append(f"    {node.name}: {layer(node.op, node.args)}< {branches} >")
         else:

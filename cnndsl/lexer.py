@@ -16,6 +16,10 @@ from pygments.token import Comment, Keyword, Name, Number, Operator, Punctuation
 
 from .vocabulary import COMBINATORS, EXPRESSION_WORDS, KEYWORDS, LAYER_FOLLOWS, flag_words, layer_words
 
+_WORD = r"(?:[A-Za-z_][A-Za-z0-9_]*|[0-9]+|\{[^{}\n]*\})"
+#: A dotted name: parts of words, numbers and {expression} templates joined by hyphens (`trunk.block{i}-{j}`).
+_PATH = rf"[A-Za-z_][A-Za-z0-9_]*(?:\{{[^{{}}\n]*\}})?(?:-{_WORD})*(?:\.{_WORD}(?:-{_WORD})*)*"
+
 
 class CnnLexer(RegexLexer):
     """The .cnn network description language of cnndsl."""
@@ -31,11 +35,11 @@ class CnnLexer(RegexLexer):
             (r"[ \t\f\r\n]+", Whitespace),
             (r"#[^\n]*", Comment.Single),
             (r'"[^"\n]*"', String.Double),
+            (r"\bin(?=\.[A-Za-z_])", Name.Builtin.Pseudo),  # in.c, the input's shape
+            # a label: `layer1:`, `features.0:`, `block1-0:`, `block{i}-{j}:` (not `p=same`, not `k:=`)
+            (rf"({_PATH})(\s*)(:)(?!=)", bygroups(Name.Label, Whitespace, Punctuation)),
             (words(KEYWORDS, suffix=r"\b"), Keyword),
-            # a label: `layer1:`, `features.0:` (not `p=same`, not `k:=`)
-            (r"([A-Za-z_][A-Za-z0-9_]*(?:\.(?:[A-Za-z_][A-Za-z0-9_]*|[0-9]+))*)(\s*)(:)(?!=)",
-             bygroups(Name.Label, Whitespace, Punctuation)),
-            (r"@[A-Za-z_][A-Za-z0-9_]*(?:\.(?:[A-Za-z_][A-Za-z0-9_]*|[0-9]+))*", Name.Variable.Magic),
+            (rf"@{_PATH}", Name.Variable.Magic),
             (words(COMBINATORS, suffix=r"(?=\s*[(<])"), Keyword.Reserved),
             # a layer in the papers' short form: conv3-64/2, conv1x7-192, maxpool3/2, fc-4096, soft-max
             (r"(?i)(" + "|".join(layer_words()) + ")" + LAYER_FOLLOWS, Name.Builtin),

@@ -20,7 +20,9 @@ from __future__ import annotations
 import difflib
 import enum
 import math
+import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from .errors import CnnArgumentError, CnnDslWarning, CnnLimitError, CnnShapeError, Span
@@ -32,7 +34,9 @@ REQUIRED = object()
 #: Argument names from other frameworks and papers -> ours (for "did you mean" hints).
 _ARGUMENT_ALIASES = {"stride": "s", "strides": "s", "kernel": "k", "kernel_size": "k", "channels": "c",
                      "out_channels": "c", "filters": "c", "features": "c", "out_features": "c", "units": "c",
-                     "padding": "p", "pad": "p", "dilation": "d", "rate": "p", "output_size": "size"}
+                     "padding": "p", "pad": "p", "dilation": "d", "rate": "p", "output_size": "size",
+                     "drop_prob": "p", "slope": "negative_slope", "alpha": "negative_slope", "scale_factor": "scale",
+                     "end": "stop"}
 MAX_INT = 2**40  # no size, count or channel number in a network comes near this
 
 
@@ -153,7 +157,8 @@ class FlatOrder(enum.Enum):
     """How an op orders the elements of a flat vector it outputs, given its operands' orders.
 
     PyTorch flattens a feature map in (C, H, W) order, the JAX backend in (H, W, C) order, so a
-    vector can hold the same numbers in two orders; :mod:`cnndsl.convert` follows them with these rules.
+    vector can hold the same numbers in two orders; the weight converters (``backends/jax_weights.py``)
+    follow them with these rules.
     """
 
     KEEPS = "keeps"  # elementwise, or per feature: its operand's order
@@ -164,13 +169,68 @@ class FlatOrder(enum.Enum):
     MIXES = "mixes"  # anything else: assumed to depend on the order of its operands' elements
 
 
+@dataclass(frozen=True)
+class Weight:
+    """One tensor an op holds, as each backend stores it; the weight converters loop over an op's ``weights``.
+
+    - ``torch``: its ``state_dict`` key after the layer's dotted name (``weight``, ``running_mean``); ``""`` is
+      the layer's name itself, a bare ``nn.Parameter`` of the module around it (ConvNeXt's ``layer_scale``).
+    - ``jax``: its leaf under the layer's dotted name in the JAX backend's variables, which is also the Flax
+      NNX module's attribute (``kernel``, ``scale``, ``mean``); ``""`` is the layer's own leaf (a bare
+      ``nnx.Param``); None for a PyTorch-only counter (``num_batches_tracked``), zero when converted back.
+    - ``collection``: ``"params"`` (trained by the optimiser) or ``"batch_stats"`` (running statistics).
+    - ``torch_axes``, ``jax_axes``: its layout in each, one name per axis as einops writes them: ``(g i)`` is
+      one axis holding ``g`` groups of ``i``, ``1`` an axis of size one. A conv's kernel is ``o i h w`` in
+      PyTorch and ``h w i o`` (HWIO) in JAX.
+    - ``groups``: the argument that gives the size of a ``g`` axis.
+    - ``flat_axis``: the axis that runs over the elements of the op's input when that input is a vector (or a
+      feature map the op flattens): the converters reorder it as the JAX backend orders those elements
+      (:class:`FlatOrder`).
+    - ``flax_flipped``: the axes that Flax NNX stores reversed, relative to ``jax_axes`` (a transposed conv is
+      an ``nnx.Conv`` whose kernel is the flipped kernel of the convolution it transposes).
+    - ``when``: the boolean argument without which the tensor does not exist (``bias``, ``affine``).
+
+    >>> Weight("weight", "kernel", torch_axes="(g i) o h w", jax_axes="h w i (g o)", groups="groups").letters
+    ('g', 'i', 'o', 'h', 'w')
+    """
+
+    torch: str
+    jax: str | None
+    collection: str = "params"
+    torch_axes: str = "c"
+    jax_axes: str = "c"
+    groups: str | None = None
+    flat_axis: str | None = None
+    flax_flipped: tuple[str, ...] = ()
+    when: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.collection not in ("params", "batch_stats"):
+            raise ValueError(f"{self.torch!r}: unknown collection {self.collection!r}")
+        if self.jax is not None and sorted(self.letters) != sorted(_letters(self.jax_axes)):
+            raise ValueError(f"{self.torch!r}: {self.torch_axes!r} and {self.jax_axes!r} name different axes")
+        if ("g" in self.letters) != (self.groups is not None):
+            raise ValueError(f"{self.torch!r}: a 'g' axis needs the argument that sizes it (groups=), and only it")
+        if not {self.flat_axis, *self.flax_flipped} <= {None, *self.letters}:
+            raise ValueError(f"{self.torch!r}: flat_axis and flax_flipped name axes of the layout")
+
+    @property
+    def letters(self) -> tuple[str, ...]:
+        """The axis names of the PyTorch layout, groups opened, size-one axes left out."""
+        return _letters(self.torch_axes)
+
+
+def _letters(axes: str) -> tuple[str, ...]:
+    return tuple(a for a in re.findall(r"[a-z]|1", axes) if a != "1")
+
+
 # ----------------------------------------------------------------------------- ops
 
 
 #: The facts every op declares, in its own class or in an abstract base (:func:`register` checks);
 #: :class:`Op` documents each one and gives none of them a default.
 FACTS = ("writable", "family", "paper_kind", "saves", "flat_order", "torch_module", "overwritable",
-         "commutative", "foldable", "fold_target")
+         "commutative", "foldable", "fold_target", "weights")
 
 
 def _pair_text(v) -> str:
@@ -215,6 +275,8 @@ class Op:
     - ``foldable``: in eval mode it is a per-channel affine map that ``fold_bn`` folds into the layer
       before it, when that layer is a ``fold_target``.
     - ``fold_target``: a ``foldable`` op right after it can be folded into its weights and bias.
+    - ``weights``: the tensors it holds, each a :class:`Weight` (its ``state_dict`` key, its JAX and Flax NNX
+      leaf and collection, its layout in each), which the weight converters loop over; ``()`` for none.
 
     Its paper spellings are methods, since they depend on the arguments: :meth:`short_form` and
     :meth:`case_study`.
@@ -247,6 +309,7 @@ class Op:
     commutative: ClassVar[bool]
     foldable: ClassVar[bool]
     fold_target: ClassVar[bool]
+    weights: ClassVar[tuple[Weight, ...]]
 
     # -- arguments
     def convert(self, field: str, value: Any, span: Span | None) -> Any:
@@ -356,6 +419,13 @@ def _spatial(op: Op, x: Shape, span) -> tuple[int, int, int]:
     return x  # type: ignore[return-value]
 
 
+def _two(op: Op, xs: list[Shape], span) -> tuple[Shape, Shape]:
+    """The operands of an op that takes two, or the error for one written as a layer of its own (one operand)."""
+    if len(xs) != 2:
+        raise CnnArgumentError(f"'{op.name}' takes 2 inputs, got {len(xs)}", span, op.doc or None)
+    return xs[0], xs[1]
+
+
 def _window_out(op: Op, size: int, pad: tuple[int, int], k: int, s: int, d: int, axis: str, span, warn,
                 ceil: bool = False) -> int:
     padded = size + pad[0] + pad[1]
@@ -439,6 +509,8 @@ class Conv(_Conv):
     doc = "convK-C/S, e.g. conv3-64 or conv7-64/2; long form conv(c=64, k=3, s=1, p=same)"
     paper_kind = "convolution"
     fold_target = True
+    weights = (Weight("weight", "kernel", torch_axes="o i h w", jax_axes="h w i o"),
+               Weight("bias", "bias", when="bias"))
 
     def infer(self, x, args, span, warn=None):
         c, h, w = _spatial(self, x, span)
@@ -473,6 +545,11 @@ class Deconv(_Conv):
     doc = "deconvK-C/S, e.g. deconv2-512/2 (stride defaults to the kernel size)"
     paper_kind = name
     fold_target = False  # fold_state_dict scales a weight's first axis, which is a deconv's input
+    # PyTorch's ConvTranspose2d weight is I x O/g x kh x kw; JAX keeps the kernel of the convolution it
+    # transposes, grouped as a conv's: entry [a, b, i, g*O/g + o] is PyTorch's [g*I/g + i, o, a, b]
+    weights = (Weight("weight", "kernel", torch_axes="(g i) o h w", jax_axes="h w i (g o)", groups="groups",
+                      flax_flipped=("h", "w")),
+               Weight("bias", "bias", when="bias"))
 
     def convert(self, field, v, span):
         if field == "output_padding":
@@ -524,6 +601,7 @@ class _Pool(Op):
     commutative = False
     foldable = False
     fold_target = False
+    weights = ()
 
     def convert(self, field, v, span):
         if field == "k":
@@ -599,6 +677,7 @@ class GlobalAvgPool(Op):
     commutative = False
     foldable = False
     fold_target = False
+    weights = ()
 
     def infer(self, x, args, span, warn=None):
         c, _, _ = _spatial(self, x, span)
@@ -625,6 +704,7 @@ class AdaptiveAvgPool(Op):
     commutative = False
     foldable = False
     fold_target = False
+    weights = ()
 
     def convert(self, field, v, span):
         return as_pair(field, v, span)
@@ -659,6 +739,8 @@ class FC(Op):
     commutative = False
     foldable = False
     fold_target = False
+    weights = (Weight("weight", "kernel", torch_axes="o i", jax_axes="i o", flat_axis="i"),
+               Weight("bias", "bias", when="bias"))
 
     def convert(self, field, v, span):
         return as_bool(field, v, span) if field == "bias" else as_int(field, v, span)
@@ -681,6 +763,53 @@ class FC(Op):
 
 
 @register
+class Pointwise(Op):
+    """A fully connected layer at each position of a feature map, over its channels: ``pointwise-N``.
+
+    ConvNeXt's channels-last ``nn.Linear``: a 1x1 convolution whose weight is 2-D (N x C), as torchvision
+    stores it, so that its ``state_dict`` loads as it is.
+    """
+
+    name = "pointwise"
+    fields = (("c", REQUIRED), ("bias", True))
+    positional = ("c",)
+    flags: ClassVar[dict[str, tuple[str, Any]]] = {"nobias": ("bias", False)}
+    shorthand = (None, "c", None)
+    takes_act = True
+    doc = "pointwise-N, e.g. pointwise-384: a linear layer over the channels at each position of a feature map"
+    writable = True
+    family = Family.DENSE
+    paper_kind = "linear"
+    saves = Saved.INPUT
+    flat_order = FlatOrder.FRESH
+    torch_module = True
+    overwritable = True
+    commutative = False
+    foldable = False
+    fold_target = False
+    weights = (Weight("weight", "kernel", torch_axes="o i", jax_axes="i o"),
+               Weight("bias", "bias", when="bias"))
+
+    def convert(self, field, v, span):
+        return as_bool(field, v, span) if field == "bias" else as_int(field, v, span)
+
+    def infer(self, x, args, span, warn=None):
+        if len(x) != 3:
+            raise CnnShapeError(f"'pointwise' needs a feature map (C x H x W), got a flat vector of {x[0]}", span,
+                                f"a flat vector takes fc-{args['c']}")
+        return (args["c"], x[1], x[2])
+
+    def count_params(self, xs, args):
+        return xs[0][0] * args["c"] + (args["c"] if args["bias"] else 0)
+
+    def count_macs(self, xs, args, out):
+        return xs[0][0] * math.prod(out)
+
+    def short_form(self, args):
+        return f"pointwise-{args['c']}"
+
+
+@register
 class Flatten(Op):
     """Flatten a feature map to a vector (C, H, W order)."""
 
@@ -696,6 +825,7 @@ class Flatten(Op):
     commutative = False
     foldable = False
     fold_target = False
+    weights = ()
 
     def infer(self, x, args, span, warn=None):
         return (math.prod(x),)
@@ -713,6 +843,7 @@ class _Activation(Op):
     commutative = False
     foldable = False
     fold_target = False
+    weights = ()
 
 
 @register
@@ -747,6 +878,118 @@ class Softmax(_Activation):
     paper_kind = "softmax"
 
 
+# The activations of the modern CNNs. Those torchvision applies in place (ReLU6 in MobileNetV2, Hardswish in
+# MobileNetV3, SiLU in EfficientNet) allocate nothing, as ReLU; what each saves is what autograd keeps for it.
+
+
+@register
+class ReLU6(_Activation):
+    """ReLU clipped at 6, ``min(max(x, 0), 6)`` (MobileNetV2)."""
+
+    name = "relu6"
+    paper_kind = None
+
+
+@register
+class SiLU(_Activation):
+    """Sigmoid-weighted linear unit, ``x * sigmoid(x)``: swish with beta 1 (EfficientNet)."""
+
+    name = "silu"
+    aliases = ("swish",)
+    saves = Saved.INPUT
+    paper_kind = None
+
+
+@register
+class Hardswish(_Activation):
+    """Hard swish, ``x * relu6(x + 3) / 6`` (MobileNetV3's h-swish)."""
+
+    name = "hardswish"
+    aliases = ("h-swish", "hard-swish")
+    saves = Saved.INPUT
+    paper_kind = None
+
+
+@register
+class Hardsigmoid(_Activation):
+    """Hard sigmoid, ``relu6(x + 3) / 6`` (MobileNetV3's squeeze-and-excitation gate)."""
+
+    name = "hardsigmoid"
+    aliases = ("h-sigmoid", "hard-sigmoid")
+    materializes = True
+    saves = Saved.INPUT
+    paper_kind = None
+
+
+@register
+class GELU(_Activation):
+    """Gaussian error linear unit, ``x * Phi(x)`` (ConvNeXt): exact, or ``gelu(approximate=tanh)``."""
+
+    name = "gelu"
+    fields = (("approximate", "none"),)
+    positional = ("approximate",)
+    APPROXIMATIONS = ("none", "tanh")  # PyTorch's names
+    doc = "gelu, or gelu(approximate=tanh) for the tanh approximation"
+    materializes = True
+    saves = Saved.INPUT
+    paper_kind = None
+
+    def convert(self, field, v, span):
+        if v not in self.APPROXIMATIONS:
+            _bad(f"'gelu' has no approximation {v!r}", span, "approximate=none (exact, the default) or approximate=tanh")
+        return v
+
+    def short_form(self, args):
+        return "gelu" if args["approximate"] == "none" else f"gelu {args['approximate']}"
+
+
+@register
+class LeakyReLU(_Activation):
+    """Leaky ReLU, ``x`` for x >= 0 and ``negative_slope * x`` below: ``leakyrelu``, ``leakyrelu(0.2)``."""
+
+    name = "leakyrelu"
+    aliases = ("leaky-relu",)
+    fields = (("negative_slope", 0.01),)
+    positional = ("negative_slope",)
+    materializes = True
+    saves = Saved.INPUT
+    paper_kind = None
+
+    def convert(self, field, v, span):
+        return as_float(field, v, span)
+
+    def short_form(self, args):
+        return "leakyrelu" if args["negative_slope"] == 0.01 else f"leakyrelu {args['negative_slope']:g}"
+
+
+@register
+class ELU(_Activation):
+    """Exponential linear unit, ``x`` for x > 0 and ``alpha * (exp(x) - 1)`` below: ``elu``, ``elu(0.5)``."""
+
+    name = "elu"
+    fields = (("alpha", 1.0),)
+    positional = ("alpha",)
+    materializes = True
+    saves = Saved.INPUT
+    paper_kind = None
+
+    def convert(self, field, v, span):
+        return as_float(field, v, span)
+
+    def short_form(self, args):
+        return "elu" if args["alpha"] == 1.0 else f"elu alpha={args['alpha']:g}"
+
+
+@register
+class Mish(_Activation):
+    """Mish, ``x * tanh(softplus(x))``."""
+
+    name = "mish"
+    materializes = True
+    saves = Saved.INPUT
+    paper_kind = None
+
+
 @register
 class Identity(Op):
     name = "identity"
@@ -762,6 +1005,7 @@ class Identity(Op):
     commutative = False
     foldable = False
     fold_target = False
+    weights = ()
 
 
 @register
@@ -782,12 +1026,48 @@ class Dropout(Op):
     commutative = False
     foldable = False
     fold_target = False
+    weights = ()
 
     def convert(self, field, v, span):
         return as_float(field, v, span, 0.0, 1.0)
 
     def short_form(self, args):
         return f"dropout {args['p']:g}"
+
+
+@register
+class DropPath(Op):
+    """Stochastic depth (``droppath(0.2)``): in training, each sample's whole value is dropped with probability
+    ``p`` and the kept ones are scaled by 1 / (1 - p), as torchvision's ``StochasticDepth(p, "row")``; the
+    identity in eval mode."""
+
+    name = "droppath"
+    aliases = ("drop-path", "stochasticdepth", "stochastic-depth")
+    fields = (("p", REQUIRED),)
+    positional = ("p",)
+    doc = "droppath(p) with 0 <= p < 1, e.g. droppath(0.2)"
+    materializes = False
+    writable = True
+    family = Family.REGULARISATION
+    paper_kind = "stochastic depth"
+    saves = Saved.NOTHING  # its mask holds one value per sample, not per value
+    flat_order = FlatOrder.KEEPS
+    torch_module = True
+    overwritable = False
+    commutative = False
+    foldable = False
+    fold_target = False
+    weights = ()
+
+    def convert(self, field, v, span):
+        p = as_float(field, v, span, 0.0, 1.0)
+        if p == 1.0:
+            _bad("'droppath' cannot drop every sample (p=1)", span,
+                 "give a rate below 1 (the kept samples are scaled by 1 / (1 - p))")
+        return p
+
+    def short_form(self, args):
+        return f"droppath {args['p']:g}"
 
 
 @register
@@ -807,6 +1087,11 @@ class BatchNorm(Op):
     commutative = False
     foldable = True
     fold_target = False
+    weights = (Weight("weight", "scale", flat_axis="c", when="affine"),
+               Weight("bias", "bias", flat_axis="c", when="affine"),
+               Weight("running_mean", "mean", "batch_stats", flat_axis="c"),
+               Weight("running_var", "var", "batch_stats", flat_axis="c"),
+               Weight("num_batches_tracked", None, "batch_stats", torch_axes=""))
 
     def convert(self, field, v, span):
         if field == "affine":
@@ -837,6 +1122,7 @@ class LRN(Op):
     commutative = False
     foldable = False
     fold_target = False
+    weights = ()
 
     def convert(self, field, v, span):
         return as_int(field, v, span) if field == "size" else as_float(field, v, span, 0.0)
@@ -846,6 +1132,326 @@ class LRN(Op):
 
     def short_form(self, args):
         return f"lrn {args['size']}"
+
+
+def _largest_divisor(c: int, at_most: int) -> int:
+    """The largest divisor of ``c`` not above ``at_most`` (a hint's suggestion for a group count)."""
+    return next(d for d in range(min(at_most, c, 4096), 0, -1) if c % d == 0)
+
+
+@register
+class LayerNorm(Op):
+    """Layer normalisation, as PyTorch's LayerNorm: over the channels at each position of a feature map
+    (ConvNeXt's ``LayerNorm2d``, or its ``nn.LayerNorm`` on a channels-last map), or over the features of a flat
+    vector: ``layernorm``, ``ln(eps=1e-6)``."""
+
+    name = "layernorm"
+    aliases = ("ln",)
+    fields = (("eps", 1e-5), ("affine", True))
+    doc = "layernorm or ln, e.g. ln(eps=1e-6); affine=false leaves out the scale and the bias"
+    writable = True
+    family = Family.NORM
+    paper_kind = None
+    saves = Saved.INPUT
+    flat_order = FlatOrder.KEEPS  # normalises over every feature of a vector, whatever their order
+    torch_module = True
+    overwritable = True
+    commutative = False
+    foldable = False
+    fold_target = False
+    weights = (Weight("weight", "scale", flat_axis="c", when="affine"),
+               Weight("bias", "bias", flat_axis="c", when="affine"))
+
+    def convert(self, field, v, span):
+        return as_bool(field, v, span) if field == "affine" else as_float(field, v, span, 0.0, 1.0)
+
+    def count_params(self, xs, args):
+        return 2 * xs[0][0] if args["affine"] else 0
+
+
+@register
+class GroupNorm(Op):
+    """Group normalisation, as PyTorch's GroupNorm: the channels in ``groups`` groups of consecutive channels,
+    each normalised over its channels and every position: ``groupnorm(32)``, ``gn(32, eps=1e-6)``."""
+
+    name = "groupnorm"
+    aliases = ("gn",)
+    fields = (("groups", REQUIRED), ("eps", 1e-5), ("affine", True))
+    positional = ("groups",)
+    doc = "groupnorm(groups), e.g. groupnorm(32); groups must divide the channels"
+    writable = True
+    family = Family.NORM
+    paper_kind = None
+    saves = Saved.INPUT
+    flat_order = FlatOrder.MIXES  # its groups are runs of consecutive features
+    torch_module = True
+    overwritable = True
+    commutative = False
+    foldable = False
+    fold_target = False
+    weights = (Weight("weight", "scale", when="affine"), Weight("bias", "bias", when="affine"))
+
+    def convert(self, field, v, span):
+        if field == "groups":
+            return as_int(field, v, span)
+        return as_bool(field, v, span) if field == "affine" else as_float(field, v, span, 0.0, 1.0)
+
+    def infer(self, x, args, span, warn=None):
+        c, g = x[0], args["groups"]
+        if c % g:
+            raise CnnShapeError(f"{c} channels do not split into {g} groups for 'groupnorm'", span,
+                                f"groups must divide the channels, e.g. groupnorm({_largest_divisor(c, g)})")
+        return x
+
+    def count_params(self, xs, args):
+        return 2 * xs[0][0] if args["affine"] else 0
+
+    def short_form(self, args):
+        return f"groupnorm g={args['groups']}"
+
+
+@register
+class LayerScale(Op):
+    """A learned scale per channel of a feature map, initialised to ``init`` (CaiT's and ConvNeXt's layer scale):
+    ``layerscale``, ``layerscale(0.1)``.
+
+    PyTorch holds it as torchvision's ConvNeXt does: no module of its own, but a bare C x 1 x 1 parameter of
+    the module around it, named after the layer (``features.1.0.layer_scale``), that the forward multiplies by.
+    """
+
+    name = "layerscale"
+    fields = (("init", 1e-6),)
+    positional = ("init",)
+    doc = "layerscale(init=1e-6), e.g. layerscale(1e-6)"
+    writable = True
+    family = Family.NORM  # a per-channel affine map, drawn with the normalisations
+    paper_kind = None
+    saves = Saved.INPUT
+    flat_order = FlatOrder.KEEPS
+    torch_module = False
+    overwritable = True
+    commutative = False
+    foldable = False
+    fold_target = False
+    weights = (Weight("", "", torch_axes="c 1 1", jax_axes="c"),)
+
+    def convert(self, field, v, span):
+        return as_float(field, v, span)
+
+    def infer(self, x, args, span, warn=None):
+        return _spatial(self, x, span)
+
+    def count_params(self, xs, args):
+        return xs[0][0]
+
+    def short_form(self, args):
+        return "layerscale" if args["init"] == 1e-6 else f"layerscale {args['init']:g}"
+
+
+@register
+class ChannelShuffle(Op):
+    """ShuffleNet's channel shuffle, ``shuffle(groups)``: the channels as a groups x (C / groups) grid, transposed."""
+
+    name = "shuffle"
+    aliases = ("channelshuffle", "channel-shuffle")
+    fields = (("groups", REQUIRED),)
+    positional = ("groups",)
+    doc = "shuffle(groups), e.g. shuffle(2); groups must divide the channels"
+    writable = True
+    family = Family.RESHAPE
+    paper_kind = "channel shuffle"
+    saves = Saved.NOTHING
+    flat_order = FlatOrder.MIXES
+    torch_module = False  # torchvision's channel_shuffle is a function
+    overwritable = False
+    commutative = False
+    foldable = False
+    fold_target = False
+    weights = ()
+
+    def convert(self, field, v, span):
+        return as_int(field, v, span)
+
+    def infer(self, x, args, span, warn=None):
+        c, h, w = _spatial(self, x, span)
+        g = args["groups"]
+        if c % g:
+            below = next(d for d in range(min(g, c, 4096), 0, -1) if c % d == 0)
+            raise CnnShapeError(f"{c} channels do not split into {g} groups for 'shuffle'", span,
+                                f"groups must divide the channels, e.g. shuffle({below})")
+        return (c, h, w)
+
+    def short_form(self, args):
+        return f"shuffle g={args['groups']}"
+
+
+@register
+class Slice(Op):
+    """Channels ``start`` to ``stop - 1`` of a feature map (or features of a vector), ``slice(0, 58)``: one part of
+    ShuffleNet v2's channel split, ``x.chunk(2, dim=1)``. A view of its input, as in PyTorch."""
+
+    name = "slice"
+    fields = (("start", REQUIRED), ("stop", REQUIRED))
+    positional = ("start", "stop")
+    doc = "slice(start, stop): channels start to stop - 1, e.g. slice(0, 58) and slice(58, 116) halve 116 channels"
+    materializes = False  # a view
+    writable = True
+    family = Family.RESHAPE
+    paper_kind = "channel split"
+    saves = Saved.NOTHING
+    flat_order = FlatOrder.MIXES  # which features a range takes depends on their order
+    torch_module = False
+    overwritable = False
+    commutative = False
+    foldable = False
+    fold_target = False
+    weights = ()
+
+    def convert(self, field, v, span):
+        if isinstance(v, int) and not isinstance(v, bool) and v < 0:
+            _bad(f"'slice' counts channels from 0, got {field}={v}", span,
+                 "a slice takes no negative index: slice(C - n, C) takes the last n of C channels")
+        return as_int(field, v, span, minimum=0 if field == "start" else 1)
+
+    def finish(self, args, span):
+        start, stop = args["start"], args["stop"]
+        if start >= stop:
+            _bad(f"'slice' takes channels start to stop - 1, and start={start}, stop={stop} leaves none", span,
+                 f"stop is past the last channel taken: slice({start}, {start + 1}) takes channel {start}")
+        return args
+
+    def infer(self, x, args, span, warn=None):
+        what = "channels" if len(x) == 3 else "features"
+        if args["stop"] > x[0]:
+            n = args["stop"] - args["start"]
+            hint = f"e.g. slice({x[0] - n}, {x[0]}), the last {n}" if n < x[0] else f"e.g. slice(0, {x[0]}), all of them"
+            raise CnnShapeError(f"'slice' stop {args['stop']} is past the {x[0]} {what} of its input", span,
+                                f"the {what} are 0 to {x[0] - 1}, and stop is one past the last taken: {hint}")
+        return (args["stop"] - args["start"], *x[1:])
+
+    def short_form(self, args):
+        return f"slice {args['start']}:{args['stop']}"
+
+
+@register
+class Upsample(Op):
+    """Upsampling by a scale, as PyTorch's ``interpolate(scale_factor=...)``: ``upsample`` (x2, nearest),
+    ``upsample(2, bilinear)``, ``upsample(scale=2, mode=bilinear, align_corners=true)``, ``upsample(scale=(2, 1))``.
+
+    The output size is the floor of the input's times the scale, and the source coordinates follow PyTorch:
+    ``mode=nearest`` takes the pixel ``floor(i / scale)`` (PyTorch's ``nearest``, not ``nearest-exact``).
+    """
+
+    name = "upsample"
+    aliases = ("interpolate", "upsampling")
+    fields = (("scale", 2), ("mode", "nearest"), ("align_corners", False))
+    positional = ("scale", "mode")
+    flags: ClassVar[dict[str, tuple[str, Any]]] = {"nearest": ("mode", "nearest"), "bilinear": ("mode", "bilinear")}
+    MODES = ("nearest", "bilinear")
+    doc = "upsample(scale=2, mode=nearest|bilinear, align_corners=false), e.g. upsample(2, bilinear)"
+    writable = True
+    family = Family.RESHAPE
+    paper_kind = "upsample"
+    saves = Saved.NOTHING
+    flat_order = FlatOrder.MIXES
+    torch_module = False  # F.interpolate, as torchvision's segmentation heads
+    overwritable = True
+    commutative = False
+    foldable = False
+    fold_target = False
+    weights = ()
+
+    def convert(self, field, v, span):
+        if field == "scale":
+            return tuple(self._scale(x, span) for x in (v if isinstance(v, tuple) and len(v) == 2 else (v, v)))
+        if field == "mode":
+            if v not in self.MODES:
+                _bad(f"'upsample' has no mode {v!r}", span, "mode is nearest (the default) or bilinear")
+            return v
+        return as_bool(field, v, span)
+
+    @staticmethod
+    def _scale(v: Any, span) -> int | float:
+        if isinstance(v, tuple):
+            _bad("'scale' takes one number or a pair (h, w)", span, "e.g. upsample(scale=2) or upsample(scale=(2, 1))")
+        s = as_float("scale", v, span)
+        if s <= 0:
+            _bad(f"'scale' must be positive, got {v}", span, "upsample(2) doubles the height and the width")
+        if s > MAX_INT:
+            raise CnnLimitError(f"'scale' is too large: {v}", span, f"numbers in a network stay below {MAX_INT:,}")
+        return int(s) if s.is_integer() else s
+
+    def finish(self, args, span):
+        if args["align_corners"] and args["mode"] != "bilinear":
+            _bad(f"align_corners applies to bilinear upsampling, not {args['mode']}", span,
+                 "upsample(mode=bilinear, align_corners=true), or leave align_corners out")
+        return args
+
+    def infer(self, x, args, span, warn=None):
+        c, h, w = _spatial(self, x, span)
+        out = []
+        for size, s, axis in zip((h, w), args["scale"], ("height", "width")):
+            n = math.floor(size * s)
+            if n < 1:
+                raise CnnShapeError(f"'upsample' by {s:g} leaves no {axis}: floor({size} * {s:g}) = 0", span,
+                                    "a scale below 1 shrinks the feature map; use a larger scale")
+            out.append(n)
+        return (c, *out)
+
+    def short_form(self, args):
+        text = f"upsample ×{_pair_text(tuple(f'{s:g}' for s in args['scale']))}"
+        return " ".join([text, *([args["mode"]] if args["mode"] != "nearest" else []),
+                         *(["align_corners"] if args["align_corners"] else [])])
+
+
+@register
+class Resize(Op):
+    """Its first operand, a feature map, resampled to the height and width of its second, as PyTorch's
+    ``interpolate(x, size=...)``: the segmentation heads' ``F.interpolate(x, size=input_shape[-2:],
+    mode="bilinear", align_corners=False)``. ``mode`` and ``align_corners`` are upsample's."""
+
+    name = "resize"
+    fields = (("mode", "nearest"), ("align_corners", False))
+    positional = ("mode",)
+    flags = Upsample.flags
+    min_inputs = max_inputs = 2  # the map to resize, and the one whose size it takes
+    doc = "resize(mode=nearest|bilinear, align_corners=false): to the height and width of a second operand"
+    writable = True
+    family = Family.RESHAPE
+    paper_kind = "upsample"
+    saves = Saved.NOTHING
+    flat_order = FlatOrder.MIXES
+    torch_module = False  # F.interpolate
+    overwritable = True
+    commutative = False
+    foldable = False
+    fold_target = False
+    weights = ()
+
+    def convert(self, field, v, span):
+        if field == "mode":
+            if v not in Upsample.MODES:
+                _bad(f"'resize' has no mode {v!r}", span, "mode is nearest (the default) or bilinear")
+            return v
+        return as_bool(field, v, span)
+
+    def finish(self, args, span):
+        if args["align_corners"] and args["mode"] != "bilinear":
+            _bad(f"align_corners applies to bilinear resizing, not {args['mode']}", span,
+                 "resize(mode=bilinear, align_corners=true), or leave align_corners out")
+        return args
+
+    def infer_many(self, xs, args, span, warn=None):
+        x, size = _two(self, xs, span)
+        c, _, _ = _spatial(self, x, span)
+        if len(size) != 3:
+            raise CnnShapeError(f"'resize' takes its size from a feature map, got a flat vector of {size[0]}", span,
+                                "the second operand gives the height and width: a feature map (an input, a label)")
+        return (c, *size[1:])
+
+    def short_form(self, args):
+        return " ".join(["resize", *([args["mode"]] if args["mode"] != "nearest" else []),
+                         *(["align_corners"] if args["align_corners"] else [])])
 
 
 @register
@@ -865,6 +1471,7 @@ class Concat(Op):
     commutative = False
     foldable = False
     fold_target = False
+    weights = ()
 
     def convert(self, field, v, span):
         return as_bool(field, v, span)
@@ -906,6 +1513,7 @@ class Add(Op):
     commutative = True
     foldable = False
     fold_target = False
+    weights = ()
 
     def convert(self, field, v, span):
         return as_float(field, v, span)
@@ -926,6 +1534,49 @@ class Add(Op):
 
 
 @register
+class Mul(Op):
+    """Elementwise product of two operands of one shape, or of a feature map and a C x 1 x 1 gate that scales each
+    of its channels: squeeze-and-excitation's ``scale * x`` (torchvision's ``SqueezeExcitation``)."""
+
+    name = "mul"
+    min_inputs = max_inputs = 2
+    doc = "mul: the product of two branches, a feature map and its C x 1 x 1 gate (or two of one shape)"
+    writable = True
+    family = Family.MERGE
+    paper_kind = "scale"  # SENet's Figure 2
+    saves = Saved.INPUT  # each operand, for the other's gradient
+    flat_order = FlatOrder.ALIGNS
+    torch_module = False
+    overwritable = True
+    commutative = True
+    foldable = False
+    fold_target = False
+    weights = ()
+    SHAPE_HINT = "multiply maps of one shape, or a map by a C x 1 x 1 gate (gap, then 1x1 convolutions)"
+
+    def infer_many(self, xs, args, span, warn=None):
+        a, b = _two(self, xs, span)
+        if a == b:
+            return a
+        shown = " and ".join("x".join(map(str, x)) for x in xs)
+        if len(a) != len(b):
+            raise CnnShapeError(f"'mul' of a feature map and a flat vector: {shown}", span,
+                                "a gate is C x 1 x 1: squeeze with gap and excite with 1x1 convolutions "
+                                "(conv1-C), which keep it a feature map, not with fc")
+        if len(a) == 1:
+            raise CnnShapeError(f"'mul' operands differ in length: {shown}", span, "multiply vectors of one length")
+        gates = [x for x in xs if x[1:] == (1, 1)]
+        full = next(x for x in xs if x not in gates) if len(gates) == 1 else None
+        if a[0] != b[0]:
+            raise CnnShapeError(f"'mul' operands differ in channels: {shown}", span,
+                                f"the gate needs the {full[0]} channels of the map it scales: end it with "
+                                f"conv1-{full[0]}" if full else self.SHAPE_HINT)
+        if full is None:
+            raise CnnShapeError(f"'mul' operands differ in size: {shown}", span, self.SHAPE_HINT)
+        return full
+
+
+@register
 class PadShortcut(Op):
     """ResNet option A shortcut: subsample by the stride and zero-pad the extra channels (no parameters)."""
 
@@ -941,6 +1592,7 @@ class PadShortcut(Op):
     commutative = False
     foldable = False
     fold_target = False
+    weights = ()
 
     def convert(self, field, v, span):
         return as_int(field, v, span)
@@ -977,6 +1629,7 @@ class Shortcut(Op):
     commutative = False
     foldable = False
     fold_target = False
+    weights = ()
 
     def infer_many(self, xs, args, span, warn=None):
         x, body = xs
@@ -1014,6 +1667,8 @@ class Input(Op):
     commutative = False
     foldable = False
     fold_target = False
+    weights = ()
 
 
-COMBINATORS = ("concat", "inception", "add", "residual", "aux")
+#: The words written ``NAME< ... >`` (cnndsl/passes/resolve.py lowers them); ``choice< ... >`` is a search space's.
+COMBINATORS = ("concat", "inception", "add", "residual", "aux", "seq", "scale", "split", "resize")

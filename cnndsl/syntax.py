@@ -152,6 +152,17 @@ def operands(expr: Expr) -> tuple[Expr, ...]:
     return ()
 
 
+def _choice_in(expr: Expr) -> Choice | None:
+    """The first choice in ``expr``, or None."""
+    todo = [expr]
+    while todo:
+        e = todo.pop()
+        if isinstance(e, Choice):
+            return e
+        todo.extend(operands(e))
+    return None
+
+
 # ----------------------------------------------------------------------------- steps
 
 
@@ -194,19 +205,55 @@ class Combinator:
 
 
 @dataclass(frozen=True)
+class Template:
+    """A dotted name with ``{expr}`` parts, filled in with the values in scope: ``block{i}-{j}``.
+
+    ``parts`` alternate literal text (dots and hyphens included) and expressions, in text order.
+    """
+
+    parts: tuple[str | Expr, ...]
+    span: Span
+
+    def text(self) -> str:
+        """The template as written, its expressions shown as ``{...}``."""
+        return "".join(p if isinstance(p, str) else "{...}" for p in self.parts)
+
+
+@dataclass(frozen=True)
 class Ref:
     """``@name``: continue from a labelled point."""
 
-    name: str
+    name: str | Template
     span: Span
 
 
-Term = Call | Group | Combinator | Ref
+@dataclass(frozen=True)
+class Row:
+    """One row of a table: ``(6, 24, 2, 2)``."""
+
+    values: tuple[Expr, ...]
+    span: Span
+
+
+@dataclass(frozen=True)
+class Table:
+    """``for t, c, n, s in (1, 16, 1, 1) (6, 24, 2, 2): STEP``: ``body`` once per row, the columns bound to its
+    values; ``for j in range(n): STEP`` (``count``, one column) once per ``j`` from 0 to n - 1."""
+
+    names: tuple[str, ...]
+    rows: tuple[Row, ...]
+    count: Expr | None
+    body: Step
+    span: Span
+    names_span: Span
+
+
+Term = Call | Group | Combinator | Ref | Table
 
 
 @dataclass(frozen=True)
 class Step:
-    label: str | None
+    label: str | Template | None
     term: Term
     repeat: Expr | None
     span: Span
@@ -423,12 +470,44 @@ class _Builder(Transformer):
     def kernel(self, meta, children):
         return children[0]
 
-    def dotted(self, meta, children):
-        name = ".".join(str(c) for c in children)
-        if len(name) > MAX_NAME_LENGTH:
-            raise CnnLimitError(f"a name of {len(name):,} characters (the limit is {MAX_NAME_LENGTH:,})",
+    def segment(self, meta, children):
+        """One part of a dotted name, as text and expressions: ``block1-0``, ``block{i}-{j}``."""
+        parts: list[str | Expr] = []
+        for c in children:
+            if c is None:  # no {...} right after the name
+                continue
+            if isinstance(c, Token):
+                parts.append(str(c))
+            elif isinstance(c, Num) and isinstance(c.value, int):
+                parts.append(str(c.value))
+            elif _choice_in(c) is not None:
+                raise CnnSyntaxError("a name cannot be a choice", _choice_in(c).span,
+                                     "a label's {...} part is one value, e.g. block{i}-{j}")
+            else:
+                parts.append(c)
+        return parts
+
+    def path(self, meta, children):
+        parts: list[str | Expr] = []
+        for i, segment in enumerate(children):
+            for p in (["."] if i else []) + segment:
+                if isinstance(p, str) and parts and isinstance(parts[-1], str):
+                    parts[-1] += p
+                else:
+                    parts.append(p)
+        text = "".join(p for p in parts if isinstance(p, str))
+        if len(text) > MAX_NAME_LENGTH:
+            raise CnnLimitError(f"a name of {len(text):,} characters (the limit is {MAX_NAME_LENGTH:,})",
                                 self._s(meta), "give it a shorter name")
-        return name
+        if len(parts) == 1 and isinstance(parts[0], str):
+            return parts[0]
+        return Template(tuple(parts), self._s(meta))
+
+    def _written_out(self, path, meta, what: str) -> str:
+        if isinstance(path, Template):
+            raise CnnSyntaxError(f"the path in {what}(...) has a {{...}} part", path.span,
+                                 f"{what}(...) names layers as written: write the name out, e.g. layer1.0")
+        return path
 
     def call(self, meta, children):
         name, kernel, channels, stride, args = children
@@ -451,11 +530,28 @@ class _Builder(Transformer):
         return children[1]
 
     def step(self, meta, children):
-        label, term, repeat = children
+        label, term, repeat = children if len(children) == 3 else (*children, None)  # a table takes no repeat
         return Step(label[0] if label else None, term, repeat, self._s(meta), label[1] if label else None)
 
     def seq(self, meta, children):
         return Seq(tuple(children), self._s(meta))
+
+    def table(self, meta, children):
+        *names, source, body = children
+        rows, count = (source, None) if isinstance(source, tuple) else ((), source)
+        tokens = [n for n in names if isinstance(n, Token)]
+        names_span = Span(self.src, tokens[0].line, tokens[0].column, tokens[-1].end_line or tokens[-1].line,
+                          tokens[-1].end_column or tokens[-1].column + len(tokens[-1]))
+        return Table(tuple(str(n) for n in tokens), rows, count, body, self._s(meta), names_span)
+
+    def rows(self, meta, children):
+        return tuple(children)
+
+    def row(self, meta, children):
+        return Row(tuple(children), self._s(meta))
+
+    def count(self, meta, children):
+        return children[0]
 
     # declarations
     def param(self, meta, children):
@@ -485,10 +581,10 @@ class _Builder(Transformer):
         return Network(str(name), params or (), defaults or (), tuple(inputs), body, self._s(meta))
 
     def freeze(self, meta, children):
-        return Freeze(tuple(children), self._s(meta))
+        return Freeze(tuple(self._written_out(c, meta, "freeze") for c in children), self._s(meta))
 
     def replace(self, meta, children):
-        return Replace(children[0], children[1], self._s(meta))
+        return Replace(self._written_out(children[0], meta, "replace"), children[1], self._s(meta))
 
     def derived(self, meta, children):
         name, params, base, args, *mods = children
@@ -601,6 +697,34 @@ class TextCounts:
     longest_expression: int = 0
     most_branches: int = 0
     deepest: int = 0
+    deepest_tables: int = 0  # tables, each the body of the one before: for a in (1): for b in (1): ...
+
+
+@dataclass
+class _Tables:
+    """Where :func:`scan` is in a chain of tables, each the body of the one before (``for ... : b{i}: for ...``).
+
+    The body of a table is one step, so a table nested in another has no bracket to count: the chain is followed
+    through the header's ``:`` and a label before the inner ``for``.
+    """
+
+    chain: int = 0  # tables in the current chain
+    header: bool = False  # between a table's `for` and its `:`
+    body: bool = False  # after a table's `:`, in a label that may come before a nested `for`
+    depth: int = 0  # brackets open when the body started (a label's {...} parts are deeper)
+
+    def step(self, kind: str, tok: str, prev: str, open_brackets: int) -> int:
+        """Follow one token; the chain's length after it."""
+        wordlike = prev[:1].isalnum() or prev[:1] == "_" or prev == "}"
+        if kind == "word" and tok == "for":
+            self.chain = self.chain + 1 if self.body and prev == ":" else 1
+            self.header, self.body = True, False
+        elif tok == ":" and self.header and prev == ")":
+            self.header, self.body, self.depth = False, True, open_brackets
+        elif self.body and not (open_brackets > self.depth or (kind in ("word", "number") and prev in ":.-")
+                                or (tok in ".-:}" and wordlike) or (tok == "{" and (wordlike or prev == "-"))):
+            self.body = False
+        return self.chain
 
 
 def scan(source: Source) -> TextCounts:
@@ -613,7 +737,7 @@ def scan(source: Source) -> TextCounts:
     >>> scan(Source("t.cnn", "network t: input 1x8x8 a: conv3-{2*4} concat< @a | relu >")).references
     1
     """
-    counts, stack = TextCounts(), []
+    counts, stack, tables = TextCounts(), [], _Tables()
     prev = prev2 = ""
     for m in _TOKEN.finditer(source.text):
         counts.tokens += 1
@@ -630,6 +754,12 @@ def scan(source: Source) -> TextCounts:
                   "give it a shorter name")
         top = stack[-1] if stack else None
         bracket = not (tok in ("<", ">") and top is not None and top.expression)  # else a comparison: a < b
+        chain = tables.step(kind, tok, prev, len(stack))
+        if chain > counts.deepest_tables:
+            counts.deepest_tables = chain
+            if chain > MAX_NESTING:
+                _over(source, m.start(), f"tables nested more than {MAX_NESTING} deep",
+                      "a table's step is a block or a group, not a chain of tables")
         if top is not None and top.expression and tok in ",|":
             top.piece, top.piece_at = 0, m.end()
         elif top is not None and top.expression:
@@ -658,7 +788,7 @@ def scan(source: Source) -> TextCounts:
             if counts.references > MAX_REFERENCES:
                 _over(source, m.start(), f"the file has more than {MAX_REFERENCES:,} references (@name)",
                       "a network with that many skips cannot be compiled")
-        elif tok == ":" and prev and (prev[0].isalnum() or prev[0] == "_") and prev2 not in _DECLARES:
+        elif tok == ":" and prev and (prev[0].isalnum() or prev[0] == "_" or prev == "}") and prev2 not in _DECLARES:
             counts.labels += 1
             if counts.labels > MAX_LABELS:
                 _over(source, m.start(), f"the file has more than {MAX_LABELS:,} labels",
@@ -800,8 +930,11 @@ def parse(text: str, filename: str = "<string>") -> Module:
         raise _unexpected_end(source, e.expected) from None
     try:
         items = _Builder(source).transform(tree)
-    except lark.exceptions.VisitError as e:  # pragma: no cover - the builder raises nothing itself
-        raise e.orig_exc from None
+    except lark.exceptions.VisitError as e:
+        if not isinstance(e.orig_exc, RecursionError):
+            raise e.orig_exc from None
+        raise CnnLimitError("the text is nested too deeply", _longest_brace(source),
+                            "split a very long expression, e.g. into block parameters") from None
     except RecursionError:
         raise CnnLimitError("expression nested too deeply", _longest_brace(source),
                             "split a very long expression, e.g. into block parameters") from None

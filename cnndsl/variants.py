@@ -177,6 +177,10 @@ class _Walk:
     def term(self, t, guard: tuple) -> None:
         if isinstance(t, ast.Group):
             self.seq(t.seq, guard)
+        elif isinstance(t, ast.Table):
+            for e in (*(v for row in t.rows for v in row.values), *([t.count] if t.count is not None else [])):
+                self.expr(e, guard)
+            self.seq(ast.Seq((t.body,), t.span), guard)
         elif isinstance(t, ast.Combinator):
             self.args(t.args, guard)
             if t.name.lower() == "choice":

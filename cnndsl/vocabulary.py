@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from .ops import COMBINATORS, OPS
 
-#: The statement keywords of the grammar (``grammar/cnn.lark``).
-KEYWORDS = ("use", "block", "network", "with", "input", "freeze", "replace")
+#: The statement keywords of the grammar (``grammar/cnn.lark``), tables' ``for ... in`` included.
+KEYWORDS = ("use", "block", "network", "with", "input", "freeze", "replace", "for", "in")
 #: The words of expressions: ``{a if s == 1 else b}``, ``and``, ``or``, ``not``.
 EXPRESSION_WORDS = ("if", "else", "and", "or", "not")
 #: Literal values: ``act=none``, ``bias=false``.

@@ -1,4 +1,4 @@
-"""PyTorch and JAX agree: same weights (moved by cnndsl.convert), same numbers.
+"""PyTorch and JAX agree: same weights (moved by cnndsl.backends.jax_weights), same numbers.
 
 The torch backend's generated model is the reference (its layers are torch.nn's own
 modules); each case converts its weights to JAX, runs both, and compares.
@@ -13,9 +13,9 @@ torch = pytest.importorskip("torch")
 jax = pytest.importorskip("jax")
 
 from cnndsl.backends.jax import _nhwc
+from cnndsl.backends.jax_weights import jax_to_torch, torch_to_jax
 
 import cnndsl
-from cnndsl.convert import jax_to_torch, torch_to_jax
 from cnndsl.loader import zoo_index
 from cnndsl.vocabulary import activation_words
 

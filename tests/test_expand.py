@@ -73,3 +73,21 @@ def test_bookkeeping_changes_neither_the_arch_hash_nor_expand(zoo):
     folded = fold_bn(copy.deepcopy(net.graph))
     convs = [n for n in folded.nodes() if "folded_from" in n.meta]
     assert convs and all(set(n.args) == set(net.graph.node(n.name).args) for n in convs)
+
+
+def test_expand_writes_numbered_scopes_tables_scale_split_resize_and_templates_back():
+    """Each construct desugars to layers under their full names (`features.0.1.mul1: scale< @gate >`,
+    `trunk.block1-1.0`, slices and a concat), which load back to the same graph."""
+    net = cnndsl.loads("""
+        block se(c): scale< gap conv1-{c} relu conv1-{in.c} sigmoid >
+        network t: input 8x16x16
+            features: [seq< conv3-8 se(2) bn > for i in (1) (2): stage{i}: seq< split< skip | conv1-4 relu > x{i} >]
+            trunk: for i in range(2): block{i}-{i}: [conv1-8 relu]
+            resize(bilinear)< @input > gap fc-10
+    """)
+    text = expand(net)
+    assert "features.0.1.mul1: scale< @features.0.1.sigmoid1 >" in text and "trunk.block1-1.0: conv(" in text
+    assert "features.stage2.1.slice2: slice(start=4, stop=8)" in text and "resize(mode=bilinear" in text
+    again = cnndsl.loads(text, "t.expanded.cnn")
+    assert again.graph.signature() == net.graph.signature()
+    assert expand(again).splitlines()[1:] == text.splitlines()[1:]

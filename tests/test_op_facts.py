@@ -21,7 +21,7 @@ PACKAGE = ROOT / "cnndsl"
 
 FACT_TYPES = {"writable": bool, "family": Family, "paper_kind": (str, type(None)), "saves": Saved,
               "flat_order": FlatOrder, "torch_module": bool, "overwritable": bool, "commutative": bool,
-              "foldable": bool, "fold_target": bool}
+              "foldable": bool, "fold_target": bool, "weights": tuple}
 
 #: String constants in cnndsl/*.py that are op spellings but do not name an op.
 NOT_AN_OP = {
@@ -32,7 +32,7 @@ NOT_AN_OP = {
     ("vocabulary.py", "input"),  # the `input` keyword
 }
 #: Modules that still name op kinds, left for a later change.
-DEFERRED = {"convert.py": "the weight layouts of torch_to_jax / jax_to_torch (the backend planner's refactor)"}
+DEFERRED: dict[str, str] = {}
 
 
 def test_every_op_declares_every_fact():
@@ -132,7 +132,7 @@ def test_no_module_outside_the_registry_names_an_op(module):
 
 def test_torch_builds_a_module_exactly_for_the_torch_module_ops():
     pytest.importorskip("torch")
-    from cnndsl.backends.torch import Mod, TorchEmitter
+    from cnndsl.backends.torch import build
 
     texts = [("network t: input 2x16x16 d: conv3-4(p=valid) relu deconv2-4/2 concat(crop=true)< @d | identity > "
               "conv1-3 sigmoid maxpool2/1 gap flatten fc-3"),
@@ -141,9 +141,9 @@ def test_torch_builds_a_module_exactly_for_the_torch_module_ops():
              "network t: input 4x8x8 residual(shortcut=pad)< conv3-8/2 bn relu conv3-8 bn > relu gap fc-2"]
     seen = set()
     for text in texts:
-        graph = cnndsl.loads(text).graph
-        emitter = TorchEmitter(graph)
-        for node in graph.nodes():
-            assert isinstance(emitter._emit(node), Mod) == node.opdef.torch_module, node.op
+        net = cnndsl.loads(text)
+        modules = dict(build(net).named_modules())  # the generated model's modules, by their state_dict names
+        for node in net.graph.nodes():
+            assert (node.name in modules) == node.opdef.torch_module, node.op
             seen.add(node.op)
     assert seen == {name for name in OPS if name != "shortcut"}  # resolve_shortcuts replaces every shortcut

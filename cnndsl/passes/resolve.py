@@ -5,13 +5,15 @@ defaults (``with conv(act=relu)``), turns combinators into concat/add nodes,
 binds labels and references, and names every node. Shapes are not known yet:
 residual shortcuts stay as ``shortcut`` nodes for ``resolve_shortcuts``.
 
-Naming (what the backends turn into module names):
-- a label names what it labels: ``fc: fc-1000`` is node ``fc``;
-- a labelled group ``features: [...]`` or a labelled repeat ``layer1: unit(64) x3``
-  is a *sequence* scope whose children are numbered from 0 (``features.0``), as
-  ``nn.Sequential`` numbers them;
-- a block instance is a scope (``layer1.0``); inside it, and at the top level,
-  unlabelled layers are named by op and a counter (``conv1``, ``bn1``, ``relu1``).
+Naming (what the backends turn into module names; docs/language.md "Names" has the whole of it):
+- a label names what it labels: ``fc: fc-1000`` is node ``fc``; ``block{i}-{j}:`` is filled in;
+- a labelled group ``features: [...]``, a labelled repeat ``layer1: unit(64) x3``, a labelled
+  table and every ``seq< ... >`` is a *sequence* scope whose children are numbered from 0
+  (``features.0``), as ``nn.Sequential`` numbers them; so is a block instance whose body is one
+  ``seq< ... >``;
+- any other block instance is a scope (``layer1.0``); inside it, and at the top level,
+  unlabelled layers are named by op and a counter (``conv1``, ``bn1``, ``relu1``);
+- unlabelled groups, repeats and tables name their steps in the enclosing scope.
 
 >>> from cnndsl.syntax import parse
 >>> from cnndsl.loader import Library
@@ -28,7 +30,7 @@ import math
 import re
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .. import syntax as ast
@@ -51,6 +53,12 @@ MAX_BLOCK_DEPTH = 48
 ZERO = "<none>"
 MAX_NESTED = 100  # sequences inside sequences: blocks, groups and branches together
 MAX_SUGGESTED = 10_000  # names looked through for a "did you mean" hint (difflib takes about 10 us a name)
+#: The combinators that build an op of two operands, the current value and their branch's result:
+#: ``scale< BODY >`` is ``x * BODY(x)`` (squeeze-and-excitation), ``resize< @point >`` the current value resized
+#: to the point's height and width. ``expand`` writes those ops back in these forms.
+OPERAND_COMBINATORS = {"scale": "mul", "resize": "resize"}
+_OPERAND_EXAMPLES = {"scale": "scale< gap conv1-16 relu conv1-64 sigmoid > multiplies by a gate made from x",
+                     "resize": "resize(bilinear)< @input > resizes to the input's height and width"}
 
 
 @dataclass(frozen=True)
@@ -372,6 +380,7 @@ class Frame:
     blocks_active: tuple[str, ...] = ()
     labels: dict[str, str] = field(default_factory=dict)  # full name -> node
     body: ast.Seq | None = None  # the body being lowered (to tell a forward reference from a typo)
+    columns: dict[str, Span] = field(default_factory=dict)  # columns of the tables before, out of scope now
     _sizing: dict[str, Any] | None = field(default=None, repr=False)
 
     def sizing_env(self) -> dict[str, Any]:
@@ -382,6 +391,10 @@ class Frame:
         return self._sizing
 
 
+#: A part of a dotted name between dots and hyphens, as the grammar reads it back (``x3`` is a repeat).
+_NAME_PART = re.compile(r"(?!x[0-9])[A-Za-z_][A-Za-z0-9_]*|[0-9]+")
+#: The keywords that start a declaration, and so end the steps before them: no name can start with one.
+_DECLARATIONS = ("block", "network", "use")
 _SHORTHAND = re.compile(r"^(?P<base>[A-Za-z_][A-Za-z_-]*?)(?P<k>[0-9]+(?:x[0-9]+)?)$")
 
 
@@ -391,7 +404,8 @@ class Resolver:
         self.choose = choose
         self.g: Graph | None = None
         self.zeroed = False  # a `none` was taken: layers whose only use was a zero are pruned at the end
-        self.claimed: dict[str, Span | None] = {}  # full name given by a label -> where
+        self.claimed: dict[str, tuple[Span | None, int]] = {}  # full name given by a label -> where, and when
+        self.generation = 0  # copies built so far (of repeats and tables): one label claims its name in one copy
         self.depth = 0  # sequences being lowered, one inside the other
         self.sizer = Sizer(library.blocks)  # lower bounds on what a step will build, before building it
         self.lookups = 0  # references followed
@@ -609,12 +623,16 @@ class Resolver:
         return out
 
     # -- sequences
-    def _seq(self, seq: ast.Seq, flow: str | None, scope: NameScope, frame: Frame, tail: bool, then_act: bool) -> str:
+    def _nest(self, span: Span | None) -> None:
+        """One more sequence (or table) inside the ones being lowered, up to ``MAX_NESTED``."""
         if self.depth >= MAX_NESTED:
             raise CnnLimitError(f"the network is nested more than {MAX_NESTED} levels deep "
-                                "(blocks, groups and branches together)", seq.span,
+                                "(blocks, groups, branches and tables together)", span,
                                 "a block that instantiates itself, or brackets nested too deeply?")
         self.depth += 1
+
+    def _seq(self, seq: ast.Seq, flow: str | None, scope: NameScope, frame: Frame, tail: bool, then_act: bool) -> str:
+        self._nest(seq.span)
         self._spend(1, seq.span)
         steps = seq.steps
         self._check_size(steps, frame)
@@ -651,7 +669,8 @@ class Resolver:
         env = frame.sizing_env()
         key = values_key(env)
         sizes = [self.sizer.step(step, env, key, self.depth) for step in steps]
-        if sum(sizes) <= budget or any(size > budget and (step.repeat is not None or isinstance(step.term, ast.Group)
+        if sum(sizes) <= budget or any(size > budget and (step.repeat is not None
+                                                           or isinstance(step.term, (ast.Group, ast.Table))
                                                            or (isinstance(step.term, ast.Call) and
                                                                step.term.name in self.lib.blocks))
                                        for step, size in zip(steps, sizes)):
@@ -665,11 +684,19 @@ class Resolver:
                                     "a network of that size cannot be compiled; check the repeat counts")
 
     def _claim(self, full: str, span: Span | None) -> None:
-        """A label names one thing: using the same full name twice is a mistake."""
-        first = self.claimed.setdefault(full, span)
-        if first is not span or full in self.g:
-            where = first if first is not span else self.g.node(full).span
-            raise CnnNameError(f"duplicate name '{full}'", span, f"'{full}' is already defined at {where}")
+        """A label names one thing: using the same full name twice is a mistake, also when one label makes it
+        twice (in two copies of a repeat, two rows of a table). ``choice<...>`` claims its label twice, at once."""
+        start = re.split(r"[.-]", full, maxsplit=1)[0]
+        if start in _DECLARATIONS:
+            raise CnnNameError(f"the name '{full}' starts with the keyword '{start}'", span,
+                               f"'{start}' starts a declaration, so `cnndsl expand` could not write this name back; "
+                               "choose another label, or put it inside a labelled scope")
+        first, generation = self.claimed.setdefault(full, (span, self.generation))
+        if first is not span or generation != self.generation or full in self.g:
+            where = first if first is not span or full not in self.g else self.g.node(full).span
+            raise CnnNameError(f"duplicate name '{full}'", span, f"'{full}' is already defined at {where}" +
+                               (" (by this label, for another copy: give the label a {...} part, or leave it out)"
+                                if first is span else ""))
 
     def _is_activation(self, step: ast.Step, frame: Frame) -> bool:
         t = step.term
@@ -681,21 +708,24 @@ class Resolver:
     def _step(self, step: ast.Step, flow, scope: NameScope, frame: Frame, tail: bool, then_act: bool) -> str:
         if flow is None and not isinstance(step.term, ast.Ref):
             raise CnnDslError("this network has no input to start from", step.span)
+        label = self._name(step.label, frame)
         if flow == ZERO and not _decides(step.term):
-            if step.label is not None:  # layers on a zero are dropped; a reference to them is a zero too
-                frame.labels[scope.full(step.label)] = ZERO
+            if label is not None:  # layers on a zero are dropped; a reference to them is a zero too
+                frame.labels[scope.full(label)] = ZERO
             return ZERO
         if step.repeat is None:
-            return self._term(step.term, step.label, flow, scope, frame, tail, then_act, step)
+            return self._term(step.term, label, flow, scope, frame, tail, then_act, step)
         n = evaluate(step.repeat, frame.env, self.choose)
-        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-            raise CnnArgumentError(f"a repeat count must be a whole number, 0 or more, got {plain(n)!r}",
-                                   step.repeat.span, "x1 is a single copy; x0 leaves the step out")
+        if not isinstance(n, int) or n < 0:
+            raise CnnArgumentError(f"a repeat count must be a whole number, 0 or more, got {_shown(n)}",
+                                   step.repeat.span, "x1 is a single copy; x0 leaves the step out, and a condition "
+                                   "x{t != 1} builds the step where it is true")
+        n = int(n)  # x{true} is once, x{false} is absent: an optional step
         if n == 0:  # the step is absent: it builds nothing and takes no number; its label names the point here
             if isinstance(step.term, ast.Ref):
                 raise CnnArgumentError("a reference cannot be repeated", step.span)
-            if step.label is not None:
-                name = scope.full(step.label)
+            if label is not None:
+                name = scope.full(label)
                 self._claim(name, step.label_span or step.span)
                 frame.labels[name] = flow
             return flow
@@ -707,8 +737,8 @@ class Resolver:
             raise CnnLimitError(f"repeating this {n} times would build at least {at_least:,} layers "
                                 f"(the limit is {MAX_NODES:,})", step.span,
                                 "a network of that size cannot be compiled; check the count")
-        if step.label is not None:
-            name = scope.child("seq", step.label)
+        if label is not None:
+            name = scope.child("seq", label)
             self._claim(name, step.label_span or step.span)
             inner = NameScope(name, sequential=True)
             self.g.scopes[name] = Scope(name, "sequence", span=step.span)
@@ -718,28 +748,64 @@ class Resolver:
             raise CnnArgumentError("a reference cannot be repeated", step.span)
         for i in range(n):
             before, spent = len(self.g), self.work
+            self.generation += 1
             flow = self._term(step.term, None, flow, inner, frame, tail and i == n - 1,
                               then_act if i == n - 1 else self._is_activation(step, frame), step)
             if i == 0:
-                projected = len(self.g) + (len(self.g) - before) * (n - 1)
-                if projected > MAX_NODES:
-                    raise CnnLimitError(f"repeating this {n} times would build about {projected:,} layers "
-                                        f"(the limit is {MAX_NODES:,})", step.span,
-                                        "a network of that size cannot be compiled; check the count")
-                projected = self.work + (self.work - spent) * (n - 1)
-                if projected > MAX_WORK:
-                    raise CnnLimitError(f"repeating this {n} times would take about {projected:,} steps to build "
-                                        f"(the limit is {MAX_WORK:,})", step.span,
-                                        "a network that takes so long to build cannot be compiled; check the count")
+                self._projected(n, before, spent, step.span, "repeating this")
         if name is not None:
             frame.labels[name] = flow
         return flow
 
+    def _projected(self, n: int, before: int, spent: int, span: Span | None, what: str) -> None:
+        """After the first of ``n`` copies (built from ``before`` layers and ``spent`` work), refuse what all ``n``
+        would build or cost over the limits, before building the others."""
+        projected = len(self.g) + (len(self.g) - before) * (n - 1)
+        if projected > MAX_NODES:
+            raise CnnLimitError(f"{what} {n} times would build about {projected:,} layers "
+                                f"(the limit is {MAX_NODES:,})", span,
+                                "a network of that size cannot be compiled; check the count")
+        projected = self.work + (self.work - spent) * (n - 1)
+        if projected > MAX_WORK:
+            raise CnnLimitError(f"{what} {n} times would take about {projected:,} steps to build "
+                                f"(the limit is {MAX_WORK:,})", span,
+                                "a network that takes so long to build cannot be compiled; check the count")
+
+    def _name(self, label: str | ast.Template | None, frame: Frame) -> str | None:
+        """A label or a reference's name, its ``{...}`` parts filled in with the values in scope."""
+        if label is None or isinstance(label, str):
+            return label
+        text = []
+        for part in label.parts:
+            if isinstance(part, str):
+                text.append(part)
+                continue
+            v = evaluate(part, frame.env, self.choose)
+            if isinstance(v, Symbol):
+                text.append(v.name)
+            elif isinstance(v, int) and not isinstance(v, bool):
+                text.append(str(v))
+            else:
+                raise CnnArgumentError(f"a {{...}} part of a name must be a whole number or a word, got {_shown(v)}",
+                                       part.span, "e.g. block{i}-{j} with i and j whole numbers")
+        name = "".join(text)
+        pieces = re.split(r"[.-]", name)
+        bad = next((p for p in pieces if not _NAME_PART.fullmatch(p)), None)
+        if bad is not None:
+            why = f"'{bad}' cannot be part of a name" if bad else "it has an empty part between dots or hyphens"
+            raise CnnNameError(f"the name {label.text()} comes out as '{name}', and {why}", label.span,
+                               "the parts of a name, between its dots and hyphens, are words (not x and a digit, "
+                               "which is a repeat) or whole numbers: layer1.0, block1-0")
+        _check_name(name, label.span)
+        return name
+
     def _term(self, term, label, flow, scope: NameScope, frame: Frame, tail, then_act, step: ast.Step) -> str:
         if label is not None:
             self._claim(scope.full(label), step.label_span or step.span)
+        if isinstance(term, ast.Table):
+            return self._table(term, label, flow, scope, frame, tail, then_act)
         if isinstance(term, ast.Ref):
-            target = self._lookup_label(term.name, scope, frame, term.span)
+            target = self._lookup_label(self._name(term.name, frame), scope, frame, term.span)
             if label is not None:
                 frame.labels[scope.full(label)] = target
             return target
@@ -753,6 +819,8 @@ class Resolver:
             return self._seq(term.seq, flow, scope, frame, tail, then_act)
         if isinstance(term, ast.Combinator) and term.name.lower() == "choice":
             return self._term(self._chosen(term), label, flow, scope, frame, tail, then_act, step)
+        if isinstance(term, ast.Combinator) and term.name.lower() == "seq":
+            return self._numbered(term, label, flow, scope, frame, tail, then_act)
         if isinstance(term, ast.Combinator):
             return self._combinator(term, label, flow, scope, frame, tail)
         if isinstance(term, ast.Call) and term.name.lower() == "none" and term.name not in frame.env:
@@ -789,7 +857,92 @@ class Resolver:
                            _suggest(name, known) or "a reference names a label defined earlier (`name: layer`); "
                            "referring to a later point would make a cycle")
 
+    # -- tables
+    def _table(self, t: ast.Table, label, flow, scope: NameScope, frame: Frame, tail, then_act) -> str:
+        """``for t, c in (1, 16) (6, 24): STEP``: the step once per row, its columns bound to the row's values.
+
+        Unlabelled, each copy is built in the enclosing scope (numbered there when it is numbered); labelled, the
+        table is a numbered scope of its own, as a labelled repeat is.
+        """
+        self._nest(t.span)
+        rows = self._rows(t, frame)
+        at_least = len(self.g) + self.sizer.term(t, frame.sizing_env(), self.depth)
+        if at_least > MAX_NODES:
+            raise CnnLimitError(f"this table would build at least {at_least:,} layers (the limit is {MAX_NODES:,})",
+                                t.span, "a network of that size cannot be compiled; check the rows and the counts")
+        if label is not None and rows:
+            name = scope.child("seq", label)
+            self.g.scopes[name] = Scope(name, "sequence", span=t.span)
+            inner = NameScope(name, sequential=True)
+        else:  # no rows (range(0)): as a step repeated x0, no scope, and the label names the point here
+            name, inner = None, scope
+            if label is not None:
+                frame.labels[scope.full(label)] = flow
+        body_act = self._is_activation(t.body, frame)
+        for i, (values, span) in enumerate(rows):
+            env = {**frame.env, **dict(zip(t.names, values))}
+            self._spend(1 + len(env), span)
+            before, spent = len(self.g), self.work
+            self.generation += 1
+            last = i == len(rows) - 1
+            flow = self._step(t.body, flow, inner, replace(frame, env=env, _sizing=None), tail and last,
+                              then_act if last else body_act)
+            if i == 0 and t.count is not None:
+                self._projected(len(rows), before, spent, t.span, "building this")
+        if name is not None:
+            frame.labels[name] = flow
+        frame.columns.update((col, t.span) for col in t.names if col not in frame.env)
+        self.depth -= 1
+        return flow
+
+    def _rows(self, t: ast.Table, frame: Frame) -> list[tuple[tuple, Span]]:
+        """The values of each row of a table (``range(n)``'s are 0 to n - 1), checked against its columns."""
+        seen: set[str] = set()
+        for col in t.names:
+            if col in seen:
+                raise CnnNameError(f"the column '{col}' is named twice", t.names_span, "give each column its own name")
+            seen.add(col)
+        if t.count is not None:
+            if len(t.names) != 1:
+                raise CnnArgumentError(f"range(...) gives one value a copy, and the table names {len(t.names)} "
+                                       f"columns ({', '.join(t.names)})", t.names_span,
+                                       "for j in range(n): STEP, or list the rows: for a, b in (1, 2) (3, 4): STEP")
+            n = evaluate(t.count, frame.env, self.choose)
+            if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+                raise CnnArgumentError(f"range(...) takes a whole number, 0 or more, got {_shown(n)}", t.count.span,
+                                       "for j in range(n): STEP builds STEP for j = 0, 1, ..., n - 1")
+            if n > MAX_NODES:
+                raise CnnLimitError(f"range({n}) would build more than {MAX_NODES:,} layers", t.count.span,
+                                    "a network of that size cannot be compiled; check the count")
+            return [((j,), t.count.span) for j in range(n)]
+        rows = []
+        for row in t.rows:
+            if len(row.values) != len(t.names):
+                raise CnnArgumentError(f"this row has {len(row.values)} value{'s' if len(row.values) != 1 else ''} "
+                                       f"for the {len(t.names)} column{'s' if len(t.names) != 1 else ''} "
+                                       f"{', '.join(t.names)}", row.span,
+                                       "give every row one value for each column, in the order of the columns")
+            self._spend(len(row.values), row.span)
+            rows.append((tuple(evaluate(v, frame.env, self.choose) for v in row.values), row.span))
+        return rows
+
     # -- combinators
+    def _numbered(self, c: ast.Combinator, label, flow, scope: NameScope, frame: Frame, tail, then_act,
+                  name: str | None = None) -> str:
+        """``seq< STEPS >``: a numbered scope (an ``nn.Sequential``) taking one name in the enclosing scope: its
+        label, the next number in a numbered scope, else ``seq1``, ``seq2``, ...; ``name``: that scope, made."""
+        if c.args:
+            raise CnnArgumentError("seq<...> takes no arguments", c.span, "seq< conv3-64 bn relu >")
+        if len(c.branches) != 1:
+            raise CnnArgumentError("seq<...> holds one sequence of steps, not branches", c.span,
+                                   "seq< conv3-64 bn relu >; several branches are concat<...> or add<...>")
+        if name is None:
+            name = scope.child("seq", label)
+            self.g.scopes[name] = Scope(name, "sequence", span=c.span)
+        out = self._seq(c.branches[0], flow, NameScope(name, sequential=True), frame, tail, then_act)
+        frame.labels[name] = out
+        return out
+
     def _chosen(self, c: ast.Combinator) -> ast.Group:
         """``choice< A | B | ... >``: the branch the ``choose`` hook picks (the first by default), as a group."""
         if c.args:
@@ -824,6 +977,10 @@ class Resolver:
             return flow
         if kind == "residual":
             out = self._residual(c, given, flow, inner, frame, node_label)
+        elif kind == "split":
+            out = self._split(c, given, flow, inner, frame, node_label)
+        elif kind in OPERAND_COMBINATORS:
+            out = self._operand(c, kind, given, flow, inner, frame, node_label)
         else:
             op = "concat" if kind in ("concat", "inception") else "add"
             outs = [self._seq(b, flow, inner, frame, tail=False, then_act=False) for b in c.branches]
@@ -842,6 +999,59 @@ class Resolver:
         frame.labels[name or out] = out
         return out
 
+    def _split(self, c: ast.Combinator, given: dict, flow, scope: NameScope, frame: Frame, label) -> str:
+        """``split< A | B >``: the channels cut into as many equal parts as there are branches (``x.chunk(2, 1)``),
+        branch i run on part i, the results concatenated. A branch that is only ``skip`` passes its part on."""
+        self._no_args(given, "split", c.span)
+        if len(c.branches) < 2:
+            raise CnnArgumentError("split<...> needs at least two branches", c.span,
+                                   "split< skip | conv1-58 bn relu > halves the channels (ShuffleNet v2)")
+        shape = self._shape(flow)
+        n = len(c.branches)
+        if shape[0] % n:
+            what = "channels" if len(shape) == 3 else "features"
+            raise CnnShapeError(f"{shape[0]} {what} do not split into {n} equal parts for split<...>", c.span,
+                                f"split<...> cuts the {what} into one equal part a branch: give it a multiple of {n}")
+        part = shape[0] // n
+        outs = []
+        for i, branch in enumerate(c.branches):
+            cut = self._add_node(scope.child("slice", None), "slice",
+                                 OPS["slice"].normalize({"start": i * part, "stop": (i + 1) * part}, c.span),
+                                 c.span, [flow])
+            outs.append(cut if self._passes_on(branch, frame) else
+                        self._seq(branch, cut, scope, frame, tail=False, then_act=False))
+        self._no_zero(outs, "split", c.span)
+        return self._add_node(scope.child("concat", label), "concat", OPS["concat"].normalize({}, c.span), c.span,
+                              outs)
+
+    def _passes_on(self, branch: ast.Seq, frame: Frame) -> bool:
+        """Whether a branch is only ``skip`` (the identity, written without a label, arguments or repeat)."""
+        if len(branch.steps) != 1:
+            return False
+        step = branch.steps[0]
+        t = step.term
+        return (step.label is None and step.repeat is None and isinstance(t, ast.Call) and not t.args
+                and t.kernel is t.channels is t.stride is None and t.name not in frame.env
+                and t.name not in self.lib.blocks and lookup(t.name) is OPS["identity"])
+
+    def _operand(self, c: ast.Combinator, kind: str, given: dict, flow, scope: NameScope, frame: Frame,
+                 label) -> str:
+        """``scale< BODY >`` (``x * BODY(x)``) and ``resize< @point >``: an op of two operands, the current value
+        and the branch's result."""
+        op = OPERAND_COMBINATORS[kind]
+        if given:
+            self._no_operand_args(kind, OPS[op], c.span)
+        if len(c.branches) != 1:
+            raise CnnArgumentError(f"{kind}<...> takes one branch", c.span, _OPERAND_EXAMPLES[kind])
+        other = self._seq(c.branches[0], flow, scope, frame, tail=False, then_act=False)
+        self._no_zero([other], kind, c.span)
+        return self._add_node(scope.child(op, label), op, OPS[op].normalize(given, c.span), c.span, [flow, other])
+
+    @staticmethod
+    def _no_operand_args(kind: str, op, span) -> None:
+        if not op.fields:
+            raise CnnArgumentError(f"{kind}<...> takes no arguments", span, _OPERAND_EXAMPLES[kind])
+
     def _kwargs(self, args, frame, span, what) -> list[tuple[str, Any]]:
         out = []
         for a in args:
@@ -850,6 +1060,14 @@ class Resolver:
                 if what == "residual" and isinstance(v, str):
                     out.append(("shortcut", v))
                     continue
+                if what in OPERAND_COMBINATORS:  # resize(bilinear)<...>
+                    op = OPS[OPERAND_COMBINATORS[what]]
+                    if isinstance(v, str) and v in op.flags:
+                        out.append(op.flags[v])
+                        continue
+                    self._no_operand_args(what, op, a.span)
+                    raise CnnArgumentError(f"{what}<...> takes keyword arguments and the words {', '.join(op.flags)}",
+                                           a.span, op.doc or _OPERAND_EXAMPLES[what])
                 raise CnnArgumentError(f"{what}<...> takes keyword arguments, e.g. {what}(scale=0.17)<...>", a.span)
             out.append((a.name, v))
         return out
@@ -928,8 +1146,11 @@ class Resolver:
             if isinstance(value, Symbol):
                 if isinstance(part, ast.Var) and part.name not in frame.env:
                     names = [k for k in frame.env if k != INPUT]
+                    table = frame.columns.get(part.name)
                     raise CnnNameError(f"unknown name '{part.name}' in the {what}", part.span,
-                                       _suggest(part.name, names) or
+                                       f"'{part.name}' is a column of the table at {table.line}:{table.col}, whose "
+                                       "step is the one step after its ':': put several steps in [ ] to build them "
+                                       "all for each row" if table is not None else _suggest(part.name, names) or
                                        f"parameters in scope: {', '.join(names) or 'none'}")
                 raise CnnArgumentError(f"the {what} must be a number, got the word '{value.name}'", part.span)
             given[field_name] = plain(value)
@@ -1036,7 +1257,12 @@ class Resolver:
                                     args={k: plain(v) for k, v in env.items() if k != INPUT})
         inner = Frame(env, self._defaults(block.defaults, frame.defaults, env), inst,
                       frame.blocks_active + (name,), body=block.body)
-        out = self._seq(block.body, flow, NameScope(inst, sequential=False), inner, tail, then_act)
+        only = block.body.steps[0] if len(block.body.steps) == 1 else None
+        if (only is not None and only.label is None and only.repeat is None and isinstance(only.term, ast.Combinator)
+                and only.term.name.lower() == "seq"):  # the instance is the nn.Sequential: block.0, block.1, ...
+            out = self._numbered(only.term, None, flow, scope, inner, tail, then_act, name=inst)
+        else:
+            out = self._seq(block.body, flow, NameScope(inst, sequential=False), inner, tail, then_act)
         frame.labels[inst] = out
         return out
 
@@ -1051,7 +1277,8 @@ class Resolver:
 
 
 def _is_zero(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v == 0
+    """Whether a repeat count builds nothing: 0, or a condition that is false."""
+    return isinstance(v, int) and v == 0
 
 
 def _check_name(name: str, span: Span | None) -> None:
@@ -1127,6 +1354,8 @@ class Sizer:
             return size
         if isinstance(term, ast.Group):
             return self.seq(term.seq, env, depth + 1, active)
+        if isinstance(term, ast.Table):
+            return self._table(term, env, depth, active)
         sizes = (self.seq(b, env, depth + 1, active) for b in term.branches)
         if term.name.lower() == "choice":  # one branch is taken
             return min(sizes)
@@ -1152,11 +1381,26 @@ class Sizer:
         if key is not None and memo in self.memo:
             return self.memo[memo][1]
         count = known_value(step.repeat, env) if step.repeat is not None else 1
-        count = count if isinstance(count, int) and not isinstance(count, bool) and count >= 0 else 1
+        count = int(count) if isinstance(count, int) and count >= 0 else 1  # x{false} is absent
         size = self.term(step.term, env, depth, active) * count
         if key is not None:
             self.memo[memo] = (step, size)
         return size
+
+    def _table(self, t: ast.Table, env: dict[str, Any], depth: int, active: tuple[str, ...]) -> int:
+        """A table's rows added up (``range(n)``: n copies, the column unknown)."""
+        if t.count is not None:
+            n = known_value(t.count, env)
+            n = n if isinstance(n, int) and not isinstance(n, bool) and n >= 0 else 1
+            inner = {**env, **dict.fromkeys(t.names, UNKNOWN)}
+            return self.step(t.body, inner, values_key(inner), depth, active) * n
+        total = 0
+        for row in t.rows:
+            inner = {**env, **{name: known_value(v, env) for name, v in zip(t.names, row.values)}}
+            total += self.step(t.body, inner, values_key(inner), depth, active)
+            if total > MAX_NODES:
+                break
+        return total
 
     def _call(self, call: ast.Call, env: dict[str, Any], depth: int, active: tuple[str, ...]) -> int:
         target = env.get(call.name)
@@ -1210,7 +1454,8 @@ def _find_label(seq: ast.Seq, name: str) -> Span | None:
         if step.label == name:
             return step.label_span or step.span
         inner = [step.term.seq] if isinstance(step.term, ast.Group) else \
-            list(step.term.branches) if isinstance(step.term, ast.Combinator) else []
+            list(step.term.branches) if isinstance(step.term, ast.Combinator) else \
+            [ast.Seq((step.term.body,), step.term.span)] if isinstance(step.term, ast.Table) else []
         for sub in inner:
             found = _find_label(sub, name)
             if found is not None:
@@ -1222,8 +1467,8 @@ def _decides(term) -> bool:
     """Whether a step on a zero is still lowered: a reference restarts the flow, and a group, a sum, a
     concatenation or a ``choice<...>`` may hold one. A choice<...> on a zero is still decided (each
     NAS-Bench-201 edge is a decision, whatever it carries), though its layers are dropped."""
-    return isinstance(term, (ast.Ref, ast.Group)) or (
-        isinstance(term, ast.Combinator) and term.name.lower() in ("choice", "add", "concat", "inception"))
+    return isinstance(term, (ast.Ref, ast.Group, ast.Table)) or (
+        isinstance(term, ast.Combinator) and term.name.lower() in ("choice", "add", "concat", "inception", "seq"))
 
 
 def _prune(g: Graph) -> None:
