@@ -286,7 +286,7 @@ class OpDefault:
 @dataclass(frozen=True)
 class Input:
     name: str | None
-    shape: tuple[int, ...]
+    shape: tuple[int | Expr, ...]  # a size in braces is an expression over the network's parameters
     span: Span
 
 
@@ -567,9 +567,20 @@ class _Builder(Transformer):
         return tuple(children)
 
     def input(self, meta, children):
-        name, shape = children
-        dims = tuple(_literal(d, _tok_span(self.src, shape)) for d in str(shape).split("x"))
+        name, dims = children
         return Input(str(name) if name is not None else None, dims, self._s(meta))
+
+    def dims(self, meta, children):
+        """``3x224x224`` as (3, 224, 224); a ``{...}`` part stays an expression (evaluated when the network is built)."""
+        out: list = []
+        for part in children:
+            if isinstance(part, Token) and part.type == "REPEAT":
+                continue
+            if isinstance(part, Token):
+                out += [_literal(d, _tok_span(self.src, part)) for d in str(part).split("x")]
+            else:
+                out.append(part)
+        return tuple(out)
 
     def block(self, meta, children):
         name, params, defaults, body = children

@@ -392,3 +392,21 @@ def test_widths_doubled_through_in_c_are_refused_as_too_large():
 def test_a_parameter_called_in_does_not_hide_the_input():
     g = cnndsl.loads("block b(in): conv1-{in.c + in}\nnetwork t: input 3x8x8  b(5)").graph
     assert g.node("b1.conv1").args["c"] == 8
+
+
+def test_an_input_size_can_be_an_expression_over_the_networks_parameters():
+    """EfficientNet's resolution scaling: `input 3x{res}x{res}`, and a derived network gives another size."""
+    text = ("network n(res=64, c=3): input {c}x{res}x{res}\n    conv3-8/2 relu gap fc-10\n"
+            "network small(classes=10) = n(res=2 * 16)\n")
+    assert cnndsl.loads(text, "n.cnn", network="n").graph.node("input").shape == (3, 64, 64)
+    net = cnndsl.loads(text, "n.cnn", network="small")
+    assert net.graph.node("input").shape == (3, 32, 32)
+    assert net.graph.node("conv1").shape == (8, 16, 16)
+
+
+@pytest.mark.parametrize("value", ["1.5", "0", "true"])
+def test_an_input_size_that_is_no_positive_integer_is_refused_at_the_input(value):
+    text = f"network n(res={value}): input 3x{{res}}x{{res}}\n    conv3-8\n"
+    with pytest.raises(cnndsl.CnnDslError, match="input size must be a positive integer") as e:
+        cnndsl.loads(text, "n.cnn")
+    assert (e.value.span.line, e.value.span.col) == (1, 18 + len(value))  # the input declaration

@@ -443,12 +443,13 @@ class Resolver:
         labels: dict[str, str] = {}
         flow = None
         for i, inp in enumerate(decl.inputs):
-            if any(d < 1 for d in inp.shape) or len(inp.shape) not in (1, 3):
-                raise CnnArgumentError(f"input shape {'x'.join(map(str, inp.shape))} is not C x H x W with "
+            shape = tuple(self._input_size(d, env, inp.span) for d in inp.shape)
+            if any(d < 1 for d in shape) or len(shape) not in (1, 3):
+                raise CnnArgumentError(f"input shape {'x'.join(map(str, shape))} is not C x H x W with "
                                        "positive sizes", inp.span,
                                        "write input CxHxW (input 3x224x224), or input N for a flat vector")
             nm = inp.name or ("input" if i == 0 else f"input{i + 1}")
-            g.add(nm, "input", {"shape": inp.shape}, inp.span, [])
+            g.add(nm, "input", {"shape": shape}, inp.span, [])
             g.inputs.append(nm)
             labels[nm] = nm
             flow = flow or nm
@@ -462,6 +463,16 @@ class Resolver:
         if self.zeroed:
             _prune(g)
         return g
+
+    def _input_size(self, d: int | ast.Expr, env: dict[str, Any], span: Span) -> int:
+        """One size of an input declaration: a number, or a ``{...}`` over the network's parameters."""
+        if isinstance(d, int):
+            return d
+        v = plain(evaluate(d, env, self.choose))
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 < v < MAX_NUMBER:
+            raise CnnArgumentError(f"an input size must be a positive integer, got {v!r}", span,
+                                   "write input 3x{res}x{res} with res an integer parameter of the network")
+        return v
 
     def _derived(self, decl: ast.Derived, overrides: dict[str, Any]) -> Graph:
         env = self._bind(decl.name, decl.params, (), overrides, {}, decl.span, "network")
