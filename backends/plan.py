@@ -54,7 +54,9 @@ class Ref:
 @dataclass(frozen=True)
 class Param:
     """A constructor parameter: ``origin`` is ``"block"`` (the .cnn block's own parameter),
-    ``"in_channels"`` (the channels the block reads) or ``"derived"`` (any other number)."""
+    ``"word"`` (the numbers a block parameter given as a word stands for in a layer's argument of its name:
+    ``p=same`` passed on as ``conv(p=p)``), ``"in_channels"`` (the channels the block reads) or ``"derived"``
+    (any other number)."""
 
     name: str
     origin: str
@@ -149,7 +151,8 @@ def _prod(shape) -> int:
 
 def layer_args(graph: Graph, node: Node) -> tuple[tuple[str, Any], ...]:
     """The numbers a printer needs for one layer: the IR's arguments and what follows from the shapes
-    (input channels or features, ceil mode's extra bottom/right padding, centre-crop windows)."""
+    (input channels or features, ceil mode's extra bottom/right padding, centre-crop windows).
+    A pool keeps ``ceil`` beside its ``ceil_extra``: PyTorch prints the mode, the JAX printers the padding."""
     a = node.args
     ins = [graph.node(s).shape for s in graph.inputs_of(node.name)]
     op = node.op
@@ -167,6 +170,10 @@ def layer_args(graph: Graph, node: Node) -> tuple[tuple[str, Any], ...]:
             graph.node(d).op == "add" and port == 0 for d, port in graph.consumers(node.name))
         return (("features", ins[0][0]), ("eps", a["eps"]), ("momentum", a["momentum"]), ("affine", a["affine"]),
                 ("zero_init", zero))
+    if op == "pointwise":
+        return (("in_features", ins[0][0]), ("c", a["c"]), ("bias", a["bias"]))
+    if op in ("layernorm", "groupnorm", "layerscale"):  # their tensors are one per channel (or feature)
+        return (("features", ins[0][0]), *sorted(a.items()))
     if op in ("maxpool", "avgpool"):
         extra = (0, 0)
         if a["ceil"]:
@@ -174,7 +181,7 @@ def layer_args(graph: Graph, node: Node) -> tuple[tuple[str, Any], ...]:
             extra = tuple(max(0, (out - 1) * s + k - (size + lo + hi))
                           for size, out, k, s, (lo, hi) in zip((h, w), node.shape[1:], a["k"], a["s"], a["p"]))
         more = (("count_include_pad", a["count_include_pad"]),) if op == "avgpool" else ()
-        return (("k", a["k"]), ("s", a["s"]), ("p", a["p"]), ("ceil_extra", extra), *more)
+        return (("k", a["k"]), ("s", a["s"]), ("p", a["p"]), ("ceil", a["ceil"]), ("ceil_extra", extra), *more)
     if op == "adaptiveavgpool":
         return (("size", a["size"]),)
     if op == "lrn":
@@ -227,8 +234,9 @@ def _form(v: Any) -> Any:
 
 
 def _key(v: Any) -> tuple:
-    v = collapse(v)
-    return (_form(v), repr(v))
+    """Values under one key can share a parameter: equal, and of one structure (a stride ``(2, 2)`` and a
+    padding ``((2, 2), (2, 2))`` collapse alike, but a parameter holds its value in full)."""
+    return (_form(v), repr(collapse(v)))
 
 
 def camel(name: str) -> str:
@@ -260,7 +268,7 @@ class _Draft:
     def signature(self) -> tuple:
         return (self.kind, self.is_block, self.inputs, self.output, tuple(
             (s.kind, s.output, s.inputs, s.attr, s.op, s.child, s.children,
-             tuple((k, _form(collapse(v))) for k, v in s.args), s.aux) for s in self.steps))
+             tuple((k, _form(collapse(v))) for k, v in s.args), s.aux, len(s.shape)) for s in self.steps))
 
 
 class Planner:
@@ -456,11 +464,12 @@ class Planner:
         used: set[str] = set()
 
         block_names = set(rep.block_args)  # a derived hint never takes a block's own name
+        words = {p for p in block_names if all(isinstance(m.block_args.get(p), str) for m in members)}
 
         def add(key: tuple, hint: str, origin: str, vals: list[Any]) -> str:
             if key not in keys:
                 pname, n = hint, 1
-                while origin != "block" and (pname in used or pname in block_names):
+                while origin != "block" and (pname in used or pname in block_names and origin != "word"):
                     n += 1
                     pname = f"{hint}{n}"
                 used.add(pname)
@@ -470,7 +479,7 @@ class Planner:
                     values[j].append((pname, v))
             return keys[key]
 
-        def resolve(vals: list[Any], hint: str) -> Any:
+        def resolve(vals: list[Any], hint: str, arg: str) -> Any:
             flat = [collapse(v) for v in vals]
             if all(_same(v, flat[0]) for v in flat):
                 return vals[0]
@@ -487,6 +496,8 @@ class Planner:
             if all(m.in_channels is not None and _same(v, m.in_channels) for v, m in zip(flat, members)):
                 return Ref(add(("in_channels",), "in_channels", "in_channels", [m.in_channels for m in members]),
                            1, vals[0])
+            if arg in words:  # the block's word (`p=same`) as the numbers it stands for, under its name
+                return Ref(add(("word", arg, *map(_key, vals)), arg, "word", vals), 1, None)
             return Ref(add(("derived", *map(_key, vals)), hint, "derived", vals), 1, None)  # the values in full
 
         steps = []
@@ -500,7 +511,7 @@ class Planner:
                     hint = f"{step.op}_{arg_hint}" if step.op else arg_hint
                 else:
                     hint = f"{local}_{arg_hint}"
-                args.append((arg, resolve(vals, hint)))
+                args.append((arg, resolve(vals, hint, arg)))
             shapes = [m.steps[i].shape for m in members]
             shape = tuple(d if all(s[k] == d for s in shapes) else None for k, d in enumerate(step.shape))
             steps.append(Step(**{**step.__dict__, "args": tuple(args), "shape": shape}))

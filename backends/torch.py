@@ -1,50 +1,58 @@
-"""The PyTorch backend: a checked IR -> the source of a ``torch.nn.Module``.
+"""The PyTorch backend: a printer of the :mod:`~cnndsl.backends.plan`.
 
-The generated file imports torch only. Module and parameter names are the IR's
-dotted node names, so ``state_dict`` keys are the IR names plus ``.weight``,
-``.bias``, ``.running_mean``, ... (which is how a network written with
-torchvision's names loads torchvision's weights).
+The generated file imports torch only. Module and parameter names are the IR's dotted node names, so
+``state_dict`` keys are the IR names plus ``.weight``, ``.bias``, ``.running_mean``, ... (which is how a
+network written with torchvision's names loads torchvision's weights).
 
-Layout of the output:
+The plan decides the structure (scopes, which block instances share a class, which numbers become
+constructor parameters, named after the block's own); this module prints it:
 
-- one class per network; one class per distinct block (a DSL ``block``). Instances
-  of a block share a class when their expanded structure is the same; the numbers
-  that differ between them (channels, strides, a residual scale) become
-  constructor arguments, named after the block's parameters where the values
-  match them. Instances whose structure differs (a residual block with and without
-  a ``downsample`` projection) get separate classes (``Basic``, ``BasicDownsample``)
-  so that every ``forward`` stays straight-line code with no optional submodules;
-- a labelled sequence scope (``features``, ``layer1``) is an ``nn.Sequential``,
-  called as one step when its children form a chain;
-- ``forward`` is straight-line, one statement per layer, each with a comment
-  giving its source line and output shape.
+- one ``nn.Module`` class per network and per class of the plan whose members have names (a DSL
+  ``block``, a group of named layers), its instances built with keywords: ``BasicDownsample(in_channels=64,
+  c=128)``. A block whose instances differ in structure gets one class per structure (``Basic``,
+  ``BasicDownsample``), so that every ``forward`` stays straight-line code with no optional submodules;
+- a numbered scope (``features``, ``layer1``, ``downsample``) as an ``nn.Sequential``, torchvision's layout
+  (``features.0.weight``, ``layer1.0.conv1.weight``), called as one step where its elements chain, else
+  reached by index; numbers with gaps (an inference build drops its batch norms) as an
+  ``nn.Sequential`` over an ``OrderedDict`` where they chain, else an ``nn.ModuleDict``; a scope with
+  several entries or exits keeps its layers in its parent's ``forward``, its modules in a container;
+- ``forward`` is straight-line, one statement per layer or child module, each with a comment giving
+  its source line and its output shape where that has a size of its own.
 
-An op is supported when :class:`TorchEmitter` has an ``emit_<op>`` method.
+An op is supported when :class:`ClassPrinter` has a ``ctor_<op>`` method (an op the registry marks
+``torch_module``) or an ``emit_<op>`` method (the others); see there.
 """
 
 from __future__ import annotations
 
+import io
 import keyword
 import os
+import textwrap
+import tokenize
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import replace
 from typing import Any
 
 from cnndsl.backends.base import (
     PYTHON_RESERVED,
+    CompilerBug,
     Emitter,
     Namespace,
     Unsupported,
+    Writer,
     check_source,
     comment_text,
     docstring_text,
     string_literal,
 )
+from cnndsl.backends.jax import WIDTH, _wrap
+from cnndsl.backends.plan import ENTRY, ClassPlan, Ref, Step, collapse, make_plan
 from cnndsl.backends.torch_weights import fold_state_dict
 
 from cnndsl.errors import CnnDslError
-from cnndsl.ir import Graph, Node
-from cnndsl.network import fmt_shape
+from cnndsl.ir import Graph
+from cnndsl.ops import OPS, Saved
 
 #: The public attributes and methods of nn.Module, nn.Sequential and nn.ModuleDict (torch 2.1 to 2.13; a test
 #: checks this covers the installed torch), and the method the generated network adds. A layer's label is
@@ -63,105 +71,51 @@ MODULE_ATTRS = frozenset({
     "update", "values", "xpu", "zero_grad",
     "reset_parameters",
 })
-#: The names the generated module defines or imports at its top level.
-MODULE_GLOBALS = frozenset({"torch", "nn", "F"})
+#: The names the generated module defines or imports at its top level (besides its helpers and classes).
+MODULE_GLOBALS = frozenset({"torch", "nn", "F", "OrderedDict"})
 # Names a forward's local variables must not take.
 _RESERVED_VARS = PYTHON_RESERVED | MODULE_GLOBALS | {"self", "aux"}
 
-
-# ----------------------------------------------------------------------------- small value types
-
-
-@dataclass(frozen=True)
-class Slot:
-    """A number in a class body that may differ between the instances sharing the class."""
-
-    value: Any
-    hint: str  # a parameter name to use when the value does not match a block parameter
-
-
-@dataclass(frozen=True)
-class ShapeNote:
-    """A step's comment: where it comes from, then ``-> CxHxW``. Dimensions that differ between the instances
-    sharing a class print as letters (``Cx56x56``); a shape with no size of its own left is left out."""
-
-    shape: tuple[int, ...]
-    where: str = ""  # "blocks.cnn:8"
-
-    def text(self, shape: str | None) -> str:
-        parts = [p for p in (self.where, shape and f"-> {shape}") if p]
-        return "  # " + " ".join(parts) if parts else ""
-
-
-@dataclass(frozen=True)
-class OptArg:
-    """A keyword argument written only when some instance differs from PyTorch's default."""
-
-    kw: str
-    value: Any
-    default: Any
-    hint: str
+#: PyTorch's defaults for the keywords the ``ctor_`` methods pass: a keyword whose value is its default is left
+#: out. Keyed by the class's name (a ``Padded`` helper has its base's).
+TORCH_DEFAULTS: dict[str, dict[str, Any]] = {
+    "Conv2d": {"stride": 1, "padding": 0, "dilation": 1, "groups": 1, "bias": True},
+    "ConvTranspose2d": {"stride": 1, "padding": 0, "output_padding": 0, "groups": 1, "bias": True, "dilation": 1},
+    "MaxPool2d": {"padding": 0, "ceil_mode": False},
+    "AvgPool2d": {"padding": 0, "ceil_mode": False, "count_include_pad": True},
+    "Linear": {"bias": True},
+    "BatchNorm1d": {"eps": 1e-5, "momentum": 0.1, "affine": True},
+    "BatchNorm2d": {"eps": 1e-5, "momentum": 0.1, "affine": True},
+    "ReLU": {"inplace": False},
+    "ReLU6": {"inplace": False},
+    "SiLU": {"inplace": False},
+    "Hardswish": {"inplace": False},
+    "GELU": {"approximate": "none"},
+    "LeakyReLU": {"negative_slope": 0.01},
+    "ELU": {"alpha": 1.0},
+    "LayerNorm": {"eps": 1e-5, "elementwise_affine": True},
+    "LayerNorm2d": {"eps": 1e-5, "elementwise_affine": True},
+    "GroupNorm": {"eps": 1e-5, "affine": True},
+    "PointwiseLinear": {"bias": True},
+}
+#: Module ops whose input is flattened first where the plan says ``flatten`` (nn.Linear on a feature map).
+FLATTEN_FIRST = frozenset({"fc"})
 
 
-Piece = Any  # str | Slot | ShapeNote | OptArg
+def _torch_padding(p: tuple) -> tuple:
+    """The IR's symmetric ``((top, bottom), (left, right))`` as PyTorch's one number a side: ``(top, left)``."""
+    return tuple(lo for lo, _ in p)
 
 
-@dataclass
-class Mod:
-    """A layer that is a module: its constructor and its arguments."""
-
-    ctor: str
-    args: list[tuple[str | None, Any]]
-    flatten_first: bool = False  # an fc on a feature map flattens it first
-    defaults: dict = field(default_factory=dict)  # keyword -> PyTorch's default (omitted when equal)
+def _pad_order(p: tuple) -> tuple:
+    """The IR's ``((top, bottom), (left, right))`` in F.pad's order: ``(left, right, top, bottom)``."""
+    (top, bottom), (left, right) = p
+    return (left, right, top, bottom)
 
 
-@dataclass
-class Fn:
-    """A layer written inline in ``forward``: the expression, as pieces."""
-
-    pieces: list[Piece]
-
-
-@dataclass
-class Unit:
-    """One statement of a forward: a layer, or a call of a child module (a block, a sequence)."""
-
-    inputs: list[str]  # IR node names whose values it reads
-    output: str  # the IR node whose value it produces
-    order: int
-    node: Node | None = None  # a single layer
-    access: str = ""  # how to reach the module from self ("self.conv1", "self.features[3]")
-    span_node: Node | None = None
-    call_span: Any = None
-    flatten_first: bool = False  # a sequence that starts with an fc on a feature map
-
-
-@dataclass
-class ClassDef:
-    """One generated class, before its numbers are shared out into constructor arguments."""
-
-    scope: str
-    kind: str  # the class family: the block's name, "Residual", ...
-    init: list[list[Piece]] = field(default_factory=list)  # statements of __init__ after super().__init__()
-    forward: list[list[Piece]] = field(default_factory=list)
-    in_channels: int | None = None
-    block_args: dict = field(default_factory=dict)
-    name: str = ""
-    call_values: list[Any] = field(default_factory=list)
-
-    def key(self) -> tuple:
-        def strip(lines):
-            return tuple(tuple(p if isinstance(p, str) else (type(p).__name__, getattr(p, "hint", ""),
-                                                             getattr(p, "kw", "")) for p in line)
-                         for line in lines)
-        return (self.kind, strip(self.init), strip(self.forward))
-
-
-def camel(name: str) -> str:
-    parts = [p for p in name.replace("-", "_").split("_") if p]
-    out = "".join(p[:1].upper() + p[1:] for p in parts) or "Net"
-    return out if out[0].isalpha() else "Net" + out
+#: How a keyword's value is written from the IR's, by the keyword's name (``padding=``, ``pad=``); every other
+#: keyword takes the value as it is. A constructor parameter standing for the value is passed in that form.
+FORMS = {"value": lambda v: v, "padding": _torch_padding, "pad": _pad_order}
 
 
 def literal(v: Any) -> str:
@@ -178,6 +132,7 @@ def literal(v: Any) -> str:
 
 
 def same_value(a: Any, b: Any) -> bool:
+    """Equal as :func:`literal` writes them (a square pair is its number); ``True`` is not ``1``."""
     if isinstance(a, tuple) and len(a) == 2 and a[0] == a[1]:
         a = a[0]
     if isinstance(b, tuple) and len(b) == 2 and b[0] == b[1]:
@@ -186,41 +141,85 @@ def same_value(a: Any, b: Any) -> bool:
                                              and not isinstance(a, bool) and not isinstance(b, bool) and a == b)
 
 
-# ----------------------------------------------------------------------------- the emitter
+def _type_name(v: Any) -> str:
+    """The annotation of a value as :func:`literal` writes it."""
+    if isinstance(v, tuple):
+        if len(v) == 2 and v[0] == v[1] and not isinstance(v[0], tuple):
+            return _type_name(v[0])
+        return "tuple[" + ", ".join(_type_name(x) for x in v) + "]" if v else "tuple"
+    return "None" if v is None else type(v).__name__
+
+
+def _fill(like: Any, value: Any) -> Any:
+    """``like`` with every number replaced by ``value``: ``(3, 3)``, 5 -> ``(5, 5)``."""
+    return tuple(_fill(x, value) for x in like) if isinstance(like, tuple) else value
+
+
+def substitute(v: Any, env: dict[str, Any]) -> Any:
+    """A child's value in its caller's terms: a :class:`Ref` to the child's parameter becomes the caller's
+    argument for it (a number, or a :class:`Ref` to the caller's own parameter)."""
+    if not isinstance(v, Ref):
+        return v
+    a = env[v.param]
+    if isinstance(a, Ref):
+        return Ref(a.param, v.factor * a.factor, v.like if v.like is not None else a.like)
+    value = a * v.factor if v.factor != 1 else a
+    return _fill(v.like, value) if v.like is not None else value
+
+
+#: How a child is reached in each layout (see :meth:`TorchEmitter.class_layout`); a class's child whose name is
+#: an identifier is an attribute.
+_ACCESS = {"sequential": "{acc}[{index}]", "dict": "{acc}[{key}]", "ordered": "{acc}.get_submodule({key})",
+           "class": "getattr({acc}, {key})"}
+
+
+def _join(scope: str, rel: str) -> str:
+    return f"{scope}.{rel}" if scope and rel else scope or rel
+
+
+def _one_or_tuple(types: list[str]) -> str:
+    return types[0] if len(types) == 1 else "(" + ", ".join(types) + ")"
+
+
+# ----------------------------------------------------------------------------- the module printer
 
 
 class TorchEmitter(Emitter):
-    """Turns a checked :class:`cnndsl.ir.Graph` into PyTorch source. One ``emit_<op>`` method per op."""
+    """Prints the PyTorch module of a checked :class:`cnndsl.ir.Graph` from its plan: the imports and helpers,
+    one :class:`ClassPrinter` per class, and the structure they share (how each scope holds its children)."""
 
     backend = "PyTorch"
 
     def __init__(self, graph: Graph):
         super().__init__(graph)
         self.g = graph
-        self.nodes = list(graph.nodes())
-        self.uses = {"F": False, "helpers": set()}
-        self.outputs = set(graph.outputs)
         self._check_names()
-        # module-level names: the imports, the helper classes, then the generated classes as they are named
-        self.globals = Namespace(MODULE_GLOBALS | {name for name, _ in _HELPERS})
-        self.class_name = self.globals.name(camel(self.g.name))
-        self.scopes = self._scope_tree()
-        self.kind_of: dict[str, str] = {}  # scope -> "sequential" | "chain" | "class" | "dict"
-        self.classes: dict[str, ClassDef] = {}  # scope -> its class (instances)
-        self.class_order: list[ClassDef] = []  # one representative per generated class
-        self._rep: dict[str, _Rep] = {}  # class name -> its constructor parameters and source
-        self._ctors: set[str] = set()  # module constructors used (for the init method)
+        self.check_supported()
+        self.plan = make_plan(graph)
+        self.scopes = graph.scope_tree()
+        self._callable: dict[str, bool] = {}  # class id -> whether an instance is called as one step
+        # module-level names: the imports, the helpers, the network's class, then the block classes
+        self.globals = Namespace(MODULE_GLOBALS | set(HELPERS))
+        self.class_name = self.globals.name(self.plan.root.name)
+        self.printers: dict[str, ClassPrinter] = {}
+        for cls in self.plan.classes:
+            if self.class_layout(cls) == "class":
+                self.printers[cls.id] = ClassPrinter(self, cls, self.globals.name(cls.name))
+        self.printers[""] = ClassPrinter(self, self.plan.root, self.class_name)
 
-    # -- structure
+    def supports(self, op: str) -> bool:
+        method = ("ctor_" if OPS[op].torch_module else "emit_") + op
+        return op == "input" or callable(getattr(ClassPrinter, method, None))
+
     def _check_names(self) -> None:
         """Refuse labels PyTorch cannot take as attribute names (they are the state_dict keys, so no renaming).
 
         Only the parts of a name that become attributes count: the scopes it sits in, and the layer itself
         when it is a module. An input or an inline layer (``concat``, ``add``) may be called anything.
         """
-        for n in self.nodes:
+        for n in self.g.nodes():
             parts = n.name.split(".")
-            for part in parts if n.opdef.torch_module else parts[:-1]:
+            for part in parts if n.opdef.torch_module or n.opdef.weights else parts[:-1]:
                 if part.isdigit():
                     continue
                 if part.startswith("_"):
@@ -234,549 +233,184 @@ class TorchEmitter(Emitter):
                 raise CnnDslError(f"'{part}' cannot name a layer in PyTorch ({why})", n.span,
                                   "pick another label: a label is the module's attribute and its state_dict key")
 
-    def _scope_tree(self) -> dict[str, list[str]]:
-        return self.g.scope_tree()
+    # -- structure: how each scope is held (functions of the plan)
+    def is_module(self, step: Step) -> bool:
+        """Whether the step has a module (a member of its class): a call, a sequence, a ``torch_module`` layer."""
+        return step.kind != "layer" or OPS[step.op].torch_module
 
-    def _members(self, scope: str) -> list[Node]:
-        """The layers inside ``scope``, in graph order."""
-        return self.g.scope_members(scope)
-
-    def _boundary(self, scope: str) -> tuple[list[str], list[str]]:
-        """The outside values a scope reads, and its values read outside (or returned)."""
-        if not hasattr(self, "_boundaries"):
-            self._boundaries: dict[str, tuple[list[str], list[str]]] = {}
-        if scope not in self._boundaries:
-            self._boundaries[scope] = self.g.scope_boundary(scope)
-        ins, outs = self._boundaries[scope]
-        return list(ins), list(outs)
-
-    def _classify(self, scope: str) -> str:
-        kids = self.scopes[scope]
-        local = [k.rsplit(".", 1)[-1] for k in kids]
-        ins, outs = self._boundary(scope)
-        sese = len(ins) == 1 and len(outs) == 1 and outs[0] not in self.g.inputs
-        if local == [str(i) for i in range(len(local))]:
-            return "chain" if sese and self._is_chain(scope, ins[0], outs[0]) else "sequential"
-        # children named by number with gaps (an inference build dropped some) cannot be attributes
-        return "class" if sese and all(k.isidentifier() for k in local) else "dict"
-
-    def _is_chain(self, scope: str, entry: str, exit_: str) -> bool:
-        prev = entry
-        kids = self.scopes[scope]
-        for i, kid in enumerate(kids):
-            if kid in self.g:
-                node = self.g.node(kid)
-                if not node.opdef.torch_module or self.g.inputs_of(kid) != [prev]:
-                    return False
-                if node.op == "fc" and len(self.g.node(prev).shape) != 1 and i > 0:
-                    return False
-                out = kid
-            else:
-                if self.kind_of.get(kid) not in ("chain", "class"):
-                    return False
-                k_in, k_out = self._boundary(kid)
-                if k_in != [prev]:
-                    return False
-                out = k_out[0]
-            last = i == len(kids) - 1
-            consumers = {d for d, _ in self.g.consumers(out)}
-            if not last and (out in self.outputs or any(not d.startswith(kids[i + 1]) or
-                                                        (d != kids[i + 1] and not d.startswith(kids[i + 1] + "."))
-                                                        for d in consumers)):
-                return False
-            prev = out
-        return prev == exit_
-
-    # -- units of a forward
-    def _units(self, scope: str, access: str) -> list[Unit]:
-        units = []
-        for kid in self.scopes[scope]:
-            local = kid.rsplit(".", 1)[-1]
-            kid_access = self._child_access(scope, access, local)
-            if kid in self.g:
-                node = self.g.node(kid)
-                if node.op == "input":
-                    continue
-                units.append(Unit(self.g.inputs_of(kid), kid, node.order, node=node, access=kid_access))
-                continue
-            kind = self.kind_of[kid]
-            if kind in ("chain", "class"):
-                ins, outs = self._boundary(kid)
-                first = min(n.order for n in self._members(kid))
-                head = self.scopes[kid][0]
-                flat = kind == "chain" and head in self.g and self.g.node(head).op == "fc" and len(
-                    self.g.node(ins[0]).shape) != 1
-                units.append(Unit(ins, outs[0], first, access=kid_access, span_node=self.g.node(outs[0]),
-                                  call_span=self.g.scopes[kid].span if kid in self.g.scopes else None,
-                                  flatten_first=flat))
-            else:
-                units.extend(self._units(kid, kid_access))
-        return self._toposort(units)
-
-    def _child_access(self, scope: str, access: str, local: str) -> str:
-        kind = self.kind_of.get(scope, "class")
-        if kind in ("sequential", "chain"):
-            return f"{access}[{local}]"
-        if kind == "dict":
-            return f"{access}[{string_literal(local)}]"
-        return f"{access}.{local}"
+    def class_layout(self, cls: ClassPlan) -> str:
+        """How an instance of ``cls`` holds its members: ``"class"`` (a generated class: its members have
+        names), ``"sequential"`` (numbered 0..n-1: an nn.Sequential, reached by index), ``"ordered"``
+        (numbered with gaps, or names that are not identifiers, chaining: an nn.Sequential over an OrderedDict)
+        or ``"dict"`` (numbered with gaps, not chaining: an nn.ModuleDict)."""
+        keys = list(dict.fromkeys(s.attr.split(".")[0] for s in cls.steps if self.is_module(s)))
+        if cls.id == "" or not keys or all(k.isidentifier() for k in keys):
+            return "class"
+        if all(k.isdigit() for k in keys):
+            return self._numbered(keys, self.chains(cls))
+        return "ordered" if self.chains(cls) else "class"  # torchvision's RegNet stage: "block1-0", ...
 
     @staticmethod
-    def _toposort(units: list[Unit]) -> list[Unit]:
-        producer = {u.output: u for u in units}
-        done: set[int] = set()
-        out: list[Unit] = []
-        pending = sorted(units, key=lambda u: u.order)
-        while pending:
-            for u in pending:
-                if all(src not in producer or id(producer[src]) in done for src in u.inputs):
-                    out.append(u)
-                    done.add(id(u))
-                    pending.remove(u)
-                    break
-            else:  # pragma: no cover - the IR is acyclic
-                raise AssertionError("cycle between units")
-        return out
+    def _numbered(keys: list[str], chains: bool) -> str:
+        if sorted(map(int, keys)) == list(range(len(keys))):
+            return "sequential"
+        return "ordered" if chains else "dict"
 
-    # -- generation
-    def generate(self) -> str:
-        self.check_supported()
-        scopes = sorted((s for s in self.scopes if s), key=lambda s: -s.count("."))
-        for s in scopes:  # deepest first: a parent needs its children's kinds and classes
-            if s in self.g:
-                raise CnnDslError(f"'{s}' names both a layer and a group of layers", self.g.node(s).span)
-            self.kind_of[s] = self._classify(s)
-        height: dict[str, int] = {}
-        for s in scopes:  # a class's height: how deeply classes nest inside it
-            inner = max((height[k] for k in self.scopes[s] if k in height), default=0)
-            height[s] = inner + (self.kind_of[s] == "class")
-        first = {s: min(n.order for n in self._members(s)) for s in scopes}
-        for h in sorted({height[s] for s in scopes if self.kind_of[s] == "class"}):
-            level = sorted((s for s in scopes if self.kind_of[s] == "class" and height[s] == h), key=first.get)
-            for s in level:
-                self.classes[s] = self._class_def(s)
-            self._share_classes(level)
-        net = self._class_def("")
-        net.name = self.class_name
-        body = self._render_network(net)
-        return self._assemble(body)
-
-    def _class_def(self, scope: str) -> ClassDef:
-        sc = self.g.scopes.get(scope)
-        if scope and sc is not None and sc.kind == "block":
-            kind, args = sc.block, dict(sc.args)
-        else:
-            kind, args = self._generic_kind(scope), {}
-        cd = ClassDef(scope, kind, block_args=args)
-        for kid in self.scopes[scope]:
-            local = kid.rsplit(".", 1)[-1]
-            if kid in self.g and self.g.node(kid).op == "input":
-                continue
-            ctor = self._constructor(kid, 2)
-            if ctor is not None:
-                cd.init.append([f"self.{local} = ", *ctor])
-        ins, _ = self._boundary(scope) if scope else ([], [])
-        if ins:
-            cd.in_channels = self.g.node(ins[0]).shape[0]
-        cd.forward = self._forward(scope)
-        return cd
-
-    def _generic_kind(self, scope: str) -> str:
+    def layout(self, scope: str) -> str:
+        """How the module of IR scope ``scope`` holds its children (see :meth:`class_layout`); a scope with
+        several entries or exits is an nn.Sequential (numbered 0..n-1) or an nn.ModuleDict."""
         if not scope:
-            return self.g.name
-        _, outs = self._boundary(scope)
-        op = self.g.node(outs[0]).op if outs else ""
-        return {"add": "Residual", "concat": "Branches"}.get(op, "Block")
-
-    def _constructor(self, path: str, indent: int) -> list[Piece] | None:
-        """The expression that builds the module at ``path`` (None for a layer written inline)."""
-        if path in self.g:
-            spec = self._emit(self.g.node(path))
-            if not isinstance(spec, Mod):
-                return None
-            pieces: list[Piece] = [f"{spec.ctor}("]
-            local = path.rsplit(".", 1)[-1]
-            first = True
-            for i, (kw, v) in enumerate(spec.args):
-                if kw in spec.defaults:
-                    pieces.append(OptArg(kw, v, spec.defaults[kw], f"{local}_{kw}" if not first else kw))
-                    first = False
-                    continue
-                if not first:
-                    pieces.append(", ")
-                first = False
-                if kw:
-                    pieces.append(f"{kw}=")
-                pieces.append(Slot(v, f"{local}_{kw or ('in' if i == 0 else 'out')}"))
-            return [*pieces, ")"]
-        kind = self.kind_of[path]
+            return "class"
+        kind = self.plan.scope_kinds[scope]
+        if kind == "sequence":
+            return "sequential"
         if kind == "class":
-            cd = self.classes[path]
-            rep = self._rep[cd.name]
-            pieces = [f"{cd.name}("]
-            for i, (v, p) in enumerate(zip(cd.call_values, rep.params)):
-                pieces += [", " if i else "", Slot(v, f"{path.rsplit('.', 1)[-1]}_{p}")]
-            return [*pieces, ")"]
-        pad = "    " * indent
-        inner: list[Piece] = []
-        for kid in self.scopes[path]:
-            sub = self._constructor(kid, indent + 1)
-            if sub is None:
-                node = self.g.node(kid)
-                raise CnnDslError(f"'{node.op}' cannot be an element of the sequence '{path}' in PyTorch", node.span,
-                                  "label the sequence's layers differently, or do not label it")
-            if kind == "dict":
-                inner += [f"\n{pad}    {string_literal(kid.rsplit('.', 1)[-1])}: ", *sub, ","]
-            else:
-                inner += [f"\n{pad}    ", *sub, ","]
-        if kind == "dict":
-            return ["nn.ModuleDict({", *inner, f"\n{pad}}})"]
-        return ["nn.Sequential(", *inner, f"\n{pad})"]
+            return self.class_layout(self.plan.cls(self.plan.instances[scope].cls))
+        keys = [k.rsplit(".", 1)[-1] for k in self.scopes[scope] if self._holds_module(k)]
+        return self._numbered(keys, False) if keys and all(k.isdigit() for k in keys) else "dict"
 
-    # -- forward
-    def _forward(self, scope: str) -> list[list[Piece]]:
-        access = "self"
-        units = self._units(scope, access)
-        inputs = self.g.inputs if not scope else self._boundary(scope)[0]
-        out_main = self.g.output if not scope else self._boundary(scope)[1][0]
-        main, aux = units, []
-        if not scope and self.g.aux_outputs:
-            needed = self._ancestors(self.g.output)
-            main = [u for u in units if u.output in needed]
-            aux = [u for u in units if u.output not in needed]
-        order = main + aux
-        self._unit_outputs = {u.output for u in order}
-        self._readers: dict[str, int] = {}
-        for u in order:
-            for src in set(u.inputs):
-                self._readers[src] = self._readers.get(src, 0) + 1
-        last_use: dict[str, int] = {}
-        for i, u in enumerate(order):
-            for src in u.inputs:
-                last_use[src] = i
-        end = len(order)
-        for o in ([out_main] + (list(self.g.aux_outputs) if not scope else [])):
-            last_use[o] = end
-        var: dict[str, str] = {}
-        holder: dict[str, str] = {}  # variable -> value held
-        if len(inputs) == 1:
-            var[inputs[0]] = "x"
-            holder["x"] = inputs[0]
-        else:
-            for i in inputs:
-                var[i] = self._ident(i)
-                holder[var[i]] = i
-        self._params = [var[i] for i in inputs]
-        lines: list[list[Piece]] = []
-        split = 0
-        for i, u in enumerate(order):
-            if i == len(main):
-                split = len(lines)
-            operands = [var[s] for s in u.inputs]
-            name = self._pick_var(u, i, var, holder, last_use)
-            var[u.output] = name
-            holder[name] = u.output
-            lines.extend(self._statement(u, name, operands))
-        if not aux:
-            split = len(lines)
-        if scope:
-            return lines + [[f"return {var[out_main]}"]]
-        self._net_forward, self._net_split, self._var, self._net_params = lines, split, var, list(self._params)
-        return lines
+    def _holds_module(self, name: str) -> bool:
+        if name in self.g:
+            return self.g.node(name).opdef.torch_module
+        return any(n.opdef.torch_module for n in self.g.scope_members(name))
 
-    def _ancestors(self, name: str) -> set[str]:
-        seen, stack = set(), [name]
-        while stack:
-            n = stack.pop()
-            if n not in seen:
-                seen.add(n)
-                stack.extend(self.g.inputs_of(n))
-        return seen
+    def chains(self, cls: ClassPlan) -> bool:
+        """Whether ``cls``'s steps chain, each a module called on the one before (only the first may flatten
+        its input first): its container is then called as one step."""
+        prev = ENTRY
+        for i, s in enumerate(cls.steps):
+            if s.inputs != (prev,) or not self.is_callable(s) or i and self.wants_flat(s):
+                return False
+            prev = s.output
+        return bool(cls.steps) and prev == cls.output
 
-    def _ident(self, name: str) -> str:
-        ident = name.replace(".", "_")
-        if not ident.isidentifier() or ident in _RESERVED_VARS:
-            ident = "v_" + ident
-        return ident
+    def class_callable(self, cls: ClassPlan) -> bool:
+        if cls.id not in self._callable:
+            layout = self.class_layout(cls)
+            self._callable[cls.id] = layout == "class" or layout != "dict" and self.chains(cls)
+        return self._callable[cls.id]
 
-    def _pick_var(self, u: Unit, i: int, var, holder, last_use) -> str:
-        def free(v: str) -> bool:
-            return v not in holder or last_use.get(holder[v], -1) <= i
+    def is_callable(self, step: Step) -> bool:
+        """Whether ``forward`` calls the step's module as one statement (else its steps are written in place)."""
+        if step.kind == "layer":
+            return OPS[step.op].torch_module
+        ids = (step.child,) if step.kind == "call" else step.children
+        return all(self.class_callable(self.plan.cls(c)) for c in ids)
 
-        multi_operand = any(self.g.node(d).op in ("add", "concat") and d in self._unit_outputs
-                            for d, _ in self.g.consumers(u.output))
-        joins = u.node is not None and u.node.op in ("add", "concat")
-        # a branch point or an auxiliary output keeps a name of its own
-        shared = self._readers.get(u.output, 0) > 1 or u.output in self.g.aux_outputs
-        if u.inputs and not joins and not shared:
-            first = var[u.inputs[0]]
-            if last_use.get(u.inputs[0], -1) <= i and free(first) and (first != "x" or not multi_operand):
-                return first
-        if free("x") and not multi_operand and not shared:
-            return "x"
-        rel = u.access[len("self."):] if u.access.startswith("self.") else ""
-        head = rel.split(".")[0].split("[")[0]
-        candidates = []
-        if head and (u.node is None or head != rel):
-            candidates.append(head)
-        candidates += ["out", self._ident(u.output.rsplit(".", 1)[-1])]
-        for c in candidates:
-            if c not in _RESERVED_VARS and c.isidentifier() and free(c):
-                return c
-        n = 2
-        while not free(f"out{n}"):
-            n += 1
-        return f"out{n}"
+    def wants_flat(self, step: Step) -> bool:
+        """Whether the step's module takes its input flattened first (nn.Linear on a feature map)."""
+        if step.kind == "layer":
+            return step.op in FLATTEN_FIRST and step.arg("flatten") is not False
+        cls = self.plan.cls(step.child if step.kind == "call" else step.children[0])
+        return self.class_layout(cls) != "class" and bool(cls.steps) and self.wants_flat(cls.steps[0])
 
-    def _statement(self, u: Unit, name: str, operands: list[str]) -> list[list[Piece]]:
-        stmts: list[list[Piece]] = []
-        if u.node is None:
-            sp = u.call_span
-            if u.flatten_first:
-                stmts.append([f"{operands[0]} = torch.flatten({operands[0]}, 1)"])
-            stmts.append([f"{name} = {u.access}({operands[0]})", *self._note(sp, u.span_node.shape)])
-            return stmts
-        node = u.node
-        spec = self._emit(node)
-        if isinstance(spec, Mod):
-            arg = operands[0]
-            if spec.flatten_first:
-                stmts.append([f"{arg} = torch.flatten({arg}, 1)"])
-            stmts.append([f"{name} = {u.access}({arg})", *self._note(node.span, node.shape)])
-        else:
-            pieces = []
-            for p in spec.pieces:
-                if isinstance(p, str):
-                    for j, o in enumerate(operands):
-                        p = p.replace(f"{{{j}}}", o)
-                pieces.append(p)
-            stmts.append([f"{name} = ", *pieces, *self._note(node.span, node.shape)])
-        return stmts
-
-    def _note(self, span, shape) -> list[Piece]:
-        if span is None:
-            return [ShapeNote(tuple(shape))]
-        return [ShapeNote(tuple(shape), f"{comment_text(os.path.basename(span.file))}:{span.line}")]
-
-    # -- sharing classes between block instances
-    def _share_classes(self, level: list[str]) -> None:
-        groups: dict[tuple, list[ClassDef]] = {}
-        for s in level:
-            groups.setdefault(self.classes[s].key(), []).append(self.classes[s])
-        by_kind: dict[str, list[list[ClassDef]]] = {}
-        for members in groups.values():
-            by_kind.setdefault(members[0].kind, []).append(members)
-        for kind, variants in by_kind.items():
-            base = camel(kind)
-            first_name = ""
-            for idx, members in enumerate(variants):
-                name, variant = base, ""
-                if idx:
-                    def attrs(cd: ClassDef) -> list[str]:
-                        return [line[0][len("self."):].split(" ")[0] for line in cd.init]
-                    first = attrs(variants[0][0])
-                    extra = [a for a in attrs(members[0]) if a not in first]
-                    missing = [a for a in first if a not in attrs(members[0])]
-                    name = base + ("Downsample" if any("downsample" in a for a in extra) else str(idx + 1))
-                    if not extra and not missing:  # the same attributes: say which inline layers differ
-                        ops = [Counter(n.op for n in self._members(v[0].scope)) for v in (variants[0], members)]
-                        extra, missing = sorted(ops[1] - ops[0]), sorted(ops[0] - ops[1])
-                    variant = _variant_note(first_name, extra, missing)
-                name = self.globals.name(name)
-                first_name = first_name or name
-                self._finish_class(name, members, variant)
-
-    def _finish_class(self, name: str, members: list[ClassDef], variant: str = "") -> None:
-        """Decide which numbers become constructor arguments, and render the class once."""
-        rep = members[0]
-        params: list[str] = []  # the constructor's parameters, in order
-        keys: dict[tuple, str] = {}  # what a parameter stands for -> its name
-        values: list[list[Any]] = [[] for _ in members]
-        # the constructor's names: clear of the module's globals (the classes it builds) and of `self`
-        names = Namespace(self.globals.taken() | {"self"})
-        block_params = {p: p if names.is_free(p) else names.name(p) for p in rep.block_args}  # the .cnn's own names
-        for p in block_params.values():
-            names.reserve(p)
-        # attributes a forward reads: clear of nn.Module's and of the class's own layers
-        attr_names = Namespace(MODULE_ATTRS | {line[0][len("self."):].split(" ")[0] for line in rep.init})
-        attrs: dict[tuple[str, str], str] = {}  # forward numbers kept as attributes: (hint, expr) -> attribute
-
-        def add_param(key: tuple, hint: str, vals: list[Any]) -> str:
-            if key not in keys:
-                keys[key] = block_params[hint] if key[0] == "block" else names.name(hint)
-                params.append(keys[key])
-                for j, v in enumerate(vals):
-                    values[j].append(v)
-            return keys[key]
-
-        def resolve(slot_vals: list[Any], hint: str, in_forward: bool) -> str | None:
-            if all(same_value(v, slot_vals[0]) for v in slot_vals):
-                return None
-            for p in rep.block_args:
-                pv = [m.block_args.get(p) for m in members]
-                if all(same_value(v, q) for v, q in zip(slot_vals, pv)):
-                    return add_param(("block", p), p, pv)
-                if all(isinstance(q, int) and not isinstance(q, bool) for q in pv) and all(
-                        isinstance(v, int) and not isinstance(v, bool) for v in slot_vals) and pv[0]:
-                    k = slot_vals[0] // pv[0]
-                    if k > 1 and all(v == k * q for v, q in zip(slot_vals, pv)):
-                        return f"{k} * {add_param(('block', p), p, pv)}"
-            if not in_forward and all(m.in_channels is not None and same_value(v, m.in_channels) for v, m in zip(slot_vals, members)):
-                return add_param(("in_channels",), "in_channels", [m.in_channels for m in members])
-            return add_param(("slot", hint, *map(_value_key, slot_vals)), hint, slot_vals)
-
-        def render(lines_of: list[list[list[Piece]]], in_forward: bool) -> list[str]:
-            out = []
-            for li, line in enumerate(lines_of[0]):
-                text = []
-                for pi, p in enumerate(line):
-                    if isinstance(p, str):
-                        text.append(p)
-                        continue
-                    if isinstance(p, OptArg):
-                        vals = [lines[li][pi].value for lines in lines_of]
-                        if all(same_value(v, p.default) for v in vals):
-                            continue
-                        expr = resolve(vals, p.hint, in_forward)
-                        text.append(f"{', ' if text and not text[-1].endswith('(') else ''}{p.kw}="
-                                    f"{literal(p.value) if expr is None else expr}")
-                        continue
-                    vals = [lines[li][pi].value if isinstance(p, Slot) else lines[li][pi].shape for lines in lines_of]
-                    if isinstance(p, ShapeNote):
-                        letters = "CHW" if len(p.shape) == 3 else "N"
-                        same = [all(v[k] == d for v in vals) for k, d in enumerate(p.shape)]
-                        shown = "x".join(str(d) if s else letters[k] for k, (d, s) in enumerate(zip(p.shape, same)))
-                        text.append(p.text(shown if any(same) else None))
-                        continue
-                    expr = resolve(vals, p.hint, in_forward)
-                    if expr is None:
-                        text.append(literal(p.value))
-                    elif in_forward:
-                        if (p.hint, expr) not in attrs:
-                            attrs[p.hint, expr] = attr_names.name(p.hint)
-                        text.append(f"self.{attrs[p.hint, expr]}")
-                    else:
-                        text.append(expr)
-                out.append("".join(text))
+    def open_step(self, step: Step) -> list[Step]:
+        """A call or a sequence as the steps it stands for, in the calling class's keys and values: a call
+        as its class's steps (keys and attributes under the call's, values substituted), a sequence as one
+        call per element."""
+        if step.kind == "sequence":
+            out, prev = [], step.inputs[0]
+            for i, child in enumerate(step.children):
+                cls = self.plan.cls(child)
+                attr = f"{step.attr}.{i}"
+                last = i == len(step.children) - 1
+                output = step.output if last else f"{attr}.{cls.output}"
+                shape = step.shape if last else next(s.shape for s in cls.steps if s.output == cls.output)
+                args = tuple((k.split(".", 1)[1], v) for k, v in step.args if k.split(".", 1)[0] == str(i))
+                out.append(Step("call", output, (prev,), attr, child=child, args=args, span=step.span, shape=shape,
+                                aux=step.aux))
+                prev = output
             return out
+        cls = self.plan.cls(step.child)
+        env = dict(step.args)
 
-        init = render([m.init for m in members], False)
-        forward = render([m.forward for m in members], True)
-        for m, vals in zip(members, values):
-            m.name = name
-            m.call_values = vals
-        rep_params = _Rep(params)
-        self._rep = {**self._rep, name: rep_params}
-        sig = ", ".join(f"{p}: {self._ptype(values[0][i])}" for i, p in enumerate(params))
-        doc = self._class_doc(rep, variant)
-        lines = [f"class {name}(nn.Module):", f'    """{doc}"""', ""]
-        lines.append(f"    def __init__(self{', ' if sig else ''}{sig}) -> None:")
-        lines.append("        super().__init__()")
-        lines += [f"        {t}" for t in init]
-        lines += [f"        self.{a} = {e}" for (_, e), a in attrs.items()]
-        lines.append("")
-        lines.append("    def forward(self, x: torch.Tensor) -> torch.Tensor:")
-        lines += [f"        {t}" for t in forward]
-        rep_params.source = "\n".join(lines)
-        self.class_order.append(rep)
+        def key(k: str) -> str:
+            return step.inputs[0] if k == ENTRY else f"{step.attr}.{k}"
 
-    @staticmethod
-    def _ptype(v: Any) -> str:
-        if isinstance(v, bool):
-            return "bool"
-        if isinstance(v, float):
-            return "float"
-        if isinstance(v, tuple):
-            return "tuple[int, int]" if not (len(v) == 2 and v[0] == v[1]) else "int"
-        return "int"
+        return [replace(s, output=key(s.output), inputs=tuple(map(key, s.inputs)), attr=f"{step.attr}.{s.attr}",
+                        args=tuple((n, substitute(v, env)) for n, v in s.args), aux=step.aux or s.aux)
+                for s in cls.steps]
 
-    def _class_doc(self, rep: ClassDef, variant: str) -> str:
-        """Where the class comes from, and for a second variant of a block, what it has that the first has not."""
-        sc = self.g.scopes.get(rep.scope)
-        span = sc and (sc.definition or sc.span)
-        where = f" ({docstring_text(os.path.basename(span.file))}:{span.line})" if span else ""
-        kind = f"Block '{rep.kind}'" if sc is not None and sc.kind == "block" else rep.kind
-        return f"{kind}{where}{variant}."
+    def child_access(self, acc: str, scope: str, part: str) -> str:
+        """The expression of child ``part`` of the module ``acc`` (IR scope ``scope``)."""
+        layout = self.layout(scope)
+        if layout == "class" and part.isidentifier():
+            return f"{acc}.{part}"
+        return _ACCESS[layout].format(acc=acc, index=part, key=string_literal(part))
 
-    # -- the network class
-    def _render_network(self, net: ClassDef) -> str:
-        g = self.g
-        init = self._init_method() if g.init else []
-        lines = [f"class {net.name}(nn.Module):", f'    """Network \'{g.name}\'{self._where()}."""', ""]
-        lines.append("    def __init__(self) -> None:")
-        lines.append("        super().__init__()")
-        for line in net.init:
-            lines.append("        " + self._plain(line))
-        lines += self._freeze_lines()
-        if init:
-            lines.append("        self.reset_parameters()")
-        lines.append("")
-        params = ", ".join(f"{p}: torch.Tensor" for p in self._net_params)
-        ret = "torch.Tensor" if not g.aux_outputs else "torch.Tensor | tuple[torch.Tensor, ...]"
-        lines.append(f"    def forward(self, {params}) -> {ret}:")
-        fwd = [self._plain(line) for line in self._net_forward]
-        main, aux = fwd[:self._net_split], fwd[self._net_split:]
-        lines += [f"        {t}" for t in main]
-        if g.aux_outputs:
-            outs = ", ".join(self._var[o] for o in g.aux_outputs)
-            lines.append("        if self.training:  # the auxiliary heads run, and are returned, when training")
-            lines += [f"            {t}" for t in aux]
-            lines.append(f"            return {self._var[g.output]}, {outs}")
-        lines.append(f"        return {self._var[g.output]}")
-        if init:
-            lines += [""] + init
-        return "\n".join(lines)
+    def access(self, path: str, scope: str = "", acc: str = "self") -> str:
+        """The expression of IR path ``path`` from the module ``acc`` of ``scope``: ``self.layer1[0].conv1``."""
+        for part in path.split("."):
+            acc = self.child_access(acc, scope, part)
+            scope = _join(scope, part)
+        return acc
 
-    @staticmethod
-    def _plain(line: list[Piece]) -> str:
-        text: list[str] = []
-        for p in line:
-            if isinstance(p, OptArg):
-                if not same_value(p.value, p.default):
-                    text.append(f"{', ' if text and not text[-1].endswith('(') else ''}{p.kw}={literal(p.value)}")
-            elif isinstance(p, str):
-                text.append(p)
-            elif isinstance(p, Slot):
-                text.append(literal(p.value))
-            else:
-                text.append(p.text(fmt_shape(p.shape)))
-        return "".join(text)
+    # -- in-place safety (a fact of the graph, so it holds in every instance of a class)
+    def can_overwrite(self, name: str) -> bool:
+        """Whether an in-place op may overwrite the value of ``name``: nobody else reads it, and the backward
+        pass of the op that made it does not either (tanh's, sigmoid's and an in-place ReLU's read their output).
 
-    def _where(self) -> str:
-        n = self.g.node(self.g.inputs[0])
-        return f" ({docstring_text(os.path.basename(n.span.file))}:{n.span.line})" if n.span else ""
+        An op that does not materialize its output (in-place ReLU; identity, dropout and flatten,
+        whose result in eval mode is the very tensor they got) is looked through to its input.
+        """
+        while True:
+            node = self.g.node(name)
+            if node.op == "input" or name in self.g.outputs or len(self.g.consumers(name)) != 1:
+                return False
+            if Saved.OUTPUT in node.opdef.saves:
+                return False
+            if node.opdef.materializes:
+                return True
+            name = self.g.inputs_of(name)[0]
 
-    def _freeze_lines(self) -> list[str]:
-        frozen = {n.name for n in self.nodes if n.frozen and n.params}
-        if not frozen:
-            return []
+    def add_in_place(self, name: str) -> bool:
+        """torchvision's ``out += identity``: no new tensor per residual block. Safe where nothing else reads
+        operand 0 and its producer's backward pass does not need its output."""
+        srcs = self.g.inputs_of(name)
+        return len(set(srcs)) == len(srcs) and self.g.node(srcs[0]).opdef.overwritable and self.can_overwrite(srcs[0])
+
+    # -- the file
+    def generate(self) -> str:
+        bodies = [self.printers[c.id].source() for c in self.plan.classes if c.id in self.printers]
+        bodies.append(self.printers[""].source())
+        src = "\n\n\n".join(bodies)
+        used = _names_used(src)
+        helpers = [text for name, text in HELPERS.items() if name in used]
+        imports = ["from collections import OrderedDict\n" if "OrderedDict" in used else None, "import torch",
+                   "import torch.nn.functional as F" if "F" in used or helpers else None, "from torch import nn"]
+        span = self.g.node(self.g.inputs[0]).span
+        where = f", from {docstring_text(os.path.basename(span.file))}" if span else ""
+        header = [f'"""PyTorch model for the network \'{docstring_text(self.g.name)}\'{where}.', "",
+                  "Generated by cnndsl; edit the .cnn source instead of this file.", '"""', ""]
+        parts = ["\n".join(i for i in imports if i), *helpers, src]
+        return "\n".join(header) + "\n" + "\n\n\n".join(parts) + "\n"
+
+    # -- the network's extras: frozen layers, initialisation
+    def freeze_lines(self) -> list[str]:
+        frozen = {n.name for n in self.g.nodes() if n.frozen and n.params}
         out, covered = [], set()
-        for n in self.nodes:
+        for n in self.g.nodes():
             if n.name not in frozen or n.name in covered:
                 continue
             path = n.name
             parts = n.name.split(".")
-            for i in range(1, len(parts)):
+            for i in range(1, len(parts)):  # the outermost scope whose every layer with weights is frozen
                 prefix = ".".join(parts[:i])
-                members = [m for m in self._members(prefix) if m.params]
-                if all(m.name in frozen for m in members):
+                if all(m.name in frozen for m in self.g.scope_members(prefix) if m.params):
                     path = prefix
                     break
-            covered |= {m.name for m in self._members(path)} | {path}
-            out.append(f"        {self._access(path)}.requires_grad_(False)  # frozen")
+            covered |= {m.name for m in self.g.scope_members(path)} | {path}
+            out.append(f"{self.access(path)}.requires_grad_(False)  # frozen")
         return out
 
-    def _access(self, path: str) -> str:
-        acc, scope = "self", ""
-        for part in path.split("."):
-            acc = self._child_access(scope, acc, part) if scope else f"self.{part}"
-            scope = f"{scope}.{part}" if scope else part
-        return acc
-
-    def _init_method(self) -> list[str]:
+    def init_method(self) -> list[str]:
         """``reset_parameters``, or nothing when the network has no layer the scheme initialises."""
-        scheme = self.g.init
-        types = {n.op for n in self.nodes}
+        g = self.g
+        scheme = g.init
+        if not scheme:
+            return []
+        nodes = list(g.nodes())
+        types = {n.op for n in nodes}
         branches: list[tuple[str, list[str]]] = []  # (isinstance test, body)
         conv = [t for op, t in (("conv", "nn.Conv2d"), ("deconv", "nn.ConvTranspose2d")) if op in types]
         if conv:
@@ -784,211 +418,601 @@ class TorchEmitter(Emitter):
                       else "nn.init.xavier_uniform_(m.weight)")
             branches.append((f"isinstance(m, {_one_or_tuple(conv)})",
                              [weight, "if m.bias is not None:", "    nn.init.zeros_(m.bias)"]))
-        bns = [t for t in ("nn.BatchNorm2d", "nn.BatchNorm1d") if t in self._ctors]
+        ranks = {len(n.shape) for n in nodes if n.op == "bn"}
+        bns = [t for t, rank in (("nn.BatchNorm2d", 3), ("nn.BatchNorm1d", 1)) if rank in ranks]
         if bns:
             branches.append((f"isinstance(m, {_one_or_tuple(bns)}) and m.affine",
                              ["nn.init.ones_(m.weight)", "nn.init.zeros_(m.bias)"]))
-        if "fc" in types and self.g.init_fc:
+        if "fc" in types and g.init_fc:
             weight = "nn.init.normal_(m.weight, 0.0, 0.01)" if scheme == "kaiming" else "nn.init.xavier_uniform_(m.weight)"
             branches.append(("isinstance(m, nn.Linear)", [weight, "if m.bias is not None:", "    nn.init.zeros_(m.bias)"]))
         zero = []
-        if self.g.zero_init_residual:
-            for n in self.nodes:
+        if g.zero_init_residual:
+            for n in nodes:
                 if n.op == "add":
-                    body = self.g.node(self.g.inputs_of(n.name)[0])
+                    body = g.node(g.inputs_of(n.name)[0])
                     if body.op == "bn" and body.args["affine"]:
-                        zero.append(f"        nn.init.zeros_({self._access(body.name)}.weight)")
+                        zero.append(f"nn.init.zeros_({self.access(body.name)}.weight)")
         if not branches and not zero:
             return []
-        lines = ["    def reset_parameters(self) -> None:",
-                 f'        """{"He (Kaiming)" if scheme == "kaiming" else "Glorot (Xavier)"} initialisation."""']
-        if branches:
-            lines.append("        for m in self.modules():")
-        for i, (test, body) in enumerate(branches):
-            lines.append(f"            {'elif' if i else 'if'} {test}:")
-            lines += [f"                {b}" for b in body]
-        return lines + zero
+        w = Writer()
+        with w.block("def reset_parameters(self) -> None:"):
+            w.line(f'"""{"He (Kaiming)" if scheme == "kaiming" else "Glorot (Xavier)"} initialisation."""')
+            if branches:
+                with w.block("for m in self.modules():"):
+                    for i, (test, body) in enumerate(branches):
+                        with w.block(f"{'elif' if i else 'if'} {test}:"):
+                            for b in body:
+                                w.line(b)
+            for z in zero:
+                w.line(z)
+        return w.lines
 
-    # -- assembly
-    def _assemble(self, network_src: str) -> str:
-        classes = [self._rep[c.name].source for c in self.class_order]
-        src = "\n\n\n".join(classes + [network_src])
-        helpers = [h for h in _HELPERS if h[0] in self.uses["helpers"]]
-        header = [f'"""PyTorch model for the network \'{self.g.name}\'{self._where_file()}.',
-                  "", "Generated by cnndsl; edit the .cnn source instead of this file.", '"""', ""]
-        imports = ["import torch", "import torch.nn.functional as F" if ("F." in src or helpers) else None,
-                   "from torch import nn"]
-        body = "\n".join(i for i in imports if i)
-        parts = [body] + [h[1] for h in helpers] + [src]
-        return "\n".join(header) + "\n" + "\n\n\n".join(parts) + "\n"
 
-    def _where_file(self) -> str:
-        n = self.g.node(self.g.inputs[0])
-        return f", from {docstring_text(os.path.basename(n.span.file))}" if n.span else ""
+def _names_used(src: str) -> set[str]:
+    """The module-level names the code reads: ``F`` in ``F.pad(...)``, not in ``self.F`` nor in a comment."""
+    used, prev = set(), None
+    for tok in tokenize.generate_tokens(io.StringIO(src).readline):
+        if tok.type == tokenize.NAME and not (prev is not None and prev.type == tokenize.OP and prev.string == "."):
+            used.add(tok.string)
+        if tok.type not in (tokenize.NL, tokenize.NEWLINE, tokenize.COMMENT, tokenize.INDENT, tokenize.DEDENT):
+            prev = tok
+    return used
 
-    # -- ops (an op's emit method returns a Mod exactly when its registry entry says ``torch_module``)
-    def _emit(self, node: Node) -> Mod | Fn:
-        spec = getattr(self, f"emit_{node.op}")(node, [self.g.node(s).shape for s in self.g.inputs_of(node.name)])
-        if isinstance(spec, Mod):
-            self._ctors.add(spec.ctor)
-        return spec
 
-    def emit_input(self, node, xs):
-        return Fn(["{0}"])
+# ----------------------------------------------------------------------------- one class
 
-    def emit_conv(self, node, xs):
-        a = node.args
-        (t, b), (left, r) = a["p"]
-        args: list[tuple[str | None, Any]] = [(None, xs[0][0]), (None, a["c"]), ("kernel_size", a["k"]),
-                                              ("stride", a["s"])]
-        defaults = {"stride": 1, "padding": 0, "dilation": 1, "groups": 1, "bias": True}
-        ctor = "nn.Conv2d"
-        if t == b and left == r:
-            args.append(("padding", (t, left)))
+
+class ClassPrinter:
+    """Prints one class of the plan (a block's, or the network's): its constructor, members and ``forward``.
+
+    The op contract, one method per op, found by name:
+
+    - ``ctor_<op>(self, step) -> str``, for an op whose registry entry says ``torch_module``: the
+      expression that builds its ``nn.Module`` (``nn.Conv2d(64, 128, kernel_size=3, padding=1)``). Build it
+      with :meth:`module`, which writes each value and leaves out a keyword equal to PyTorch's default
+      (:data:`TORCH_DEFAULTS`); ``forward`` calls the module on the step's input.
+    - ``emit_<op>(self, step, xs) -> str``, for any other op: the expression of the step's value in
+      ``forward``, given its inputs' variable names ``xs`` (``torch.cat([a, b], 1)``). A number it writes
+      goes through :meth:`fwd`.
+
+    ``step.args`` are the plan's :func:`~cnndsl.backends.plan.layer_args` (``step.arg("c")``), each a number
+    or a :class:`~cnndsl.backends.plan.Ref` (a constructor parameter: the instances sharing the class
+    differ there). :meth:`module` and :meth:`fwd` write either. ``step.shape`` is the output's shape
+    (``None`` where the instances differ, its length always known); :meth:`ir_names` are the step's layers
+    in every instance, for facts of the graph such as in-place safety (:meth:`inplace`).
+    """
+
+    def __init__(self, emitter: TorchEmitter, cls: ClassPlan, name: str):
+        self.e = emitter
+        self.cls = cls
+        self.name = name
+        self.is_root = cls.id == ""
+        self.scopes = [""] if self.is_root else list(cls.instances)  # the IR scope of each instance
+        names = Namespace(emitter.globals.taken() | {"self"})
+        self.params: dict[str, str] = {}  # plan parameter -> constructor parameter
+        for p in cls.params:
+            self.params[p.name] = p.name if names.is_free(p.name) else names.name(p.name)
+            names.reserve(self.params[p.name])
+        self.forms: dict[str, set[str]] = {}  # parameter -> the forms it is written in (see FORMS); used ones
+        self.kept: dict[str, str] = {}  # parameter -> the attribute that keeps it for forward
+        members = {s.attr.split(".")[0] for s in cls.steps
+                   if emitter.is_module(s) or s.kind == "layer" and OPS[s.op].weights}
+        self.attrs = Namespace(MODULE_ATTRS | members)
+        self.tensors: list[str] = []  # __init__ lines of the parameters the class holds itself (layer scales)
+
+    # -- values
+    def val(self, v: Any, form: str = "value") -> str:
+        """A value in ``__init__``: a literal, or an expression of the constructor's parameters, in ``form``."""
+        if isinstance(v, Ref):
+            full = v.like is None
+            self.forms.setdefault(v.param, set()).add(form if full else "value")
+            e = self.params[v.param]
+            e = e if v.factor == 1 else f"{v.factor} * {e}"
+            return f"({e}, {e}, {e}, {e})" if form == "pad" and not full else e
+        return literal(FORMS[form](v))
+
+    def fwd(self, v: Any) -> str:
+        """A value in ``forward``: a literal, or the attribute that keeps the constructor's parameter."""
+        if isinstance(v, Ref):
+            if v.param not in self.kept:
+                self.kept[v.param] = self.attrs.name(self.params[v.param])
+            self.forms.setdefault(v.param, set()).add("value")
+            e = f"self.{self.kept[v.param]}"
+            return e if v.factor == 1 else f"{v.factor} * {e}"
+        return literal(v)
+
+    def values(self, v: Any) -> list[Any]:
+        """The value ``v`` stands for in each instance of the class."""
+        if not isinstance(v, Ref):
+            return [v]
+        return [substitute(v, dict(self.e.plan.instances[s].args)) for s in self.scopes]
+
+    def module(self, ctor: str, *args: Any, **kwargs: Any) -> str:
+        """``ctor(args, keyword=value, ...)``, a keyword left out where its value is PyTorch's default.
+        ``padding=`` and ``pad=`` take the IR's ``(lo, hi)`` pairs (see :data:`FORMS`)."""
+        defaults = TORCH_DEFAULTS.get(ctor.rsplit(".", 1)[-1].removeprefix("Padded"), {})
+        parts = [self.val(v) for v in args]
+        for kw, v in kwargs.items():
+            form = kw if kw in FORMS else "value"
+            if kw in defaults and not isinstance(v, Ref) and same_value(collapse(FORMS[form](v)), defaults[kw]):
+                continue
+            parts.append(f"{kw}={self.val(v, form)}")
+        return f"{ctor}({', '.join(parts)})"
+
+    def ir_names(self, step: Step) -> list[str]:
+        """The IR layer of ``step`` in every instance of the class."""
+        return [_join(s, step.output) for s in self.scopes]
+
+    def inplace(self, step: Step) -> bool:
+        """Whether an in-place op may overwrite the step's input, in every instance."""
+        return all(self.e.can_overwrite(self.e.g.inputs_of(n)[0]) for n in self.ir_names(step))
+
+    def padding(self, step: Step, ctor: str) -> tuple[str, dict[str, Any]]:
+        """``ctor`` and ``padding=`` where the padding is even in every instance, else the ``Padded`` helper
+        and ``pad=`` (PyTorch pads both sides alike)."""
+        p = step.arg("p")
+        if all(t == b and left == r for (t, b), (left, r) in self.values(p)):
+            return ctor, {"padding": p}
+        return "Padded" + ctor.removeprefix("nn."), {"pad": p}
+
+    def parameter_form(self, param: str) -> str:
+        forms = self.forms[param]
+        if len(forms) != 1:
+            raise CompilerBug(f"the PyTorch backend writes parameter '{param}' of {self.name} in several forms",
+                              self.cls.span, "this is a bug in cnndsl; please report it with the .cnn file")
+        return next(iter(forms))
+
+    def used_params(self) -> list[str]:
+        return [p.name for p in self.cls.params if p.name in self.forms]
+
+    def annotation(self, param: str) -> str:
+        form = FORMS[self.parameter_form(param)]
+        kinds = [_type_name(form(dict(self.e.plan.instances[s].args)[param])) for s in self.scopes]
+        return " | ".join(dict.fromkeys(kinds))
+
+    def call(self, step: Step) -> str:
+        """The constructor expression of a child class: ``Basic(c=64)``."""
+        child = self.e.printers[step.child]
+        args = dict(step.args)
+        kws = [f"{child.params[p]}={self.val(args[p], child.parameter_form(p))}" for p in child.used_params()]
+        return f"{child.name}({', '.join(kws)})"
+
+    # -- members
+    def member_steps(self, steps) -> list[Step]:
+        """The steps whose modules the class holds, containers opened to their elements."""
+        out = []
+        for s in steps:
+            if s.kind == "layer":
+                if OPS[s.op].torch_module:
+                    out.append(s)
+            elif s.kind == "call" and s.child in self.e.printers:
+                out.append(s)
+            else:
+                out += self.member_steps(self.e.open_step(s))
+        return out
+
+    def members(self) -> list[str]:
+        """The lines of ``__init__`` that build the members, in the order of the graph (the state_dict's)."""
+        tree: dict[str, Any] = {}
+        for s in self.member_steps(self.cls.steps):
+            *path, leaf = s.attr.split(".")
+            node = tree
+            for part in path:
+                node = node.setdefault(part, {})
+            node[leaf] = self.call(s) if s.kind == "call" else getattr(self, f"ctor_{s.op}")(s)
+        lines = []
+        for key in self._ordered("", tree):
+            value = self._expr(key, tree[key])
+            if key.isidentifier():
+                value[0] = f"self.{key} = {value[0]}"
+            else:
+                value[0] = f"self.add_module({string_literal(key)}, {value[0]}"
+                value[-1] += ")"
+            lines += value
+        return lines
+
+    def _ordered(self, rel: str, node: dict) -> list[str]:
+        scope = _join(self.scopes[0], rel)
+        if rel and self.e.layout(scope) == "sequential":
+            return sorted(node, key=int)
+        order = [k.rsplit(".", 1)[-1] for k in self.e.scopes[scope]]
+        return [k for k in order if k in node]
+
+    def _expr(self, rel: str, value: Any) -> list[str]:
+        """A member's constructor as lines: a container's elements one a line, indented."""
+        if isinstance(value, str):
+            return [value]
+        layout = self.e.layout(_join(self.scopes[0], rel))
+        head, tail = {"sequential": ("nn.Sequential(", ")"), "ordered": ("nn.Sequential(OrderedDict([", "]))"),
+                      "dict": ("nn.ModuleDict({", "})")}[layout]
+        lines = [head]
+        for key in self._ordered(rel, value):
+            sub = self._expr(f"{rel}.{key}", value[key])
+            if layout == "ordered":
+                sub[0] = f"({string_literal(key)}, {sub[0]}"
+                sub[-1] += ")"
+            elif layout == "dict":
+                sub[0] = f"{string_literal(key)}: {sub[0]}"
+            sub[-1] += ","
+            lines += ["    " + line for line in sub]
+        return lines + [tail]
+
+    # -- forward
+    def forward_steps(self, steps) -> list[Step]:
+        """The statements of ``forward``: a step whose module is not called whole is opened in place."""
+        out = []
+        for s in steps:
+            out += [s] if s.kind == "layer" or self.e.is_callable(s) else self.forward_steps(self.e.open_step(s))
+        return out
+
+    def comment(self, step: Step) -> str:
+        """Where the step comes from, and its shape where that has a size of its own (letters where the
+        instances differ: ``Cx56x56``)."""
+        parts = [f"{comment_text(os.path.basename(step.span.file))}:{step.span.line}"] if step.span else []
+        if any(d is not None for d in step.shape):
+            letters = "CHW" if len(step.shape) == 3 else "N"
+            parts.append("-> " + "x".join(str(d) if d is not None else letters[i] for i, d in enumerate(step.shape)))
+        return "  # " + " ".join(parts) if parts else ""
+
+    def forward(self) -> tuple[list[str], list[str]]:
+        """The forward's parameters and body."""
+        cls = self.cls
+        steps = self.forward_steps(cls.steps)
+        outputs = (cls.output, *cls.aux_outputs)
+        last_use: dict[str, int] = {}
+        readers: dict[str, int] = {}
+        joined: set[str] = set()  # values read by a join (an add, a concat)
+        for i, s in enumerate(steps):
+            for src in s.inputs:
+                last_use[src] = i
+            for src in set(s.inputs):
+                readers[src] = readers.get(src, 0) + 1
+            if s.kind == "layer" and OPS[s.op].max_inputs != 1:
+                joined.update(s.inputs)
+        for o in outputs:
+            last_use[o] = len(steps)
+        var: dict[str, str] = {}
+        holder: dict[str, str] = {}  # variable -> the value it holds
+        if len(cls.inputs) == 1:
+            var[cls.inputs[0]] = "x"
         else:
-            ctor = "PaddedConv2d"
-            self.uses["helpers"].add(ctor)
-            args.append(("pad", (left, r, t, b)))
-        args += [("dilation", a["d"]), ("groups", a["groups"]), ("bias", a["bias"])]
-        return Mod(ctor, args, defaults=defaults)
+            for key in cls.inputs:
+                var[key] = _ident(key)
+        for key, v in var.items():
+            holder[v] = key
+        params = [var[k] for k in cls.inputs]
 
-    def emit_deconv(self, node, xs):
-        a = node.args
-        args: list[tuple[str | None, Any]] = [
-            (None, xs[0][0]), (None, a["c"]), ("kernel_size", a["k"]), ("stride", a["s"]),
-            ("padding", (a["p"][0][0], a["p"][1][0])), ("output_padding", a["output_padding"]),
-            ("groups", a["groups"]), ("bias", a["bias"]), ("dilation", a["d"])]
-        defaults = {"stride": 1, "padding": 0, "output_padding": 0, "groups": 1, "bias": True, "dilation": 1}
-        return Mod("nn.ConvTranspose2d", args, defaults=defaults)
+        def free(v: str, i: int) -> bool:
+            return v not in holder or last_use.get(holder[v], -1) <= i
 
-    def _pool(self, node, ctor: str, extra: list) -> Mod:
-        a = node.args
-        (t, b), (left, r) = a["p"]
-        args: list[tuple[str | None, Any]] = [("kernel_size", a["k"]), ("stride", a["s"])]
-        if t == b and left == r:
-            args.append(("padding", (t, left)))
-        else:
-            if ctor == "nn.AvgPool2d" and not a["count_include_pad"]:
-                raise Unsupported("uneven pooling padding with count_include_pad=false is not supported by the "
-                                  "PyTorch backend", node.span)
-            ctor = "Padded" + ctor[3:]
-            self.uses["helpers"].add(ctor)
-            args.append(("pad", (left, r, t, b)))
-        args.append(("ceil_mode", a["ceil"]))
-        return Mod(ctor, args + extra, defaults={"padding": 0, "ceil_mode": False, "count_include_pad": True})
+        def pick(i: int, s: Step) -> str:
+            join = s.kind == "layer" and OPS[s.op].max_inputs != 1
+            shared = readers.get(s.output, 0) > 1 or s.output in cls.aux_outputs  # keeps a name of its own
+            multi = s.output in joined
+            if s.inputs and not join and not shared:
+                first = var[s.inputs[0]]
+                if last_use.get(s.inputs[0], -1) <= i and free(first, i) and (first != "x" or not multi):
+                    return first
+            if free("x", i) and not multi and not shared:
+                return "x"
+            candidates = [s.attr.split(".")[0]] if s.kind != "layer" or "." in s.attr else []
+            candidates += ["out", _ident(s.output.rsplit(".", 1)[-1])]
+            for c in candidates:
+                if c not in _RESERVED_VARS and c.isidentifier() and free(c, i):
+                    return c
+            n = 2
+            while not free(f"out{n}", i):
+                n += 1
+            return f"out{n}"
 
-    def emit_maxpool(self, node, xs):
-        return self._pool(node, "nn.MaxPool2d", [])
+        main, aux = [], []
+        for i, s in enumerate(steps):
+            xs = [var[k] for k in s.inputs]
+            name = pick(i, s)
+            lines = aux if s.aux else main
+            if self.e.is_module(s):
+                arg = xs[0]
+                if self.e.wants_flat(s):
+                    target = arg if last_use.get(s.inputs[0], -1) <= i else name
+                    lines.append(f"{target} = torch.flatten({arg}, 1)")
+                    arg = target
+                expr = f"{self.e.access(s.attr, self.scopes[0])}({arg})"
+            else:
+                expr = getattr(self, f"emit_{s.op}")(s, xs)
+            var[s.output] = name
+            holder[name] = s.output
+            lines.append(f"{name} = {expr}{self.comment(s)}")
+        body = main
+        if aux:
+            outs = ", ".join(var[o] for o in outputs)
+            body.append("if self.training:  # the auxiliary heads run, and are returned, when training")
+            body += ["    " + line for line in aux]
+            body.append(f"    return {outs}")
+        body.append(f"return {var[cls.output]}")
+        return params, body
 
-    def emit_avgpool(self, node, xs):
-        return self._pool(node, "nn.AvgPool2d", [("count_include_pad", node.args["count_include_pad"])])
+    # -- the class
+    def docstring(self) -> str:
+        cls, span = self.cls, self.cls.span
+        where = f" ({docstring_text(os.path.basename(span.file))}:{span.line})" if span else ""
+        if self.is_root:
+            return f"Network '{docstring_text(cls.kind)}'{where}."
+        kind = f"Block '{docstring_text(cls.kind)}'" if cls.is_block else docstring_text(cls.kind)
+        return f"{kind}{where}{self.variant_note()}."
 
-    def emit_gap(self, node, xs):
-        return Mod("nn.AdaptiveAvgPool2d", [(None, 1)])
+    def variant_note(self) -> str:
+        """What a block's second (third, ...) class differs in from its first: ``: Basic with `downsample```."""
+        first = next(p for c in self.e.plan.classes if (p := self.e.printers.get(c.id)) is not None
+                     and c.kind == self.cls.kind and c.is_block == self.cls.is_block)
+        if first is self:
+            return ""
 
-    def emit_adaptiveavgpool(self, node, xs):
-        return Mod("nn.AdaptiveAvgPool2d", [(None, node.args["size"])])
+        def names(attrs) -> str:
+            shown = [f"`{docstring_text(a)}`" for a in attrs]
+            return ", ".join(shown) if len(shown) <= 3 else f"{shown[0]} to {shown[-1]} ({len(shown)} in all)"
 
-    def emit_fc(self, node, xs):
-        args: list[tuple[str | None, Any]] = [(None, _prod(xs[0])), (None, node.args["c"]), ("bias", node.args["bias"])]
-        return Mod("nn.Linear", args, flatten_first=len(xs[0]) != 1, defaults={"bias": True})
+        def tops(p: ClassPrinter) -> list[str]:
+            return list(dict.fromkeys(s.attr.split(".")[0] for s in p.member_steps(p.cls.steps)))
 
-    def emit_flatten(self, node, xs):
-        return Mod("nn.Flatten", [])
+        base, mine = tops(first), tops(self)
+        extra, missing = [a for a in mine if a not in base], [a for a in base if a not in mine]
+        if not extra and not missing:  # the same members: say which inline layers differ
+            ops = [Counter(n.op for n in self.e.g.scope_members(p.scopes[0])) for p in (first, self)]
+            extra, missing = sorted(ops[1] - ops[0]), sorted(ops[0] - ops[1])
+        if extra and missing:
+            return f": {first.name} with {names(extra)} in place of {names(missing)}"
+        if extra:
+            return f": {first.name} with {names(extra)}"
+        if missing:
+            return f": {first.name} without {names(missing)}"
+        tuples = self._tuple_args(first)
+        if tuples:
+            return f": {first.name} with tuples for {names(tuples)}"
+        return f": {first.name}'s layers with other settings"
 
-    def emit_relu(self, node, xs):
-        return Mod("nn.ReLU", [("inplace", True)] if self._can_overwrite(self.g.inputs_of(node.name)[0]) else [])
+    def _tuple_args(self, first: ClassPrinter) -> list[str]:
+        """The arguments that are one number in ``first``'s first instance and a tuple in this class's
+        (a kernel ``(1, 7)``, an uneven padding)."""
+        theirs = {s.attr: s for s in first.cls.steps}
+        out = []
+        for s in self.cls.steps:
+            other = theirs.get(s.attr)
+            if other is None or other.kind != s.kind:
+                continue
+            for (arg, v), (_, w) in zip(s.args, other.args):
+                mine, base = collapse(self.values(v)[0]), collapse(first.values(w)[0])
+                if isinstance(mine, tuple) and not isinstance(base, tuple):
+                    out.append(f"{s.attr}.{arg}")
+        return out
 
-    def emit_tanh(self, node, xs):
-        return Mod("nn.Tanh", [])
+    def source(self) -> str:
+        members = self.members()
+        params, body = self.forward()
+        w = Writer()
 
-    def emit_sigmoid(self, node, xs):
-        return Mod("nn.Sigmoid", [])
+        def line(text: str) -> None:  # broken inside its brackets where it is too long
+            lead = len(text) - len(text.lstrip())
+            for part in _wrap(text.lstrip(), 4 * w.depth + lead):
+                w.line(" " * lead + part)
 
-    def emit_softmax(self, node, xs):
-        return Mod("nn.Softmax", [("dim", 1)])
+        with w.block(f"class {self.name}(nn.Module):"):
+            for text in textwrap.wrap(f'"""{self.docstring()}"""', WIDTH - 4, break_long_words=False):
+                w.line(text)
+            w.line()
+            sig = ", ".join(f"{self.params[p]}: {self.annotation(p)}" for p in self.used_params())
+            line(f"def __init__(self{', ' if sig else ''}{sig}) -> None:")
+            with w.indent():
+                w.line("super().__init__()")
+                for text in members + self.tensors:
+                    line(text)
+                for param, attr in self.kept.items():
+                    w.line(f"self.{attr} = {self.params[param]}")
+                init = self.e.init_method() if self.is_root else []
+                if self.is_root:
+                    for text in self.e.freeze_lines():
+                        line(text)
+                    if init:
+                        w.line("self.reset_parameters()")
+            w.line()
+            ret = "torch.Tensor | tuple[torch.Tensor, ...]" if self.cls.aux_outputs else "torch.Tensor"
+            with w.block(f"def forward(self, {', '.join(f'{p}: torch.Tensor' for p in params)}) -> {ret}:"):
+                for text in body:
+                    line(text)
+            if init:
+                w.line()
+                for line in init:
+                    w.line(line)
+        return w.text().rstrip("\n")
 
-    def emit_identity(self, node, xs):
-        return Mod("nn.Identity", [])
+    # -- ops with a module: ctor_<op>(step) -> the constructor expression
+    def ctor_conv(self, step):
+        a = dict(step.args)
+        ctor, pad = self.padding(step, "nn.Conv2d")
+        return self.module(ctor, a["in_channels"], a["c"], kernel_size=a["k"], stride=a["s"], **pad,
+                           dilation=a["d"], groups=a["groups"], bias=a["bias"])
 
-    def emit_dropout(self, node, xs):
-        return Mod("nn.Dropout", [("p", node.args["p"])])
+    def ctor_deconv(self, step):
+        a = dict(step.args)
+        return self.module("nn.ConvTranspose2d", a["in_channels"], a["c"], kernel_size=a["k"], stride=a["s"],
+                           padding=a["p"], output_padding=a["output_padding"], groups=a["groups"], bias=a["bias"],
+                           dilation=a["d"])
 
-    def emit_bn(self, node, xs):
-        a = node.args
-        args = [(None, xs[0][0]), ("eps", a["eps"]), ("momentum", a["momentum"]), ("affine", a["affine"])]
-        return Mod("nn.BatchNorm2d" if len(xs[0]) == 3 else "nn.BatchNorm1d", args,
-                   defaults={"eps": 1e-5, "momentum": 0.1, "affine": True})
+    def _pool(self, step, ctor: str, **more):
+        ctor, pad = self.padding(step, ctor)
+        if ctor == "PaddedAvgPool2d" and step.arg("count_include_pad") is not True:
+            raise Unsupported("uneven pooling padding with count_include_pad=false is not supported by the "
+                              "PyTorch backend", step.span)
+        return self.module(ctor, kernel_size=step.arg("k"), stride=step.arg("s"), **pad, ceil_mode=step.arg("ceil"),
+                           **more)
 
-    def emit_lrn(self, node, xs):
-        a = node.args
-        return Mod("nn.LocalResponseNorm", [(None, a["size"]), ("alpha", a["alpha"]), ("beta", a["beta"]),
-                                            ("k", a["k"])])
+    def ctor_maxpool(self, step):
+        return self._pool(step, "nn.MaxPool2d")
 
-    def emit_concat(self, node, xs):
-        refs = []
-        if node.args["crop"] and len(xs[0]) == 3:
-            h, w = min(x[1] for x in xs), min(x[2] for x in xs)
-            for i, x in enumerate(xs):
-                top, left = (x[1] - h) // 2, (x[2] - w) // 2
-                if (x[1], x[2]) == (h, w):
-                    refs.append(f"{{{i}}}")
-                else:
-                    refs.append(f"{{{i}}}[:, :, {top}:{top + h}, {left}:{left + w}]")
-        else:
-            refs = [f"{{{i}}}" for i in range(len(xs))]
-        return Fn([f"torch.cat([{', '.join(refs)}], 1)"])
+    def ctor_avgpool(self, step):
+        return self._pool(step, "nn.AvgPool2d", count_include_pad=step.arg("count_include_pad"))
 
-    def emit_add(self, node, xs):
-        terms = [f"{{{i}}}" for i in range(len(xs))]
-        if node.args["scale"] != 1.0:
-            return Fn([Slot(node.args["scale"], "scale"), f" * {' + '.join(terms)}"] if len(xs) == 1 else
-                      [Slot(node.args["scale"], "scale"), " * {0} + " + " + ".join(terms[1:])])
-        srcs = self.g.inputs_of(node.name)
-        if len(set(srcs)) == len(srcs) and self.g.node(srcs[0]).opdef.overwritable \
-                and self._can_overwrite(srcs[0]):
-            # torchvision's `out += identity`: no new tensor per residual block. Safe because nothing else
-            # reads operand 0 and its producer's backward pass does not need its output.
-            return Fn(["{0}" + "".join(f".add_({t})" for t in terms[1:])])
-        return Fn([" + ".join(terms)])
+    def ctor_gap(self, step):
+        return self.module("nn.AdaptiveAvgPool2d", 1)
 
-    def emit_padshortcut(self, node, xs):
-        s, c = node.args["s"], node.args["c"]
-        sub = "{0}" if s == 1 else f"{{0}}[:, :, ::{s}, ::{s}]"
-        if c == xs[0][0]:
-            return Fn([sub])
-        return Fn([f"F.pad({sub}, (0, 0, 0, 0, 0, ", Slot(c - xs[0][0], "pad_channels"), "))"])
+    def ctor_adaptiveavgpool(self, step):
+        return self.module("nn.AdaptiveAvgPool2d", step.arg("size"))
 
-    def _can_overwrite(self, name: str) -> bool:
-        """Whether an in-place op may overwrite the value of ``name`` (nobody else reads it).
+    def ctor_fc(self, step):
+        return self.module("nn.Linear", step.arg("in_features"), step.arg("c"), bias=step.arg("bias"))
 
-        An op that does not materialize its output (in-place ReLU; identity, dropout and flatten,
-        whose result in eval mode is the very tensor they got) is looked through to its input.
-        """
-        while True:
-            node = self.g.node(name)
-            if node.op == "input" or name in self.outputs or len(self.g.consumers(name)) != 1:
-                return False
-            if node.opdef.materializes:
-                return True
-            name = self.g.inputs_of(name)[0]
+    def ctor_flatten(self, step):
+        return self.module("nn.Flatten")
+
+    def ctor_relu(self, step):
+        return self.module("nn.ReLU", inplace=self.inplace(step))
+
+    def ctor_tanh(self, step):
+        return self.module("nn.Tanh")
+
+    def ctor_sigmoid(self, step):
+        return self.module("nn.Sigmoid")
+
+    def ctor_softmax(self, step):
+        return self.module("nn.Softmax", dim=1)
+
+    def ctor_identity(self, step):
+        return self.module("nn.Identity")
+
+    def ctor_dropout(self, step):
+        return self.module("nn.Dropout", p=step.arg("p"))
+
+    def ctor_bn(self, step):
+        ctor = "nn.BatchNorm2d" if len(step.shape) == 3 else "nn.BatchNorm1d"
+        return self.module(ctor, step.arg("features"), eps=step.arg("eps"), momentum=step.arg("momentum"),
+                           affine=step.arg("affine"))
+
+    def ctor_lrn(self, step):
+        return self.module("nn.LocalResponseNorm", step.arg("size"), alpha=step.arg("alpha"), beta=step.arg("beta"),
+                           k=step.arg("k"))
+
+    def ctor_relu6(self, step):
+        return self.module("nn.ReLU6", inplace=self.inplace(step))
+
+    def ctor_silu(self, step):
+        return self.module("nn.SiLU", inplace=self.inplace(step))
+
+    def ctor_hardswish(self, step):
+        return self.module("nn.Hardswish", inplace=self.inplace(step))
+
+    def ctor_hardsigmoid(self, step):
+        return self.module("nn.Hardsigmoid")
+
+    def ctor_gelu(self, step):
+        return self.module("nn.GELU", approximate=step.arg("approximate"))
+
+    def ctor_leakyrelu(self, step):
+        return self.module("nn.LeakyReLU", negative_slope=step.arg("negative_slope"))
+
+    def ctor_elu(self, step):
+        return self.module("nn.ELU", alpha=step.arg("alpha"))
+
+    def ctor_mish(self, step):
+        return self.module("nn.Mish")
+
+    def ctor_droppath(self, step):
+        return self.module("DropPath", step.arg("p"))
+
+    def ctor_layernorm(self, step):  # over the channels of a map (ConvNeXt's LayerNorm2d), or of a vector
+        ctor = "LayerNorm2d" if len(step.shape) == 3 else "nn.LayerNorm"
+        return self.module(ctor, step.arg("features"), eps=step.arg("eps"), elementwise_affine=step.arg("affine"))
+
+    def ctor_groupnorm(self, step):
+        return self.module("nn.GroupNorm", step.arg("groups"), step.arg("features"), eps=step.arg("eps"),
+                           affine=step.arg("affine"))
+
+    def ctor_pointwise(self, step):
+        return self.module("PointwiseLinear", step.arg("in_features"), step.arg("c"), bias=step.arg("bias"))
+
+    # -- ops written in forward: emit_<op>(step, xs) -> the expression of the value
+    def emit_concat(self, step, xs):
+        crops = step.arg("crops")
+        parts = []
+        for i, x in enumerate(xs):
+            if isinstance(crops, Ref):  # the windows differ between the instances: kept as an attribute
+                c = f"{self.fwd(crops)}[{i}]"
+                parts.append(f"{x} if {c} is None else {x}[:, :, {c}[0]:{c}[0] + {c}[2], {c}[1]:{c}[1] + {c}[3]]")
+            elif crops[i] is None:
+                parts.append(x)
+            else:
+                top, left, h, w = crops[i]
+                parts.append(f"{x}[:, :, {top}:{top + h}, {left}:{left + w}]")
+        return f"torch.cat([{', '.join(parts)}], 1)"
+
+    def emit_add(self, step, xs):
+        scale = step.arg("scale")
+        if isinstance(scale, Ref) or scale != 1.0:
+            return f"{self.fwd(scale)} * {xs[0]}" + "".join(f" + {x}" for x in xs[1:])
+        if all(self.e.add_in_place(n) for n in self.ir_names(step)):
+            return xs[0] + "".join(f".add_({x})" for x in xs[1:])
+        return " + ".join(xs)
+
+    def emit_padshortcut(self, step, xs):
+        s, pad = step.arg("s"), step.arg("pad_channels")
+        x = xs[0]
+        if isinstance(s, Ref) or s != 1:
+            x = f"{x}[:, :, ::{self.fwd(s)}, ::{self.fwd(s)}]"
+        if not isinstance(pad, Ref) and pad == 0:
+            return x
+        return f"F.pad({x}, (0, 0, 0, 0, 0, {self.fwd(pad)}))"  # the new channels: zeros after the old ones
+
+    def emit_shuffle(self, step, xs):  # torchvision's channel_shuffle
+        return f"{xs[0]}.unflatten(1, ({self.fwd(step.arg('groups'))}, -1)).transpose(1, 2).flatten(1, 2)"
+
+    def _interpolation(self, step) -> str:
+        mode, corners = step.arg("mode"), step.arg("align_corners")
+        if isinstance(mode, Ref):
+            raise Unsupported("an interpolation mode that differs between block instances is not supported by the "
+                              "PyTorch backend", step.span)
+        if mode == "nearest":  # PyTorch takes no align_corners there
+            return ""
+        return f", mode={string_literal(mode)}, align_corners={self.fwd(corners)}"
+
+    def emit_upsample(self, step, xs):
+        scale = step.arg("scale")
+        if not isinstance(scale, Ref):
+            scale = tuple(float(v) for v in scale) if isinstance(scale, tuple) else float(scale)
+        return f"F.interpolate({xs[0]}, scale_factor={self.fwd(scale)}{self._interpolation(step)})"
+
+    def emit_resize(self, step, xs):  # to the second operand's height and width
+        return f"F.interpolate({xs[0]}, size={xs[1]}.shape[-2:]{self._interpolation(step)})"
+
+    def emit_mul(self, step, xs):
+        return f"{xs[0]} * {xs[1]}"
+
+    def emit_slice(self, step, xs):  # channels (or features) start to stop - 1: a view
+        start = step.arg("start")
+        start = "" if not isinstance(start, Ref) and start == 0 else self.fwd(start)
+        return f"{xs[0]}[:, {start}:{self.fwd(step.arg('stop'))}]"
+
+    def emit_layerscale(self, step, xs):
+        """A learned per-channel scale: a parameter of the class itself (torchvision's CNBlock ``layer_scale``)."""
+        if "." in step.attr or not step.attr.isidentifier():
+            raise Unsupported("a layerscale inside a numbered group is not supported by the PyTorch backend, which "
+                              "keeps it as the module's own parameter", step.span,
+                              "label it directly in the block: layer_scale: layerscale(1e-6)")
+        dims = (step.arg("features"), 1, 1) if len(step.shape) == 3 else (step.arg("features"),)
+        sizes = ", ".join(self.val(d) for d in dims) + ("," if len(dims) == 1 else "")
+        self.tensors.append(f"self.{step.attr} = nn.Parameter(torch.full(({sizes}), {self.val(step.arg('init'))}))")
+        return f"self.{step.attr} * {xs[0]}"
 
 
-class _Rep:
-    def __init__(self, params: list[str]):
-        self.params = params
-        self.source = ""
+def _ident(name: str) -> str:
+    ident = name.replace(".", "_")
+    if not ident.isidentifier() or ident in _RESERVED_VARS:
+        ident = "v_" + ident
+    return ident
 
 
-def _prod(shape) -> int:
-    out = 1
-    for d in shape:
-        out *= d
-    return out
-
-
-_HELPERS = [
-    ("PaddedConv2d", '''class PaddedConv2d(nn.Conv2d):
+#: Helper classes a generated module defines when a layer needs one (uneven padding, which PyTorch's own
+#: layers cannot take).
+HELPERS = {
+    "PaddedConv2d": '''class PaddedConv2d(nn.Conv2d):
     """A Conv2d whose input is first zero-padded unevenly: ``pad`` is (left, right, top, bottom)."""
 
     def __init__(self, *args, pad: tuple[int, int, int, int], **kwargs) -> None:
@@ -996,8 +1020,8 @@ _HELPERS = [
         self.pad = pad
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(F.pad(x, self.pad), self.weight, self.bias)'''),
-    ("PaddedMaxPool2d", '''class PaddedMaxPool2d(nn.MaxPool2d):
+        return self._conv_forward(F.pad(x, self.pad), self.weight, self.bias)''',
+    "PaddedMaxPool2d": '''class PaddedMaxPool2d(nn.MaxPool2d):
     """A MaxPool2d whose input is first padded unevenly with -inf: ``pad`` is (left, right, top, bottom)."""
 
     def __init__(self, *args, pad: tuple[int, int, int, int], **kwargs) -> None:
@@ -1006,8 +1030,8 @@ _HELPERS = [
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.pad(x, self.pad, value=float("-inf"))
-        return F.max_pool2d(x, self.kernel_size, self.stride, 0, self.dilation, self.ceil_mode)'''),
-    ("PaddedAvgPool2d", '''class PaddedAvgPool2d(nn.AvgPool2d):
+        return F.max_pool2d(x, self.kernel_size, self.stride, 0, self.dilation, self.ceil_mode)''',
+    "PaddedAvgPool2d": '''class PaddedAvgPool2d(nn.AvgPool2d):
     """An AvgPool2d whose input is first zero-padded unevenly: ``pad`` is (left, right, top, bottom)."""
 
     def __init__(self, *args, pad: tuple[int, int, int, int], **kwargs) -> None:
@@ -1015,32 +1039,38 @@ _HELPERS = [
         self.pad = pad
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.avg_pool2d(F.pad(x, self.pad), self.kernel_size, self.stride, 0, self.ceil_mode)'''),
-]
+        return F.avg_pool2d(F.pad(x, self.pad), self.kernel_size, self.stride, 0, self.ceil_mode)''',
 
+    "DropPath": '''class DropPath(nn.Module):
+    """Stochastic depth (torchvision's StochasticDepth(p, "row")): in training, each sample's value is zeroed
+    with probability p and the others scaled by 1 / (1 - p); the identity in evaluation."""
 
-def _variant_note(first: str, extra: list[str], missing: list[str]) -> str:
-    """What a block's second (third, ...) class differs in from its first: ``, as Basic with a downsample``."""
-    def names(attrs: list[str]) -> str:
-        return ", ".join(f"`{a}`" for a in attrs)
-    if extra and missing:
-        return f": {first} with {names(extra)} in place of {names(missing)}"
-    if extra:
-        return f": {first} with {names(extra)}"
-    if missing:
-        return f": {first} without {names(missing)}"
-    return f": {first}'s layers with other settings"
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(1.0 - self.p)
+        return x * keep.div_(1.0 - self.p)
 
-def _one_or_tuple(types: list[str]) -> str:
-    return types[0] if len(types) == 1 else "(" + ", ".join(types) + ")"
+    def extra_repr(self) -> str:
+        return f"p={self.p}"''',
+    "LayerNorm2d": '''class LayerNorm2d(nn.LayerNorm):
+    """LayerNorm over the channels of an NCHW map at each position (torchvision's ConvNeXt LayerNorm2d)."""
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.permute(0, 2, 3, 1)
+        x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        return x.permute(0, 3, 1, 2)''',
+    "PointwiseLinear": '''class PointwiseLinear(nn.Linear):
+    """A Linear applied at each position of an NCHW map, over its channels (a 2-D weight, as torchvision's
+    ConvNeXt has between its permutes)."""
 
-def _value_key(v: Any) -> tuple[str, Any]:
-    """A hashable key under which :func:`same_value` values are equal (a square pair is its number)."""
-    if isinstance(v, tuple) and len(v) == 2 and v[0] == v[1]:
-        v = v[0]
-    return ("bool" if isinstance(v, bool) else "number" if isinstance(v, (int, float)) else type(v).__name__, v)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)''',
+}
 
 
 def generate(net) -> tuple[str, str]:

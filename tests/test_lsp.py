@@ -142,7 +142,9 @@ def test_syntax_errors_and_hover_inside_blocks_without_a_server():
     path = Path(__file__).resolve().parent.parent / "networks" / "resnet.cnn"
     a = analyse(path.read_text(), str(path))
     assert a.diagnostics == [] or all(d.severity == "warning" for d in a.diagnostics)
-    text = a.hover(5, 12)  # `conv7-64/2` of the ImageNet ResNets: torchvision's conv1, 9,408 weights
+    lines = path.read_text().splitlines()
+    row = next(i for i, line in enumerate(lines) if "conv7-64/2" in line)
+    text = a.hover(row, lines[row].index("conv7-64/2") + 2)  # ImageNet ResNets' conv1: 9,408 weights
     assert "64x112x112" in text and "9,408 params" in text and "resnet50" in text
 
 

@@ -2,7 +2,7 @@
 ``split< >``, two-operand ``resize< >`` and name templates (``block{i}-{j}``).
 
 The outside oracle is torchvision 0.29 itself: ``tests/peers/fixtures/<name>.json`` records each model's full
-``state_dict`` (keys and shapes), its parameter count and fvcore's conv and linear MACs. The networks below are
+``state_dict`` (keys and shapes), its parameter count and fvcore's conv and linear MACs. The zoo's networks are
 written from the papers' tables; the ``state_dict`` a PyTorch model of their IR has is worked out here from the
 layers' arguments and input shapes (PyTorch's own layouts, written out in :func:`torch_state`), and must equal
 torchvision's key for key, shape for shape.
@@ -286,56 +286,6 @@ def test_expand_writes_every_new_construct_back():
 
 # ----------------------------------------------------------------------------- torchvision's networks
 
-CBA = "block cba(c, k=3, s=1, g=1, act=relu6) with conv(bias=false): seq< conv{k}-{c}/{s}(groups=g) bn act x{act != none} >\n"
-SE = ("block se(sq, gate=sigmoid, act=relu) with conv(bias=true): scale< avgpool: gap fc1: conv1-{sq} activation: act\n"
-      "    fc2: conv1-{in.c} scale_activation: gate >\n")
-
-# torchvision's MNASNet: one nn.Sequential `layers`; each stack a Sequential of _InvertedResidual, whose own
-# `layers` hold expansion, depthwise and projection (momentum 1 - 0.9997).
-MNASNET = """
-block ir(c, k, s, e) with conv(bias=false): residual(shortcut=none)<
-    layers: seq< conv1-{in.c * e} bn relu conv{k}-{in.c * e}/{s}(groups={in.c * e}) bn relu conv1-{c} bn > >
-network mnasnet1_0(classes=1000) with conv(bias=false), bn(momentum=0.0003): input 3x224x224
-    layers: [conv3-32/2 bn relu conv3-32(groups=32) bn relu conv1-16 bn
-        for c, k, s, e, n in (24, 3, 2, 3, 3) (40, 5, 2, 3, 3) (80, 5, 2, 6, 3) (96, 3, 1, 6, 2) (192, 5, 2, 6, 4)
-                             (320, 3, 1, 6, 1):
-            seq< ir(c, k, s, e) ir(c, k, 1, e) x{n - 1} >
-        conv1-1280 bn relu]
-    gap classifier: seq< dropout(0.2) fc-{classes} >
-"""
-
-# EfficientNet-B0 (Tan & Le 2019), Table 1: one (expansion, kernel, stride, channels, layers) row a stage.
-EFFICIENTNET_B0 = CBA + SE + """
-block mbconv(e, k, s, c): residual(shortcut=none)< block: seq<
-    cba(in.c * e, 1, act=silu) x{e != 1}  cba(in.c * e, k, s, g=in.c * e, act=silu)
-    se(max(1, in.c // 4), act=silu)  cba(c, 1, act=none) > droppath(0.2) >
-network efficientnet_b0(classes=1000): input 3x224x224
-    features: [cba(32, s=2, act=silu)
-        for e, k, s, c, n in (1, 3, 1, 16, 1) (6, 3, 2, 24, 2) (6, 5, 2, 40, 2) (6, 3, 2, 80, 3) (6, 5, 1, 112, 3)
-                             (6, 5, 2, 192, 4) (6, 3, 1, 320, 1): seq< mbconv(e, k, s, c) mbconv(e, k, 1, c) x{n - 1} >
-        cba(1280, 1, act=silu)]
-    avgpool: gap  classifier: seq< dropout(0.2) fc-{classes} >
-"""
-
-# MobileNetV3-Large (Howard et al. 2019), Table 1: kernel, expansion, out, SE, NL (a word), stride.
-MOBILENET_V3_LARGE = CBA + SE + """
-block bneck(k, e, c, se, nl, s): residual(shortcut=none)< block: seq<
-    cba(e, 1, act=nl) x{e != in.c}  cba(e, k, s, g=e, act=nl)
-    se(make_divisible(e // 4), hardsigmoid) x{se}  cba(c, 1, act=none) > >
-network mobilenet_v3_large(classes=1000): input 3x224x224
-    features: [cba(16, s=2, act=hardswish)
-        for k, e, c, se, nl, s in (3, 16, 16, false, relu, 1) (3, 64, 24, false, relu, 2) (3, 72, 24, false, relu, 1)
-            (5, 72, 40, true, relu, 2) (5, 120, 40, true, relu, 1) (5, 120, 40, true, relu, 1)
-            (3, 240, 80, false, hardswish, 2) (3, 200, 80, false, hardswish, 1) (3, 184, 80, false, hardswish, 1)
-            (3, 184, 80, false, hardswish, 1) (3, 480, 112, true, hardswish, 1) (3, 672, 112, true, hardswish, 1)
-            (5, 672, 160, true, hardswish, 2) (5, 960, 160, true, hardswish, 1) (5, 960, 160, true, hardswish, 1):
-            bneck(k, e, c, se, nl, s)
-        cba(960, 1, act=hardswish)]
-    gap  classifier: seq< fc-1280 hardswish dropout(0.2) fc-{classes} >
-"""
-
-WRITTEN = {"mnasnet1_0": MNASNET, "efficientnet_b0": EFFICIENTNET_B0, "mobilenet_v3_large": MOBILENET_V3_LARGE}
-
 
 def torch_state(net: cnndsl.Network) -> dict[str, list[int]]:
     """The state_dict (key -> shape) of a PyTorch model of this IR, from PyTorch's own layouts."""
@@ -359,10 +309,6 @@ def torch_state(net: cnndsl.Network) -> dict[str, list[int]]:
         if node.op in ("conv", "fc", "pointwise") and a["bias"]:
             state[f"{n}.bias"] = [a["c"]]
     return state
-
-
-def written(name: str) -> cnndsl.Network:
-    return cnndsl.loads(WRITTEN[name], f"{name}.cnn")
 
 
 def check_against_torchvision(net: cnndsl.Network, peer: str) -> None:
@@ -391,26 +337,25 @@ def test_mobilenet_v2_width_multipliers(width, params):
     assert cnndsl.load("mobilenet_v2", width=width).params == params
 
 
-@pytest.mark.parametrize("name", sorted(WRITTEN))
+@pytest.mark.parametrize("name", ["mnasnet1_0", "efficientnet_b0", "mobilenet_v3_large"])
 def test_written_from_the_papers_tables_is_torchvisions(name):
-    check_against_torchvision(written(name), name)
+    check_against_torchvision(cnndsl.load(name), name)
 
 
 def test_efficientnet_b0_fits_the_issues_line_bar():
-    code = [line for line in EFFICIENTNET_B0.splitlines() if line.strip() and not line.strip().startswith("#")]
-    assert len(code) <= 12
+    assert network_lines("efficientnet_b0") <= 12
 
 
-@pytest.mark.parametrize("name", ["mobilenet_v2", *sorted(WRITTEN)])
+@pytest.mark.parametrize("name", ["mobilenet_v2", "mnasnet1_0", "efficientnet_b0", "mobilenet_v3_large"])
 def test_the_torchvision_networks_expand_and_load_back(name):
-    net = cnndsl.load(name) if name == "mobilenet_v2" else written(name)
+    net = cnndsl.load(name)
     again = cnndsl.loads(expand(net), f"{name}.expanded.cnn")
     assert again.graph.signature() == net.graph.signature()
 
 
 def test_mnasnet_loads_torchvisions_state_dict_strictly():
     torch = pytest.importorskip("torch")
-    model = cnndsl.build_torch(written("mnasnet1_0"))
+    model = cnndsl.build_torch(cnndsl.load("mnasnet1_0"))
     fixture = peer_fixture("mnasnet1_0")
     state = {k: torch.zeros(shape) if shape else torch.tensor(0) for k, shape in fixture["state_dict"]}
     model.load_state_dict(state, strict=True)
@@ -454,7 +399,7 @@ def test_mnasnet_computes_what_torchvisions_computes():
             if isinstance(m, torch.nn.BatchNorm2d):
                 m.running_mean.uniform_(-0.5, 0.5)
                 m.running_var.uniform_(0.5, 1.5)
-    ours = cnndsl.build_torch(written("mnasnet1_0")).eval()
+    ours = cnndsl.build_torch(cnndsl.load("mnasnet1_0")).eval()
     ours.load_state_dict(peer.state_dict(), strict=True)
     x = torch.randn(2, 3, 224, 224)
     with torch.no_grad():

@@ -7,6 +7,7 @@ tests/test_jax_backend.py`` and review the diff.
 
 from __future__ import annotations
 
+import inspect
 import io
 import os
 import subprocess
@@ -16,6 +17,7 @@ import pytest
 from conftest import assert_ruff_clean, check_golden
 
 import cnndsl
+from cnndsl import api
 from cnndsl.loader import zoo_index
 
 torch = pytest.importorskip("torch")
@@ -146,6 +148,81 @@ def test_frozen_layers_keep_names_and_stop_gradients():
     frozen = {k for k, p in model.named_parameters() if not p.requires_grad}
     assert frozen == {"features.0.weight", "features.0.bias", "features.3.weight", "features.3.bias"}
     assert set(model.state_dict()) == ir_state_keys(net)
+
+
+def test_block_instances_are_built_with_keywords_named_after_the_block():
+    """Instances sharing a class differ in constructor arguments named after the block's own parameters (``p``,
+    given as the word ``same``, stands for the numbers it resolves to) or ``in_channels``; an uneven padding
+    goes through a ``Padded`` helper, a number ``forward`` needs (the residual's scale) is kept on the module."""
+    from test_cross_backend import compare
+
+    text = ("block unit(c, k=3, p=same): conv(c=c, k=k, p=p) bn relu\n"
+            "block scaled(c, scale=0.2): residual(scale={scale})< conv3-{c} bn relu conv1-{c} > relu\n"
+            "network t: input 3x12x12 u1: unit(8, 1) u2: unit(8) u3: unit(16, 5) u4: unit(16, 2) u5: unit(16, 4)\n"
+            "    r1: scaled(16) r2: scaled(16, 0.5) gap fc-4")
+    net = cnndsl.loads(text)
+    source = cnndsl.compile(net)
+    for call in ("self.u1 = Unit(in_channels=3, c=8, k=1, p=0)", "self.u3 = Unit(in_channels=8, c=16, k=5, p=2)",
+                 "self.u4 = Unit2(k=2, p=(0, 1, 0, 1))", "self.r2 = Scaled(scale=0.5)"):
+        assert call in source
+    model = cnndsl.build_torch(net)
+    for name in ("u1", "u4", "r1"):
+        params = set(inspect.signature(type(getattr(model, name))).parameters)
+        assert params <= {"in_channels", "c", "k", "p", "scale"}, (name, params)
+    assert isinstance(model.u4.conv1, torch.nn.Conv2d) and model.r2.scale == 0.5
+    assert compare(net, jit=False) < 1e-4  # the JAX backend, on the same weights
+
+
+def test_numbered_groups_keep_torchvisions_layout_with_or_without_gaps():
+    """A labelled group is an nn.Sequential (``stem.0.weight``), called whole where its layers chain, reached by
+    index where an fc must flatten first; the inference build drops its batch norms, and the numbers it leaves
+    (0, 2) are an nn.Sequential over an OrderedDict where they chain, an nn.ModuleDict where they do not."""
+    net = cnndsl.loads("network t: input 3x16x16 stem: [conv3-8 bn relu] head: [conv1-4 bn gap fc-3]")
+    inf = api.inference_network(net)
+    source, inf_source = cnndsl.compile(net), cnndsl.compile(inf)
+    assert "x = self.stem(x)" in source and "x = self.head[3](x)" in source
+    assert "self.stem = nn.Sequential(OrderedDict([" in inf_source and "x = self.stem(x)" in inf_source
+    assert 'self.head = nn.ModuleDict({' in inf_source and 'x = self.head["3"](x)' in inf_source
+    torch.manual_seed(0)
+    train = cnndsl.build_torch(net).double().eval()
+    infer = cnndsl.build_torch(inf, inference=True, state_dict=train.state_dict()).double()
+    assert set(train.state_dict()) == ir_state_keys(net) and set(infer.state_dict()) == ir_state_keys(inf)
+    assert isinstance(train.head, torch.nn.Sequential) and isinstance(infer.stem, torch.nn.Sequential)
+    x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(infer(x), train(x))
+
+
+def test_nested_and_hyphenated_groups_keep_their_names():
+    """``seq< >`` inside a group nests nn.Sequentials (``features.0.0.weight``, torchvision's MobileNet); names
+    that are not identifiers (torchvision's RegNet ``block1-0``) key an nn.Sequential over an OrderedDict; both
+    can be frozen by path."""
+    from test_cross_backend import compare
+
+    text = ("block u(c): conv3-{c} bn relu\n"
+            "network base: input 3x8x8 stage: [u-0: u(8) u-1: u(8)] features: [seq< conv3-8 bn > seq< conv3-8 relu >]\n"
+            "    gap fc-2\n"
+            "network t = base freeze(stage.u-0, features.1)")
+    net = cnndsl.loads(text, network="t")
+    model = cnndsl.build_torch(net)
+    assert set(model.state_dict()) == ir_state_keys(net)
+    assert isinstance(model.stage, torch.nn.Sequential) and isinstance(model.features[0], torch.nn.Sequential)
+    frozen = {k for k, p in model.named_parameters() if not p.requires_grad}
+    assert frozen == {k for k, _ in model.named_parameters() if k.startswith(("stage.u-0.", "features.1."))}
+    assert compare(net, jit=False) < 1e-4
+
+
+@pytest.mark.parametrize(("before", "inplace"), [("relu", False), ("tanh", False), ("sigmoid", False),
+                                                  ("dropout(0.5)", True), ("maxpool3/1(p=1)", True)])
+def test_in_place_relu_only_where_backward_does_not_read_the_tensor(before, inplace):
+    """An in-place ReLU overwrites its input: not where that is a ReLU's, tanh's or sigmoid's output (their
+    backward passes read it); through a dropout it reaches the conv's output, which no backward pass reads.
+    Autograd is the judge: it raises where a tensor it saved was overwritten."""
+    net = cnndsl.loads(f"network t: input 3x8x8 conv3-4 {before} relu conv3-4 relu gap fc-2")
+    model = cnndsl.build_torch(net).train()
+    model(torch.randn(2, 3, 8, 8)).sum().backward()
+    relus = [m for m in model.modules() if isinstance(m, torch.nn.ReLU)]
+    assert relus[-1].inplace and relus[-2].inplace is inplace
 
 
 def test_init_scheme_from_the_network():

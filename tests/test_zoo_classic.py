@@ -267,8 +267,9 @@ def test_line_budget(name, budget):
 
 
 def test_zoo_size():
-    """The whole zoo, library included, stays under 400 non-blank, non-comment lines."""
+    """The whole networks/ folder (the zoo, its block library and the search spaces) stays at or under 550
+    non-blank, non-comment lines: the bar of the modern-CNNs issue, with every torchvision CNN in it."""
     total = 0
-    for f in ZOO.glob("*.cnn"):
+    for f in ZOO.rglob("*.cnn"):
         total += sum(1 for line in f.read_text().splitlines() if line.strip() and not line.strip().startswith("#"))
-    assert total < 400
+    assert total <= 550

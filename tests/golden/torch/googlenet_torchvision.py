@@ -10,9 +10,9 @@ from torch import nn
 class Bconv(nn.Module):
     """Block 'bconv' (googlenet.cnn:5)."""
 
-    def __init__(self, in_channels: int, c: int, k: int, s: int, conv_padding: int) -> None:
+    def __init__(self, in_channels: int, c: int, k: int, s: int, p: int) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(in_channels, c, kernel_size=k, stride=s, padding=conv_padding, bias=False)
+        self.conv = nn.Conv2d(in_channels, c, kernel_size=k, stride=s, padding=p, bias=False)
         self.bn = nn.BatchNorm2d(c, eps=0.001)
         self.relu1 = nn.ReLU(inplace=True)
 
@@ -23,41 +23,13 @@ class Bconv(nn.Module):
         return x
 
 
-class Inception(nn.Module):
-    """Block 'inception' (googlenet.cnn:9)."""
-
-    def __init__(self, in_channels: int, a: int, b1: int, b2: int, c1: int, c2: int, d: int) -> None:
-        super().__init__()
-        self.branch1 = Bconv(in_channels, a, 1, 1, 0)
-        self.branch2 = nn.Sequential(
-            Bconv(in_channels, b1, 1, 1, 0),
-            Bconv(b1, b2, 3, 1, 1),
-        )
-        self.branch3 = nn.Sequential(
-            Bconv(in_channels, c1, 1, 1, 0),
-            Bconv(c1, c2, 3, 1, 1),
-        )
-        self.branch4 = nn.Sequential(
-            nn.MaxPool2d(kernel_size=3, stride=1, padding=1, ceil_mode=True),
-            Bconv(in_channels, d, 1, 1, 0),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        branch1 = self.branch1(x)  # googlenet.cnn:10
-        branch2 = self.branch2(x)  # googlenet.cnn:10
-        branch3 = self.branch3(x)  # googlenet.cnn:10
-        branch4 = self.branch4(x)  # googlenet.cnn:11
-        x = torch.cat([branch1, branch2, branch3, branch4], 1)  # googlenet.cnn:10
-        return x
-
-
 class TvAux(nn.Module):
     """Block 'tv_aux' (googlenet.cnn:29)."""
 
     def __init__(self, in_channels: int) -> None:
         super().__init__()
         self.adaptiveavgpool1 = nn.AdaptiveAvgPool2d(4)
-        self.conv = Bconv(in_channels, 128, 1, 1, 0)
+        self.conv = Bconv(in_channels=in_channels, c=128, k=1, s=1, p=0)
         self.fc1 = nn.Linear(2048, 1024)
         self.relu1 = nn.ReLU(inplace=True)
         self.dropout = nn.Dropout(p=0.7)
@@ -70,8 +42,36 @@ class TvAux(nn.Module):
         x = self.fc1(x)  # googlenet.cnn:29 -> 1024
         x = self.relu1(x)  # googlenet.cnn:29 -> 1024
         x = self.dropout(x)  # googlenet.cnn:29 -> 1024
-        out = self.fc2(x)  # googlenet.cnn:29 -> 1000
-        return out
+        x = self.fc2(x)  # googlenet.cnn:29 -> 1000
+        return x
+
+
+class Inception(nn.Module):
+    """Block 'inception' (googlenet.cnn:9)."""
+
+    def __init__(self, in_channels: int, a: int, b1: int, b2: int, c1: int, c2: int, d: int) -> None:
+        super().__init__()
+        self.branch1 = Bconv(in_channels=in_channels, c=a, k=1, s=1, p=0)
+        self.branch2 = nn.Sequential(
+            Bconv(in_channels=in_channels, c=b1, k=1, s=1, p=0),
+            Bconv(in_channels=b1, c=b2, k=3, s=1, p=1),
+        )
+        self.branch3 = nn.Sequential(
+            Bconv(in_channels=in_channels, c=c1, k=1, s=1, p=0),
+            Bconv(in_channels=c1, c=c2, k=3, s=1, p=1),
+        )
+        self.branch4 = nn.Sequential(
+            nn.MaxPool2d(kernel_size=3, stride=1, padding=1, ceil_mode=True),
+            Bconv(in_channels=in_channels, c=d, k=1, s=1, p=0),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        branch1 = self.branch1(x)  # googlenet.cnn:10
+        branch2 = self.branch2(x)  # googlenet.cnn:10
+        branch3 = self.branch3(x)  # googlenet.cnn:10
+        branch4 = self.branch4(x)  # googlenet.cnn:11
+        x = torch.cat([branch1, branch2, branch3, branch4], 1)  # googlenet.cnn:10
+        return x
 
 
 class GooglenetTorchvision(nn.Module):
@@ -79,24 +79,24 @@ class GooglenetTorchvision(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.conv1 = Bconv(3, 64, 7, 2, 3)
+        self.conv1 = Bconv(in_channels=3, c=64, k=7, s=2, p=3)
         self.maxpool1 = nn.MaxPool2d(kernel_size=3, stride=2, ceil_mode=True)
-        self.conv2 = Bconv(64, 64, 1, 1, 0)
-        self.conv3 = Bconv(64, 192, 3, 1, 1)
+        self.conv2 = Bconv(in_channels=64, c=64, k=1, s=1, p=0)
+        self.conv3 = Bconv(in_channels=64, c=192, k=3, s=1, p=1)
         self.maxpool2 = nn.MaxPool2d(kernel_size=3, stride=2, ceil_mode=True)
-        self.inception3a = Inception(192, 64, 96, 128, 16, 32, 32)
-        self.inception3b = Inception(256, 128, 128, 192, 32, 96, 64)
+        self.inception3a = Inception(in_channels=192, a=64, b1=96, b2=128, c1=16, c2=32, d=32)
+        self.inception3b = Inception(in_channels=256, a=128, b1=128, b2=192, c1=32, c2=96, d=64)
         self.maxpool3 = nn.MaxPool2d(kernel_size=3, stride=2, ceil_mode=True)
-        self.inception4a = Inception(480, 192, 96, 208, 16, 48, 64)
-        self.inception4b = Inception(512, 160, 112, 224, 24, 64, 64)
-        self.inception4c = Inception(512, 128, 128, 256, 24, 64, 64)
-        self.inception4d = Inception(512, 112, 144, 288, 32, 64, 64)
-        self.inception4e = Inception(528, 256, 160, 320, 32, 128, 128)
+        self.inception4a = Inception(in_channels=480, a=192, b1=96, b2=208, c1=16, c2=48, d=64)
+        self.inception4b = Inception(in_channels=512, a=160, b1=112, b2=224, c1=24, c2=64, d=64)
+        self.inception4c = Inception(in_channels=512, a=128, b1=128, b2=256, c1=24, c2=64, d=64)
+        self.inception4d = Inception(in_channels=512, a=112, b1=144, b2=288, c1=32, c2=64, d=64)
+        self.inception4e = Inception(in_channels=528, a=256, b1=160, b2=320, c1=32, c2=128, d=128)
         self.maxpool4 = nn.MaxPool2d(kernel_size=2, stride=2, ceil_mode=True)
-        self.inception5a = Inception(832, 256, 160, 320, 32, 128, 128)
-        self.inception5b = Inception(832, 384, 192, 384, 48, 128, 128)
-        self.aux1 = TvAux(512)
-        self.aux2 = TvAux(528)
+        self.inception5a = Inception(in_channels=832, a=256, b1=160, b2=320, c1=32, c2=128, d=128)
+        self.inception5b = Inception(in_channels=832, a=384, b1=192, b2=384, c1=48, c2=128, d=128)
+        self.aux1 = TvAux(in_channels=512)
+        self.aux2 = TvAux(in_channels=528)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(p=0.2)
         self.fc = nn.Linear(1024, 1000)

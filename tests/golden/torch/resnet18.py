@@ -8,7 +8,7 @@ from torch import nn
 
 
 class Basic(nn.Module):
-    """Block 'basic' (blocks.cnn:7)."""
+    """Block 'basic' (blocks.cnn:8)."""
 
     def __init__(self, c: int) -> None:
         super().__init__()
@@ -20,18 +20,18 @@ class Basic(nn.Module):
         self.relu2 = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.conv1(x)  # blocks.cnn:8
-        out = self.bn1(out)  # blocks.cnn:8
-        out = self.relu1(out)  # blocks.cnn:8
-        out = self.conv2(out)  # blocks.cnn:8
-        out = self.bn2(out)  # blocks.cnn:8
-        x = out.add_(x)  # blocks.cnn:8
-        x = self.relu2(x)  # blocks.cnn:8
+        out = self.conv1(x)  # blocks.cnn:9
+        out = self.bn1(out)  # blocks.cnn:9
+        out = self.relu1(out)  # blocks.cnn:9
+        out = self.conv2(out)  # blocks.cnn:9
+        out = self.bn2(out)  # blocks.cnn:9
+        x = out.add_(x)  # blocks.cnn:9
+        x = self.relu2(x)  # blocks.cnn:9
         return x
 
 
 class BasicDownsample(nn.Module):
-    """Block 'basic' (blocks.cnn:7): Basic with `downsample`."""
+    """Block 'basic' (blocks.cnn:8): Basic with `downsample`."""
 
     def __init__(self, in_channels: int, c: int) -> None:
         super().__init__()
@@ -47,19 +47,19 @@ class BasicDownsample(nn.Module):
         self.relu2 = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.conv1(x)  # blocks.cnn:8
-        out = self.bn1(out)  # blocks.cnn:8
-        out = self.relu1(out)  # blocks.cnn:8
-        out = self.conv2(out)  # blocks.cnn:8
-        out = self.bn2(out)  # blocks.cnn:8
-        downsample = self.downsample(x)  # blocks.cnn:8
-        x = out.add_(downsample)  # blocks.cnn:8
-        x = self.relu2(x)  # blocks.cnn:8
+        out = self.conv1(x)  # blocks.cnn:9
+        out = self.bn1(out)  # blocks.cnn:9
+        out = self.relu1(out)  # blocks.cnn:9
+        out = self.conv2(out)  # blocks.cnn:9
+        out = self.bn2(out)  # blocks.cnn:9
+        downsample = self.downsample(x)  # blocks.cnn:9
+        x = out.add_(downsample)  # blocks.cnn:9
+        x = self.relu2(x)  # blocks.cnn:9
         return x
 
 
 class Resnet18(nn.Module):
-    """Network 'resnet18' (resnet.cnn:5)."""
+    """Network 'resnet18' (resnet.cnn:6)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -68,37 +68,37 @@ class Resnet18(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         self.layer1 = nn.Sequential(
-            Basic(64),
-            Basic(64),
+            Basic(c=64),
+            Basic(c=64),
         )
         self.layer2 = nn.Sequential(
-            BasicDownsample(64, 128),
-            Basic(128),
+            BasicDownsample(in_channels=64, c=128),
+            Basic(c=128),
         )
         self.layer3 = nn.Sequential(
-            BasicDownsample(128, 256),
-            Basic(256),
+            BasicDownsample(in_channels=128, c=256),
+            Basic(c=256),
         )
         self.layer4 = nn.Sequential(
-            BasicDownsample(256, 512),
-            Basic(512),
+            BasicDownsample(in_channels=256, c=512),
+            Basic(c=512),
         )
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(512, 1000)
         self.reset_parameters()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.conv1(x)  # resnet.cnn:6 -> 64x112x112
-        x = self.bn1(x)  # resnet.cnn:6 -> 64x112x112
-        x = self.relu(x)  # resnet.cnn:6 -> 64x112x112
-        x = self.maxpool(x)  # resnet.cnn:6 -> 64x56x56
-        x = self.layer1(x)  # resnet.cnn:7 -> 64x56x56
-        x = self.layer2(x)  # resnet.cnn:7 -> 128x28x28
-        x = self.layer3(x)  # resnet.cnn:8 -> 256x14x14
-        x = self.layer4(x)  # resnet.cnn:8 -> 512x7x7
-        x = self.avgpool(x)  # resnet.cnn:9 -> 512x1x1
+        x = self.conv1(x)  # resnet.cnn:7 -> 64x112x112
+        x = self.bn1(x)  # resnet.cnn:7 -> 64x112x112
+        x = self.relu(x)  # resnet.cnn:7 -> 64x112x112
+        x = self.maxpool(x)  # resnet.cnn:7 -> 64x56x56
+        x = self.layer1(x)  # resnet.cnn:8 -> 64x56x56
+        x = self.layer2(x)  # resnet.cnn:8 -> 128x28x28
+        x = self.layer3(x)  # resnet.cnn:9 -> 256x14x14
+        x = self.layer4(x)  # resnet.cnn:10 -> 512x7x7
+        x = self.avgpool(x)  # resnet.cnn:11 -> 512x1x1
         x = torch.flatten(x, 1)
-        x = self.fc(x)  # resnet.cnn:9 -> 1000
+        x = self.fc(x)  # resnet.cnn:11 -> 1000
         return x
 
     def reset_parameters(self) -> None:
