@@ -30,7 +30,7 @@ def fold_state_dict(g: Graph, state: Mapping[str, Any]) -> dict[str, Any]:
     keep = {n.name for n in g.nodes()}
     out: dict[str, Any] = {}
     for key, value in state.items():
-        owner = key.rsplit(".", 1)[0]
+        owner = key if key in keep else key.rsplit(".", 1)[0]  # a bare parameter (a layer scale) is its layer
         if owner in keep and owner not in folded:
             out[key] = value
     for conv, (bn, eps, had_bias) in folded.items():

@@ -138,7 +138,10 @@ def test_torch_builds_a_module_exactly_for_the_torch_module_ops():
               "conv1-3 sigmoid maxpool2/1 gap flatten fc-3"),
              ("network t: input 3x12x12 conv3-6 lrn tanh avgpool3/2 dropout(0.2) residual(scale=0.5)< conv3-6 bn > "
               "adaptiveavgpool(2) fc-8 bn relu fc-4 softmax"),
-             "network t: input 4x8x8 residual(shortcut=pad)< conv3-8/2 bn relu conv3-8 bn > relu gap fc-2"]
+             "network t: input 4x8x8 residual(shortcut=pad)< conv3-8/2 bn relu conv3-8 bn > relu gap fc-2",
+             ("network t: input 8x8x8 relu6 silu hardswish hardsigmoid gelu leakyrelu elu mish droppath(0.1) "
+              "shuffle(2) upsample(2) scale< gap conv1-8 sigmoid > split< skip | conv1-4 > ln gn(2) "
+              "layer_scale: layerscale pointwise-8 resize< @input > gap fc-3 ln")]
     seen = set()
     for text in texts:
         net = cnndsl.loads(text)

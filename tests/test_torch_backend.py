@@ -28,17 +28,13 @@ FORWARD_NETS = ("lenet5", "resnet20", "resnet18", "googlenet_torchvision", "alex
 
 
 def ir_state_keys(net) -> set[str]:
-    """The state_dict keys the IR implies: node names plus PyTorch's tensor names."""
+    """The state_dict keys the IR implies: each layer's name and the PyTorch names of the tensors its op
+    declares (``Op.weights``; an empty name is a bare parameter, called after the layer)."""
     keys = set()
     for n in net.graph.nodes():
-        if n.op in ("conv", "deconv", "fc"):
-            keys.add(f"{n.name}.weight")
-            if n.args["bias"]:
-                keys.add(f"{n.name}.bias")
-        elif n.op == "bn":
-            keys |= {f"{n.name}.{t}" for t in ("running_mean", "running_var", "num_batches_tracked")}
-            if n.args["affine"]:
-                keys |= {f"{n.name}.weight", f"{n.name}.bias"}
+        for w in n.opdef.weights:
+            if w.when is None or n.args[w.when]:
+                keys.add(f"{n.name}.{w.torch}" if w.torch else n.name)
     return keys
 
 

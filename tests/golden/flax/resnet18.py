@@ -26,7 +26,7 @@ def _max_pool(x, window, stride, padding):
 
 
 class Basic(nnx.Module):
-    """Block 'basic' (blocks.cnn:7)."""
+    """Block 'basic' (blocks.cnn:8)."""
 
     def __init__(self, c: int, *, rngs: nnx.Rngs) -> None:
         self.conv1 = nnx.Conv(c, c, (3, 3), padding=1, use_bias=False, kernel_init=HE_NORMAL, rngs=rngs)
@@ -35,18 +35,18 @@ class Basic(nnx.Module):
         self.bn2 = nnx.BatchNorm(c, momentum=0.9, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        out = self.conv1(x)  # blocks.cnn:8
-        out = self.bn1(out)  # blocks.cnn:8
-        out = nnx.relu(out)  # blocks.cnn:8
-        out = self.conv2(out)  # blocks.cnn:8
-        out = self.bn2(out)  # blocks.cnn:8
-        out = out + x  # blocks.cnn:8
-        out = nnx.relu(out)  # blocks.cnn:8
+        out = self.conv1(x)  # blocks.cnn:9
+        out = self.bn1(out)  # blocks.cnn:9
+        out = nnx.relu(out)  # blocks.cnn:9
+        out = self.conv2(out)  # blocks.cnn:9
+        out = self.bn2(out)  # blocks.cnn:9
+        out = out + x  # blocks.cnn:9
+        out = nnx.relu(out)  # blocks.cnn:9
         return out
 
 
 class Downsample(nnx.Module):
-    """Downsample (blocks.cnn:8)."""
+    """Downsample (blocks.cnn:9)."""
 
     def __init__(self, in_channels: int, conv_c: int, *, rngs: nnx.Rngs) -> None:
         self.conv0 = nnx.Conv(
@@ -54,13 +54,13 @@ class Downsample(nnx.Module):
         self.bn1 = nnx.BatchNorm(conv_c, momentum=0.9, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = self.conv0(x)  # blocks.cnn:8
-        x = self.bn1(x)  # blocks.cnn:8
+        x = self.conv0(x)  # blocks.cnn:9
+        x = self.bn1(x)  # blocks.cnn:9
         return x
 
 
 class BasicDownsample(nnx.Module):
-    """Block 'basic' (blocks.cnn:7)."""
+    """Block 'basic' (blocks.cnn:8)."""
 
     def __init__(self, in_channels: int, c: int, *, rngs: nnx.Rngs) -> None:
         self.conv1 = nnx.Conv(
@@ -71,19 +71,19 @@ class BasicDownsample(nnx.Module):
         self.downsample = Downsample(in_channels=in_channels, conv_c=c, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        out = self.conv1(x)  # blocks.cnn:8
-        out = self.bn1(out)  # blocks.cnn:8
-        out = nnx.relu(out)  # blocks.cnn:8
-        out = self.conv2(out)  # blocks.cnn:8
-        out = self.bn2(out)  # blocks.cnn:8
-        x = self.downsample(x)  # blocks.cnn:8
-        out = out + x  # blocks.cnn:8
-        out = nnx.relu(out)  # blocks.cnn:8
+        out = self.conv1(x)  # blocks.cnn:9
+        out = self.bn1(out)  # blocks.cnn:9
+        out = nnx.relu(out)  # blocks.cnn:9
+        out = self.conv2(out)  # blocks.cnn:9
+        out = self.bn2(out)  # blocks.cnn:9
+        x = self.downsample(x)  # blocks.cnn:9
+        out = out + x  # blocks.cnn:9
+        out = nnx.relu(out)  # blocks.cnn:9
         return out
 
 
 class Resnet18(nnx.Module):
-    """Network 'resnet18' (resnet.cnn:5)."""
+    """Network 'resnet18' (resnet.cnn:6)."""
 
     def __init__(self, *, rngs: nnx.Rngs) -> None:
         self.conv1 = nnx.Conv(3, 64, (7, 7), strides=2, padding=3, use_bias=False, kernel_init=HE_NORMAL, rngs=rngs)
@@ -95,15 +95,15 @@ class Resnet18(nnx.Module):
         self.fc = nnx.Linear(512, 1000, kernel_init=_uniform(512 ** -0.5), bias_init=_uniform(512 ** -0.5), rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = self.conv1(x)  # resnet.cnn:6 -> 112x112x64
-        x = self.bn1(x)  # resnet.cnn:6 -> 112x112x64
-        x = nnx.relu(x)  # resnet.cnn:6 -> 112x112x64
-        x = _max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1)))  # resnet.cnn:6 -> 56x56x64
-        x = self.layer1(x)  # resnet.cnn:7 -> 56x56x64
-        x = self.layer2(x)  # resnet.cnn:7 -> 28x28x128
-        x = self.layer3(x)  # resnet.cnn:8 -> 14x14x256
-        x = self.layer4(x)  # resnet.cnn:8 -> 7x7x512
-        x = x.mean((1, 2), keepdims=True)  # resnet.cnn:9 -> 1x1x512
+        x = self.conv1(x)  # resnet.cnn:7 -> 112x112x64
+        x = self.bn1(x)  # resnet.cnn:7 -> 112x112x64
+        x = nnx.relu(x)  # resnet.cnn:7 -> 112x112x64
+        x = _max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1)))  # resnet.cnn:7 -> 56x56x64
+        x = self.layer1(x)  # resnet.cnn:8 -> 56x56x64
+        x = self.layer2(x)  # resnet.cnn:8 -> 28x28x128
+        x = self.layer3(x)  # resnet.cnn:9 -> 14x14x256
+        x = self.layer4(x)  # resnet.cnn:10 -> 7x7x512
+        x = x.mean((1, 2), keepdims=True)  # resnet.cnn:11 -> 1x1x512
         x = x.reshape(x.shape[0], -1)
-        x = self.fc(x)  # resnet.cnn:9 -> 1000
+        x = self.fc(x)  # resnet.cnn:11 -> 1000
         return x
