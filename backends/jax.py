@@ -7,10 +7,11 @@ The generated module imports jax alone (no Flax, no cnndsl) and defines
   forward; each takes, as keywords, the constructor parameters of the plan it needs (named after the .cnn
   block's own parameters) and only the arguments it uses (a block without batch norms has no ``stats``,
   returns no new ones; one without dropout has no ``rng``). The network's own forward calls them: a run of
-  :data:`SCAN_MIN_RUN` or more alike blocks in a sequence (one class, the same arguments) as one
-  ``jax.lax.scan`` over the instances' stacked variables (the ``_scan_blocks`` helper), so that XLA
-  compiles the block once, a shorter run block by block; init loops over a run. ResNet-152 is a few
-  hundred lines, not thousands, and the variables keep one entry per instance (``params["layer3"]["7"]``);
+  :data:`SCAN_MIN_RUN` or more alike blocks in a sequence (one class, the same arguments) through the
+  ``_scan_blocks`` helper, in evaluation one ``jax.lax.scan`` whose step picks its instance's variables
+  (so that XLA compiles the block once), in training a call per block; a shorter run block by block; init
+  loops over a run. ResNet-152 is a few hundred lines, not thousands, and the variables keep one entry per
+  instance (``params["layer3"]["7"]``);
 * ``init(key, *, dtype=jnp.float32, param_dtype=None) -> variables``, ``variables = {"params": ...,
   "batch_stats": ...}`` nested by the layers' dotted names, as Flax lays them out (conv and fc ``kernel`` /
   ``bias``, batch norm ``scale`` / ``bias`` and ``mean`` / ``var``). Each layer draws from its own key: the
@@ -209,26 +210,30 @@ def _upsample(x, scale=None, mode="nearest", align_corners=False, size=None):
 ''',
     "scan_blocks": '''
 def _scan_blocks(block, indices, x, params=None, stats=None, new_stats=None, /, **kwargs):
-    """A run of alike blocks as one jax.lax.scan, so that XLA compiles the block once: ``block`` applied to
-    ``x`` in turn with each instance str(i), i in ``indices``, of a sequence's ``params`` and ``stats``
-    (stacked along a new first axis for the scan). Each call takes the keywords, ``rng`` folded with the
-    instance's index as a call of its own would be; each instance's new batch_stats go into ``new_stats``."""
-    names = [str(i) for i in indices]
-    trees = {name: jax.tree.map(lambda *leaves: jnp.stack(leaves), *(tree[n] for n in names))
-             for name, tree in (("params", params), ("stats", stats)) if tree is not None}
-    x = x.astype(jnp.result_type(x, *jax.tree.leaves(trees)))  # the loop's value keeps the dtype the blocks compute in
+    """A run of alike blocks: ``block`` applied to ``x`` in turn with each instance str(i), i in ``indices``, of
+    a sequence's ``params`` and ``stats`` and with the keywords, ``rng`` folded with the index as a call of its
+    own folds it; each instance's new batch_stats go into ``new_stats``. In evaluation, one jax.lax.scan whose
+    step picks its instance's variables (jax.lax.switch: nothing is copied), so that XLA compiles the block once;
+    in training, a call per block (XLA:CPU differentiates a kernel inside a loop many times slower)."""
+    trees = [tree for tree in (params, stats) if tree is not None]
 
-    def body(x, instance):
-        i, trees = instance
+    def step(x, i, variables):  # one instance: its output and its new batch_stats (None without)
         kws = kwargs if kwargs.get("rng") is None else {**kwargs, "rng": jax.random.fold_in(kwargs["rng"], i)}
-        out = block(*trees.values(), x, **kws)
+        out = block(*variables, x, **kws)
         return out if stats is not None else (out, None)
 
-    x, stacked = jax.lax.scan(body, x, (jnp.asarray(indices), trees))
-    if stats is not None:
-        leaves, treedef = jax.tree.flatten(stacked)
-        for k, name in enumerate(names):
-            new_stats[name] = jax.tree.unflatten(treedef, [leaf[k] for leaf in leaves])
+    if kwargs.get("train"):
+        for i in indices:
+            x, new = step(x, i, [tree[str(i)] for tree in trees])
+            if stats is not None:
+                new_stats[str(i)] = new
+        return x
+    branches = [lambda i=i: [tree[str(i)] for tree in trees] for i in indices]
+    x = x.astype(jnp.result_type(x, *jax.tree.leaves(trees)))  # the loop's value keeps the dtype the blocks make
+    x, _ = jax.lax.scan(lambda x, k: (step(x, indices[0] + k, jax.lax.switch(k, branches))[0], None), x,
+                        jnp.arange(len(indices)))
+    if stats is not None:  # evaluation leaves the running statistics as they are
+        new_stats.update({str(i): stats[str(i)] for i in indices})
     return x
 ''',
     "uniform": '''
@@ -297,10 +302,10 @@ WEIGHT_OPS = frozenset({"conv", "deconv", "fc", "pointwise"})
 #: The ops that draw from ``rng`` in training (and are the identity in evaluation).
 RANDOM_OPS = frozenset({"dropout", "droppath"})
 #: The shortest run of alike blocks in a sequence that apply() runs as one jax.lax.scan (``_scan_blocks``)
-#: rather than a call per block. XLA then compiles the block once, but a scan has a cost of its own (the loop,
-#: stacking the variables): measured on XLA:CPU, runs of 2 to 9 compile faster as calls, of 17 and more as a
-#: scan (docs/design.md, "JAX compile time"; benchmarks/jax_compile.py).
-SCAN_MIN_RUN = 10
+#: rather than a call per block. XLA then compiles the block once, but the loop has a compile cost of its own:
+#: measured on XLA:CPU, runs of 3 or more compile as fast or faster as a scan, runs of 2 slower (docs/design.md,
+#: "JAX compile time"; benchmarks/jax_compile.py).
+SCAN_MIN_RUN = 3
 
 
 def _holds(step: Step, collection: str) -> bool:

@@ -11,14 +11,16 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import zlib
 
+import numpy as np
 import pytest
 from conftest import assert_ruff_clean, check_golden
 
 jax = pytest.importorskip("jax")
 jnp = pytest.importorskip("jax.numpy")
 
-from cnndsl.backends.jax import _ClassPrinter, _nhwc
+from cnndsl.backends.jax import JaxModel, _ClassPrinter, _nhwc, generate
 
 import cnndsl
 from cnndsl.loader import zoo_index
@@ -196,7 +198,7 @@ def test_inserting_a_layer_keeps_the_other_layers_initial_values():
 
 def test_resnet152_is_printed_once_per_block_class_not_unrolled():
     """One forward and one init function per class of the plan, called with keywords (a loop for a run of
-    alike blocks): the module has fewer lines than the network has layers."""
+    alike blocks in init, a scan in apply): the module has fewer lines than the network has layers."""
     from cnndsl.backends.jax import HELPERS
     from cnndsl.backends.plan import make_plan
 
@@ -209,6 +211,149 @@ def test_resnet152_is_printed_once_per_block_class_not_unrolled():
     assert len(defs) <= 2 * len(make_plan(net.graph).classes) + 2 + len(HELPERS)
     assert any(line.strip().startswith("for i in range(") for line in lines)
     assert max(map(len, lines)) <= 120
+    apply = source[source.index("def apply("):]
+    scans = [line.strip() for line in apply.splitlines() if "_scan_blocks(" in line]
+    assert ('x = _scan_blocks(bottleneck, range(1, 36), x, params["layer3"], stats["layer3"], new_stats["layer3"], '
+            "train=train)") in scans  # layer3's 35 alike blocks
+    assert not any("range(1, 3)" in line for line in scans)  # layer1's and layer4's two: a call each
+
+
+# A sequence whose elements 2 to 5 are alike (the same class, the same arguments), with batch norms and
+# dropout in the block; element 1 differs in its dropout rate. Scanned from runs of 2, whatever the default.
+SCANNED = """
+    block unit(c, p=0.25): residual< conv3-{c} bn relu dropout({p}) conv3-{c} bn > relu
+    network t: input 8x6x6  layers: [unit(8) unit(8, 0.5) unit(8) x4]  gap fc-3
+"""
+
+
+def _scanned(text: str = SCANNED) -> tuple[cnndsl.Network, JaxModel]:
+    net = cnndsl.loads(text)
+    return net, JaxModel(net, generate(net, scan_min_run=2))
+
+
+def test_a_scanned_run_computes_what_a_call_per_block_computes():
+    """apply() scans layers.2 to layers.5 in evaluation (training calls them in turn); here the generated block
+    function is called once per instance, each dropout key folded by hand from the layer's path, and the head
+    (gap, fc) computed directly."""
+    _, model = _scanned()
+    assert "unit, range(2, 6), x, " in model.source and model.source.count("_scan_blocks(") == 2  # def, call
+    namespace: dict = {}
+    exec(compile(model.source, "<scanned>", "exec"), namespace)  # noqa: S102 - the code under test
+    unit = namespace["unit"]
+    v = model.init(jax.random.key(0))
+    v["batch_stats"] = jax.tree.map(lambda a: a + jax.random.uniform(jax.random.key(a.size), a.shape),
+                                    v["batch_stats"])  # running statistics that eval mode must use
+    x = jax.random.normal(jax.random.key(1), (3, 6, 6, 8))
+    rng = jax.random.key(2)
+
+    def by_hand(x, train):
+        p, s, new = v["params"], v["batch_stats"], {}
+        for i, rate in enumerate([0.25, 0.5, 0.25, 0.25, 0.25, 0.25]):
+            key = jax.random.fold_in(jax.random.fold_in(rng, zlib.crc32(b"layers")), i)
+            x, new[str(i)] = unit(p["layers"][str(i)], s["layers"][str(i)], x, p=rate, train=train, rng=key)
+        return x.mean((1, 2)) @ p["fc1"]["kernel"] + p["fc1"]["bias"], {"layers": new}
+
+    want = by_hand(x, train=False)[0]
+    np.testing.assert_allclose(jax.jit(model.apply)(v, x), want, rtol=1e-5, atol=1e-5)
+    got, got_stats = jax.jit(model.apply, static_argnames="train")(v, x, train=True, rng=rng)
+    want_train, want_stats = by_hand(x, train=True)
+    assert not np.allclose(want_train, want, atol=1e-3)  # dropout and the batch's statistics at work
+    np.testing.assert_allclose(got, want_train, rtol=1e-5, atol=1e-5)
+    assert jax.tree.structure(got_stats) == jax.tree.structure(v["batch_stats"]) == jax.tree.structure(want_stats)
+    for g, w in zip(jax.tree.leaves(got_stats), jax.tree.leaves(want_stats), strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+    half = x.astype(jnp.bfloat16)  # the sequence reads the input: the scan's value takes the float32 of the weights
+    out = model.apply(v, half)
+    assert out.dtype == jnp.float32
+    np.testing.assert_allclose(out, by_hand(half, train=False)[0], rtol=1e-5, atol=1e-5)
+
+
+def test_a_scanned_run_matches_torch_in_eval_and_in_training():
+    """The generated PyTorch model (torch.nn's own layers) is the reference, its weights converted: eval mode
+    with randomised running statistics; training mode without dropout, outputs and new running statistics."""
+    torch = pytest.importorskip("torch")
+    from cnndsl.backends.jax_weights import torch_to_jax
+
+    for text, train in ((SCANNED, False), (SCANNED.replace("unit(8, 0.5)", "unit(8)").replace("p=0.25", "p=0.0"),
+                                           True)):
+        net, model = _scanned(text)
+        assert model.source.count("_scan_blocks(") == 2  # its definition, its call
+        torch.manual_seed(0)
+        tm = cnndsl.build_torch(net).train(train)
+        gen = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            for m in tm.modules():
+                if isinstance(m, torch.nn.BatchNorm2d):
+                    m.running_mean.uniform_(-0.5, 0.5, generator=gen)
+                    m.running_var.uniform_(0.5, 1.5, generator=gen)
+                    m.weight.uniform_(0.5, 1.5, generator=gen)
+        variables = torch_to_jax(net, tm.state_dict())
+        x = np.random.RandomState(0).randn(4, 8, 6, 6).astype(np.float32)
+        ref = tm(torch.from_numpy(x)).detach().numpy()  # in training, updates tm's running statistics
+        out = jax.jit(model.apply, static_argnames="train")(variables, x.transpose(0, 2, 3, 1), train=train)
+        if train:
+            out, stats = out
+            want = torch_to_jax(net, tm.state_dict())["batch_stats"]
+            for g, w in zip(jax.tree.leaves(stats), jax.tree.leaves(want), strict=True):
+                np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(np.asarray(out), ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+
+
+def test_a_run_of_blocks_that_change_the_shape_or_a_block_s_own_run_is_handled():
+    """A scan's value keeps its shape: blocks that halve the map are called one by one. A run inside a block
+    (each instance of the block has one) is scanned in the block's function, and agrees with the calls."""
+    net = cnndsl.loads("block down(c): conv3-{c}/2 relu\nnetwork t: input 4x16x16  layers: down(4) x3  fc-2")
+    source = generate(net, scan_min_run=2)
+    assert "_scan_blocks" not in source and "for i in range(0, 3):" in source
+    v = jax.eval_shape(JaxModel(net, source).init, jax.random.key(0))
+    assert jax.eval_shape(JaxModel(net, source).apply, v, jnp.zeros((1, 16, 16, 4))).shape == (1, 2)
+    net = cnndsl.loads("""
+        block unit(c): residual< conv3-{c} bn relu > relu
+        block stage(c): units: unit(c) x3  conv1-{c}
+        network t: input 4x6x6  a: stage(4)  b: stage(4)  fc-3
+    """)
+    scanned, calls = JaxModel(net, generate(net, scan_min_run=2)), JaxModel(net, generate(net, scan_min_run=None))
+    stage = scanned.source[scanned.source.index("def stage("):scanned.source.index("def init_stage(")]
+    assert 'x = _scan_blocks(unit, range(0, 3), x, params["units"], stats["units"], new_stats["units"]' in stage
+    v = calls.init(jax.random.key(0))
+    v["batch_stats"] = jax.tree.map(lambda a: a + 0.5, v["batch_stats"])
+    x = jax.random.normal(jax.random.key(1), (2, 6, 6, 4))
+    np.testing.assert_allclose(scanned.apply(v, x), calls.apply(v, x), rtol=1e-5, atol=1e-5)
+    namespace: dict = {}
+    exec(compile(scanned.source, "<scanned>", "exec"), namespace)  # noqa: S102 - the code under test
+    _, stage_stats = namespace["stage"](v["params"]["a"], v["batch_stats"]["a"], x, train=False)
+    assert jax.tree.structure(stage_stats) == jax.tree.structure(v["batch_stats"]["a"])  # evaluation keeps them
+    (a, a_stats), (b, b_stats) = (m.apply(v, x, train=True) for m in (scanned, calls))
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    for g, w in zip(jax.tree.leaves(a_stats), jax.tree.leaves(b_stats), strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+
+
+def test_scanned_runs_of_blocks_without_batch_norms_or_without_parameters_agree_with_the_calls():
+    """The helper's other shapes of call: parameters and dropout only, dropout only, statistics only."""
+    net = cnndsl.loads("""
+        block u(c): conv3-{c} relu dropout(0.3)
+        block v(): relu dropout(0.3)
+        block w(c): bn(affine=false) relu
+        network t: input 4x6x6  a: u(4) x3  b: v() x3  c: w(4) x3  fc-2
+    """)
+    scanned, calls = JaxModel(net, generate(net, scan_min_run=2)), JaxModel(net, generate(net, scan_min_run=None))
+    apply = scanned.source[scanned.source.index("def apply("):]
+    assert 'x = _scan_blocks(u, range(0, 3), x, params["a"], train=train, rng=_key(rng, ' in apply
+    assert "x = _scan_blocks(v, range(0, 3), x, train=train, rng=_key(rng, " in apply
+    assert 'x = _scan_blocks(w, range(0, 3), x, None, stats["c"], new_stats["c"], train=train)' in apply
+    v = calls.init(jax.random.key(0))
+    v["batch_stats"] = jax.tree.map(lambda a: a + 0.5, v["batch_stats"])
+    x = jax.random.normal(jax.random.key(1), (2, 6, 6, 4))
+    np.testing.assert_allclose(scanned.apply(v, x), calls.apply(v, x), rtol=1e-5, atol=1e-6)
+    half = x.astype(jnp.bfloat16)  # the first run reads the input: the scan's value takes the weights' float32
+    assert scanned.apply(v, half).dtype == calls.apply(v, half).dtype == jnp.float32
+    np.testing.assert_allclose(scanned.apply(v, half), calls.apply(v, half), rtol=1e-5, atol=1e-6)
+    (a, a_stats), (b, b_stats) = (m.apply(v, x, train=True, rng=jax.random.key(2)) for m in (scanned, calls))
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)  # the same dropout masks: the same keys
+    assert jax.tree.structure(a_stats) == jax.tree.structure(b_stats)
+    for g, w in zip(jax.tree.leaves(a_stats), jax.tree.leaves(b_stats), strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("name", ["lenet5", "resnet18"])

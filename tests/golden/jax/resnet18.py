@@ -84,22 +84,22 @@ def _bn_stats(features, dtype):
 
 
 def basic(params, stats, x, *, train):
-    """The forward of one block 'basic' (blocks.cnn:7): (its output, its new batch_stats)."""
+    """The forward of one block 'basic' (blocks.cnn:8): (its output, its new batch_stats)."""
     new_stats = {}
-    out = _conv(x, params["conv1"], (1, 1), ((1, 1), (1, 1)))  # blocks.cnn:8
-    # blocks.cnn:8
+    out = _conv(x, params["conv1"], (1, 1), ((1, 1), (1, 1)))  # blocks.cnn:9
+    # blocks.cnn:9
     out, new_stats["bn1"] = _batch_norm(out, params["bn1"], stats["bn1"], train, momentum=0.1, eps=1e-05)
-    out = jax.nn.relu(out)  # blocks.cnn:8
-    out = _conv(out, params["conv2"], (1, 1), ((1, 1), (1, 1)))  # blocks.cnn:8
-    # blocks.cnn:8
+    out = jax.nn.relu(out)  # blocks.cnn:9
+    out = _conv(out, params["conv2"], (1, 1), ((1, 1), (1, 1)))  # blocks.cnn:9
+    # blocks.cnn:9
     out, new_stats["bn2"] = _batch_norm(out, params["bn2"], stats["bn2"], train, momentum=0.1, eps=1e-05)
-    out = out + x  # blocks.cnn:8
-    out = jax.nn.relu(out)  # blocks.cnn:8
+    out = out + x  # blocks.cnn:9
+    out = jax.nn.relu(out)  # blocks.cnn:9
     return out, new_stats
 
 
 def init_basic(key, *, c, dtype, param_dtype):
-    """Fresh (params, batch_stats) of one block 'basic' (blocks.cnn:7)."""
+    """Fresh (params, batch_stats) of one block 'basic' (blocks.cnn:8)."""
     params, stats = {}, {}
     params["conv1"] = _he_normal(_key(key, 0x110725b5), (3, 3, c, c), fan_out=c * 9, bias=False, dtype=param_dtype)
     params["bn1"] = _bn_params(c, param_dtype)
@@ -111,15 +111,15 @@ def init_basic(key, *, c, dtype, param_dtype):
 
 
 def downsample(params, stats, x, *, train):
-    """The forward of one Downsample (blocks.cnn:8): (its output, its new batch_stats)."""
+    """The forward of one Downsample (blocks.cnn:9): (its output, its new batch_stats)."""
     new_stats = {}
-    x = _conv(x, params["0"], (2, 2), ((0, 0), (0, 0)))  # blocks.cnn:8
-    x, new_stats["1"] = _batch_norm(x, params["1"], stats["1"], train, momentum=0.1, eps=1e-05)  # blocks.cnn:8
+    x = _conv(x, params["0"], (2, 2), ((0, 0), (0, 0)))  # blocks.cnn:9
+    x, new_stats["1"] = _batch_norm(x, params["1"], stats["1"], train, momentum=0.1, eps=1e-05)  # blocks.cnn:9
     return x, new_stats
 
 
 def init_downsample(key, *, in_channels, conv_c, dtype, param_dtype):
-    """Fresh (params, batch_stats) of one Downsample (blocks.cnn:8)."""
+    """Fresh (params, batch_stats) of one Downsample (blocks.cnn:9)."""
     params, stats = {}, {}
     params["0"] = _he_normal(_key(key, 0), (1, 1, in_channels, conv_c), fan_out=conv_c, bias=False, dtype=param_dtype)
     params["1"] = _bn_params(conv_c, param_dtype)
@@ -128,23 +128,23 @@ def init_downsample(key, *, in_channels, conv_c, dtype, param_dtype):
 
 
 def basic_downsample(params, stats, x, *, train):
-    """The forward of one block 'basic' (blocks.cnn:7): (its output, its new batch_stats)."""
+    """The forward of one block 'basic' (blocks.cnn:8): (its output, its new batch_stats)."""
     new_stats = {}
-    out = _conv(x, params["conv1"], (2, 2), ((1, 1), (1, 1)))  # blocks.cnn:8
-    # blocks.cnn:8
+    out = _conv(x, params["conv1"], (2, 2), ((1, 1), (1, 1)))  # blocks.cnn:9
+    # blocks.cnn:9
     out, new_stats["bn1"] = _batch_norm(out, params["bn1"], stats["bn1"], train, momentum=0.1, eps=1e-05)
-    out = jax.nn.relu(out)  # blocks.cnn:8
-    out = _conv(out, params["conv2"], (1, 1), ((1, 1), (1, 1)))  # blocks.cnn:8
-    # blocks.cnn:8
+    out = jax.nn.relu(out)  # blocks.cnn:9
+    out = _conv(out, params["conv2"], (1, 1), ((1, 1), (1, 1)))  # blocks.cnn:9
+    # blocks.cnn:9
     out, new_stats["bn2"] = _batch_norm(out, params["bn2"], stats["bn2"], train, momentum=0.1, eps=1e-05)
-    x, new_stats["downsample"] = downsample(params["downsample"], stats["downsample"], x, train=train)  # blocks.cnn:8
-    out = out + x  # blocks.cnn:8
-    out = jax.nn.relu(out)  # blocks.cnn:8
+    x, new_stats["downsample"] = downsample(params["downsample"], stats["downsample"], x, train=train)  # blocks.cnn:9
+    out = out + x  # blocks.cnn:9
+    out = jax.nn.relu(out)  # blocks.cnn:9
     return out, new_stats
 
 
 def init_basic_downsample(key, *, in_channels, c, dtype, param_dtype):
-    """Fresh (params, batch_stats) of one block 'basic' (blocks.cnn:7)."""
+    """Fresh (params, batch_stats) of one block 'basic' (blocks.cnn:8)."""
     params, stats = {}, {}
     params["conv1"] = _he_normal(
         _key(key, 0x110725b5), (3, 3, in_channels, c), fan_out=c * 9, bias=False, dtype=param_dtype)
@@ -194,29 +194,29 @@ def apply(variables, x, *, train=False, rng=None):
     """The forward pass of resnet18: 1000 per example."""
     params, stats = variables["params"], variables["batch_stats"]
     new_stats = {}
-    x = _conv(x, params["conv1"], (2, 2), ((3, 3), (3, 3)))  # resnet.cnn:6 -> 112x112x64
-    # resnet.cnn:6 -> 112x112x64
+    x = _conv(x, params["conv1"], (2, 2), ((3, 3), (3, 3)))  # resnet.cnn:7 -> 112x112x64
+    # resnet.cnn:7 -> 112x112x64
     x, new_stats["bn1"] = _batch_norm(x, params["bn1"], stats["bn1"], train, momentum=0.1, eps=1e-05)
-    x = jax.nn.relu(x)  # resnet.cnn:6 -> 112x112x64
-    x = _max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1)))  # resnet.cnn:6 -> 56x56x64
-    # resnet.cnn:7 -> 56x56x64
+    x = jax.nn.relu(x)  # resnet.cnn:7 -> 112x112x64
+    x = _max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1)))  # resnet.cnn:7 -> 56x56x64
+    # resnet.cnn:8 -> 56x56x64
     new_stats["layer1"] = {}
     x, new_stats["layer1"]["0"] = basic(params["layer1"]["0"], stats["layer1"]["0"], x, train=train)
     x, new_stats["layer1"]["1"] = basic(params["layer1"]["1"], stats["layer1"]["1"], x, train=train)
-    # resnet.cnn:7 -> 28x28x128
+    # resnet.cnn:8 -> 28x28x128
     new_stats["layer2"] = {}
     x, new_stats["layer2"]["0"] = basic_downsample(params["layer2"]["0"], stats["layer2"]["0"], x, train=train)
     x, new_stats["layer2"]["1"] = basic(params["layer2"]["1"], stats["layer2"]["1"], x, train=train)
-    # resnet.cnn:8 -> 14x14x256
+    # resnet.cnn:9 -> 14x14x256
     new_stats["layer3"] = {}
     x, new_stats["layer3"]["0"] = basic_downsample(params["layer3"]["0"], stats["layer3"]["0"], x, train=train)
     x, new_stats["layer3"]["1"] = basic(params["layer3"]["1"], stats["layer3"]["1"], x, train=train)
-    # resnet.cnn:8 -> 7x7x512
+    # resnet.cnn:10 -> 7x7x512
     new_stats["layer4"] = {}
     x, new_stats["layer4"]["0"] = basic_downsample(params["layer4"]["0"], stats["layer4"]["0"], x, train=train)
     x, new_stats["layer4"]["1"] = basic(params["layer4"]["1"], stats["layer4"]["1"], x, train=train)
-    x = x.mean((1, 2), keepdims=True)  # resnet.cnn:9 -> 1x1x512
-    x = _dense(x.reshape(x.shape[0], -1), params["fc"])  # resnet.cnn:9 -> 1000
+    x = x.mean((1, 2), keepdims=True)  # resnet.cnn:11 -> 1x1x512
+    x = _dense(x.reshape(x.shape[0], -1), params["fc"])  # resnet.cnn:11 -> 1000
     if not train:
         return x
     return x, new_stats
