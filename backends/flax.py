@@ -138,7 +138,11 @@ class _ClassPrinter(NhwcLayerCode):
         """A product of values (channels, kernel sizes) as an expression, its constant part folded."""
         const, names = 1, []
         for t in terms:
-            if isinstance(t, Ref):
+            if isinstance(t, Ref) and t.like is None:  # the parameter holds the value in full: a pair is k[0] * k[1]
+                first = dict(self.p.plan.instances[self.cls.instances[0]].args)[t.param]
+                e = self.ctor(t)
+                names += [f"{e}[{i}]" for i in range(len(first))] if isinstance(first, tuple) else [e]
+            elif isinstance(t, Ref):
                 names += [self.ctor(t)] * (len(t.like) if isinstance(t.like, tuple) else 1)
             elif isinstance(t, tuple):
                 for x in t:
@@ -162,7 +166,8 @@ class _ClassPrinter(NhwcLayerCode):
 
     def call(self, child: str, args) -> str:
         cp = self.p.classes[child]
-        kws = [f"{cp.params[k]}={self.ctor(v)}" for k, v in args]
+        derived = {q.name for q in cp.cls.params if q.origin == "derived"}  # the child takes these in full
+        kws = [f"{cp.params[k]}={self.ctor(v, full=k in derived)}" for k, v in args]
         return f"{cp.name}({', '.join([*kws, 'rngs=rngs'])})"
 
     def _kernel_init(self, step: Step, fan_in: str, fan_out: str, dense: bool = False) -> list[str]:
