@@ -198,18 +198,24 @@ class _ClassPrinter(NhwcLayerCode):
             return self.fan(channels, kernel)
         return f"{self.ctor(channels)} // {self.ctor(groups)} * {self.fan(kernel)}"
 
+    def _conv_options(self, a: dict) -> list[str]:
+        """An nnx.Conv's dilation, groups and bias keywords, where they are not its defaults."""
+        out = []
+        if collapse(a["d"]) != 1:
+            out.append(f"kernel_dilation={self.ctor(a['d'])}")
+        if a["groups"] != 1:
+            out.append(f"feature_group_count={self.ctor(a['groups'])}")
+        if a["bias"] is not True:
+            out.append(f"use_bias={self.ctor(a['bias'])}")
+        return out
+
     def ctor_conv(self, step: Step) -> str:
         a = dict(step.args)
         parts = [self.ctor(a["in_channels"]), self.ctor(a["c"]), self.ctor(a["k"], full=True)]
         if collapse(a["s"]) != 1:
             parts.append(f"strides={self.ctor(a['s'])}")
         parts.append(f"padding={self.ctor(a['p'])}")
-        if collapse(a["d"]) != 1:
-            parts.append(f"kernel_dilation={self.ctor(a['d'])}")
-        if a["groups"] != 1:
-            parts.append(f"feature_group_count={self.ctor(a['groups'])}")
-        if a["bias"] is not True:
-            parts.append(f"use_bias={self.ctor(a['bias'])}")
+        parts += self._conv_options(a)
         fan_in = self._grouped_fan(a["in_channels"], a["groups"], a["k"])
         parts += self._kernel_init(step, fan_in, self.fan(a["c"], a["k"]))
         return f"nnx.Conv({', '.join([*parts, 'rngs=rngs'])})"
@@ -223,12 +229,7 @@ class _ClassPrinter(NhwcLayerCode):
         parts.append(f"padding={pad}")
         if collapse(a["s"]) != 1:
             parts.append(f"input_dilation={self.ctor(a['s'])}")
-        if collapse(a["d"]) != 1:
-            parts.append(f"kernel_dilation={self.ctor(a['d'])}")
-        if a["groups"] != 1:
-            parts.append(f"feature_group_count={self.ctor(a['groups'])}")
-        if a["bias"] is not True:
-            parts.append(f"use_bias={self.ctor(a['bias'])}")
+        parts += self._conv_options(a)
         fan_in = self._grouped_fan(a["c"], a["groups"], a["k"])
         parts += self._kernel_init(step, fan_in, self.fan(a["in_channels"], a["k"]))
         return f"nnx.Conv({', '.join([*parts, 'rngs=rngs'])})"

@@ -882,6 +882,22 @@ class Softmax(_Activation):
 # MobileNetV3, SiLU in EfficientNet) allocate nothing, as ReLU; what each saves is what autograd keeps for it.
 
 
+class _OutOfPlaceActivation(_Activation):
+    """An activation PyTorch does not run in place: it allocates its output and keeps its input for backward
+    (none of these is in the papers' tables)."""
+
+    materializes = True
+    saves = Saved.INPUT
+    paper_kind = None
+
+
+class _OneFloatActivation(_OutOfPlaceActivation):
+    """An activation with one real parameter (its only field, positional)."""
+
+    def convert(self, field, v, span):
+        return as_float(field, v, span)
+
+
 @register
 class ReLU6(_Activation):
     """ReLU clipped at 6, ``min(max(x, 0), 6)`` (MobileNetV2)."""
@@ -911,18 +927,15 @@ class Hardswish(_Activation):
 
 
 @register
-class Hardsigmoid(_Activation):
+class Hardsigmoid(_OutOfPlaceActivation):
     """Hard sigmoid, ``relu6(x + 3) / 6`` (MobileNetV3's squeeze-and-excitation gate)."""
 
     name = "hardsigmoid"
     aliases = ("h-sigmoid", "hard-sigmoid")
-    materializes = True
-    saves = Saved.INPUT
-    paper_kind = None
 
 
 @register
-class GELU(_Activation):
+class GELU(_OutOfPlaceActivation):
     """Gaussian error linear unit, ``x * Phi(x)`` (ConvNeXt): exact, or ``gelu(approximate=tanh)``."""
 
     name = "gelu"
@@ -930,9 +943,6 @@ class GELU(_Activation):
     positional = ("approximate",)
     APPROXIMATIONS = ("none", "tanh")  # PyTorch's names
     doc = "gelu, or gelu(approximate=tanh) for the tanh approximation"
-    materializes = True
-    saves = Saved.INPUT
-    paper_kind = None
 
     def convert(self, field, v, span):
         if v not in self.APPROXIMATIONS:
@@ -944,50 +954,35 @@ class GELU(_Activation):
 
 
 @register
-class LeakyReLU(_Activation):
+class LeakyReLU(_OneFloatActivation):
     """Leaky ReLU, ``x`` for x >= 0 and ``negative_slope * x`` below: ``leakyrelu``, ``leakyrelu(0.2)``."""
 
     name = "leakyrelu"
     aliases = ("leaky-relu",)
     fields = (("negative_slope", 0.01),)
     positional = ("negative_slope",)
-    materializes = True
-    saves = Saved.INPUT
-    paper_kind = None
-
-    def convert(self, field, v, span):
-        return as_float(field, v, span)
 
     def short_form(self, args):
         return "leakyrelu" if args["negative_slope"] == 0.01 else f"leakyrelu {args['negative_slope']:g}"
 
 
 @register
-class ELU(_Activation):
+class ELU(_OneFloatActivation):
     """Exponential linear unit, ``x`` for x > 0 and ``alpha * (exp(x) - 1)`` below: ``elu``, ``elu(0.5)``."""
 
     name = "elu"
     fields = (("alpha", 1.0),)
     positional = ("alpha",)
-    materializes = True
-    saves = Saved.INPUT
-    paper_kind = None
-
-    def convert(self, field, v, span):
-        return as_float(field, v, span)
 
     def short_form(self, args):
         return "elu" if args["alpha"] == 1.0 else f"elu alpha={args['alpha']:g}"
 
 
 @register
-class Mish(_Activation):
+class Mish(_OutOfPlaceActivation):
     """Mish, ``x * tanh(softplus(x))``."""
 
     name = "mish"
-    materializes = True
-    saves = Saved.INPUT
-    paper_kind = None
 
 
 @register
