@@ -32,7 +32,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from cnndsl.errors import CnnDslError
-from cnndsl.ir import Graph, Node
+from cnndsl.ir.graph import Graph, Node
 
 
 class Unsupported(CnnDslError):

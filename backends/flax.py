@@ -44,7 +44,7 @@ from cnndsl.backends.jax_weights import (
 )
 from cnndsl.backends.plan import ClassPlan, Plan, Ref, Step, collapse, make_plan
 
-from cnndsl.network import Network
+from cnndsl.ir.network import Network
 
 #: Helpers of the generated module beyond the JAX backend's: initialisers and the transposed conv's padding.
 HELPERS: dict[str, str] = {
@@ -552,7 +552,7 @@ def _at(model, path: tuple):
 
 
 def _layers(net: Network, printer: FlaxPrinter):
-    """Each layer that holds tensors converted to JAX (its :class:`~cnndsl.ops.Weight` s) and its module in the
+    """Each layer that holds tensors converted to JAX (its :class:`~cnndsl.ir.ops.Weight` s) and its module in the
     model's attribute path."""
     paths = printer.paths()
     for node in net.graph.nodes():

@@ -55,8 +55,8 @@ from cnndsl.backends.base import (
 from cnndsl.backends.jax_weights import flattens_channel_major
 from cnndsl.backends.plan import ClassPlan, Plan, Ref, Step, collapse, make_plan
 
-from cnndsl.network import Network
-from cnndsl.ops import OPS
+from cnndsl.ir.network import Network
+from cnndsl.ir.ops import OPS
 
 # Helper functions the generated module may define; each is emitted only if a layer uses it.
 HELPERS: dict[str, str] = {

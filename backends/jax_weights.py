@@ -1,8 +1,8 @@
 """Weights between the backends: a PyTorch ``state_dict`` <-> the JAX backend's ``variables``.
 
 Both backends name a layer's tensors after its dotted IR name, so the conversion is a walk over the IR
-(a checked :class:`~cnndsl.network.Network` or its graph; :func:`cnndsl.torch_to_jax` also takes a name to
-load). It knows no op: each op lists its tensors in its ``weights`` (:class:`cnndsl.ops.Weight`), with the
+(a checked :class:`~cnndsl.ir.network.Network` or its graph; :func:`cnndsl.torch_to_jax` also takes a name to
+load). It knows no op: each op lists its tensors in its ``weights`` (:class:`cnndsl.ir.ops.Weight`), with the
 ``state_dict`` key, the JAX leaf and collection, and the layout in each, as einops writes one:
 
 =============  ==========================================  ========================================
@@ -36,9 +36,9 @@ from typing import Any
 
 import numpy as np
 
-from cnndsl.ir import Graph, Node
-from cnndsl.network import Network
-from cnndsl.ops import FlatOrder, Weight
+from cnndsl.ir.graph import Graph, Node
+from cnndsl.ir.network import Network
+from cnndsl.ir.ops import FlatOrder, Weight
 
 
 def _graph(net: Network | Graph) -> Graph:

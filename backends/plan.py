@@ -32,7 +32,7 @@ from types import MappingProxyType
 from typing import Any
 
 from cnndsl.errors import CnnDslError, Span
-from cnndsl.ir import Graph, Node
+from cnndsl.ir.graph import Graph, Node
 
 #: The key of a class's one outside input in its steps (no IR name can take it).
 ENTRY = "<in>"

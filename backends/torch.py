@@ -51,8 +51,8 @@ from cnndsl.backends.plan import ENTRY, ClassPlan, Ref, Step, collapse, make_pla
 from cnndsl.backends.torch_weights import fold_state_dict
 
 from cnndsl.errors import CnnDslError
-from cnndsl.ir import Graph
-from cnndsl.ops import OPS, Saved
+from cnndsl.ir.graph import Graph
+from cnndsl.ir.ops import OPS, Saved
 
 #: The public attributes and methods of nn.Module, nn.Sequential and nn.ModuleDict (torch 2.1 to 2.13; a test
 #: checks this covers the installed torch), and the method the generated network adds. A layer's label is
@@ -185,7 +185,7 @@ def _one_or_tuple(types: list[str]) -> str:
 
 
 class TorchEmitter(Emitter):
-    """Prints the PyTorch module of a checked :class:`cnndsl.ir.Graph` from its plan: the imports and helpers,
+    """Prints the PyTorch module of a checked :class:`cnndsl.ir.graph.Graph` from its plan: the imports and helpers,
     one :class:`ClassPrinter` per class, and the structure they share (how each scope holds its children)."""
 
     backend = "PyTorch"

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from cnndsl.ir import Graph
+from cnndsl.ir.graph import Graph
 from cnndsl.passes.fold_bn import folded_convs
 
 

@@ -28,7 +28,7 @@ def _best(fn, reps: int) -> float:
 def run() -> list[Row]:
     import cnndsl
     from cnndsl import api
-    from cnndsl.loader import zoo_index
+    from cnndsl.front.loader import zoo_index
 
     rows = []
     cnndsl.load("lenet5")  # warm the parser and the zoo cache

@@ -1,6 +1,6 @@
 """How fast are members of a search space checked? From the IR (cnndsl) against PyTorch.
 
-For a sample of a shipped space, times (1) ``cnndsl.variants``: resolve, infer shapes, count
+For a sample of a shipped space, times (1) ``cnndsl.search.variants``: resolve, infer shapes, count
 parameters/MACs/activations and hash, one core; and (2) building the same members as PyTorch
 modules (``cnndsl.build_torch`` from the same checked IR) and counting their parameters: a member is
 checked by a framework model only once it is built, so that path costs both. Prints both and the ratio.
@@ -16,7 +16,7 @@ import time
 import torch
 
 import cnndsl
-from cnndsl.variants import Space
+from cnndsl.search.variants import Space
 
 
 def main(space_name: str = "nb201", n: int = 200) -> None:
@@ -34,7 +34,7 @@ def main(space_name: str = "nb201", n: int = 200) -> None:
     ir_ms = 1000 * ir_s / checked
     build_ms = 1000 * torch_s / len(members)
     print(f"space {space_name}: {checked} members sampled, {len(members)} valid")
-    print(f"checked from the IR (cnndsl.variants):           {ir_ms:7.1f} ms per member")
+    print(f"checked from the IR (cnndsl.search.variants):           {ir_ms:7.1f} ms per member")
     print(f"checked by building the PyTorch model (IR + build): {ir_ms + build_ms:7.1f} ms per member")
     print(f"ratio:                                            {(ir_ms + build_ms) / ir_ms:7.1f}x")
 

@@ -1,6 +1,6 @@
 """The Python API: load, check and summarise networks (the CLI is a thin layer over it).
 
-Loading is :mod:`cnndsl.pipeline`'s (``build``, ``load``, ``loads``, ``inference_network`` are re-exported
+Loading is :mod:`cnndsl.passes.pipeline`'s (``build``, ``load``, ``loads``, ``inference_network`` are re-exported
 here); this layer puts a backend behind it and takes a network by name wherever it takes a :class:`Network`.
 """
 
@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from . import pipeline
-from .network import Network
+from cnndsl.ir.network import Network
+from cnndsl.passes import pipeline
 
 build = pipeline.build
 load = pipeline.load
@@ -33,15 +33,15 @@ def compile(net: str | Network, backend: str = "torch", *, inference: bool = Fal
     ``inference=True`` generates the inference build (see :func:`inference_network`).
     """
     if backend == "torch":
-        from .backends.torch import generate as generate_torch
+        from cnndsl.backends.torch import generate as generate_torch
 
         return generate_torch(_network(net, params, inference))[0]
     if backend == "jax":
-        from .backends.jax import generate
+        from cnndsl.backends.jax import generate
 
         return generate(_network(net, params, inference))
     if backend == "flax":
-        from .backends.flax import compile_flax
+        from cnndsl.backends.flax import compile_flax
 
         return compile_flax(_network(net, params, inference))
     raise ValueError(f"unknown backend {backend!r}; expected 'torch', 'jax' or 'flax'")
@@ -56,7 +56,7 @@ def build_torch(net: str | Network, *, inference: bool = False, state_dict=None,
     without gradients, in channels-last memory format; ``state_dict`` (a training build's
     ``state_dict()``) gives it its weights, batch norms folded into the convolutions.
     """
-    from .backends.torch import build
+    from cnndsl.backends.torch import build
 
     return build(_network(net, params, inference), inference=inference, state_dict=state_dict)
 
@@ -66,7 +66,7 @@ def build_jax(net: str | Network, **params: Any):
 
     The generated source runs in a fresh namespace (it imports jax only); ``.source`` holds it.
     """
-    from .backends.jax import build
+    from cnndsl.backends.jax import build
 
     return build(_network(net, params))
 
@@ -76,7 +76,7 @@ def torch_to_jax(net: str | Network, state_dict: Mapping[str, Any]) -> dict:
 
     See :func:`cnndsl.backends.jax_weights.torch_to_jax`.
     """
-    from .backends.jax_weights import torch_to_jax as convert
+    from cnndsl.backends.jax_weights import torch_to_jax as convert
 
     return convert(load(net) if isinstance(net, str) else net, state_dict)
 
@@ -86,7 +86,7 @@ def jax_to_torch(net: str | Network, variables: Mapping[str, Any]) -> dict:
 
     See :func:`cnndsl.backends.jax_weights.jax_to_torch`.
     """
-    from .backends.jax_weights import jax_to_torch as convert
+    from cnndsl.backends.jax_weights import jax_to_torch as convert
 
     return convert(load(net) if isinstance(net, str) else net, variables)
 
@@ -96,6 +96,6 @@ def build_flax(net: str | Network, *, seed: int = 0, **params: Any):
     ``rngs=nnx.Rngs(seed)``. Weights move from and to a torch ``state_dict`` with
     :func:`cnndsl.backends.flax.torch_to_flax` and :func:`cnndsl.backends.flax.flax_to_torch`.
     """
-    from .backends.flax import build
+    from cnndsl.backends.flax import build
 
     return build(_network(net, params), seed)

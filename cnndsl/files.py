@@ -12,7 +12,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from .errors import CnnDslError
+from cnndsl.errors import CnnDslError
 
 
 def check_writable(path: str | os.PathLike) -> Path:

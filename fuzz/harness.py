@@ -174,7 +174,7 @@ def mutate_tokens(rng: random.Random) -> tuple[str, bytes]:
 def _grammar():
     import lark
 
-    from cnndsl.syntax import grammar_text
+    from cnndsl.front.syntax import grammar_text
 
     g = lark.Lark(grammar_text(), parser="lalr", lexer="contextual", start=["start", "seq"])
     rules: dict[str, list[tuple]] = {}

@@ -30,7 +30,7 @@ import pytest
 from _pytest.doctest import DoctestModule  # private, but the one way to collect doctests like pytest does
 
 import cnndsl
-from cnndsl.loader import zoo_index
+from cnndsl.front.loader import zoo_index
 
 #: Set to 1 to (re)write the golden files instead of comparing with them; one name for every backend.
 REGEN_GOLDEN = "CNNDSL_REGEN_GOLDEN"

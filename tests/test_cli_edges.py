@@ -1,6 +1,6 @@
 """Hostile input on the command line: every case ends in exit 1 with a clean message, or exit 2 for bad usage.
 
-Each test runs the real CLI (:func:`cnndsl.cli.main`, or ``python -m cnndsl`` in a subprocess where
+Each test runs the real CLI (:func:`cnndsl.tools.cli.main`, or ``python -m cnndsl`` in a subprocess where
 a package must be missing: an import hook there makes importing it fail, as on a machine without it).
 """
 
@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from cnndsl.cli import main
 from cnndsl.errors import Source
-from cnndsl.syntax import MAX_NUMBER
+from cnndsl.front.syntax import MAX_NUMBER
+from cnndsl.tools.cli import main
 
 TINY = "network tiny(classes=10): input 1x8x8\n    conv3-4 relu gap fc-{classes}\n"
 
@@ -98,7 +98,7 @@ class Missing(importlib.abc.MetaPathFinder):
         if name.split(".")[0] in {missing!r}:
             raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
 sys.meta_path.insert(0, Missing())
-from cnndsl.cli import main
+from cnndsl.tools.cli import main
 rc = main({argv!r})
 assert not {missing!r} & {{m.split(".")[0] for m in sys.modules}}, "a blocked package was imported"
 sys.exit(rc)

@@ -16,8 +16,8 @@ from cnndsl.backends.jax import _nhwc
 from cnndsl.backends.jax_weights import jax_to_torch, torch_to_jax
 
 import cnndsl
-from cnndsl.loader import zoo_index
-from cnndsl.vocabulary import activation_words
+from cnndsl.front.loader import zoo_index
+from cnndsl.ir.vocabulary import activation_words
 
 RTOL = 1e-4  # relative to the output's largest magnitude
 

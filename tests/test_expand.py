@@ -4,7 +4,7 @@ import pytest
 from conftest import zoo_names
 
 import cnndsl
-from cnndsl.expand import expand
+from cnndsl.report.expand import expand
 
 
 @pytest.mark.parametrize("name", zoo_names())
@@ -46,7 +46,7 @@ INFERENCE_NETS = ["lenet5", "resnet18", "resnet20", "vgg11_bn", "googlenet", "in
 @pytest.mark.parametrize("name", INFERENCE_NETS)
 def test_expand_of_the_inference_build_loads_to_the_same_graph(zoo, name):
     from cnndsl.api import inference_network
-    from cnndsl.arch_hash import arch_hash
+    from cnndsl.search.arch_hash import arch_hash
 
     inf = inference_network(zoo(name))
     text = expand(inf)
@@ -61,8 +61,8 @@ def test_expand_of_the_inference_build_loads_to_the_same_graph(zoo, name):
 def test_bookkeeping_changes_neither_the_arch_hash_nor_expand(zoo):
     import copy
 
-    from cnndsl.arch_hash import arch_hash
     from cnndsl.passes import fold_bn
+    from cnndsl.search.arch_hash import arch_hash
 
     net = zoo("resnet18")
     g = copy.deepcopy(net.graph)

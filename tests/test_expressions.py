@@ -17,8 +17,8 @@ import pytest
 import cnndsl
 from cnndsl import CnnDslError
 from cnndsl.errors import CnnLimitError, Source
-from cnndsl.expand import expand
-from cnndsl.syntax import MAX_EXPRESSION_TOKENS, MAX_NESTING, parse, scan
+from cnndsl.front.syntax import MAX_EXPRESSION_TOKENS, MAX_NESTING, parse, scan
+from cnndsl.report.expand import expand
 
 resolve = importlib.import_module("cnndsl.passes.resolve")  # the module (cnndsl.passes.resolve is the function)
 
@@ -185,7 +185,7 @@ def test_the_shapes_read_early_agree_with_infer_shapes(zoo):
 
 
 def net_library(name):
-    from cnndsl.loader import open_net
+    from cnndsl.front.loader import open_net
 
     lib, _ = open_net(name)
     return lib
@@ -314,8 +314,8 @@ def test_expand_round_trips_the_new_constructs():
 
 
 def test_choices_inside_functions_and_conditionals_are_choice_points():
-    from cnndsl.loader import Library
-    from cnndsl.variants import Space
+    from cnndsl.front.loader import Library
+    from cnndsl.search.variants import Space
 
     lib = Library.from_module(parse("network s(a=1): input 3x8x8  conv3-{max(8, {16|32})} "
                                     "conv3-{{4|8} if a == 1 else 2}", "s.cnn"))
@@ -375,7 +375,7 @@ def test_the_lexer_knows_the_expression_words():
     pygments = pytest.importorskip("pygments")  # noqa: F841 - the lexer needs it
     from pygments.token import Error, Operator
 
-    from cnndsl.lexer import CnnLexer
+    from cnndsl.tools.lexer import CnnLexer
 
     tokens = list(CnnLexer().get_tokens(MBCONV + "\nnetwork u(a=1): input 3x8x8 conv3-{8 if not a != 1 or a <= 2 "
                                                  "and a >= 0 else max(1, a)}\n"))

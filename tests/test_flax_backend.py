@@ -24,7 +24,7 @@ from test_cross_backend import DEFAULT_ZOO, OP_CASES, SMALL_INPUT, randomise_bat
 
 import cnndsl
 from cnndsl import CnnDslError
-from cnndsl.loader import zoo_index
+from cnndsl.front.loader import zoo_index
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from fuzz.harness import HOSTILE_NAMES, PLACES, place_text

@@ -27,7 +27,7 @@ from hypothesis.extra.lark import from_lark
 
 import cnndsl
 from cnndsl import CnnDslError
-from cnndsl.syntax import grammar_text, parse
+from cnndsl.front.syntax import grammar_text, parse
 
 ZOO = Path(__file__).resolve().parent.parent / "networks"
 ZOO_FILES = sorted(p for p in ZOO.rglob("*.cnn"))

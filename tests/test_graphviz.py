@@ -8,9 +8,9 @@ import xml.etree.ElementTree as ET
 import pytest
 
 import cnndsl
-from cnndsl import graphviz as gv
-from cnndsl.cli import main
-from cnndsl.loader import zoo_index
+from cnndsl.front.loader import zoo_index
+from cnndsl.report import graphviz as gv
+from cnndsl.tools.cli import main
 
 ZOO = sorted(zoo_index())
 needs_dot = pytest.mark.skipif(not gv.available(), reason="needs the graphviz package and Graphviz's dot")

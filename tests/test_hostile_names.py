@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 
 import cnndsl
 from cnndsl import CnnDslError
-from cnndsl.cli import main as cli_main
+from cnndsl.tools.cli import main as cli_main
 
 torch = pytest.importorskip("torch")
 jax = pytest.importorskip("jax")

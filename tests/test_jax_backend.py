@@ -23,8 +23,8 @@ jnp = pytest.importorskip("jax.numpy")
 from cnndsl.backends.jax import JaxModel, _ClassPrinter, _nhwc, generate
 
 import cnndsl
-from cnndsl.loader import zoo_index
-from cnndsl.ops import OPS
+from cnndsl.front.loader import zoo_index
+from cnndsl.ir.ops import OPS
 
 
 def n_values(tree) -> int:
@@ -380,7 +380,7 @@ def test_output_is_deterministic_across_hash_seeds():
 
 
 def test_cli_compiles_jax(tmp_path, capsys):
-    from cnndsl.cli import main
+    from cnndsl.tools.cli import main
 
     out = tmp_path / "lenet5_jax.py"
     assert main(["compile", "lenet5", "--backend", "jax", "-o", str(out)]) == 0
@@ -396,7 +396,7 @@ def test_train_lenet5_on_digits_with_jax_reaches_95_percent():
     pytest.importorskip("sklearn")
     import io
 
-    from cnndsl.train import train
+    from cnndsl.train.torch_loop import train
 
     log = io.StringIO()
     acc = train("lenet5", data="digits", backend="jax", out=log)

@@ -13,8 +13,8 @@ import pytest
 pygments = pytest.importorskip("pygments")
 from pygments.token import Comment, Error, Keyword, Name, Number
 
-from cnndsl.lexer import CnnLexer
-from cnndsl.loader import _zoo_dir, zoo_files
+from cnndsl.front.loader import _zoo_dir, zoo_files
+from cnndsl.tools.lexer import CnnLexer
 
 EDITORS = Path(__file__).resolve().parent.parent / "editors"
 

@@ -26,11 +26,10 @@ from pathlib import Path
 import pytest
 
 import cnndsl
-from cnndsl import CnnDslError, cli, syntax
+from cnndsl import CnnDslError
 from cnndsl.errors import CnnLimitError, Source
-from cnndsl.ir import Graph
-from cnndsl.passes.limits import MAX_ACTIVATIONS, MAX_PARAMS, MAX_SPATIAL, MAX_TENSOR, SizeLimits
-from cnndsl.syntax import (
+from cnndsl.front import syntax
+from cnndsl.front.syntax import (
     MAX_BRANCHES,
     MAX_EXPRESSION_TOKENS,
     MAX_LABELS,
@@ -42,6 +41,9 @@ from cnndsl.syntax import (
     MAX_USES,
     scan,
 )
+from cnndsl.ir.graph import Graph
+from cnndsl.passes.limits import MAX_ACTIVATIONS, MAX_PARAMS, MAX_SPATIAL, MAX_TENSOR, SizeLimits
+from cnndsl.tools import cli
 
 resolve = importlib.import_module("cnndsl.passes.resolve")  # the module (cnndsl.passes.resolve is the function)
 
@@ -173,7 +175,7 @@ def work(monkeypatch) -> Work:
 @pytest.fixture(scope="module", autouse=True)
 def _warm_parser():
     """Build the parser and read the zoo's index (which loading a file consults) before counting anything."""
-    from cnndsl.loader import zoo_index
+    from cnndsl.front.loader import zoo_index
 
     cnndsl.loads("network warm: input 1x4x4 conv3-1")
     zoo_index()
@@ -340,7 +342,7 @@ def test_zoo_files_stay_far_below_the_text_limits():
 
 def test_the_largest_expansion_stays_below_the_token_limit(zoo):
     """`cnndsl expand` of the zoo's largest network (its every layer written out) still loads."""
-    from cnndsl.expand import expand
+    from cnndsl.report.expand import expand
 
     counts = scan(Source("expanded", expand(zoo("inception_resnet_v2"))))
     assert counts.tokens < MAX_TOKENS // 1.5 and counts.labels < MAX_LABELS // 10
@@ -370,8 +372,8 @@ def test_choices_are_not_taken_by_the_pre_check():
         asked.append(choice.span.col)
         return 0
 
-    from cnndsl.loader import Library
-    from cnndsl.syntax import parse
+    from cnndsl.front.loader import Library
+    from cnndsl.front.syntax import parse
 
     line = "b({2|3}) conv3-{4|8} x{1..3}"
     lib = Library.from_module(parse("block b(n): relu x{n}\n" + HEAD + line))

@@ -12,7 +12,7 @@ import pytest
 
 pytest.importorskip("pygls")
 
-from cnndsl.lsp import analyse
+from cnndsl.tools.lsp import analyse
 
 DOC = """\
 network t: input 3x32x32
@@ -216,7 +216,7 @@ def test_the_reader_bounds_what_it_buffers():
     """Unit level: 4 MiB of garbage is skipped holding little of it at a time; the frames after it come whole."""
     import io
 
-    from cnndsl.lsp import MAX_HEADER_LINE, FramedReader
+    from cnndsl.tools.lsp import MAX_HEADER_LINE, FramedReader
 
     held: list[int] = []
 

@@ -26,15 +26,16 @@ import torch.nn.functional as F
 from cnndsl.backends.flax import torch_to_flax
 
 import cnndsl
-from cnndsl import CnnDslError, graphviz
-from cnndsl.arch_hash import arch_hash
-from cnndsl.expand import expand
-from cnndsl.loader import Library
-from cnndsl.network import Network
-from cnndsl.ops import OPS
+from cnndsl import CnnDslError
+from cnndsl.front.loader import Library
+from cnndsl.front.syntax import parse
+from cnndsl.ir.network import Network
+from cnndsl.ir.ops import OPS
 from cnndsl.passes import PIPELINE, SizeLimits, resolve
-from cnndsl.pipeline import inference_network
-from cnndsl.syntax import parse
+from cnndsl.passes.pipeline import inference_network
+from cnndsl.report import graphviz
+from cnndsl.report.expand import expand
+from cnndsl.search.arch_hash import arch_hash
 
 ATOL = 1e-5
 

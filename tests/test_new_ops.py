@@ -14,8 +14,10 @@ nnx = pytest.importorskip("flax.nnx")
 import torch.nn.functional as F
 
 import cnndsl
-from cnndsl import CnnDslError, graphviz, vocabulary
-from cnndsl.expand import expand
+from cnndsl import CnnDslError
+from cnndsl.ir import vocabulary
+from cnndsl.report import graphviz
+from cnndsl.report.expand import expand
 
 ATOL = 1e-5
 

@@ -14,15 +14,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cnndsl.loader import zoo_index
+from cnndsl.front.loader import zoo_index
 
 torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
 import cnndsl
-from cnndsl.cli import main
-from cnndsl.onnx_export import INPUT_NAME, OUTPUT_NAME, export_onnx, to_onnx
+from cnndsl.tools.cli import main
+from cnndsl.tools.onnx_export import INPUT_NAME, OUTPUT_NAME, export_onnx, to_onnx
 
 RTOL = 1e-4
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 import cnndsl
-from cnndsl import ops, vocabulary
-from cnndsl.editors import GRAMMAR_FILE, textmate_grammar
-from cnndsl.ops import FACTS, OPS, Family, FlatOrder, Op, Saved
+from cnndsl.ir import ops, vocabulary
+from cnndsl.ir.ops import FACTS, OPS, Family, FlatOrder, Op, Saved
+from cnndsl.tools.editors import GRAMMAR_FILE, textmate_grammar
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "cnndsl"
@@ -74,18 +74,18 @@ def test_facts_agree_with_the_op_semantics():
 
 def test_checked_in_textmate_grammar_is_the_generated_one():
     path = ROOT / "editors" / GRAMMAR_FILE
-    assert path.read_bytes() == textmate_grammar().encode("utf-8"), "run: python -m cnndsl.editors"
-    r = subprocess.run([sys.executable, "-m", "cnndsl.editors", "--check", str(path.parent)], capture_output=True,
+    assert path.read_bytes() == textmate_grammar().encode("utf-8"), "run: python -m cnndsl.tools.editors"
+    r = subprocess.run([sys.executable, "-m", "cnndsl.tools.editors", "--check", str(path.parent)], capture_output=True,
                        text=True, check=False)
     assert r.returncode == 0, r.stderr
 
 
 def test_editors_check_reports_a_stale_grammar(tmp_path):
     (tmp_path / GRAMMAR_FILE).write_text("{}\n")
-    r = subprocess.run([sys.executable, "-m", "cnndsl.editors", "--check", str(tmp_path)], capture_output=True,
+    r = subprocess.run([sys.executable, "-m", "cnndsl.tools.editors", "--check", str(tmp_path)], capture_output=True,
                        text=True, check=False)
     assert r.returncode == 1 and "out of date" in r.stderr
-    r = subprocess.run([sys.executable, "-m", "cnndsl.editors", str(tmp_path)], capture_output=True, text=True,
+    r = subprocess.run([sys.executable, "-m", "cnndsl.tools.editors", str(tmp_path)], capture_output=True, text=True,
                        check=False)
     assert r.returncode == 0 and (tmp_path / GRAMMAR_FILE).read_text() == textmate_grammar()
 
@@ -106,7 +106,7 @@ def test_lexer_highlights_the_same_words():
     pytest.importorskip("pygments")
     from pygments.token import Keyword, Name
 
-    from cnndsl.lexer import CnnLexer
+    from cnndsl.tools.lexer import CnnLexer
 
     for word in vocabulary.layer_words():
         toks = [(t, v) for t, v in CnnLexer().get_tokens(f"{word}3 ") if v.strip()]
@@ -127,7 +127,7 @@ def test_no_module_outside_the_registry_names_an_op(module):
     if module in DEFERRED:
         pytest.skip(f"deferred: {DEFERRED[module]}")
     named = {s for s in _op_strings(PACKAGE / module) if (module, s) not in NOT_AN_OP}
-    assert named == set(), f"{module} names ops {sorted(named)}: read the fact from cnndsl.ops instead"
+    assert named == set(), f"{module} names ops {sorted(named)}: read the fact from cnndsl.ir.ops instead"
 
 
 def test_torch_builds_a_module_exactly_for_the_torch_module_ops():

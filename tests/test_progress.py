@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from cnndsl.cli import main
 from cnndsl.progress import progress, working
+from cnndsl.tools.cli import main
 
 
 class _Terminal(io.TextIOWrapper):

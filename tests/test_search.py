@@ -8,8 +8,8 @@ import io
 import pytest
 
 import cnndsl
-from cnndsl.cli import main
-from cnndsl.variants import Limits, Space
+from cnndsl.search.variants import Limits, Space
+from cnndsl.tools.cli import main
 
 optuna = pytest.importorskip("optuna")
 pytest.importorskip("torch")
@@ -76,16 +76,16 @@ def test_cli_search_writes_results_and_a_best_architecture_that_compiles(tiny, t
 
 @pytest.mark.parametrize("limit", [{"max_params": 1000}, {"max_activations": 2000}])
 def test_constraints_prune_exactly_the_violating_trials_without_training_them(tiny, monkeypatch, limit):
-    import cnndsl.train
+    import cnndsl.train.torch_loop
 
     trained = []
-    real_train = cnndsl.train.train
+    real_train = cnndsl.train.torch_loop.train
 
     def recording_train(net, *args, **kwargs):
         trained.append(net)
         return real_train(net, *args, **kwargs)
 
-    monkeypatch.setattr(cnndsl.train, "train", recording_train)
+    monkeypatch.setattr(cnndsl.train.torch_loop, "train", recording_train)
     result = cnndsl.search(tiny, trials=6, epochs=1, sampler="random", seed=3, pruner="none",
                            limits=Limits(**limit))
     (what, bound), = limit.items()
@@ -127,7 +127,7 @@ def test_best_cnn_keeps_the_input_size_and_parameters_the_search_trained_with(ti
 def test_two_workers_share_one_study_and_its_best_trains_to_the_reported_accuracy(tiny, tmp_path):
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 
-    from cnndsl.train import train
+    from cnndsl.train.torch_loop import train
 
     out = tmp_path / "shared"
     result = cnndsl.search(tiny, trials=6, epochs=1, workers=2, out=out, study="two")

@@ -25,12 +25,12 @@ import pytest
 from test_search import read_rows
 
 import cnndsl
-from cnndsl.cli import main
+from cnndsl.tools.cli import main
 
 optuna = pytest.importorskip("optuna")
 pytest.importorskip("torch")
 pytest.importorskip("sklearn")
-search_module = importlib.import_module("cnndsl.search")  # (cnndsl.search is also the API function)
+search_module = importlib.import_module("cnndsl.search.study")  # (cnndsl.search.study is also the API function)
 
 ROOT = Path(__file__).resolve().parents[1]
 # Four members at 8x8 (see test_search.py): small and fast to train.
@@ -264,7 +264,7 @@ RACER = """
 import importlib, os, sys, time
 import optuna
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-search = importlib.import_module("cnndsl.search")
+search = importlib.import_module("cnndsl.search.study")
 go, urls = sys.argv[1], sys.argv[2:]
 open(f"{go}.{os.getpid()}", "w").close()
 while not os.path.exists(go):

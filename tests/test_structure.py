@@ -21,9 +21,9 @@ from test_zoo_classic import network_lines
 import cnndsl
 from cnndsl import CnnDslError
 from cnndsl.errors import CnnLimitError, Source
-from cnndsl.expand import expand
-from cnndsl.loader import Library
-from cnndsl.syntax import MAX_NESTING, parse, scan
+from cnndsl.front.loader import Library
+from cnndsl.front.syntax import MAX_NESTING, parse, scan
+from cnndsl.report.expand import expand
 
 ZOO = Path(__file__).parents[1] / "networks"
 resolve = importlib.import_module("cnndsl.passes.resolve")  # the module (cnndsl.passes.resolve is the function)
@@ -369,7 +369,7 @@ def test_the_lexer_reads_the_new_constructs():
     pytest.importorskip("pygments")
     from pygments.token import Error, Keyword, Name
 
-    from cnndsl.lexer import CnnLexer
+    from cnndsl.tools.lexer import CnnLexer
 
     zoo_text = "".join((ZOO / f"{family}.cnn").read_text() for family in ("regnet", "shufflenet"))
     tokens = [(t, v) for t, v in CnnLexer().get_tokens(zoo_text + EVERYTHING + " @trunk_output.block2.block2-1\n") if v.strip()]

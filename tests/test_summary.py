@@ -8,8 +8,8 @@ import re
 import pytest
 
 import cnndsl
-from cnndsl.cli import main
-from cnndsl.summary import paper_table, rows, saved_for_backward, table
+from cnndsl.report.summary import paper_table, rows, saved_for_backward, table
+from cnndsl.tools.cli import main
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +129,7 @@ def test_rich_table_renders():
     pytest.importorskip("rich")
     from rich.console import Console
 
-    from cnndsl.summary import rich_table
+    from cnndsl.report.summary import rich_table
 
     buf = io.StringIO()
     Console(file=buf, width=140).print(rich_table(cnndsl.load("lenet5")))
@@ -141,7 +141,7 @@ def test_jupyter_reprs():
     html = net._repr_html_()
     assert html.startswith("<div>") and "Output Shape" in html
     svg = net._repr_svg_()
-    from cnndsl.graphviz import available
+    from cnndsl.report.graphviz import available
 
     assert (svg is None) != available() and (svg is None or "<svg" in svg)
 

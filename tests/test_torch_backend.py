@@ -18,7 +18,7 @@ from conftest import assert_ruff_clean, check_golden
 
 import cnndsl
 from cnndsl import api
-from cnndsl.loader import zoo_index
+from cnndsl.front.loader import zoo_index
 
 torch = pytest.importorskip("torch")
 
@@ -262,7 +262,7 @@ def test_output_is_identical_across_hash_seeds():
 
 
 def test_cli_compile_writes_whole_file_and_reports_errors(tmp_path):
-    from cnndsl.cli import main
+    from cnndsl.tools.cli import main
 
     out = tmp_path / "lenet.py"
     out.write_text("old")
@@ -277,7 +277,7 @@ def test_cli_compile_writes_whole_file_and_reports_errors(tmp_path):
 
 def test_lenet5_learns_digits_quickly():
     pytest.importorskip("sklearn")
-    from cnndsl.train import train
+    from cnndsl.train.torch_loop import train
 
     out = io.StringIO()
     acc = train("lenet5", data="digits", out=out)

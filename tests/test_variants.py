@@ -9,10 +9,10 @@ import networkx as nx
 import pytest
 
 import cnndsl
-from cnndsl.arch_hash import arch_hash, canonical_graph
-from cnndsl.cli import main
-from cnndsl.loader import zoo_index
-from cnndsl.variants import Limits, Space, Tally, variants
+from cnndsl.front.loader import zoo_index
+from cnndsl.search.arch_hash import arch_hash, canonical_graph
+from cnndsl.search.variants import Limits, Space, Tally, variants
+from cnndsl.tools.cli import main
 
 SHIPPED = {"resnet_cifar": 3 ** 4, "inception": 2 ** 5 * (2 + 2), "nb201": 5 ** 6}
 
@@ -222,7 +222,7 @@ HUGE = "network huge: input 1x8x8\n    " + " ".join("conv1-{4|8}" for _ in range
 
 
 def test_enumerating_a_huge_space_is_refused_unless_limited(tmp_path, capsys):
-    variants_module = importlib.import_module("cnndsl.variants")  # (cnndsl.variants is also the function)
+    variants_module = importlib.import_module("cnndsl.search.variants")  # (cnndsl.search.variants is also the function)
 
     path = tmp_path / "huge.cnn"
     path.write_text(HUGE)
@@ -249,7 +249,7 @@ def test_enumerating_a_huge_space_is_refused_unless_limited(tmp_path, capsys):
 
 
 def test_a_space_counted_by_enumeration_is_refused_once_past_the_limit(tmp_path, monkeypatch):
-    variants_module = importlib.import_module("cnndsl.variants")  # (cnndsl.variants is also the function)
+    variants_module = importlib.import_module("cnndsl.search.variants")  # (cnndsl.search.variants is also the function)
 
     # the block's choice is reached from two choices: no tree, so the members are counted by enumerating them
     text = "block b: conv3-{4|8}\nnetwork nt: input 1x8x8\n    choice< b | relu > choice< b | relu > gap fc-10\n"

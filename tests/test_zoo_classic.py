@@ -15,8 +15,8 @@ import pytest
 from conftest import peer_fixture
 
 import cnndsl
-from cnndsl import syntax as ast
-from cnndsl.loader import zoo_library
+from cnndsl.front import syntax as ast
+from cnndsl.front.loader import zoo_library
 
 ZOO = Path(__file__).parent.parent / "networks"
 

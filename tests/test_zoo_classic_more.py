@@ -15,7 +15,7 @@ from conftest import peer_fixture
 from test_structure import torch_state
 
 import cnndsl
-from cnndsl.expand import expand
+from cnndsl.report.expand import expand
 
 CLASSIFIERS = ("densenet121", "densenet161", "densenet169", "densenet201", "squeezenet1_0", "squeezenet1_1",
                "resnext50_32x4d", "resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2",

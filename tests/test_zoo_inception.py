@@ -15,9 +15,9 @@ import pytest
 from conftest import peer_fixture
 
 import cnndsl
-from cnndsl import syntax as ast
-from cnndsl.ir import Graph
-from cnndsl.loader import zoo_library
+from cnndsl.front import syntax as ast
+from cnndsl.front.loader import zoo_library
+from cnndsl.ir.graph import Graph
 
 
 def _cna(k, cin: int, cout: int) -> int:

@@ -8,14 +8,14 @@ layer that crosses one, before any backend allocates anything.
 
 from __future__ import annotations
 
-from .check import check
-from .count import count
-from .fold_bn import fold_bn
-from .infer_shapes import infer_shapes
-from .limits import SizeLimits
-from .resolve import resolve
-from .resolve_shortcuts import resolve_shortcuts
-from .strip_training import strip_training
+from cnndsl.passes.check import check
+from cnndsl.passes.count import count
+from cnndsl.passes.fold_bn import fold_bn
+from cnndsl.passes.infer_shapes import infer_shapes
+from cnndsl.passes.limits import SizeLimits
+from cnndsl.passes.resolve import resolve
+from cnndsl.passes.resolve_shortcuts import resolve_shortcuts
+from cnndsl.passes.strip_training import strip_training
 
 #: Passes run after ``resolve``, in order; each takes the graph, a warnings list and the size limits (None: not
 #: checked).

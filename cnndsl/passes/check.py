@@ -6,8 +6,8 @@ would be computed and thrown away), and the graph must be well formed.
 
 from __future__ import annotations
 
-from ..errors import CnnDslError, CnnDslWarning
-from ..ir import Graph
+from cnndsl.errors import CnnDslError, CnnDslWarning
+from cnndsl.ir.graph import Graph
 
 
 def check(g: Graph, warnings: list[CnnDslWarning] | None = None, limits=None) -> Graph:

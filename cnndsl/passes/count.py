@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import math
 
-from ..ir import Graph
-from ..ops import OPS
-from .limits import SizeLimits, Totals
+from cnndsl.ir.graph import Graph
+from cnndsl.ir.ops import OPS
+from cnndsl.passes.limits import SizeLimits, Totals
 
 
 def count(g: Graph, warnings=None, limits: SizeLimits | None = None) -> Graph:

@@ -19,7 +19,7 @@ stale: run ``count`` after it.
 
 from __future__ import annotations
 
-from ..ir import Graph
+from cnndsl.ir.graph import Graph
 
 
 def fold_bn(g: Graph, warnings=None) -> Graph:

@@ -11,10 +11,10 @@ collects warnings (a stride that does not fit).
 
 from __future__ import annotations
 
-from ..errors import CnnDslWarning
-from ..ir import Graph
-from ..ops import OPS
-from .limits import SizeLimits, check_shape
+from cnndsl.errors import CnnDslWarning
+from cnndsl.ir.graph import Graph
+from cnndsl.ir.ops import OPS
+from cnndsl.passes.limits import SizeLimits, check_shape
 
 
 def infer_shapes(g: Graph, warnings: list[CnnDslWarning] | None = None, limits: SizeLimits | None = None) -> Graph:

@@ -11,7 +11,7 @@ parameters), U-Net (182,717,488 activation values, 20,793,600 in its largest act
 U-Net's 572x572 input. Raise them with ``cnndsl.load(net, limits={"params": 10**12})`` (or a
 :class:`SizeLimits`), or on the command line with ``--max-params N`` and its siblings.
 
-(Not to be confused with :class:`cnndsl.variants.Limits`, which leaves the members of a search
+(Not to be confused with :class:`cnndsl.search.variants.Limits`, which leaves the members of a search
 space over a size out of a search.)
 """
 
@@ -24,7 +24,7 @@ from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, fields, replace
 
-from ..errors import CnnLimitError, Span
+from cnndsl.errors import CnnLimitError, Span
 
 MAX_PARAMS = 10**11  # trainable parameters of one network (400 GB of float32); VGG-19 has 1.4e8
 MAX_ACTIVATIONS = 10**11  # values one forward pass allocates, all layers together; U-Net's are 1.8e8

@@ -15,8 +15,8 @@ Naming (what the backends turn into module names; docs/language.md "Names" has t
   unlabelled layers are named by op and a counter (``conv1``, ``bn1``, ``relu1``);
 - unlabelled groups, repeats and tables name their steps in the enclosing scope.
 
->>> from cnndsl.syntax import parse
->>> from cnndsl.loader import Library
+>>> from cnndsl.front.syntax import parse
+>>> from cnndsl.front.loader import Library
 >>> lib = Library.from_module(parse('network t: input 1x8x8  conv3-4 relu fc: fc-10'))
 >>> [n.name for n in resolve(lib, "t").nodes()]
 ['input', 'conv1', 'relu1', 'fc']
@@ -33,12 +33,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from .. import syntax as ast
-from ..errors import CnnArgumentError, CnnDslError, CnnLimitError, CnnNameError, CnnShapeError, Span
-from ..ir import Graph, Scope
-from ..ops import COMBINATORS, OPS, lookup, spellings
-from ..syntax import MAX_NAME_LENGTH, MAX_NUMBER
-from ..vocabulary import activation_words, layer_words
+from cnndsl.errors import CnnArgumentError, CnnDslError, CnnLimitError, CnnNameError, CnnShapeError, Span
+from cnndsl.front import syntax as ast
+from cnndsl.front.syntax import MAX_NAME_LENGTH, MAX_NUMBER
+from cnndsl.ir.graph import Graph, Scope
+from cnndsl.ir.ops import COMBINATORS, OPS, lookup, spellings
+from cnndsl.ir.vocabulary import activation_words, layer_words
 
 MAX_NODES = 100_000
 MAX_LOOKUPS = 100_000  # references (@name) followed while building one network, block instances included
@@ -89,7 +89,7 @@ def evaluate(expr: ast.Expr, env: dict[str, Any], choose: Callable[[ast.Choice],
 
     ``and``, ``or`` and ``a if c else b`` evaluate only the operands they need, as Python does.
 
-    >>> from cnndsl.syntax import parse
+    >>> from cnndsl.front.syntax import parse
     >>> value = parse("network t(c=24): input 3x8x8 conv3-{max(8, c // 4) if c > 16 else c}").networks[0]
     >>> evaluate(value.body.steps[0].term.channels, {"c": 24})
     8

@@ -9,9 +9,9 @@ A rewriting pass: run ``infer_shapes`` again afterwards.
 
 from __future__ import annotations
 
-from ..errors import CnnShapeError
-from ..ir import Graph, Scope
-from ..ops import OPS
+from cnndsl.errors import CnnShapeError
+from cnndsl.ir.graph import Graph, Scope
+from cnndsl.ir.ops import OPS
 
 
 def resolve_shortcuts(g: Graph, warnings=None, limits=None) -> Graph:

@@ -12,8 +12,8 @@ counts stale: run ``count`` after it.
 
 from __future__ import annotations
 
-from ..ir import Graph
-from ..ops import Dropout, DropPath
+from cnndsl.ir.graph import Graph
+from cnndsl.ir.ops import Dropout, DropPath
 
 #: The ops that are the identity in eval mode: an inference build leaves them out.
 TRAINING_ONLY = frozenset({Dropout.name, DropPath.name})

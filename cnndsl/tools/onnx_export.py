@@ -28,12 +28,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .backends.torch import build as build_torch
-from .errors import CnnDslError
-from .files import check_writable, write_atomic
-from .network import Network
-from .pipeline import inference_network, load
-from .version import __version__
+from cnndsl.backends.torch import build as build_torch
+from cnndsl.errors import CnnDslError
+from cnndsl.files import check_writable, write_atomic
+from cnndsl.ir.network import Network
+from cnndsl.passes.pipeline import inference_network, load
+from cnndsl.version import __version__
 
 DEFAULT_OPSET = 17  # supported by the TorchScript exporter and by onnxruntime 1.16 and later
 INPUT_NAME, OUTPUT_NAME = "input", "output"
@@ -58,7 +58,7 @@ def to_onnx(net: str | Network, *, input_shape: tuple[int, ...] | None = None, b
     ``input_shape`` overrides the network's input (C x H x W); ``params`` set network parameters.
     The weights are ``state_dict`` when given, else PyTorch's initialisation under ``seed`` (so the
     same arguments give the same bytes). ``inference=True`` exports the inference build (batch norms
-    folded into the convolutions, see :func:`cnndsl.pipeline.inference_network`). ``batch`` is the batch
+    folded into the convolutions, see :func:`cnndsl.passes.pipeline.inference_network`). ``batch`` is the batch
     size of the example traced; with ``dynamic_batch`` the file accepts any batch size.
     Raises :class:`cnndsl.CnnDslError` when the network is wrong or cannot be exported.
     """

@@ -1,10 +1,10 @@
-"""``cnndsl train NET --backend jax``: the training loop of :mod:`cnndsl.train` on the generated JAX model.
+"""``cnndsl train NET --backend jax``: the training loop of :mod:`cnndsl.train.torch_loop` on the generated JAX model.
 
 Same data, split, normalisation and recipe as the torch path (SGD with momentum 0.9 and
 weight decay 5e-4 via optax, the learning rate divided by 10 at 2/3 of the epochs,
 cross-entropy plus 0.3 x each auxiliary head's), one jitted step per batch, batch norm
 statistics carried between steps. Frozen layers (``freeze(...)``) are not updated.
-Nothing here imports torch: the data comes from :func:`cnndsl.train_data.load_data` as NumPy arrays.
+Nothing here imports torch: the data comes from :func:`cnndsl.train.data.load_data` as NumPy arrays.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from .backends.jax import build as build_jax
-from .network import Network
-from .train_data import classified_network, digits_arrays, load_data, require, split_indices
+from cnndsl.backends.jax import build as build_jax
+from cnndsl.ir.network import Network
+from cnndsl.train.data import classified_network, digits_arrays, load_data, require, split_indices
 
 
 def digits_images() -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -26,7 +26,7 @@ def digits_images() -> tuple[np.ndarray, np.ndarray, list[str]]:
 
 
 def fit_input(x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """Images (N, C, h, w) to the network's NHWC input, as :func:`cnndsl.train.fit_input` does.
+    """Images (N, C, h, w) to the network's NHWC input, as :func:`cnndsl.train.torch_loop.fit_input` does.
 
     Bilinear resizing with half-pixel centres (PyTorch's ``align_corners=False``), channels
     averaged then replicated; a flat input takes the first pixels (zero-padded if short).
@@ -61,7 +61,7 @@ def train_jax(net: str | Network, data: str = "digits", epochs: int | None = Non
               batch_size: int = 32, lr: float = 0.05, out=None, on_epoch=None, **params: Any) -> float:
     """Train ``net`` with the JAX backend and return the test accuracy (printed last, as the torch path does).
 
-    ``on_epoch(epoch, epochs, test_accuracy)`` is called after every epoch, as in :func:`cnndsl.train.train`.
+    ``on_epoch(epoch, epochs, test_accuracy)`` is called after every epoch, as in :func:`cnndsl.train.torch_loop.train`.
     """
     jax = require("jax", "training with the JAX backend", "JAX", "pip install 'cnndsl[jax]'")
     jnp = require("jax.numpy", "training with the JAX backend", "JAX", "pip install 'cnndsl[jax]'")

@@ -43,14 +43,14 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from . import syntax as ast
-from .arch_hash import HashRegistry
-from .errors import CnnArgumentError, CnnDslError, CnnNameError
-from .loader import Library, open_net, read_text
-from .network import Network
-from .passes.resolve import Resolver
-from .pipeline import build
-from .progress import progress as progress_bar
+from cnndsl.errors import CnnArgumentError, CnnDslError, CnnNameError
+from cnndsl.front import syntax as ast
+from cnndsl.front.loader import Library, open_net, read_text
+from cnndsl.ir.network import Network
+from cnndsl.passes.pipeline import build
+from cnndsl.passes.resolve import Resolver
+from cnndsl.progress import progress as progress_bar
+from cnndsl.search.arch_hash import HashRegistry
 
 SPACES_PACKAGE = "cnndsl.networks"
 SPACES_DIR = "spaces"
@@ -400,7 +400,7 @@ class Space:
         return self._with_overrides(text, net)
 
     def _with_overrides(self, text: str, net: Network | None) -> str:
-        from .expand import expand
+        from cnndsl.report.expand import expand
 
         decl = next((d for d in ast.parse(text, "member.cnn").networks if d.name == self.network), None)
         if not isinstance(decl, ast.Network):
@@ -430,7 +430,7 @@ class Space:
         if any(k not in here for k in choices):
             if net is None:
                 return ""
-            from .expand import expand
+            from cnndsl.report.expand import expand
 
             return expand(net)
         text, starts = main.text, _offsets(main.text)

@@ -19,7 +19,7 @@ from importlib import resources
 import lark
 from lark import Lark, Token, Transformer, v_args
 
-from .errors import CnnLimitError, CnnSyntaxError, Source, Span
+from cnndsl.errors import CnnLimitError, CnnSyntaxError, Source, Span
 
 MAX_NESTING = 64
 MAX_RANGE = 10_000

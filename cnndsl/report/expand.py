@@ -15,9 +15,9 @@ network t: input 1x8x8
 
 from __future__ import annotations
 
-from .network import Network, fmt_shape
-from .ops import COMBINATORS, Input
-from .passes.resolve import OPERAND_COMBINATORS
+from cnndsl.ir.network import Network, fmt_shape
+from cnndsl.ir.ops import COMBINATORS, Input
+from cnndsl.passes.resolve import OPERAND_COMBINATORS
 
 #: Ops of two operands written as a combinator after their first: ``@x  name: scale< @gate >``.
 WRITTEN_AS = {op: combinator for combinator, op in OPERAND_COMBINATORS.items()}

@@ -23,10 +23,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import CnnDslError
-from .ir import Node, scope_of
-from .network import Network, human, register_report
-from .ops import Concat, Family, Input
+from cnndsl.errors import CnnDslError
+from cnndsl.ir.graph import Node, scope_of
+from cnndsl.ir.network import Network, human, register_report
+from cnndsl.ir.ops import Concat, Family, Input
 
 FORMATS = ("svg", "png", "pdf", "dot")
 

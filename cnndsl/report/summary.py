@@ -9,7 +9,7 @@ its paper's table: the layer-by-layer listing of the VGG case study ("CONV3-64:
 GoogLeNet Table 1 layout for networks built of inception blocks.
 
 What is saved for backward follows what PyTorch's autograd keeps in training
-mode, as each op declares it (``Op.saves`` in :mod:`cnndsl.ops`): conv, deconv,
+mode, as each op declares it (``Op.saves`` in :mod:`cnndsl.ir.ops`): conv, deconv,
 fc and batch norm keep their input; ReLU, sigmoid, tanh and softmax their output;
 max pooling its input and its argmax indices; dropout its mask; LRN its input and
 output. A tensor kept by several layers counts once, on the layer that produced it.
@@ -22,10 +22,10 @@ import os
 import sys
 from dataclasses import dataclass
 
-from .errors import CnnDslError
-from .ir import scope_of
-from .network import BYTES_PER_VALUE, Network, fmt_shape, human, register_report
-from .ops import Family, Input, Saved
+from cnndsl.errors import CnnDslError
+from cnndsl.ir.graph import scope_of
+from cnndsl.ir.network import BYTES_PER_VALUE, Network, fmt_shape, human, register_report
+from cnndsl.ir.ops import Family, Input, Saved
 
 _PER_OUTPUT_VALUE = (Saved.INDICES, Saved.MASK)  # kept as one value per output value
 

@@ -1,10 +1,10 @@
-"""The TextMate grammar for .cnn files (VS Code and other editors), generated from :mod:`cnndsl.vocabulary`.
+"""The TextMate grammar for .cnn files (VS Code and other editors), generated from :mod:`cnndsl.ir.vocabulary`.
 
 ``editors/cnn.tmLanguage.json`` is this module's output, checked in; regenerate it after adding
 an op or a keyword, from the repository root::
 
-    python -m cnndsl.editors            # rewrite editors/cnn.tmLanguage.json
-    python -m cnndsl.editors --check    # exit 1 if it is out of date
+    python -m cnndsl.tools.editors            # rewrite editors/cnn.tmLanguage.json
+    python -m cnndsl.tools.editors --check    # exit 1 if it is out of date
 
 A test checks that the checked-in file is byte for byte what :func:`textmate_grammar` returns.
 
@@ -20,7 +20,7 @@ import json
 import sys
 from pathlib import Path
 
-from .vocabulary import COMBINATORS, EXPRESSION_WORDS, KEYWORDS, LAYER_FOLLOWS, flag_words, layer_words
+from cnndsl.ir.vocabulary import COMBINATORS, EXPRESSION_WORDS, KEYWORDS, LAYER_FOLLOWS, flag_words, layer_words
 
 GRAMMAR_FILE = "cnn.tmLanguage.json"
 _NAME = r"[A-Za-z_][A-Za-z0-9_]*(?:\.(?:[A-Za-z_][A-Za-z0-9_]*|[0-9]+))*"  # a label or a dotted reference
@@ -75,7 +75,7 @@ def textmate_grammar() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Write (or with ``--check``, compare) the grammar in DIR (``editors`` by default); 1 when out of date."""
-    p = argparse.ArgumentParser(prog="python -m cnndsl.editors", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m cnndsl.tools.editors", description=__doc__.split("\n")[0])
     p.add_argument("dir", nargs="?", default="editors", help="the editors/ folder (default: ./editors)")
     p.add_argument("--check", action="store_true", help="only check that the file is up to date")
     args = p.parse_args(argv)
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     current = path.read_text(encoding="utf-8") if path.exists() else None
     if args.check:
         if current != text:
-            print(f"{path} is out of date: run python -m cnndsl.editors", file=sys.stderr)
+            print(f"{path} is out of date: run python -m cnndsl.tools.editors", file=sys.stderr)
             return 1
         return 0
     if current != text:

@@ -25,8 +25,8 @@ from typing import Any
 
 import networkx as nx
 
-from .errors import CnnDslError, CnnNameError, Span
-from .ops import OPS
+from cnndsl.errors import CnnDslError, CnnNameError, Span
+from cnndsl.ir.ops import OPS
 
 
 @dataclass

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from .errors import CnnArgumentError, CnnDslWarning, CnnLimitError, CnnShapeError, Span
+from cnndsl.errors import CnnArgumentError, CnnDslWarning, CnnLimitError, CnnShapeError, Span
 
 Shape = tuple[int, ...]
 Warn = Callable[[CnnDslWarning], None]

@@ -10,9 +10,9 @@ import argparse
 import re
 import sys
 
-from . import api
-from .errors import CnnDslError
-from .files import write_atomic
+from cnndsl import api
+from cnndsl.errors import CnnDslError
+from cnndsl.files import write_atomic
 
 EPILOG = "NET is a zoo name (see `cnndsl list`), a .cnn file, or FILE.cnn:NETWORK."
 
@@ -23,7 +23,7 @@ def _shape(text: str) -> tuple[int, ...]:
     As in the language: decimal sizes (leading zeros allowed), each at least 1 and at most
     ``syntax.MAX_NUMBER``; anything else (``3x16``, ``0x8x8``, ``3X8X8``) is a usage error.
     """
-    from .syntax import MAX_NUMBER
+    from cnndsl.front.syntax import MAX_NUMBER
 
     forms = "C (a flat vector, such as 64) or CxHxW (such as 3x224x224)"
     if not re.fullmatch(r"[0-9]+(x[0-9]+)*", text, re.ASCII):
@@ -77,7 +77,7 @@ def cmd_summary(args) -> int:
     if args.paper:
         print(net.summary("paper"))
     elif args.format == "table":
-        from .summary import print_table
+        from cnndsl.report.summary import print_table
 
         print_table(net, args.depth)
     else:
@@ -86,15 +86,15 @@ def cmd_summary(args) -> int:
 
 
 def cmd_expand(args) -> int:
-    from .expand import expand
+    from cnndsl.report.expand import expand
 
     sys.stdout.write(expand(_load(args)))
     return 0
 
 
 def cmd_graph(args) -> int:
-    from .graphviz import render
-    from .progress import working
+    from cnndsl.progress import working
+    from cnndsl.report.graphviz import render
 
     net = _load(args)
     with working(f"drawing {net.name}"):
@@ -104,8 +104,8 @@ def cmd_graph(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from .onnx_export import export_onnx
-    from .progress import working
+    from cnndsl.progress import working
+    from cnndsl.tools.onnx_export import export_onnx
 
     net = _load(args)
     with working(f"exporting {net.name} to ONNX"):
@@ -115,14 +115,14 @@ def cmd_export(args) -> int:
 
 
 def cmd_lsp(args) -> int:
-    from .lsp import main as serve
+    from cnndsl.tools.lsp import main as serve
 
     return serve()
 
 
 def cmd_list(args) -> int:
-    from .loader import zoo_index
-    from .progress import progress
+    from cnndsl.front.loader import zoo_index
+    from cnndsl.progress import progress
 
     rows = []
     for name, file in progress(zoo_index().items(), "loading the zoo", total=len(zoo_index()), unit="net"):
@@ -149,7 +149,7 @@ def cmd_train(args) -> int:
     params = _params(args.param)
     if args.epochs is not None and args.epochs < 1:
         raise argparse.ArgumentTypeError(f"argument --epochs: expected at least 1, got {args.epochs}")
-    from .train import train
+    from cnndsl.train.torch_loop import train
 
     train(args.net, data=args.data, epochs=args.epochs, backend=args.backend, **params)
     return 0
@@ -161,7 +161,7 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def net_cmd(name, func, help_):
-        from .passes import limits
+        from cnndsl.passes import limits
 
         sp = sub.add_parser(name, help=help_, description=help_, epilog=EPILOG)
         sp.add_argument("net", metavar="NET")
@@ -202,7 +202,7 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("-o", "--output", required=True, metavar="FILE", help="FILE.svg, .png, .pdf or .dot")
     sp.add_argument("--collapse", action="store_true", help="draw each block instance as one box")
     sp.add_argument("--input", type=_shape, metavar="CxHxW", help="override the input size")
-    from .onnx_export import DEFAULT_OPSET
+    from cnndsl.tools.onnx_export import DEFAULT_OPSET
 
     sp = net_cmd("export", cmd_export, "export the network to ONNX (through its PyTorch model, in eval mode)")
     sp.add_argument("--onnx", required=True, metavar="FILE", help="write here (replaced only by a complete file)")
@@ -210,10 +210,10 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--opset", type=int, default=DEFAULT_OPSET, metavar="N",
                     help=f"ONNX opset version (default {DEFAULT_OPSET})")
     sp.add_argument("--inference", action="store_true", help="export the inference build (batch norms folded)")
-    from .variants import add_parser as add_variants  # (cnndsl.variants is also the API function)
+    from cnndsl.search.variants import add_parser as add_variants  # (cnndsl.search.variants is also the API function)
 
     add_variants(sub, _shape, _params)
-    from .search import add_parser as add_search
+    from cnndsl.search.study import add_parser as add_search
 
     add_search(sub, _shape, _params)
     sp = sub.add_parser("lsp", help="run the language server (LSP over stdio) for editors")

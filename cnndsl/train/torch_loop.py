@@ -2,8 +2,8 @@
 
 The data is scikit-learn's 8x8 digits (1,797 images, 16 grey levels) resized to the
 network's input, or an ImageFolder-style directory (one subfolder of images per
-class, read with Pillow), read by :mod:`cnndsl.train_data` (NumPy only, shared with
-the JAX path, :mod:`cnndsl.train_jax`, which ``backend="jax"`` hands over to).
+class, read with Pillow), read by :mod:`cnndsl.train.data` (NumPy only, shared with
+the JAX path, :mod:`cnndsl.train.jax_loop`, which ``backend="jax"`` hands over to).
 A fixed, stratified 80/20 split; SGD with momentum and weight decay, the learning
 rate divided by 10 at 2/3 of the epochs; one line per epoch, and
 ``test accuracy: 0.97`` last.
@@ -16,11 +16,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .backends.torch import build as build_torch
-from .errors import CnnDslError
-from .network import Network
-from .progress import progress
-from .train_data import (  # noqa: F401 - the data helpers, shared with the JAX path, are part of this API too
+from cnndsl.backends.torch import build as build_torch
+from cnndsl.errors import CnnDslError
+from cnndsl.ir.network import Network
+from cnndsl.progress import progress
+from cnndsl.train.data import (  # noqa: F401 - the data helpers, shared with the JAX path, are part of this API too
     IMAGE_SUFFIXES,
     TEST_FRACTION,
     check_split,
@@ -74,7 +74,7 @@ def train(net: str | Network, data: str = "digits", epochs: int | None = None, b
     an exception it raises stops the training and propagates.
     """
     if backend == "jax":  # before any torch import: the JAX path does not need torch
-        from .train_jax import train_jax
+        from cnndsl.train.jax_loop import train_jax
 
         return train_jax(net, data, epochs, seed=seed, batch_size=batch_size, lr=lr, out=out, on_epoch=on_epoch,
                          **params)

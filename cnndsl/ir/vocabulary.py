@@ -1,7 +1,7 @@
 """The words of the .cnn language, for highlighters and editors, with the layer words taken from the op registry.
 
-The Pygments lexer (:mod:`cnndsl.lexer`) and the TextMate grammar (``editors/``, written by
-:mod:`cnndsl.editors`) read these lists and keep none of their own, so a new op is highlighted
+The Pygments lexer (:mod:`cnndsl.tools.lexer`) and the TextMate grammar (``editors/``, written by
+:mod:`cnndsl.tools.editors`) read these lists and keep none of their own, so a new op is highlighted
 everywhere once it is registered.
 
 >>> "conv" in layer_words() and "input" not in layer_words(), flag_words()[:3]
@@ -10,7 +10,7 @@ everywhere once it is registered.
 
 from __future__ import annotations
 
-from .ops import COMBINATORS, OPS
+from cnndsl.ir.ops import COMBINATORS, OPS
 
 #: The statement keywords of the grammar (``grammar/cnn.lark``), tables' ``for ... in`` included.
 KEYWORDS = ("use", "block", "network", "with", "input", "freeze", "replace", "for", "in")

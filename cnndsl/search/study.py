@@ -1,8 +1,8 @@
 """``cnndsl search``: architecture search over a space's members, on Optuna.
 
-Each trial is one member of a search space (see :mod:`cnndsl.variants`): the sampler picks an
+Each trial is one member of a search space (see :mod:`cnndsl.search.variants`): the sampler picks an
 option for every choice the member reaches (:meth:`Space.suggest`), the member is checked from the
-IR, and only then trained, with the PyTorch training loop of :mod:`cnndsl.train`, for a few epochs.
+IR, and only then trained, with the PyTorch training loop of :mod:`cnndsl.train.torch_loop`, for a few epochs.
 
 A trial ends in one of these ways, all recorded in the study and in ``results.csv``:
 
@@ -46,10 +46,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .arch_hash import arch_hash
-from .errors import CnnDslError
-from .progress import counter
-from .variants import Limits, Space
+from cnndsl.errors import CnnDslError
+from cnndsl.progress import counter
+from cnndsl.search.arch_hash import arch_hash
+from cnndsl.search.variants import Limits, Space
 
 RESULTS_FILE = "results.csv"
 BEST_FILE = "best.cnn"
@@ -420,7 +420,7 @@ def _previous(study, key: str, number: int):
 def run_trial(study, trial, space: Space, cfg: SearchConfig) -> tuple[float | None, Any]:
     """Evaluate one asked trial; returns ``(value, state)`` for ``study.tell`` (the reason is a user attribute)."""
     optuna = _optuna()
-    from . import train as training
+    from cnndsl.train import torch_loop as training
 
     State = optuna.trial.TrialState
     member = space.suggest(trial)
@@ -581,8 +581,8 @@ def concrete_source(space: Space, choices: dict[str, int]) -> tuple[str, Any]:
 def _checked_best(out: Path, space: Space, choices: dict[str, int]) -> str:
     """The best member's source, confirmed to load from ``out/best.cnn`` to the network that was trained
     (the files it uses must be found from there); else its expansion, which needs no other file."""
-    from .expand import expand
-    from .pipeline import load
+    from cnndsl.passes.pipeline import load
+    from cnndsl.report.expand import expand
 
     text, net = concrete_source(space, choices)
     path = out / BEST_FILE
@@ -683,7 +683,7 @@ def search(space: str, data: str = "digits", trials: int = 20, *, epochs: int = 
     """Search ``space`` for the member with the best validation accuracy on ``data``; returns a :class:`SearchResult`.
 
     ``trials`` is the number of trials this call runs (spread over ``workers`` local processes); each
-    member is trained for ``epochs`` epochs with :func:`cnndsl.train.train`. ``out`` is a folder for
+    member is trained for ``epochs`` epochs with :func:`cnndsl.train.torch_loop.train`. ``out`` is a folder for
     ``results.csv``, ``best.cnn`` and, without ``storage``, the study's journal file ``study.log``;
     ``storage`` is an SQLAlchemy URL or a journal file path shared by other processes or machines.
     ``study`` names the study (default: the space's name); an existing one is continued. ``seed``

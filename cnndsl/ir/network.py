@@ -1,7 +1,7 @@
 """A checked network: the IR graph after every pass, with its totals and summary.
 
 The summary's data (``json``, ``csv``) is made here; its tables and pictures (``table``, ``paper``,
-Jupyter's HTML and SVG) by the report modules (:mod:`cnndsl.summary`, :mod:`cnndsl.graphviz`), which sit
+Jupyter's HTML and SVG) by the report modules (:mod:`cnndsl.report.summary`, :mod:`cnndsl.report.graphviz`), which sit
 above this one and register them by name (:func:`register_report`) when imported; importing ``cnndsl``
 imports them.
 """
@@ -14,13 +14,13 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .errors import CnnDslWarning
-from .ir import Graph
+from cnndsl.errors import CnnDslWarning
+from cnndsl.ir.graph import Graph
 
 BYTES_PER_VALUE = 4  # float32
 
-#: Report name -> ``render(network, depth)``: ``table``, ``paper`` and ``html`` (cnndsl.summary), ``svg``
-#: (cnndsl.graphviz; None when Graphviz is not installed).
+#: Report name -> ``render(network, depth)``: ``table``, ``paper`` and ``html`` (cnndsl.report.summary), ``svg``
+#: (cnndsl.report.graphviz; None when Graphviz is not installed).
 REPORTS: dict[str, Callable[..., str | None]] = {}
 
 
@@ -33,8 +33,8 @@ def _report(name: str) -> Callable[..., str | None]:
     try:
         return REPORTS[name]
     except KeyError:
-        raise LookupError(f"no {name!r} report registered: import cnndsl (it loads cnndsl.summary and "
-                          "cnndsl.graphviz)") from None
+        raise LookupError(f"no {name!r} report registered: import cnndsl (it loads cnndsl.report.summary and "
+                          "cnndsl.report.graphviz)") from None
 
 
 def fmt_shape(shape) -> str:

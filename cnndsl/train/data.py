@@ -2,8 +2,8 @@
 
 scikit-learn's 8x8 digits, or an ImageFolder-style directory (one subfolder of images per class, read with
 Pillow), sized for the network's input; the fixed, stratified 80/20 train/test split; and the network to
-train, loaded with as many outputs as the data has classes. :mod:`cnndsl.train` (torch) and
-:mod:`cnndsl.train_jax` both read it.
+train, loaded with as many outputs as the data has classes. :mod:`cnndsl.train.torch_loop` (torch) and
+:mod:`cnndsl.train.jax_loop` both read it.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from .errors import CnnDslError
-from .network import Network
-from .pipeline import load
+from cnndsl.errors import CnnDslError
+from cnndsl.ir.network import Network
+from cnndsl.passes.pipeline import load
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 TEST_FRACTION = 0.2

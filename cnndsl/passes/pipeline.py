@@ -11,11 +11,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .errors import CnnDslWarning
-from .loader import Library, open_net, pick_network
-from .network import Network
-from .passes import PIPELINE, SizeLimits, check, count, fold_bn, resolve, strip_training
-from .syntax import parse
+from cnndsl.errors import CnnDslWarning
+from cnndsl.front.loader import Library, open_net, pick_network
+from cnndsl.front.syntax import parse
+from cnndsl.ir.network import Network
+from cnndsl.passes import PIPELINE, SizeLimits, check, count, fold_bn, resolve, strip_training
 
 
 def build(library: Library, name: str, input_shape: tuple[int, ...] | None = None, choose=None, *,

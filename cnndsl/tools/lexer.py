@@ -1,6 +1,6 @@
 """A Pygments lexer for .cnn files (``pygmentize -l cnn net.cnn``), registered as an entry point.
 
-Its words come from :mod:`cnndsl.vocabulary` (the layer names and argument flags from the op
+Its words come from :mod:`cnndsl.ir.vocabulary` (the layer names and argument flags from the op
 registry), so a new op is highlighted as soon as it is registered; combinators, keywords,
 labels, references, repetition, shapes, numbers and ``{expressions}`` each get their own token.
 
@@ -14,7 +14,7 @@ from __future__ import annotations
 from pygments.lexer import RegexLexer, bygroups, words
 from pygments.token import Comment, Keyword, Name, Number, Operator, Punctuation, String, Text, Whitespace
 
-from .vocabulary import COMBINATORS, EXPRESSION_WORDS, KEYWORDS, LAYER_FOLLOWS, flag_words, layer_words
+from cnndsl.ir.vocabulary import COMBINATORS, EXPRESSION_WORDS, KEYWORDS, LAYER_FOLLOWS, flag_words, layer_words
 
 _WORD = r"(?:[A-Za-z_][A-Za-z0-9_]*|[0-9]+|\{[^{}\n]*\})"
 #: A dotted name: parts of words, numbers and {expression} templates joined by hyphens (`trunk.block{i}-{j}`).

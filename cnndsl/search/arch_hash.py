@@ -20,8 +20,8 @@ import json
 
 import networkx as nx
 
-from .ir import Graph
-from .ops import Identity
+from cnndsl.ir.graph import Graph
+from cnndsl.ir.ops import Identity
 
 #: Ops that pass their input through unchanged: contracted before hashing.
 IDENTITY_OPS = frozenset({Identity.name})

@@ -16,9 +16,9 @@ from functools import cache, lru_cache
 from importlib import resources
 from pathlib import Path
 
-from . import syntax as ast
-from .errors import CnnDslError, CnnLimitError, CnnNameError, Source, Span
-from .syntax import MAX_SOURCE_BYTES, parse
+from cnndsl.errors import CnnDslError, CnnLimitError, CnnNameError, Source, Span
+from cnndsl.front import syntax as ast
+from cnndsl.front.syntax import MAX_SOURCE_BYTES, parse
 
 ZOO_PACKAGE = "cnndsl.networks"
 

@@ -1,6 +1,6 @@
 """The cnndsl language server: the compiler's own diagnostics as you type, shapes on hover.
 
-Run it as ``cnndsl lsp`` or ``python -m cnndsl.lsp`` (it speaks LSP over stdio;
+Run it as ``cnndsl lsp`` or ``python -m cnndsl.tools.lsp`` (it speaks LSP over stdio;
 needs ``pip install 'cnndsl[lsp]'``). On every open and change it parses the
 document, builds every network it defines through the full pass pipeline and
 publishes each error and warning with its span as an LSP range. Hovering over
@@ -18,9 +18,9 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import CnnDslError, CnnDslWarning, Span
-from .network import Network, fmt_shape, human
-from .ops import Input
+from cnndsl.errors import CnnDslError, CnnDslWarning, Span
+from cnndsl.ir.network import Network, fmt_shape, human
+from cnndsl.ir.ops import Input
 
 MAX_HOVER_INSTANCES = 8
 #: The largest message body accepted (a document is at most ``syntax.MAX_SOURCE_BYTES``, JSON-escaped).
@@ -128,9 +128,9 @@ def _diagnostic(kind: str, e: CnnDslError | CnnDslWarning, filename: str) -> Dia
 
 def analyse(text: str, filename: str) -> Analysis:
     """Parse ``text`` (the document ``filename``), build each network it defines, collect diagnostics."""
-    from .api import build
-    from .loader import Library
-    from .syntax import parse
+    from cnndsl.api import build
+    from cnndsl.front.loader import Library
+    from cnndsl.front.syntax import parse
 
     result = Analysis(filename=filename)
     try:
@@ -352,7 +352,7 @@ def server():
     from pygls import uris
     from pygls.lsp.server import LanguageServer
 
-    from .version import __version__
+    from cnndsl.version import __version__
 
     ls = LanguageServer("cnndsl", __version__)
     cache: dict[str, Analysis] = {}

@@ -1,0 +1,1 @@
+"""Architecture search: spaces and their members (variants), the Optuna study (study) and the architecture hash."""
