@@ -26,6 +26,7 @@ from __future__ import annotations
 import ast
 import json
 import keyword
+import os
 import re
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -200,3 +201,57 @@ class Emitter:
     def unsupported(self, node: Node, what: str | None = None) -> None:
         raise Unsupported(f"{what or repr(node.op)} is not supported by the {self.backend} backend", node.span,
                           "rewrite the layer with supported ops, or use another backend")
+
+
+def assign_variables(cls: Any, var: dict[str, str], names: Namespace) -> None:
+    """Name the variable that holds each step's value in a forward, into ``var`` (keyed by the step's output;
+    ``var`` holds the forward's arguments already), as the jax-based printers write it.
+
+    A value that only the next step reads goes on in its input's variable (``x = conv(x)``); a join overwrites
+    its first operand when nothing reads that operand later (``out += identity``); any other value takes a
+    fresh ``out``, or its layer's name when ``out`` is taken. ``cls`` is a :class:`~cnndsl.backends.plan.ClassPlan`:
+    the main steps are named first, then the auxiliary heads', the order the printers write them in.
+    """
+    steps = list(cls.steps)
+    last_use: dict[str, int] = {}
+    readers: dict[str, int] = {}
+    for i, s in enumerate(steps):
+        for src in s.inputs:
+            last_use[src] = i
+        for src in dict.fromkeys(s.inputs):
+            readers[src] = readers.get(src, 0) + 1
+    for out in (cls.output, *cls.aux_outputs):
+        last_use[out] = len(steps)
+    held = {v: k for k, v in var.items()}  # variable -> the key it holds
+    for i in [i for i, s in enumerate(steps) if not s.aux] + [i for i, s in enumerate(steps) if s.aux]:
+        s = steps[i]
+        xs = [var[k] for k in s.inputs]
+        name = None
+        reuse = readers.get(s.output, 0) <= 1 and s.output not in cls.aux_outputs
+        if len(s.inputs) == 1 and last_use.get(s.inputs[0]) == i and reuse:
+            name = xs[0]
+        if name is None and s.inputs and last_use.get(s.inputs[0]) == i and held.get(xs[0]) == s.inputs[0] \
+                and reuse and xs[0] not in xs[1:]:
+            name = xs[0]
+        if name is None:
+            name = names.name("out") if names.is_free("out") else names.name(s.output.rsplit(".", 1)[-1])
+        var[s.output] = name
+        held[name] = s.output
+
+
+def source_name(graph: Graph) -> str:
+    """The file a network was read from, as a generated module's docstring names it (``<unknown>`` for text)."""
+    span = graph.node(graph.inputs[0]).span
+    return docstring_text(os.path.basename(span.file)) if span else "<unknown>"
+
+
+def write_helpers(out: Writer, helpers: dict[str, str], used: Iterable[str]) -> None:
+    """The helper functions of a generated module that it ``used``, from ``helpers`` (name -> source) in its
+    order, two blank lines before each."""
+    used = set(used)
+    for name, text in helpers.items():
+        if name in used:
+            out.line()
+            out.line()
+            for line in text.strip("\n").split("\n"):
+                out.line(line)

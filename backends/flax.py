@@ -26,9 +26,11 @@ from cnndsl.backends.base import (
     Namespace,
     Unsupported,
     Writer,
+    assign_variables,
     check_source,
-    comment_text,
     docstring_text,
+    source_name,
+    write_helpers,
 )
 from cnndsl.backends.jax import HELPERS as JAX_HELPERS
 from cnndsl.backends.jax import NhwcLayerCode, _like, _lit, _wrap
@@ -45,6 +47,7 @@ from cnndsl.backends.jax_weights import (
 from cnndsl.backends.plan import ClassPlan, Plan, Ref, Step, collapse, make_plan
 
 from cnndsl.ir.network import Network
+from cnndsl.ir.ops import OPS, Family, Fans, Op
 
 #: Helpers of the generated module beyond the JAX backend's: initialisers and the transposed conv's padding.
 HELPERS: dict[str, str] = {
@@ -81,12 +84,12 @@ MODULE_OPS = frozenset({"conv", "deconv", "fc", "bn", "dropout", "droppath", "po
 PARAM_OPS = frozenset({"layerscale"})
 
 
-def _nhwc(shape) -> str:
-    letters = "CHW" if len(shape) == 3 else "N"
-    dims = [str(d) if d is not None else letters[i] for i, d in enumerate(shape)]
-    if len(dims) == 3:
-        dims = [dims[1], dims[2], dims[0]]
-    return "x".join(dims)
+def _nnx_finds_torch_fans(op: Op) -> bool:
+    """Whether nnx's initialisers, which read a kernel's fans from its last two axes (input, output) and its
+    receptive field from the others, find PyTorch's in the op's kernel: whether the kernel's JAX layout ends
+    in the two axes PyTorch's starts with, swapped (a transposed conv's does not: PyTorch's is (in, out, ...))."""
+    kernel = next(w for w in op.weights if w.jax == "kernel")
+    return axes(kernel.jax_axes)[-2:] == axes(kernel.torch_axes)[1::-1]
 
 
 class _ClassPrinter(NhwcLayerCode):
@@ -147,6 +150,8 @@ class _ClassPrinter(NhwcLayerCode):
             elif isinstance(t, tuple):
                 for x in t:
                     const *= x
+            elif isinstance(t, str):  # an expression already written
+                names.append(t)
             else:
                 const *= t
         parts = names + ([str(const)] if const != 1 or not names else [])
@@ -170,13 +175,34 @@ class _ClassPrinter(NhwcLayerCode):
         kws = [f"{cp.params[k]}={self.ctor(v, full=k in derived)}" for k, v in args]
         return f"{cp.name}({', '.join([*kws, 'rngs=rngs'])})"
 
-    def _kernel_init(self, step: Step, fan_in: str, fan_out: str, dense: bool = False) -> list[str]:
+    def fans(self, step: Step) -> tuple[str, str]:
+        """The layer's PyTorch fans (its op's :class:`~cnndsl.ir.ops.Fans`) as two expressions of the constructor's
+        parameters: the weight axis's factors first, then the receptive field's, constants folded."""
+        fans, a = OPS[step.op].fans, dict(step.args)
+
+        def factor(f: str | int) -> Any:
+            if isinstance(f, int):
+                return f
+            num, den = Fans.quotient(f)
+            n, d = a[num], (a[den] if den else 1)
+            if not isinstance(n, Ref) and not isinstance(d, Ref):
+                return n // d
+            if not isinstance(d, Ref) and d == 1:
+                return n
+            return f"{self.ctor(n)} // {self.ctor(d)}"
+
+        field = [a[name] for name in fans.receptive]
+        return self.fan(*map(factor, fans.fan_in), *field), self.fan(*map(factor, fans.fan_out), *field)
+
+    def _kernel_init(self, step: Step) -> list[str]:
         scheme, bias = self.p.plan.init, step.arg("bias")
+        fan_in, fan_out = self.fans(step)
+        dense = OPS[step.op].family is Family.DENSE  # kaiming's N(0, 0.01) for nn.Linear
         if scheme is None or dense and not self.p.plan.init_fc:  # PyTorch's own default
             self.p.helpers.add("uniform")
             bound = f"({fan_in}) ** -0.5" if " " in fan_in else f"{fan_in} ** -0.5"
             return [f"kernel_init=_uniform({bound})"] + ([f"bias_init=_uniform({bound})"] if bias else [])
-        if step.op == "deconv":  # PyTorch's fans of a ConvTranspose2d weight: computed here, not by nnx
+        if not _nnx_finds_torch_fans(OPS[step.op]):  # PyTorch's fans computed here, not by nnx
             if scheme == "kaiming":
                 return [f"kernel_init=nnx.initializers.normal((2 / ({fan_out})) ** 0.5)"]
             self.p.helpers.add("uniform")
@@ -189,14 +215,6 @@ class _ClassPrinter(NhwcLayerCode):
             raise Unsupported(f"initialisation '{scheme}' is not supported by the Flax backend", step.span)
         self.p.constants.add(const)
         return [f"kernel_init={const}"]
-
-    def _grouped_fan(self, channels: Any, groups: Any, kernel: Any) -> str:
-        """``channels // groups * kh * kw``, folded where the numbers are constants."""
-        if not isinstance(channels, Ref) and not isinstance(groups, Ref):
-            return self.fan(channels // groups, kernel)
-        if not isinstance(groups, Ref) and groups == 1:
-            return self.fan(channels, kernel)
-        return f"{self.ctor(channels)} // {self.ctor(groups)} * {self.fan(kernel)}"
 
     def _conv_options(self, a: dict) -> list[str]:
         """An nnx.Conv's dilation, groups and bias keywords, where they are not its defaults."""
@@ -216,8 +234,7 @@ class _ClassPrinter(NhwcLayerCode):
             parts.append(f"strides={self.ctor(a['s'])}")
         parts.append(f"padding={self.ctor(a['p'])}")
         parts += self._conv_options(a)
-        fan_in = self._grouped_fan(a["in_channels"], a["groups"], a["k"])
-        parts += self._kernel_init(step, fan_in, self.fan(a["c"], a["k"]))
+        parts += self._kernel_init(step)
         return f"nnx.Conv({', '.join([*parts, 'rngs=rngs'])})"
 
     def ctor_deconv(self, step: Step) -> str:
@@ -230,8 +247,7 @@ class _ClassPrinter(NhwcLayerCode):
         if collapse(a["s"]) != 1:
             parts.append(f"input_dilation={self.ctor(a['s'])}")
         parts += self._conv_options(a)
-        fan_in = self._grouped_fan(a["c"], a["groups"], a["k"])
-        parts += self._kernel_init(step, fan_in, self.fan(a["in_channels"], a["k"]))
+        parts += self._kernel_init(step)
         return f"nnx.Conv({', '.join([*parts, 'rngs=rngs'])})"
 
     def ctor_fc(self, step: Step) -> str:
@@ -239,7 +255,7 @@ class _ClassPrinter(NhwcLayerCode):
         parts = [self.ctor(a["in_features"]), self.ctor(a["c"])]
         if a["bias"] is not True:
             parts.append(f"use_bias={self.ctor(a['bias'])}")
-        parts += self._kernel_init(step, self.fan(a["in_features"]), self.fan(a["c"]), dense=True)
+        parts += self._kernel_init(step)
         return f"nnx.Linear({', '.join([*parts, 'rngs=rngs'])})"
 
     def ctor_bn(self, step: Step) -> str:
@@ -302,11 +318,6 @@ class _ClassPrinter(NhwcLayerCode):
             return pre, f"self.{self.member[step.attr]}({xs[0]})"
         return [], getattr(self, f"emit_{step.op}")(step, xs)
 
-    def flat(self, x: str) -> str:
-        if self.p.channel_major:  # PyTorch's (C, H, W) order, where the network's numbers depend on it
-            return f"{x}.transpose(0, 3, 1, 2).reshape({x}.shape[0], -1)"
-        return f"{x}.reshape({x}.shape[0], -1)"
-
     def emit_relu(self, step, xs):
         return f"nnx.relu({xs[0]})"
 
@@ -318,11 +329,9 @@ class _ClassPrinter(NhwcLayerCode):
 
     # -- the class
     def comment(self, step: Step) -> str:
-        """Where the step comes from, and its shape when it has a size of its own (one the instances share)."""
-        parts = [f"{comment_text(os.path.basename(step.span.file))}:{step.span.line}"] if step.span else []
-        if any(d is not None for d in step.shape):
-            parts.append(f"-> {_nhwc(step.shape)}")
-        return "  # " + " ".join(parts) if parts else ""
+        """The step's trailing comment (:meth:`where`)."""
+        where = self.where(step)
+        return "  # " + where if where else ""
 
     def forward(self) -> list[str]:
         cls = self.cls
@@ -335,44 +344,23 @@ class _ClassPrinter(NhwcLayerCode):
             for key in cls.inputs:
                 var[key] = names.name(key)
         steps = list(cls.steps)
-        last_use: dict[str, int] = {}
-        readers: dict[str, int] = {}
-        for i, s in enumerate(steps):
-            for src in s.inputs:
-                last_use[src] = i
-            for src in dict.fromkeys(s.inputs):
-                readers[src] = readers.get(src, 0) + 1
-        for out in (cls.output, *cls.aux_outputs):
-            last_use[out] = len(steps)
-        held: dict[str, str] = {v: k for k, v in var.items()}  # variable -> key it holds
+        assign_variables(cls, var, names)
         main = [s for s in steps if not s.aux]
         aux = [s for s in steps if s.aux]
         lines: list[str] = []
 
-        def emit(i: int, s: Step, out: list[str]) -> None:
-            xs = [var[k] for k in s.inputs]
-            pre, e = self.expr(s, xs)
-            name = None
-            if len(s.inputs) == 1 and last_use.get(s.inputs[0]) == i and readers.get(s.output, 0) <= 1 \
-                    and s.output not in cls.aux_outputs:
-                name = xs[0]
-            if name is None and s.inputs and last_use.get(s.inputs[0]) == i and held.get(xs[0]) == s.inputs[0] \
-                    and readers.get(s.output, 0) <= 1 and s.output not in cls.aux_outputs and xs[0] not in xs[1:]:
-                name = xs[0]  # a join overwrites its first operand, as `out += identity`
-            if name is None:
-                name = names.name("out") if names.is_free("out") else names.name(s.output.rsplit(".", 1)[-1])
-            var[s.output] = name
-            held[name] = s.output
-            out.extend(pre)
-            out.append(f"{name} = {e}{self.comment(s)}")
+        def emit(s: Step) -> None:
+            pre, e = self.expr(s, [var[k] for k in s.inputs])
+            lines.extend(pre)
+            lines.append(f"{var[s.output]} = {e}{self.comment(s)}")
 
         for s in main:
-            emit(steps.index(s), s, lines)
+            emit(s)
         if aux:
             lines.append("if self.deterministic:  # evaluation: the main output only")
             lines.append(f"    return {var[cls.output]}")
             for s in aux:
-                emit(steps.index(s), s, lines)
+                emit(s)
             outs = ", ".join(var[k] for k in (cls.output, *cls.aux_outputs))
             lines.append(f"return {outs}  # training: the auxiliary heads' outputs too")
         else:
@@ -458,8 +446,7 @@ class FlaxPrinter(Emitter):
     def generate(self) -> str:
         bodies = [self.classes[c.id].source() for c in self.plan.classes] + [self.classes[""].source()]
         g = self.graph
-        span = g.node(g.inputs[0]).span
-        source = docstring_text(os.path.basename(span.file)) if span else "<unknown>"
+        source = source_name(g)
         out = Writer()
         out.line(f'"""{docstring_text(g.name)}: a Flax NNX model generated by cnndsl from {source}. Do not edit.')
         out.line()
@@ -476,12 +463,7 @@ class FlaxPrinter(Emitter):
             out.line()
         for name, value in used:
             out.line(f"{name} = {value}")
-        for helper, text in HELPERS.items():
-            if helper in self.helpers:
-                out.line()
-                out.line()
-                for line in text.strip("\n").split("\n"):
-                    out.line(line)
+        write_helpers(out, HELPERS, self.helpers)
         text = out.text()
         return text + "".join("\n\n" + b for b in bodies)
 

@@ -47,16 +47,19 @@ from cnndsl.backends.base import (
     Namespace,
     Unsupported,
     Writer,
+    assign_variables,
     check_source,
     comment_text,
     docstring_text,
+    source_name,
     string_literal,
+    write_helpers,
 )
 from cnndsl.backends.jax_weights import flattens_channel_major
 from cnndsl.backends.plan import ClassPlan, Plan, Ref, Step, collapse, make_plan
 
 from cnndsl.ir.network import Network
-from cnndsl.ir.ops import OPS
+from cnndsl.ir.ops import OPS, Family, Fans
 
 # Helper functions the generated module may define; each is emitted only if a layer uses it.
 HELPERS: dict[str, str] = {
@@ -297,8 +300,6 @@ LOCALS = frozenset({"variables", "params", "stats", "new_stats", "x", "train", "
                     "i"})
 #: Between a statement and its trailing comment in the printer's lines (no code or comment text holds it).
 COMMENT = "\x00"
-#: The ops with a kernel drawn at random (and maybe a bias).
-WEIGHT_OPS = frozenset({"conv", "deconv", "fc", "pointwise"})
 #: The ops that draw from ``rng`` in training (and are the identity in evaluation).
 RANDOM_OPS = frozenset({"dropout", "droppath"})
 #: The shortest run of alike blocks in a sequence that apply() runs as one jax.lax.scan (``_scan_blocks``)
@@ -380,8 +381,24 @@ def _hashes(attr: str) -> list[str]:
 class NhwcLayerCode:
     """The layers whose code is the same expression in every jax-based printer (pure JAX, Flax NNX): pooling,
     LRN, joins, products and shortcuts over NHWC values, slices, resampling, flatten, the weightless activations
-    and identity. A printer provides ``val`` (a value as code), ``flat`` (a flatten in PyTorch's element order)
-    and ``p.helpers``."""
+    and identity; also the flatten of a batch and a step's comment text. A printer provides ``val`` (a value as
+    code) and ``p`` (with its ``helpers`` and ``channel_major``)."""
+
+    def flat(self, x: str) -> str:
+        """An NHWC batch flattened to vectors, in PyTorch's (C, H, W) order where the network's numbers depend on
+        it (:func:`~cnndsl.backends.jax_weights.flattens_channel_major`)."""
+        if self.p.channel_major:
+            return f"{x}.transpose(0, 3, 1, 2).reshape({x}.shape[0], -1)"
+        return f"{x}.reshape({x}.shape[0], -1)"
+
+    @staticmethod
+    def where(step) -> str:
+        """Where the step comes from, and its shape when it has a size of its own (one the instances share):
+        ``resnet.cnn:14 -> 56x56x64``, for its comment; ``""`` for neither."""
+        parts = [f"{comment_text(os.path.basename(step.span.file))}:{step.span.line}"] if step.span else []
+        if any(d is not None for d in step.shape):
+            parts.append(f"-> {_shape_text(step.shape)}")
+        return " ".join(parts)
 
     def emit_flatten(self, step, xs):
         flatten = step.arg("flatten")
@@ -394,6 +411,9 @@ class NhwcLayerCode:
 
     def emit_identity(self, step, xs):
         return xs[0]
+
+    def emit_zero(self, step, xs):  # NAS-Bench-201's zero edge, as PyTorch's x.mul(0.)
+        return f"{xs[0]} * 0.0"
 
     def emit_relu6(self, step, xs):
         return f"jax.nn.relu6({xs[0]})"
@@ -537,7 +557,7 @@ class _ClassPrinter(NhwcLayerCode):
         self.local_taken = local.taken()
         kids = [printer.classes[c] for s in cls.steps for c in ((s.child,) if s.kind == "call" else s.children)]
         layers = [s for s in cls.steps if s.kind == "layer"]
-        self.random = any(s.op in WEIGHT_OPS for s in layers) or any(k.random for k in kids)
+        self.random = any(OPS[s.op].fans is not None for s in layers) or any(k.random for k in kids)  # kernels
         self.has_params = self.random or any(_holds(s, "params") for s in layers) or any(k.has_params for k in kids)
         self.has_stats = any(_holds(s, "batch_stats") for s in layers) or any(k.has_stats for k in kids)
         self.has_rng = any(s.op in RANDOM_OPS and collapse(s.arg("p")) not in (0.0, 1.0) for s in layers) or any(
@@ -588,6 +608,20 @@ class _ClassPrinter(NhwcLayerCode):
             return a // b
         return a if b == 1 else f"{a} // {b}"
 
+    def fans(self, step: Step) -> tuple[str, str]:
+        """The layer's PyTorch fans (its op's :class:`~cnndsl.ir.ops.Fans`) as two expressions of the function's
+        parameters: the receptive field's factors first, then the weight axis's, constants folded."""
+        fans, a = OPS[step.op].fans, dict(step.args)
+        field = [t for name in fans.receptive for t in self.pair(a[name])]
+
+        def factor(f: str | int) -> int | str:
+            if isinstance(f, int):
+                return f
+            num, den = Fans.quotient(f)
+            return self.div(self.num(a[num]), self.num(a[den])) if den else self.num(a[num])
+
+        return (self.prod(*field, *map(factor, fans.fan_in)), self.prod(*field, *map(factor, fans.fan_out)))
+
     def ensure(self, lines: list[str], trees: str | list[str], parts: list[str]) -> None:
         """A statement for each dict above ``tree[parts]`` not created yet, for each tree (then it counts as created)."""
         trees = [trees] if isinstance(trees, str) else trees
@@ -631,24 +665,20 @@ class _ClassPrinter(NhwcLayerCode):
             self.ensure(out, "params", keys)
             features = _text(self.num(a["features"]))
             return out + [f"params{_subs(keys)} = jnp.full(({features},), {self.val(a['init'])}, param_dtype)"]
-        if op not in WEIGHT_OPS:
+        fans = OPS[op].fans
+        if fans is None:
             return []
-        if op in ("conv", "deconv"):
-            kh, kw = self.pair(a["k"])
-            cin, c, g = self.num(a["in_channels"]), self.num(a["c"]), self.num(a["groups"])
-            shape = (kh, kw, self.div(cin, g), c)
-            if op == "conv":  # PyTorch's fans, of its (O, I/g, kh, kw) weight
-                fan_in, fan_out = self.prod(kh, kw, self.div(cin, g)), self.prod(kh, kw, c)
-            else:  # of a ConvTranspose2d weight, laid out (I, O/g, kh, kw)
-                fan_in, fan_out = self.prod(kh, kw, self.div(c, g)), self.prod(kh, kw, cin)
+        if fans.receptive:  # a convolution's kernel, HWIO (a transposed one's is the kernel of the conv it transposes)
+            kh, kw = self.pair(a[fans.receptive[0]])
+            shape = (kh, kw, self.div(self.num(a["in_channels"]), self.num(a["groups"])), self.num(a["c"]))
         else:
-            n_in, c = self.num(a["in_features"]), self.num(a["c"])
-            shape, fan_in, fan_out = (n_in, c), self.prod(n_in), self.prod(c)
+            shape = (self.num(a["in_features"]), self.num(a["c"]))
+        fan_in, fan_out = self.fans(step)
         key = f"_key(key, {', '.join(_hashes(step.attr))})"
         self.p.helpers.add("key")
         shape_text = "(" + ", ".join(map(_text, shape)) + ")"
         bias = self.val(a["bias"])
-        scheme, dense = self.p.plan.init, op in ("fc", "pointwise")
+        scheme, dense = self.p.plan.init, OPS[op].family is Family.DENSE  # kaiming's N(0, 0.01) for nn.Linear
         if scheme is None or dense and not self.p.plan.init_fc:  # PyTorch's own default
             call = f"_uniform({key}, {shape_text}, fan_in={fan_in}"
             helper = "uniform"
@@ -790,11 +820,6 @@ class _ClassPrinter(NhwcLayerCode):
         out = f"{target}, new_stats{_subs(keys)}" if child.has_stats else target
         return f"{out} = {child.fn}({', '.join(ins + self.keywords(child, args, hashes))})"
 
-    def flat(self, x: str) -> str:
-        if self.p.channel_major:  # PyTorch's (C, H, W) order, where the network's numbers depend on it
-            return f"{x}.transpose(0, 3, 1, 2).reshape({x}.shape[0], -1)"
-        return f"{x}.reshape({x}.shape[0], -1)"
-
     def layer(self, step: Step, xs: list[str], target: str) -> list[str]:
         """The statements of one layer, its value assigned to ``target``."""
         if step.op == "bn":
@@ -896,11 +921,9 @@ class _ClassPrinter(NhwcLayerCode):
         return f"_drop_path({x}, {self.val(rate)}, _key(rng, {', '.join(_hashes(step.attr))})) if train else {x}"
 
     def comment(self, step: Step) -> str:
-        """Where the step comes from, and its shape when it has a size of its own (one the instances share)."""
-        parts = [f"{comment_text(os.path.basename(step.span.file))}:{step.span.line}"] if step.span else []
-        if any(d is not None for d in step.shape):
-            parts.append(f"-> {_shape_text(step.shape)}")
-        return COMMENT + "# " + " ".join(parts) if parts else ""
+        """The step's trailing comment (:meth:`where`), behind :data:`COMMENT` for :meth:`write`."""
+        where = self.where(step)
+        return COMMENT + "# " + where if where else ""
 
     def forward_lines(self) -> list[str]:
         """The forward's body: one statement per step (a loop per run of alike blocks), then the return."""
@@ -912,31 +935,11 @@ class _ClassPrinter(NhwcLayerCode):
             var[key] = "x" if i == 0 else names.name(key)
         self.args = [var[k] for k in cls.inputs]
         steps = list(cls.steps)
-        last_use: dict[str, int] = {}
-        readers: dict[str, int] = {}
-        for i, s in enumerate(steps):
-            for src in s.inputs:
-                last_use[src] = i
-            for src in dict.fromkeys(s.inputs):
-                readers[src] = readers.get(src, 0) + 1
-        for out in (cls.output, *cls.aux_outputs):
-            last_use[out] = len(steps)
-        held: dict[str, str] = {v: k for k, v in var.items()}  # variable -> key it holds
+        assign_variables(cls, var, names)
         lines: list[str] = []
 
-        def emit(i: int, s: Step) -> None:
-            xs = [var[k] for k in s.inputs]
-            name = None
-            reuse = readers.get(s.output, 0) <= 1 and s.output not in cls.aux_outputs
-            if len(s.inputs) == 1 and last_use.get(s.inputs[0]) == i and reuse:
-                name = xs[0]
-            if name is None and s.inputs and last_use.get(s.inputs[0]) == i and held.get(xs[0]) == s.inputs[0] \
-                    and reuse and xs[0] not in xs[1:]:
-                name = xs[0]  # a join overwrites its first operand, as `out += identity`
-            if name is None:
-                name = names.name("out") if names.is_free("out") else names.name(s.output.rsplit(".", 1)[-1])
-            var[s.output] = name
-            held[name] = s.output
+        def emit(s: Step) -> None:
+            xs, name = [var[k] for k in s.inputs], var[s.output]
             if s.kind == "layer":
                 stmts = self.layer(s, xs, name)
                 stmts[-1] += self.comment(s)
@@ -950,9 +953,9 @@ class _ClassPrinter(NhwcLayerCode):
             else:
                 self.sequence(lines, s, init=False, xs=xs, target=name)
 
-        for i, s in enumerate(steps):
+        for s in steps:
             if not s.aux:
-                emit(i, s)
+                emit(s)
         stats = "new_stats" if self.has_stats else "stats"
         if not self.is_root:
             lines.append(f"return {var[cls.output]}, new_stats" if self.has_stats else f"return {var[cls.output]}")
@@ -961,9 +964,9 @@ class _ClassPrinter(NhwcLayerCode):
             lines.append(f"    return {var[cls.output]}")
             if cls.aux_outputs:
                 lines[-1] += COMMENT + "# evaluation: the main output only"
-                for i, s in enumerate(steps):
+                for s in steps:
                     if s.aux:
-                        emit(i, s)
+                        emit(s)
                 outs = ", ".join(var[k] for k in (cls.output, *cls.aux_outputs))
                 lines.append(f"return ({outs}), {stats}" + COMMENT + "# training: the auxiliary heads' outputs too")
             else:
@@ -1059,8 +1062,7 @@ class JaxEmitter(Emitter):
         root = self.root
         body, init = root.forward_lines(), root.init_lines()
         g = self.graph
-        span = g.node(g.inputs[0]).span
-        source = docstring_text(os.path.basename(span.file)) if span else "<unknown>"
+        source = source_name(g)
         out = Writer()
         out.line(f'"""{docstring_text(g.name)}: a JAX model generated by cnndsl from {source}. Do not edit.')
         out.line()
@@ -1076,12 +1078,7 @@ class JaxEmitter(Emitter):
         out.line()
         shapes = ", ".join(_lit(_nhwc(g.node(i).shape)) for i in g.inputs)
         out.line(f"INPUT_SHAPE = {shapes}  # one example, NHWC without the batch axis")
-        for helper, text in HELPERS.items():
-            if helper in self.helpers:
-                out.line()
-                out.line()
-                for line in text.strip("\n").split("\n"):
-                    out.line(line)
+        write_helpers(out, HELPERS, self.helpers)
         for b in bodies:
             out.line()
             out.line()

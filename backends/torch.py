@@ -985,6 +985,9 @@ class ClassPrinter:
     def emit_mul(self, step, xs):
         return f"{xs[0]} * {xs[1]}"
 
+    def emit_zero(self, step, xs):  # NAS-Bench-201's Zero: x.mul(0.), a fresh tensor of x's shape
+        return f"{xs[0]} * 0.0"
+
     def emit_slice(self, step, xs):  # channels (or features) start to stop - 1: a view
         start = step.arg("start")
         start = "" if not isinstance(start, Ref) and start == 0 else self.fwd(start)

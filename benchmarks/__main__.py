@@ -2,7 +2,7 @@
 
 Each benchmark runs in its own process. Those that compare against torchvision (or count with fvcore)
 run under ``CNNDSL_TORCHVISION_PYTHON`` when it is set (a Python with torch, torchvision and fvcore, and
-cnndsl installed: ``pip install -e .``), the JAX one under ``CNNDSL_JAX_PYTHON`` (default: this Python).
+cnndsl installed: ``pip install -e .``), the JAX ones under ``CNNDSL_JAX_PYTHON`` (default: this Python).
 ``CNNDSL_BENCH_QUICK=1`` takes fewer repetitions.
 """
 
@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCHES = [  # module, the Python to run it with
     ("compiler", "CNNDSL_TORCHVISION_PYTHON"),
     ("inference_build", "CNNDSL_TORCHVISION_PYTHON"),
+    ("jax_compile", "CNNDSL_JAX_PYTHON"),
     ("jax_vs_torch", "CNNDSL_JAX_PYTHON"),
     ("vs_torchvision", "CNNDSL_TORCHVISION_PYTHON"),
 ]

@@ -23,16 +23,12 @@ FACT_TYPES = {"writable": bool, "family": Family, "paper_kind": (str, type(None)
               "flat_order": FlatOrder, "torch_module": bool, "overwritable": bool, "commutative": bool,
               "foldable": bool, "fold_target": bool, "weights": tuple}
 
-#: String constants in cnndsl/*.py that are op spellings but do not name an op.
+#: String constants in the modules outside the registry and the passes that equal an op kind but do not name an
+#: op: (path under cnndsl/, the string).
 NOT_AN_OP = {
-    ("cli.py", "input"),  # the --input option and the `list` table's column
-    ("onnx_export.py", "input"),  # the ONNX graph input's name
-    ("syntax.py", "INPUT"),  # the grammar's token for the `input` keyword
-    ("train_jax.py", "linear"),  # jax.image.resize's interpolation
-    ("vocabulary.py", "input"),  # the `input` keyword
+    ("tools/cli.py", "input"),  # the --input option and the `list` table's column
+    ("tools/onnx_export.py", "input"),  # the ONNX graph input's name
 }
-#: Modules that still name op kinds, left for a later change.
-DEFERRED: dict[str, str] = {}
 
 
 def test_every_op_declares_every_fact():
@@ -116,18 +112,32 @@ def test_lexer_highlights_the_same_words():
         assert (Keyword.Constant, word) in toks, toks
 
 
-def _op_strings(path: Path) -> set[str]:
-    words = set(OPS) | set(ops.spellings())
-    return {node.value for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
-            if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.lower() in words}
+def op_kind_strings(source: str) -> list[tuple[int, str]]:
+    """(line, string) for each string constant in Python ``source`` that equals an op kind (a key of OPS), leaving
+    out docstrings (a module's, a class's, a function's first statement)."""
+    tree = ast.parse(source)
+    docs = {id(node.body[0].value) for node in ast.walk(tree)
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body
+            and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}
+    return sorted((node.lineno, node.value) for node in ast.walk(tree)
+                  if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in OPS
+                  and id(node) not in docs)
 
 
-@pytest.mark.parametrize("module", sorted(p.name for p in PACKAGE.glob("*.py") if p.name != "ops.py"))
-def test_no_module_outside_the_registry_names_an_op(module):
-    if module in DEFERRED:
-        pytest.skip(f"deferred: {DEFERRED[module]}")
-    named = {s for s in _op_strings(PACKAGE / module) if (module, s) not in NOT_AN_OP}
-    assert named == set(), f"{module} names ops {sorted(named)}: read the fact from cnndsl.ir.ops instead"
+def test_the_op_kind_scan_finds_strings_but_not_docstrings():
+    source = ('"""conv"""\nclass A:\n    """bn"""\n    def f(self):\n        """fc"""\n'
+              '        return self.op in ("conv", "bn") or f"{x}" == "relu" or "skip" == "none"\n')
+    assert op_kind_strings(source) == [(6, "bn"), (6, "conv"), (6, "relu")]
+
+
+def test_no_module_outside_the_registry_and_the_passes_names_an_op_kind():
+    """Only cnndsl/ir (the registry), cnndsl/passes and backends/ name op kinds; the rest read the facts."""
+    modules = sorted(p for p in PACKAGE.rglob("*.py") if p.relative_to(PACKAGE).parts[0] not in ("ir", "passes"))
+    assert len(modules) > 20 and PACKAGE / "report" / "graphviz.py" in modules and PACKAGE / "tools" / "lsp.py" in modules
+    named = [f"cnndsl/{path.relative_to(PACKAGE).as_posix()}:{line}: {s!r}" for path in modules
+             for line, s in op_kind_strings(path.read_text(encoding="utf-8"))
+             if (path.relative_to(PACKAGE).as_posix(), s) not in NOT_AN_OP]
+    assert named == [], "these name ops; read the fact from cnndsl.ir.ops instead:\n" + "\n".join(named)
 
 
 def test_torch_builds_a_module_exactly_for_the_torch_module_ops():
@@ -141,7 +151,7 @@ def test_torch_builds_a_module_exactly_for_the_torch_module_ops():
              "network t: input 4x8x8 residual(shortcut=pad)< conv3-8/2 bn relu conv3-8 bn > relu gap fc-2",
              ("network t: input 8x8x8 relu6 silu hardswish hardsigmoid gelu leakyrelu elu mish droppath(0.1) "
               "shuffle(2) upsample(2) scale< gap conv1-8 sigmoid > split< skip | conv1-4 > ln gn(2) "
-              "layer_scale: layerscale pointwise-8 resize< @input > gap fc-3 ln")]
+              "layer_scale: layerscale pointwise-8 resize< @input > add< zero | skip > gap fc-3 ln")]
     seen = set()
     for text in texts:
         net = cnndsl.loads(text)
@@ -150,3 +160,70 @@ def test_torch_builds_a_module_exactly_for_the_torch_module_ops():
             assert (node.name in modules) == node.opdef.torch_module, node.op
             seen.add(node.op)
     assert seen == {name for name in OPS if name != "shortcut"}  # resolve_shortcuts replaces every shortcut
+
+
+#: Every kind of kernel in a block whose numbers differ between its instances (so that the printers write the fans
+#: as expressions of a constructor's parameters), grouped and rectangular, then a dense layer over a feature map.
+KERNELS = """
+block kernels(c, k, g): conv(c={c}, k={k}, groups={g}) relu deconv(c={2 * c}, k={k}, s=1, groups={g}) pointwise-{c}
+network kernels: input 4x12x12
+    a: kernels(8, 3, 2)  b: kernels(12, (1, 3), 4)  d: kernels(6, 1, 1)  fc-5
+"""
+
+
+def test_every_op_with_a_kernel_declares_its_fans_and_no_other():
+    assert vars(Op)["fans"] is None  # the one default
+    for name, op in OPS.items():
+        assert (op.fans is not None) == any(w.jax == "kernel" for w in op.weights), name
+        assert op.fans is None or isinstance(op.fans, ops.Fans), name
+
+
+def _torch_fans(net) -> dict[str, tuple[int, int]]:
+    """Each kernel layer's (fan_in, fan_out) as torch's own init computes it, on the built module's weight."""
+    torch = pytest.importorskip("torch")
+    from cnndsl.backends.torch import build
+
+    modules = dict(build(net).named_modules())
+    return {n.name: torch.nn.init._calculate_fan_in_and_fan_out(modules[n.name].weight)
+            for n in net.graph.nodes() if n.opdef.fans is not None}
+
+
+def test_fans_are_the_ones_torch_computes_for_each_op_with_a_kernel():
+    from cnndsl.backends.plan import layer_args
+
+    net = cnndsl.loads(KERNELS)
+    want = _torch_fans(net)
+    assert {net.graph.node(n).op for n in want} == {name for name, op in OPS.items() if op.fans is not None}
+    assert len({w for w in want.values()}) >= 8  # groups, rectangles and channel counts tell the axes apart
+    for name, fans in want.items():
+        node = net.graph.node(name)
+        assert node.opdef.fans.evaluate(dict(layer_args(net.graph, node))) == fans, (name, node.op)
+
+
+def test_the_jax_and_flax_printers_write_torchs_fans_in_every_instance():
+    """The fans each printer writes, evaluated with each instance's constructor arguments, are torch's."""
+    from cnndsl.backends.flax import FlaxPrinter
+    from cnndsl.backends.jax import JaxEmitter
+
+    net = cnndsl.loads(KERNELS)
+    want = _torch_fans(net)
+    jax_printer, flax_printer = JaxEmitter(net), FlaxPrinter(net)
+    plan = jax_printer.plan
+    checked, symbolic = {"jax": 0, "flax": 0}, set()
+    for cls in (*plan.classes, plan.root):
+        for backend, printer in (("jax", jax_printer.classes.get(cls.id, jax_printer.root)),
+                                 ("flax", flax_printer.classes[cls.id])):
+            for step in cls.steps:
+                if step.kind != "layer" or OPS[step.op].fans is None:
+                    continue
+                texts = printer.fans(step)
+                symbolic |= {(backend, step.op) for text in texts if not text.isdigit()}
+                for scope in cls.instances:
+                    args = dict(plan.instances[scope].args) if scope else {}
+                    env = {printer.params[k]: v for k, v in args.items()}
+                    got = tuple(eval(text, {}, env) for text in texts)  # the printer's own expressions
+                    assert got == want[f"{scope}.{step.output}" if scope else step.output], (backend, scope, texts)
+                    checked[backend] += 1
+    assert checked == {"jax": len(want), "flax": len(want)}
+    # the shared block's fans are expressions of its parameters, in both printers
+    assert symbolic == {(b, op) for b in ("jax", "flax") for op in ("conv", "deconv", "pointwise")}

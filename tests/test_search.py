@@ -61,7 +61,7 @@ def test_cli_search_writes_results_and_a_best_architecture_that_compiles(tiny, t
     trained = [r for r in rows if float(r["seconds"]) > 0]
     assert len({r["arch_hash"] for r in trained}) == len(trained)  # no architecture trained twice
     for r in rows:
-        if r["duplicate_of"]:
+        if r["duplicate_of"] != "":
             original = rows[int(r["duplicate_of"])]
             assert (r["arch_hash"], r["accuracy"]) == (original["arch_hash"], original["accuracy"])
     best = max((r for r in rows if r["state"] == "complete"), key=lambda r: float(r["accuracy"]))
@@ -109,7 +109,7 @@ def test_pruner_stops_a_training_at_an_epoch(tiny):
                            pruner=optuna.pruners.ThresholdPruner(lower=0.999))
     for row, trial in zip(result.rows, result.study.trials):
         assert row["state"] == "pruned"
-        if not row["duplicate_of"]:
+        if row["duplicate_of"] == "":
             assert row["reason"] == "pruned at epoch 1" and list(trial.intermediate_values) == [1]
             assert row["accuracy"] == trial.intermediate_values[1] < 0.999
     assert result.best is None and result.best_source is None

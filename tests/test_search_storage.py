@@ -258,6 +258,22 @@ def test_search_on_postgresql(postgres, tiny, tmp_path):
     conn.close()
 
 
+def test_two_workers_share_one_study_on_postgresql(postgres, tiny, tmp_path):
+    url = postgres.database()
+    cnndsl.search(tiny, trials=4, epochs=1, workers=2, storage=url, study="pg-two", out=tmp_path / "run", seed=3,
+                  sampler="evolution", population=2, tournament=2)
+    study = optuna.load_study(study_name="pg-two", storage=url)
+    assert sorted(t.number for t in study.trials) == [0, 1, 2, 3]  # none lost, none repeated
+    assert all(t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED) for t in study.trials)
+    rows = read_rows(tmp_path / "run" / "results.csv")
+    assert len({r["worker"] for r in rows}) == 2 and {r["seed"] for r in rows} == {"3", "4"}
+    conn = postgres.connect(url.rsplit("/", 1)[1])
+    with conn.cursor() as cur:  # both workers' trials sent heartbeats
+        cur.execute("SELECT count(DISTINCT trial_id) FROM trial_heartbeats")
+        assert cur.fetchone()[0] == 4
+    conn.close()
+
+
 # ----------------------------------------------------------------------------- two processes create one study
 
 RACER = """
@@ -328,9 +344,11 @@ def wait_for(what, check, timeout=TIMEOUT):
 
 def test_a_killed_workers_trial_is_failed_and_retried(postgres_server, tiny, tmp_path):
     """Kill -9 a worker mid-trial, start another: the stale trial becomes FAIL and runs again as a new trial
-    (in PostgreSQL when there is a server, else in SQLite: the same RDB storage, the same heartbeat)."""
+    (in PostgreSQL when there is a server, else in SQLite: the same RDB storage, the same heartbeat; and in a
+    journal file, whose heartbeat is cnndsl's own, Optuna's journal storage having none)."""
     heartbeat = 1
     urls = with_postgres(postgres_server, [], lambda pg: [pg.database()]) or [f"sqlite:///{tmp_path}/hb.db"]
+    urls.append(str(tmp_path / "hb.log"))
     storages = [search_module._storage(url, heartbeat) for url in urls]  # with the heartbeat's grace period
     firsts, victims = [], []
     try:
@@ -361,7 +379,7 @@ def test_a_killed_workers_trial_is_failed_and_retried(postgres_server, tiny, tmp
         out = tmp_path / f"second{i}"
         result = cnndsl.search(tiny, trials=1, epochs=1, pruner="none", storage=url, study="hb", heartbeat=heartbeat,
                                out=out)
-        trials = optuna.load_study(study_name="hb", storage=url).trials
+        trials = optuna.load_study(study_name="hb", storage=storage).trials
         assert [t.state for t in trials] == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE]
         retry = trials[1]
         assert retry.system_attrs["failed_trial"] == victim.number  # queued by the retry callback, then run

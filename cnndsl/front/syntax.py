@@ -11,6 +11,7 @@ position and a hint.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from functools import lru_cache
@@ -127,6 +128,33 @@ class Choice:
     options: tuple[Expr, ...]
     span: Span
 
+    def option(self, picked: int) -> Expr:
+        """The option a ``choose`` hook picked (its index)."""
+        return self.options[picked]
+
+
+@dataclass(frozen=True)
+class FloatRange(Choice):
+    """``{0.1..0.5}``: a float drawn between ``low`` and ``high``, uniformly, or log-uniformly with ``log``
+    (``{1e-4..1e-1 log}``). A choice with endless options: a ``choose`` hook picks the value itself (a float in
+    the range), or 0 for the first option, ``low``, which ``options`` holds (so a resolution without a hook
+    takes it, as every choice takes its first option).
+    """
+
+    low: float
+    high: float
+    log: bool
+
+    def option(self, picked: float) -> Expr:
+        """The value picked, as a number; 0 (an index, not a float) is the first option, ``low``."""
+        if isinstance(picked, float):
+            return Num(picked, self.span)
+        return self.options[picked]
+
+    def text(self) -> str:
+        """The range as written in canonical form: ``{0.1..0.5}``, ``{0.0001..0.1 log}``."""
+        return f"{{{self.low!r}..{self.high!r}{' log' if self.log else ''}}}"
+
 
 Expr = Num | Str | Var | BinOp | Neg | Not | IfElse | FuncCall | Field | Tuple_ | Choice
 #: The binary operators of :class:`BinOp`: arithmetic, comparisons, and the boolean ``and`` / ``or``.
@@ -150,6 +178,33 @@ def operands(expr: Expr) -> tuple[Expr, ...]:
     if isinstance(expr, Choice):
         return expr.options
     return ()
+
+
+def _float_range(expr: Expr | None) -> FloatRange | None:
+    """A float range that is ``expr``'s value as written: ``expr`` itself or an option of a choice it is."""
+    todo = [expr] if expr is not None else []
+    while todo:
+        e = todo.pop()
+        if isinstance(e, FloatRange):
+            return e
+        if isinstance(e, Choice):
+            todo.extend(e.options)
+    return None
+
+
+def _whole(expr: Expr | None, what: str) -> Expr | None:
+    """``expr``, where a whole number goes (``what``); a float range written there is refused at its place.
+
+    Only a range that is the value itself is refused at parse time: ``{make_divisible(32 * {0.5..2.0}, 8)}`` is a
+    whole number, and a float reaching a whole-number place through a parameter is refused when it is built.
+    """
+    r = _float_range(expr)
+    if r is not None:
+        raise CnnSyntaxError(f"a float range where a whole number goes ({what})", r.span,
+                             "channels, kernels, strides, repeat counts and input sizes are integers: use an integer "
+                             "range {2..5} or a choice {16|32|64}; a float range {a..b} suits rates such as "
+                             "dropout({0.1..0.5})")
+    return expr
 
 
 def _choice_in(expr: Expr) -> Choice | None:
@@ -408,7 +463,10 @@ class _Builder(Transformer):
 
     def range(self, meta, children):
         span = self._s(meta)
-        low, high = int(children[0]), int(children[1])
+        low_tok, high_tok, log = children
+        if log is not None or "FLOAT" in (low_tok.type, high_tok.type):
+            return self._float_range(low_tok, high_tok, log is not None, span)
+        low, high = int(low_tok), int(high_tok)
         if not 0 <= high - low < MAX_RANGE:
             raise CnnSyntaxError(f"the range {{{low}..{high}}} is empty" if high < low else
                                  f"the range {{{low}..{high}}} has more than {MAX_RANGE} values", span,
@@ -418,6 +476,25 @@ class _Builder(Transformer):
             raise CnnLimitError(f"the ranges of this file have more than {MAX_RANGE_VALUES:,} values together",
                                 span, "a search space that large cannot be searched; use fewer or shorter ranges")
         return Choice(tuple(Num(v, span) for v in range(low, high + 1)), span)
+
+    def _float_range(self, low_tok: Token, high_tok: Token, log: bool, span: Span) -> FloatRange:
+        """``{0.1..0.5}`` or ``{1e-4..1e-1 log}``; empty ranges, infinite ends and log ranges from 0 are refused."""
+        written = f"{{{low_tok}..{high_tok}{' log' if log else ''}}}"
+        if log and "FLOAT" not in (low_tok.type, high_tok.type):
+            raise CnnSyntaxError(f"the log range {written} has whole-number ends", span,
+                                 f"a log range draws a float: write {{{low_tok}.0..{high_tok}.0 log}}; an integer "
+                                 "range {a..b} is a choice of the integers a to b")
+        low, high = float(low_tok), float(high_tok)
+        if not (math.isfinite(low) and math.isfinite(high)):
+            raise CnnSyntaxError(f"the range {written} has an end too large for a float", span,
+                                 "the ends of a float range are finite numbers")
+        if not low < high:
+            raise CnnSyntaxError(f"the range {written} is empty: its low end is not below its high end", span,
+                                 "a float range {a..b} draws a value between a and b, with a < b: {0.1..0.5}")
+        if log and low <= 0:
+            raise CnnSyntaxError(f"the log range {written} starts at {low!r}", span,
+                                 "a log range draws log-uniformly, so both ends are above 0: {1e-4..1e-1 log}")
+        return FloatRange((Num(low, span),), span, low, high, log)
 
     def neg(self, meta, children):
         return Neg(children[0], self._s(meta))
@@ -468,7 +545,7 @@ class _Builder(Transformer):
         return tuple(c for c in children if c is not None)
 
     def kernel(self, meta, children):
-        return children[0]
+        return _whole(children[0], "a kernel size")
 
     def segment(self, meta, children):
         """One part of a dotted name, as text and expressions: ``block1-0``, ``block{i}-{j}``."""
@@ -511,6 +588,8 @@ class _Builder(Transformer):
 
     def call(self, meta, children):
         name, kernel, channels, stride, args = children
+        _whole(channels, f"the width of {name}")
+        _whole(stride, f"the stride of {name}")
         return Call(str(name), kernel, channels, stride, args or (), self._s(meta), _tok_span(self.src, name))
 
     def group(self, meta, children):
@@ -527,7 +606,7 @@ class _Builder(Transformer):
         return (children[0], self._s(meta))
 
     def repeat(self, meta, children):
-        return children[1]
+        return _whole(children[1], "a repeat count")
 
     def step(self, meta, children):
         label, term, repeat = children if len(children) == 3 else (*children, None)  # a table takes no repeat
@@ -551,7 +630,7 @@ class _Builder(Transformer):
         return Row(tuple(children), self._s(meta))
 
     def count(self, meta, children):
-        return children[0]
+        return _whole(children[0], "a table's range(...) count")
 
     # declarations
     def param(self, meta, children):
@@ -579,7 +658,7 @@ class _Builder(Transformer):
             if isinstance(part, Token):
                 out += [_literal(d, _tok_span(self.src, part)) for d in str(part).split("x")]
             else:
-                out.append(part)
+                out.append(_whole(part, "an input size"))
         return tuple(out)
 
     def block(self, meta, children):

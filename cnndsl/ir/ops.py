@@ -224,6 +224,59 @@ def _letters(axes: str) -> tuple[str, ...]:
     return tuple(a for a in re.findall(r"[a-z]|1", axes) if a != "1")
 
 
+#: One factor of a :class:`Fans` part: a whole number, a number's name, or ``"a/b"``.
+_FACTOR = re.compile(r"[a-z_][a-z0-9_]*(/[a-z_][a-z0-9_]*)?")
+
+
+@dataclass(frozen=True)
+class Fans:
+    """The fans of an op's kernel as PyTorch computes them from its weight (``nn.init``'s
+    ``_calculate_fan_in_and_fan_out``, which the initialisation schemes read: the default U(+-1/sqrt(fan_in)),
+    He's normal over fan_out, Glorot's uniform over both): ``fan_in`` is the weight's second axis times its
+    ``receptive`` field, ``fan_out`` its first axis times the receptive field.
+
+    Each part is a product of factors over the layer's numbers (its arguments, and ``in_channels`` or
+    ``in_features``: the channels, or all the values, of its input), symbolic so that each printer renders
+    it with its own expressions and a block's constructor parameters stay parameters. A factor of
+    ``fan_in`` or ``fan_out`` is a whole number, a number's name, or ``"a/b"``, ``a`` divided by ``b``
+    (which divides it); one of ``receptive`` names a (height, width) pair, the product of its two numbers.
+
+    >>> Fans(("in_channels/groups",), ("c",), receptive=("k",)).evaluate({"in_channels": 64, "groups": 2, "c": 8,
+    ...                                                                     "k": (3, 1)})
+    (96, 24)
+    """
+
+    fan_in: tuple[str | int, ...]
+    fan_out: tuple[str | int, ...]
+    receptive: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for f in (*self.fan_in, *self.fan_out):
+            if not (isinstance(f, int) and not isinstance(f, bool) and f >= 1 or isinstance(f, str)
+                    and _FACTOR.fullmatch(f)):
+                raise ValueError(f"a fan's factor is a whole number, a name or 'a/b', not {f!r}")
+        if not all(isinstance(f, str) and "/" not in f and _FACTOR.fullmatch(f) for f in self.receptive):
+            raise ValueError(f"a receptive field is the names of pairs, not {self.receptive!r}")
+
+    @staticmethod
+    def quotient(factor: str) -> tuple[str, str | None]:
+        """A named factor as (numerator, denominator): ``"in_channels/groups"`` -> ``("in_channels", "groups")``,
+        ``"c"`` -> ``("c", None)``."""
+        num, _, den = factor.partition("/")
+        return num, den or None
+
+    def evaluate(self, numbers: dict[str, Any]) -> tuple[int, int]:
+        """(fan_in, fan_out) for a layer's numbers."""
+        def factor(f: str | int) -> int:
+            if isinstance(f, int):
+                return f
+            num, den = self.quotient(f)
+            return numbers[num] // numbers[den] if den else numbers[num]
+
+        field = math.prod(math.prod(numbers[name]) for name in self.receptive)
+        return (math.prod(map(factor, self.fan_in)) * field, math.prod(map(factor, self.fan_out)) * field)
+
+
 # ----------------------------------------------------------------------------- ops
 
 
@@ -278,6 +331,10 @@ class Op:
     - ``weights``: the tensors it holds, each a :class:`Weight` (its ``state_dict`` key, its JAX and Flax NNX
       leaf and collection, its layout in each), which the weight converters loop over; ``()`` for none.
 
+    An op with a kernel (a weight whose JAX leaf is ``kernel``, drawn at random) also declares ``fans``, its
+    kernel's :class:`Fans` in PyTorch, which every backend's initialisation renders; None (the default, the one
+    declaration on this class) for the rest.
+
     Its paper spellings are methods, since they depend on the arguments: :meth:`short_form` and
     :meth:`case_study`.
     """
@@ -310,6 +367,7 @@ class Op:
     foldable: ClassVar[bool]
     fold_target: ClassVar[bool]
     weights: ClassVar[tuple[Weight, ...]]
+    fans: ClassVar[Fans | None] = None  # declared by the ops with a kernel (see the class docstring)
 
     # -- arguments
     def convert(self, field: str, value: Any, span: Span | None) -> Any:
@@ -511,6 +569,7 @@ class Conv(_Conv):
     fold_target = True
     weights = (Weight("weight", "kernel", torch_axes="o i h w", jax_axes="h w i o"),
                Weight("bias", "bias", when="bias"))
+    fans = Fans(("in_channels/groups",), ("c",), receptive=("k",))  # of the (c, in / g, kh, kw) weight
 
     def infer(self, x, args, span, warn=None):
         c, h, w = _spatial(self, x, span)
@@ -550,6 +609,7 @@ class Deconv(_Conv):
     weights = (Weight("weight", "kernel", torch_axes="(g i) o h w", jax_axes="h w i (g o)", groups="groups",
                       flax_flipped=("h", "w")),
                Weight("bias", "bias", when="bias"))
+    fans = Fans(("c/groups",), ("in_channels",), receptive=("k",))  # of the (in, c / g, kh, kw) weight
 
     def convert(self, field, v, span):
         if field == "output_padding":
@@ -741,6 +801,7 @@ class FC(Op):
     fold_target = False
     weights = (Weight("weight", "kernel", torch_axes="o i", jax_axes="i o", flat_axis="i"),
                Weight("bias", "bias", when="bias"))
+    fans = Fans(("in_features",), ("c",))  # of the (c, in) weight: a feature map's every value is an input
 
     def convert(self, field, v, span):
         return as_bool(field, v, span) if field == "bias" else as_int(field, v, span)
@@ -789,6 +850,7 @@ class Pointwise(Op):
     fold_target = False
     weights = (Weight("weight", "kernel", torch_axes="o i", jax_axes="i o"),
                Weight("bias", "bias", when="bias"))
+    fans = Fans(("in_features",), ("c",))  # of the (c, in) weight: the input's channels are its features
 
     def convert(self, field, v, span):
         return as_bool(field, v, span) if field == "bias" else as_int(field, v, span)
@@ -1001,6 +1063,32 @@ class Identity(Op):
     foldable = False
     fold_target = False
     weights = ()
+
+
+@register
+class Zero(Op):
+    """NAS-Bench-201's ``none`` edge as the benchmark builds it: the input times zero, shape kept (its ``Zero``
+    module, ``x.mul(0.)``). Unlike the language's ``none``, which builds nothing and prunes the layers that only fed
+    it, the layers before and after a ``zero`` are built and counted, as in the benchmark's networks.
+    ``zero(prune=true)`` is ``none``: resolving drops it, and with it those layers."""
+
+    name = "zero"
+    fields = (("prune", False),)
+    doc = "zero: the input times zero (NAS-Bench-201's none edge, its layers kept); zero(prune=true) is none"
+    writable = True
+    family = Family.IDENTITY
+    paper_kind = None
+    saves = Saved.NOTHING
+    flat_order = FlatOrder.KEEPS
+    torch_module = False
+    overwritable = True
+    commutative = False
+    foldable = False
+    fold_target = False
+    weights = ()
+
+    def convert(self, field, v, span):
+        return as_bool(field, v, span)
 
 
 @register

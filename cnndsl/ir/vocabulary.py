@@ -14,8 +14,9 @@ from cnndsl.ir.ops import COMBINATORS, OPS
 
 #: The statement keywords of the grammar (``grammar/cnn.lark``), tables' ``for ... in`` included.
 KEYWORDS = ("use", "block", "network", "with", "input", "freeze", "replace", "for", "in")
-#: The words of expressions: ``{a if s == 1 else b}``, ``and``, ``or``, ``not``.
-EXPRESSION_WORDS = ("if", "else", "and", "or", "not")
+#: The words of expressions: ``{a if s == 1 else b}``, ``and``, ``or``, ``not``, and the ``log`` of a log range
+#: ``{1e-4..1e-1 log}``.
+EXPRESSION_WORDS = ("if", "else", "and", "or", "not", "log")
 #: Literal values: ``act=none``, ``bias=false``.
 LITERALS = ("true", "false", "none")
 #: A regex lookahead for what may follow a layer word: its shorthand (``conv3``, ``conv{k}``,

@@ -37,7 +37,7 @@ from cnndsl.errors import CnnArgumentError, CnnDslError, CnnLimitError, CnnNameE
 from cnndsl.front import syntax as ast
 from cnndsl.front.syntax import MAX_NAME_LENGTH, MAX_NUMBER
 from cnndsl.ir.graph import Graph, Scope
-from cnndsl.ir.ops import COMBINATORS, OPS, lookup, spellings
+from cnndsl.ir.ops import COMBINATORS, OPS, Zero, lookup, spellings
 from cnndsl.ir.vocabulary import activation_words, layer_words
 
 MAX_NODES = 100_000
@@ -50,6 +50,7 @@ INIT_FC = ("scheme", "default")  # `with init(..., fc=...)`: the fc layers by th
 MAX_BLOCK_DEPTH = 48
 #: The flow after ``none`` (a zero tensor, NAS-Bench-201's zero edge): it builds no node. Layers applied to
 #: it are dropped, ``add<...>`` leaves it out, and concat, residual, aux or the network output reject it.
+#: ``zero(prune=true)`` is the same; a plain ``zero`` builds a node, as NAS-Bench-201 builds its zero edges.
 ZERO = "<none>"
 MAX_NESTED = 100  # sequences inside sequences: blocks, groups and branches together
 MAX_SUGGESTED = 10_000  # names looked through for a "did you mean" hint (difflib takes about 10 us a name)
@@ -109,8 +110,8 @@ def evaluate(expr: ast.Expr, env: dict[str, Any], choose: Callable[[ast.Choice],
     if isinstance(expr, ast.Tuple_):
         return tuple(evaluate(e, env, choose) for e in expr.items)
     if isinstance(expr, ast.Choice):
-        index = choose(expr) if choose else 0
-        return evaluate(expr.options[index], env, choose)
+        index = choose(expr) if choose else 0  # an index, or a float range's value
+        return evaluate(expr.option(index), env, choose)
     if isinstance(expr, ast.Neg):
         v = evaluate(expr.operand, env, choose)
         _need_number(v, expr.operand.span)
@@ -1204,6 +1205,11 @@ class Resolver:
             elif k not in given:
                 given[k] = v
         args = op.normalize(given, call.span)
+        if isinstance(op, Zero) and args["prune"]:  # `zero(prune=true)` is `none`: a zero flow, its layers pruned
+            if label is not None:
+                frame.labels[scope.full(label)] = ZERO
+            self.zeroed = True
+            return ZERO
         if act in (None, "none", False):
             act = None
         if act is not None and not explicit_act and (tail or then_act):

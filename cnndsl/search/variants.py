@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import random
 import sys
 from collections import Counter
@@ -50,6 +51,7 @@ from cnndsl.ir.network import Network
 from cnndsl.passes.pipeline import build
 from cnndsl.passes.resolve import Resolver
 from cnndsl.progress import progress as progress_bar
+from cnndsl.search import nb201
 from cnndsl.search.arch_hash import HashRegistry
 
 SPACES_PACKAGE = "cnndsl.networks"
@@ -58,6 +60,11 @@ SPACES_DIR = "spaces"
 #: big enough for every shipped space (NAS-Bench-201 has 15,625 members), small enough that the output
 #: (``-o DIR`` writes a file per member) and the time it takes (a few ms a member) stay bounded.
 MAX_ENUMERATED = 100_000
+#: What makes two members repeats for ``--unique``: an identical architecture graph (the exact hash), or, in a
+#: NAS-Bench-201 space, an equal ``to_unique_str`` of the benchmark (:func:`cnndsl.search.nb201.unique_str`).
+DEDUP = ("graph", "nb201")
+DEDUP_HINT = ("--dedup graph (the default) counts identical architecture graphs as repeats; --dedup nb201, in a "
+              "NAS-Bench-201 space, cells that NAS-Bench-201's to_unique_str calls the same")
 
 
 # ----------------------------------------------------------------------------- choice points
@@ -68,14 +75,46 @@ def choice_key(span) -> str:
     return f"{Path(span.source.name).name}:{span.line}:{span.col}"
 
 
+def _fits(node: ast.Choice, picked) -> bool:
+    """Whether ``picked`` is an option of ``node``: an index of one, or a float in a float range."""
+    if isinstance(node, ast.FloatRange):
+        return isinstance(picked, float) and node.low <= picked <= node.high
+    return isinstance(picked, int) and not isinstance(picked, bool) and 0 <= picked < len(node.options)
+
+
+def _first(node: ast.Choice) -> int | float:
+    """What a choice takes by default: its first option (index 0), or a float range's low end."""
+    return node.low if isinstance(node, ast.FloatRange) else 0
+
+
 @dataclass(frozen=True)
 class ChoicePoint:
-    """One decision of a space: its key, its options as written, and whether it chooses branches."""
+    """One decision of a space: its key, its options as written, and whether it chooses branches.
+
+    A float range (``{0.1..0.5}``, ``{1e-4..1e-1 log}``) is a *continuous* point: a member records the value
+    drawn, not an option index, and ``options`` holds only the range as written.
+    """
 
     key: str
     options: tuple[str, ...]
     branches: bool
     node: ast.Choice = field(repr=False, compare=False)
+
+    @property
+    def continuous(self) -> bool:
+        return isinstance(self.node, ast.FloatRange)
+
+    @property
+    def low(self) -> float | None:
+        return self.node.low if self.continuous else None
+
+    @property
+    def high(self) -> float | None:
+        return self.node.high if self.continuous else None
+
+    @property
+    def log(self) -> bool:
+        return self.continuous and self.node.log
 
 
 def _offsets(text: str) -> list[int]:
@@ -84,6 +123,36 @@ def _offsets(text: str) -> list[int]:
         pos += len(line)
         starts.append(pos)
     return starts
+
+
+def _option_texts(choice: ast.Choice) -> tuple[str, ...]:
+    """A choice's options as written; a float range's one "option" is the range (``{0.1..0.5}``)."""
+    if isinstance(choice, ast.FloatRange):
+        return (choice.text(),)
+    return tuple(_option_text(choice, i) for i in range(len(choice.options)))
+
+
+def _value_text(picked: float, point: ChoicePoint) -> str:
+    """The option a member took at ``point``, as written; a float range's value (or a pick that is no option of
+    the choice, in an invalid member) as ``repr`` writes it."""
+    return point.options[picked] if not point.continuous and _fits(point.node, picked) else repr(picked)
+
+
+def _draw(node: ast.FloatRange, rng: random.Random) -> float:
+    """A value of a float range: uniform between its ends, or uniform in their logarithms with ``log``."""
+    u = rng.random()
+    if node.log:
+        value = math.exp(math.log(node.low) + u * (math.log(node.high) - math.log(node.low)))
+    else:
+        value = node.low + u * (node.high - node.low)
+    return min(max(value, node.low), node.high)  # rounding can step just outside
+
+
+def _random_pick(rng: random.Random) -> Callable[[str, ast.Choice], int | float]:
+    """A chooser's ``draw``: each choice's option uniformly, each float range's value from its law."""
+    def pick(key: str, node: ast.Choice) -> int | float:
+        return _draw(node, rng) if isinstance(node, ast.FloatRange) else rng.randrange(len(node.options))
+    return pick
 
 
 def _option_text(choice: ast.Choice, i: int) -> str:
@@ -100,25 +169,35 @@ def _option_text(choice: ast.Choice, i: int) -> str:
 
 
 class _Chooser:
-    """The resolver's ``choose`` hook for one assignment: records the choices reached, in order."""
+    """The resolver's ``choose`` hook for one assignment: records the choices reached, in order.
 
-    def __init__(self, assignment: dict[str, int], draw: Callable[[str, int], int] | None = None):
+    An assignment maps a choice's key to an option index, or a float range's key to its value (a float); a
+    choice missing from it is drawn by ``draw(key, node)`` or takes its first option (a range's low end).
+    """
+
+    def __init__(self, assignment: dict[str, int | float],
+                 draw: Callable[[str, ast.Choice], int | float] | None = None):
         self.assignment = dict(assignment)
         self.draw = draw
         self.reached: dict[str, ast.Choice] = {}
 
-    def __call__(self, node: ast.Choice) -> int:
+    def __call__(self, node: ast.Choice) -> int | float:
         key = choice_key(node.span)
         if key not in self.reached:
             self.reached[key] = node
             if key not in self.assignment:
-                self.assignment[key] = self.draw(key, len(node.options)) if self.draw else 0
-        index = self.assignment[key]
-        if not 0 <= index < len(node.options):
-            raise CnnArgumentError(f"option {index} of a choice with {len(node.options)} options", node.span)
-        return index
+                self.assignment[key] = self.draw(key, node) if self.draw else _first(node)
+        picked = self.assignment[key]
+        if _fits(node, picked):
+            return picked
+        if isinstance(node, ast.FloatRange):
+            raise CnnArgumentError(f"the value {picked!r} for the range {node.text()}", node.span,
+                                   f"a float range takes a float from {node.low!r} to {node.high!r}, "
+                                   "not an option index")
+        raise CnnArgumentError(f"option {picked!r} of a choice with {len(node.options)} options", node.span,
+                               f"a choice takes the index of one of its options, 0 to {len(node.options) - 1}")
 
-    def choices(self) -> dict[str, int]:
+    def choices(self) -> dict[str, int | float]:
         """The member: the options of the reached choices, in the order reached."""
         return {k: self.assignment[k] for k in self.reached}
 
@@ -233,8 +312,8 @@ class _Walk:
         self.seq(decl.body, guard)
 
 
-def _tree_count(walk: _Walk) -> int | None:
-    """The number of members when the conditions form a tree, else None."""
+def _tree_count(walk: _Walk) -> int | float | None:
+    """The number of members when the conditions form a tree (``math.inf`` with a float range), else None."""
     parent: dict[str, tuple[str, frozenset[int]] | None] = {}
     for key, guards in walk.guards.items():
         if () in guards:
@@ -249,9 +328,11 @@ def _tree_count(walk: _Walk) -> int | None:
         if p is not None:
             children.setdefault(p[0], []).append((key, p[1]))
 
-    def count(key: str, depth: int = 0) -> int:
+    def count(key: str, depth: int = 0) -> int | float:
         if depth > len(parent):
             raise RecursionError
+        if isinstance(walk.nodes[key], ast.FloatRange):  # endless options, and none enables another choice
+            return math.inf
         total = 0
         for i in range(len(walk.nodes[key].options)):
             n = 1
@@ -287,6 +368,9 @@ class Variant:
     error: str | None = None
     arch_hash: str | None = None
     duplicate: bool = False
+    #: A member of a NAS-Bench-201 space (:mod:`cnndsl.search.nb201`): its cell's arch string and benchmark index.
+    nb201_arch: str | None = None
+    nb201_index: int | None = None
 
     @property
     def valid(self) -> bool:
@@ -305,10 +389,20 @@ class Variant:
         return self.network_obj.activations if self.network_obj else None
 
     def record(self) -> dict[str, Any]:
-        """A JSON-ready description (one line of ``cnndsl variants --format jsonl``)."""
+        """A JSON-ready description (one line of ``cnndsl variants --format jsonl``); a NAS-Bench-201 member's
+        also has ``nb201_arch`` and ``nb201_index``."""
+        bench = {"nb201_arch": self.nb201_arch, "nb201_index": self.nb201_index} if self.nb201_arch else {}
         return {"space": self.space, "network": self.network, "choices": self.choices, "options": self.options,
-                "arch_hash": self.arch_hash, "params": self.params, "macs": self.macs,
+                **bench, "arch_hash": self.arch_hash, "params": self.params, "macs": self.macs,
                 "activations": self.activations, "error": self.error, "source": self.source}
+
+    def _bench(self, points: dict[str, ChoicePoint]) -> Variant:
+        """Fill in the NAS-Bench-201 fields when the space (its ``points``) is NAS-Bench-201's."""
+        edges = nb201.edge_options(points)
+        cell = nb201.cell_from_choices(edges, self.choices) if edges else None
+        if cell is not None:
+            self.nb201_arch, self.nb201_index = nb201.arch_str(cell), nb201.index_of(cell)
+        return self
 
 
 class Space:
@@ -330,9 +424,8 @@ class Space:
         walk.network(network, set(self.params))
         self._walk = walk
         self.points: dict[str, ChoicePoint] = {
-            k: ChoicePoint(k, tuple(_option_text(n, i) for i in range(len(n.options))), k in walk.branches, n)
-            for k, n in walk.nodes.items()}
-        self._count: int | None = None
+            k: ChoicePoint(k, _option_texts(n), k in walk.branches, n) for k, n in walk.nodes.items()}
+        self._count: int | float | None = None
 
     @classmethod
     def open(cls, spec: str, **kwargs) -> Space:
@@ -354,10 +447,11 @@ class Space:
         except RecursionError:
             return None, "nested too deeply"
 
-    def member(self, choose: dict[str, int] | Callable[[ChoicePoint], int] | None = None) -> Variant:
+    def member(self, choose: dict[str, int | float] | Callable[[ChoicePoint], int | float] | None = None) -> Variant:
         """Build the member picked by ``choose``: a dict of option indices by key (missing keys take the
         first option) or a function of a :class:`ChoicePoint` returning an index (e.g. an Optuna trial's
-        suggestion, see :meth:`suggest`)."""
+        suggestion, see :meth:`suggest`). For a float range, the value itself (a float) stands for the index,
+        and a missing one takes the range's low end."""
         if callable(choose):
             chooser = _Chooser({}, lambda key, n: choose(self.points.get(key) or self._point(key)))
         else:
@@ -366,8 +460,12 @@ class Space:
         return self._variant(chooser, net, error)
 
     def suggest(self, trial) -> Variant:
-        """The member an Optuna ``trial`` suggests: one categorical parameter per reached choice."""
-        def pick(point: ChoicePoint) -> int:
+        """The member an Optuna ``trial`` suggests: one categorical parameter per reached choice, and one float
+        parameter per reached float range (``trial.suggest_float(key, low, high, log=...)``)."""
+        def pick(point: ChoicePoint) -> int | float:
+            if point.continuous:
+                value = float(trial.suggest_float(point.key, point.low, point.high, log=point.log))
+                return min(max(value, point.low), point.high)
             labels = point.options if len(set(point.options)) == len(point.options) else \
                 tuple(f"{i}:{o}" for i, o in enumerate(point.options))
             return labels.index(trial.suggest_categorical(point.key, labels))
@@ -380,10 +478,10 @@ class Space:
         choices = chooser.choices()
         for k, node in chooser.reached.items():
             if k not in self.points:
-                self.points[k] = ChoicePoint(k, tuple(_option_text(node, i) for i in range(len(node.options))),
-                                             isinstance(node.options[0], ast.Seq), node)
-        options = {k: self.points[k].options[i] for k, i in choices.items()}
-        return Variant(self.label, self.network, choices, options, self.source(choices, net), net, error)
+                self.points[k] = ChoicePoint(k, _option_texts(node), isinstance(node.options[0], ast.Seq), node)
+        options = {k: _value_text(i, self.points[k]) for k, i in choices.items()}
+        return Variant(self.label, self.network, choices, options, self.source(choices, net), net, error)._bench(
+            self.points)
 
     # -- concrete source
     def source(self, choices: dict[str, int], net: Network | None = None) -> str:
@@ -427,6 +525,8 @@ class Space:
     def _choice_source(self, choices: dict[str, int], net: Network | None = None) -> str:
         main = self.lib.main.source
         here = {k: p.node for k, p in self.points.items() if p.node.span.source.name == main.name}
+        if any(k in here and not _fits(here[k], v) for k, v in choices.items()):
+            return ""  # an option the choice does not have: the member is invalid, and has no text
         if any(k not in here for k in choices):
             if net is None:
                 return ""
@@ -446,9 +546,11 @@ class Space:
             while i < len(inside):
                 start, end, key, node = inside[i]
                 nested = list(itertools.takewhile(lambda s, end=end: s[0] < end, inside[i + 1:]))
-                index = choices.get(key, 0)
-                opt = node.options[index]
-                if isinstance(opt, ast.Num) and opt.span == node.span:
+                index = choices.get(key, _first(node))
+                opt = node.option(index)
+                if isinstance(node, ast.FloatRange):
+                    body = repr(float(opt.value))  # repr reads back as the same float
+                elif isinstance(opt, ast.Num) and opt.span == node.span:
                     body = str(opt.value)
                 else:
                     o_lo, o_hi = off(opt.span.line, opt.span.col), off(opt.span.end_line, opt.span.end_col)
@@ -463,8 +565,9 @@ class Space:
         return f"# cnndsl variant: {header}\n" + render(0, len(text), spans)
 
     # -- the whole space
-    def count(self, at_most: int | None = None) -> int:
-        """The number of members, from the choice tree when it has one, else by enumerating them.
+    def count(self, at_most: int | None = None) -> int | float:
+        """The number of members, from the choice tree when it has one, else by enumerating them;
+        ``math.inf`` when a member reaches a float range (``{0.1..0.5}``), whose options are endless.
 
         With ``at_most``, an enumeration stops once it has seen more members than that and returns
         ``at_most + 1``: any result over ``at_most`` means "more than ``at_most``" (the exact count,
@@ -474,16 +577,23 @@ class Space:
             exact = self._tree_count()
             if exact is not None:
                 self._count = exact
-            elif at_most is not None:
-                seen = sum(1 for _ in itertools.islice(self._assignments(), at_most + 1))
-                if seen <= at_most:
-                    self._count = seen
-                return seen
-            else:
-                self._count = sum(1 for _ in self._assignments())
+                return exact
+            seen = 0
+            for chooser in itertools.islice(self._assignments(), None if at_most is None else at_most + 1):
+                seen += 1
+                if any(isinstance(node, ast.FloatRange) for node in chooser.reached.values()):
+                    self._count = math.inf
+                    return math.inf
+            if at_most is None or seen <= at_most:
+                self._count = seen
+            return seen
         return self._count
 
-    def _tree_count(self) -> int | None:
+    def continuous(self) -> list[ChoicePoint]:
+        """The float ranges a member of the space can reach (by the walk over its syntax), in text order."""
+        return [p for p in self.points.values() if p.continuous]
+
+    def _tree_count(self) -> int | float | None:
         """The count from the choice tree, when it has one and it predicts what resolving the network reaches."""
         exact = _tree_count(self._walk)
         if exact is not None:
@@ -520,32 +630,37 @@ class Space:
                 continue
             for option in range(1, len(node.options)):
                 yield {**prefix, key: option}
-            prefix[key] = 0
+            prefix[key] = _first(node)
 
     def enumerate(self, limit: int | None = None) -> Iterator[Variant]:
         """Every member, each built once, in a fixed order; with ``limit``, the first ``limit`` of them.
 
         This is lazy and has no size check of its own: :func:`variants` refuses a space over
-        :data:`MAX_ENUMERATED` members unless it is given a limit.
+        :data:`MAX_ENUMERATED` members unless it is given a limit. A float range's values are endless: a
+        member that reaches one raises a :class:`CnnDslError` (sample such a space instead).
         """
-        stack: list[dict[str, int]] = [{}]
+        stack: list[dict[str, int | float]] = [{}]
         built = 0
         while stack and (limit is None or built < limit):
             built += 1
             fixed = stack.pop()
             chooser = _Chooser(fixed)
             net, error = self._build(chooser)
+            endless = next((n for n in chooser.reached.values() if isinstance(n, ast.FloatRange)), None)
+            if endless is not None:
+                raise self._endless(endless, "enumerated")
             yield self._variant(chooser, net, error)
             stack.extend(reversed(list(self._branches(fixed, chooser))))
 
     def sample(self, n: int, seed: int = 0, max_tries: int | None = None) -> Iterator[Variant]:
-        """``n`` distinct members, each reached choice drawn uniformly (reproducible for a seed)."""
+        """``n`` distinct members, each reached choice drawn uniformly (reproducible for a seed); a float range's
+        value is drawn uniformly between its ends, or uniformly in their logarithms for a ``log`` range."""
         rng = random.Random(seed)
         seen: set[tuple] = set()
         tries = max_tries if max_tries is not None else 20 * n + 100
         while len(seen) < n and tries > 0:
             tries -= 1
-            chooser = _Chooser({}, lambda key, k: rng.randrange(k))
+            chooser = _Chooser({}, _random_pick(rng))
             net, error = self._build(chooser)
             ident = tuple(sorted(chooser.choices().items()))
             if ident in seen:
@@ -553,23 +668,71 @@ class Space:
             seen.add(ident)
             yield self._variant(chooser, net, error)
 
-    def neighbours(self, choices: dict[str, int]) -> list[dict[str, int]]:
-        """Every assignment differing from ``choices`` in one reached choice (in a fixed order)."""
+    def _reached(self, choices: dict[str, int | float]) -> _Chooser:
+        """The resolution of a member: the choices it reaches and their options (resolve only)."""
         chooser = _Chooser(choices)
         try:
             Resolver(self.lib, chooser).network(self.network, self.params)
         except CnnDslError:
             pass
+        return chooser
+
+    def neighbours(self, choices: dict[str, int | float]) -> list[dict[str, int | float]]:
+        """Every assignment differing from ``choices`` in one reached choice (in a fixed order).
+
+        A float range's neighbours are endless, so none is listed for it: :meth:`mutate` redraws it instead.
+        """
+        chooser = self._reached(choices)
         base = chooser.choices()
-        return [{**base, key: o} for key, node in chooser.reached.items()
+        return [{**base, key: o} for key, node in chooser.reached.items() if not isinstance(node, ast.FloatRange)
                 for o in range(len(node.options)) if o != base[key]]
 
-    def mutate(self, choices: dict[str, int], n: int, seed: int = 0) -> Iterator[Variant]:
-        """Up to ``n`` one-choice neighbours of a member, picked at random (reproducible for a seed)."""
-        options = self.neighbours(choices)
-        random.Random(seed).shuffle(options)
-        for assignment in options[:n]:
-            yield self.member(assignment)
+    def mutation(self, choices: dict[str, int | float], rng: random.Random) -> dict[str, int | float]:
+        """One one-choice mutant of a member, uniformly among the moves :meth:`mutate` draws from: each
+        neighbour, and for each reached float range its value redrawn from its law. A member with no move
+        (no reached choice with a second option, no float range) is returned as it is."""
+        moves: list = self.neighbours(choices)
+        chooser = self._reached(choices)
+        moves += [k for k, node in chooser.reached.items() if isinstance(node, ast.FloatRange)]
+        if not moves:
+            return chooser.choices()
+        move = rng.choice(moves)
+        if isinstance(move, str):
+            move = {**chooser.choices(), move: _draw(chooser.reached[move], rng)}
+        return move
+
+    def mutate(self, choices: dict[str, int | float], n: int, seed: int = 0) -> Iterator[Variant]:
+        """Up to ``n`` one-choice neighbours of a member, picked at random (reproducible for a seed).
+
+        A reached float range counts as one more neighbour, the member with that range's value redrawn from its
+        law (uniform or log-uniform); as its values are endless, a member reaching one has ``n`` mutants
+        whatever ``n``: once the other neighbours are used up, each further mutant redraws a float range picked
+        at random.
+        """
+        rng = random.Random(seed)
+        options: list = self.neighbours(choices)
+        chooser = self._reached(choices)
+        endless = [k for k, node in chooser.reached.items() if isinstance(node, ast.FloatRange)]
+        if not endless:  # the draws below are only made for a space with a float range
+            rng.shuffle(options)
+            for assignment in options[:n]:
+                yield self.member(assignment)
+            return
+        base = chooser.choices()
+        options += endless  # a key: redraw that range
+        rng.shuffle(options)
+        for i in range(n):
+            move = options[i] if i < len(options) else rng.choice(endless)
+            if isinstance(move, str):
+                move = {**base, move: _draw(chooser.reached[move], rng)}
+            yield self.member(move)
+
+    def _endless(self, point: ast.FloatRange, what: str) -> CnnDslError:
+        """The refusal to count out or enumerate the members of a space with a float range."""
+        return CnnDslError(f"{self.label} has a float range {point.text()} at {choice_key(point.span)}: its members "
+                           f"are endless and cannot be {what}", point.span,
+                           "draw N members at random with --sample N (sample=N in Python), or search it with "
+                           "`cnndsl search`")
 
 
 def read_choices(path: str) -> dict[str, int]:
@@ -584,7 +747,7 @@ def read_choices(path: str) -> dict[str, int]:
         except ValueError:
             continue
         if isinstance(record, dict) and isinstance(record.get("choices"), dict):
-            return {str(k): int(v) for k, v in record["choices"].items()}
+            return {str(k): v if isinstance(v, float) else int(v) for k, v in record["choices"].items()}
     raise CnnDslError(f"{path} holds no variant's choices", None,
                       "pass a file written by `cnndsl variants -o DIR` or one line of its --format jsonl output")
 
@@ -635,7 +798,7 @@ def variants(space: str | Space, *, sample: int | None = None, mutate: int | Non
              start: dict[str, int] | str | None = None, seed: int = 0, limits: Limits | None = None,
              unique: bool = False, keep_invalid: bool = False, input_shape: tuple[int, ...] | None = None,
              params: dict[str, Any] | None = None, tally: Tally | None = None, limit: int | None = None,
-             progress: bool = False) -> Iterator[Variant]:
+             progress: bool = False, arch: str | int | None = None, dedup: str = "graph") -> Iterator[Variant]:
     """The members of a space, checked from the IR and hashed.
 
     By default every member is enumerated; ``sample=N`` draws N distinct members, ``mutate=N`` with
@@ -647,6 +810,10 @@ def variants(space: str | Space, *, sample: int | None = None, mutate: int | Non
     yielded. Enumerating a space of more than :data:`MAX_ENUMERATED` members without a ``limit`` is
     refused with a :class:`CnnDslError`, raised by this call (before anything is yielded).
 
+    In a NAS-Bench-201 space (:mod:`cnndsl.search.nb201`), ``arch`` (an arch string, or a benchmark index)
+    gives the one member with that cell, and ``dedup="nb201"`` makes a repeat the benchmark's notion of one (an
+    equal ``to_unique_str``) instead of the default ``"graph"``, an identical architecture graph.
+
     >>> next(variants("inception", limit=1)).options  # doctest: +ELLIPSIS
     {'inception.cnn:6:24': '32', 'inception.cnn:7:24': '48', 'inception.cnn:7:38': '64', ...}
     >>> a, b = (list(variants("inception", sample=3, seed=3)) for _ in range(2))  # a seed repeats a sample
@@ -656,7 +823,19 @@ def variants(space: str | Space, *, sample: int | None = None, mutate: int | Non
     sp = space if isinstance(space, Space) else Space.open(space, input_shape=input_shape, params=params)
     if limit is not None and limit < 0:
         raise CnnDslError(f"a limit of {limit} members", None, "give --limit N with N at least 0")
-    if mutate is not None:
+    if dedup not in DEDUP:
+        raise CnnArgumentError(f"unknown dedup {dedup!r}", None, DEDUP_HINT)
+    edges = nb201.edge_options(sp.points) if arch is not None or dedup == "nb201" else None
+    if edges is None and (arch is not None or dedup == "nb201"):
+        what = "--arch" if arch is not None else "--dedup nb201"
+        raise CnnDslError(f"{sp.label} is not a NAS-Bench-201 space, so {what} does not apply", None,
+                          "it needs six choices between the benchmark's five ops, written as in the shipped space: "
+                          f"cnndsl variants nb201 {what} ...")
+    if arch is not None:
+        if sample is not None or mutate is not None:
+            raise CnnArgumentError("--arch picks one member: give it without --sample or --mutate", None)
+        stream, total = iter([sp.member(nb201.choices_for(edges, nb201.cell_of(arch)))]), 1
+    elif mutate is not None:
         if start is None:
             raise CnnDslError("mutating needs a member to start from", None, "pass --from FILE")
         base = read_choices(start) if isinstance(start, str) else start
@@ -664,6 +843,8 @@ def variants(space: str | Space, *, sample: int | None = None, mutate: int | Non
     elif sample is not None:
         stream, total = sp.sample(sample, seed), sample
     else:
+        if sp.continuous():
+            raise sp._endless(sp.continuous()[0].node, "enumerated")
         bound = MAX_ENUMERATED if limit is None else limit
         total = sp.count(at_most=bound)
         if limit is None and total > MAX_ENUMERATED:
@@ -678,13 +859,17 @@ def variants(space: str | Space, *, sample: int | None = None, mutate: int | Non
         total = None if total is None else min(total, limit)
     if progress:
         stream = progress_bar(stream, "variants", total, unit="variant")
-    return _checked(stream, tally if tally is not None else Tally(), limits or Limits(), unique, keep_invalid)
+    key = (lambda v: nb201.unique_str(nb201.parse_arch(v.nb201_arch))) if dedup == "nb201" else None
+    return _checked(stream, tally if tally is not None else Tally(), limits or Limits(), unique, keep_invalid, key)
 
 
 def _checked(stream: Iterator[Variant], tally: Tally, limits: Limits, unique: bool,
-             keep_invalid: bool) -> Iterator[Variant]:
-    """The members of ``stream`` that are valid, within ``limits`` and (if ``unique``) new, hashed."""
+             keep_invalid: bool, key: Callable[[Variant], str] | None = None) -> Iterator[Variant]:
+    """The members of ``stream`` that are valid, within ``limits`` and (if ``unique``) new, hashed.
+
+    A member is a repeat when its architecture graph was seen, or, with ``key``, when its key was."""
     hashes = HashRegistry()
+    keys: set[str] = set()
     for v in stream:
         tally.members += 1
         if not v.valid:
@@ -693,6 +878,10 @@ def _checked(stream: Iterator[Variant], tally: Tally, limits: Limits, unique: bo
                 yield v
             continue
         v.arch_hash, v.duplicate = hashes.hash(v.network_obj.graph)
+        if key is not None:
+            k = key(v)
+            v.duplicate = k in keys
+            keys.add(k)
         reason = limits.violation(v)
         if reason:
             tally.over_limit[reason.split(" over ")[0] + " over the limit"] += 1
@@ -707,22 +896,26 @@ def _checked(stream: Iterator[Variant], tally: Tally, limits: Limits, unique: bo
 # ----------------------------------------------------------------------------- the command line
 
 
-def _csv_rows(vs: Iterator[Variant]) -> Iterator[list]:
-    yield ["arch_hash", "params", "macs", "activations", "choices"]
+def _csv_rows(vs: Iterator[Variant], bench: bool = False) -> Iterator[list]:
+    """The rows of ``--format csv``; with ``bench`` (a NAS-Bench-201 space), each member's arch string and index."""
+    yield ["arch_hash", *(["nb201_arch", "nb201_index"] if bench else []), "params", "macs", "activations", "choices"]
     for v in vs:
-        yield [v.arch_hash, v.params, v.macs, v.activations, json.dumps(v.options, separators=(",", ":"))]
+        yield [v.arch_hash, *([v.nb201_arch, v.nb201_index] if bench else []), v.params, v.macs, v.activations,
+               json.dumps(v.options, separators=(",", ":"))]
 
 
 def cmd_variants(args, params: dict) -> int:
     """``cnndsl variants SPACE``: count, enumerate, sample or mutate a space's members."""
     space = Space.open(args.space, input_shape=args.input, params=params)
     if args.count:
-        print(space.count())
+        n = space.count()
+        print("infinite" if n == math.inf else n)  # a float range's values are endless
         return 0
     limits = Limits(args.max_params, args.max_macs, args.max_activations)
     tally = Tally()
     stream = variants(space, sample=args.sample, mutate=args.mutate, start=args.start, seed=args.seed,
-                      limits=limits, unique=args.unique, tally=tally, limit=args.limit, progress=True)
+                      limits=limits, unique=args.unique, tally=tally, limit=args.limit, progress=args.arch is None,
+                      arch=args.arch, dedup=args.dedup)
     if args.output:
         out = Path(args.output)
         out.mkdir(parents=True, exist_ok=True)
@@ -732,7 +925,7 @@ def cmd_variants(args, params: dict) -> int:
         import csv
 
         writer = csv.writer(sys.stdout, lineterminator="\n")
-        for row in _csv_rows(stream):
+        for row in _csv_rows(stream, bench=nb201.edge_options(space.points) is not None):
             writer.writerow(row)
     else:
         for v in stream:
@@ -755,6 +948,9 @@ def add_parser(sub, shape, parse_params) -> None:
                       help=f"every member (the default); a space of more than {MAX_ENUMERATED:,} needs --limit N")
     what.add_argument("--sample", type=int, metavar="N", help="N distinct members drawn at random")
     what.add_argument("--mutate", type=int, metavar="N", help="N members differing in one choice from --from")
+    what.add_argument("--arch", metavar="STR",
+                      help="in a NAS-Bench-201 space, the member with this arch string (|nor_conv_3x3~0|+|...|) or "
+                           "benchmark index (0 to 15624)")
     sp.add_argument("--limit", type=int, metavar="N",
                     help="check at most N members (the first N enumerated), so at most N are output or written")
     sp.add_argument("--from", dest="start", metavar="FILE", help="a member written by -o, or a jsonl line")
@@ -763,6 +959,9 @@ def add_parser(sub, shape, parse_params) -> None:
     sp.add_argument("--max-macs", type=int, metavar="N")
     sp.add_argument("--max-activations", type=int, metavar="N")
     sp.add_argument("--unique", action="store_true", help="leave out members whose architecture was seen")
+    sp.add_argument("--dedup", default="graph", metavar="{graph,nb201}",
+                    help="what --unique calls a repeat: an identical architecture graph (graph, the default) or, "
+                         "in a NAS-Bench-201 space, a cell NAS-Bench-201 calls the same (nb201: 6,466 of 15,625)")
     sp.add_argument("--input", type=shape, metavar="CxHxW", help="override the input size of every member")
     sp.add_argument("--param", "-p", action="append", metavar="NAME=VALUE", help="set a network parameter")
     sp.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
