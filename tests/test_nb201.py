@@ -331,3 +331,13 @@ def test_dedup_nb201_drops_exactly_the_benchmarks_repeats():
     assert tally.duplicates == 80 - len(kept) > 0
     # the default dedup is the exact graph: two cells the benchmark calls the same can differ as graphs
     assert sum(v.duplicate for v in variants(space, sample=80, seed=1)) < tally.duplicates
+
+
+def test_cli_counts_the_benchmarks_unique_cells_and_refuses_a_graph_count(capsys):
+    assert main(["variants", "nb201", "--count", "--unique", "--dedup", "nb201"]) == 0
+    assert capsys.readouterr().out.strip() == "6466"  # the paper's figure (Sec. 2.1)
+    assert main(["variants", "nb201", "--count"]) == 0
+    assert capsys.readouterr().out.strip() == "15625"
+    assert main(["variants", "nb201", "--count", "--unique"]) == 1  # repeats of the graph: only known once built
+    err = capsys.readouterr().err
+    assert "error:" in err and "--dedup nb201" in err and "Traceback" not in err

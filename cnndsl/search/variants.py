@@ -908,6 +908,14 @@ def cmd_variants(args, params: dict) -> int:
     """``cnndsl variants SPACE``: count, enumerate, sample or mutate a space's members."""
     space = Space.open(args.space, input_shape=args.input, params=params)
     if args.count:
+        if args.unique and args.dedup == "nb201" and nb201.edge_options(space.points) is not None:
+            print(nb201.unique_count())  # the six edges are the space's only choices: the benchmark's unique cells
+            return 0
+        if args.unique:
+            raise CnnArgumentError("--count counts the members as written; which of them are repeats is known "
+                                   "only once each is built", None,
+                                   f"cnndsl variants {args.space} --unique --format csv (one row per kept member); "
+                                   "in a NAS-Bench-201 space, --count --unique --dedup nb201")
         n = space.count()
         print("infinite" if n == math.inf else n)  # a float range's values are endless
         return 0
