@@ -1,22 +1,33 @@
 """A canonical hash of a network's architecture: equal for structurally identical networks however written.
 
 The hash ignores every name and looks only at the data flow: which ops, with which arguments (every
-default filled in), feed which. Identity layers (``identity``, ``skip``) are contracted first, and a
-``none`` edge never reaches the IR, so NAS-Bench-201 cells that differ only in where a skip sits or in
-an edge that is removed hash alike when the networks they build are the same.
+default filled in), feed which operand of which. Identity layers (``identity``, ``skip``) are contracted
+first, and a ``none`` edge never reaches the IR, so NAS-Bench-201 cells that differ only in where a skip
+sits hash alike when the networks they build are the same.
 
-The refinement is Weisfeiler-Lehman's, along the data flow and run to convergence: a node's colour is
-its label together with its operands' colours (in operand order, or as a multiset for an op whose
-operands commute, ``Op.commutes``: a plain sum), which for a DAG converges in one pass in topological
-order; the graph's hash is the multiset of all colours plus those of the outputs. Distinct graphs can share a hash in theory, so
-:class:`HashRegistry` confirms a repeated hash with an isomorphism check (networkx's VF2) and tells
-genuinely different graphs apart.
+The graph it describes (:func:`canonical_graph`) has one node per layer, labelled with the op and its
+arguments and nothing else, and one edge per (operand, layer) pair. Operand positions live on the edge:
+its ``port`` is the tuple of positions that the operand fills, in order, so ``concat(x, y, x)`` has an
+edge ``x`` with ``(0, 2)`` and an edge ``y`` with ``(1,)``. For an op whose operands commute
+(:meth:`Op.commutes <cnndsl.ir.ops.Op.commutes>`, declared on the op: a plain sum) every position is
+0, so the tuple only counts: ``x + x + y`` has ``(0, 0)`` for ``x`` and ``(0,)`` for ``y``, however
+the sum is ordered, and it differs from ``x + y + y``.
+
+The refinement is Weisfeiler-Lehman's run to convergence. A node's first colour is its label and the
+output positions it fills; sweeps then recolour every node from its colour and its neighbours'
+``(port, colour)`` multiset, alternately its operands' in topological order and its consumers' in
+reverse, until one splits no colour class (:func:`colours`). The graph's hash is the multiset of the final colours (the outputs
+are in them). Non-isomorphic graphs that Weisfeiler-Lehman cannot tell apart (highly symmetric ones:
+parallel branches of alike layers wired regularly) share a hash, so :class:`HashRegistry` confirms a repeated hash with an
+isomorphism check of the same structure, labels, output positions and edge ports, and tells genuinely
+different graphs apart.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections import defaultdict
 
 import networkx as nx
 
@@ -32,10 +43,11 @@ def _label(op: str, args: dict) -> str:
 
 
 def canonical_graph(graph: Graph) -> tuple[nx.DiGraph, list[str]]:
-    """The unnamed data-flow graph that the hash describes, and its output nodes.
+    """The unnamed data-flow graph that the hash describes, and its output nodes (in order).
 
-    Nodes carry ``label`` (op and arguments); an edge carries ``port`` (the operand position),
-    which is 0 for the operands of a plain sum, whose order does not matter.
+    Nodes carry ``label`` (op and arguments); the edge from an operand to a layer carries ``port``,
+    the sorted tuple of the operand positions it fills, all 0 for an op whose operands commute (so
+    there the tuple's length is how often the layer reads that operand).
     """
     alias: dict[str, str] = {}
     g = nx.DiGraph()
@@ -46,12 +58,11 @@ def canonical_graph(graph: Graph) -> tuple[nx.DiGraph, list[str]]:
             continue
         g.add_node(node.name, label=_label(node.op, node.args))
         commutative = node.opdef.commutes(node.args)
+        ports: dict[str, list[int]] = {}
         for port, src in enumerate(srcs):
-            # a MultiDiGraph is not needed: an op reading one tensor twice (add(x, x)) keeps the count in the label
-            if g.has_edge(src, node.name):
-                g.nodes[node.name]["label"] += f"#dup{port}"
-            else:
-                g.add_edge(src, node.name, port=0 if commutative else port)
+            ports.setdefault(src, []).append(0 if commutative else port)
+        for src, where in ports.items():
+            g.add_edge(src, node.name, port=tuple(where))
     outputs = [alias.get(o, o) for o in graph.outputs]
     return g, outputs
 
@@ -60,15 +71,41 @@ def _digest(text: str) -> str:
     return hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
 
 
+def colours(g: nx.DiGraph, outputs: list[str]) -> dict[str, str]:
+    """Each node's Weisfeiler-Lehman colour at convergence (a hex digest; equal colours, alike nodes).
+
+    Sweeps alternate: forward in topological order, each node from its operands' new colours, then
+    backward from its consumers'. A colour holds the one before it, so a sweep can only split classes,
+    and a second sweep in one direction right after the first splits none (the first already saw all
+    the way up, or down). So once a sweep (not the first) splits no class, the partition is stable both
+    ways, and the colours are final.
+    """
+    order = list(nx.topological_sort(g))
+    where: dict[str, list[int]] = defaultdict(list)
+    for i, o in enumerate(outputs):
+        where[o].append(i)
+    ins = {n: [(port, src) for src, _, port in g.in_edges(n, data="port")] for n in order}
+    outs = {n: [(port, dst) for _, dst, port in g.out_edges(n, data="port")] for n in order}
+    colour = {n: f"{g.nodes[n]['label']}@{where[n]}" for n in order}
+    sweeps = ((order, ins, "<"), (order[::-1], outs, ">"))
+    classes, k = 0, 0
+    while True:
+        nodes, adjacent, mark = sweeps[k % 2]
+        for n in nodes:  # the neighbours on this side, already recoloured in this sweep
+            colour[n] = _digest(f"{colour[n]}{mark}{sorted((port, colour[m]) for port, m in adjacent[n])}")
+        now = len(set(colour.values()))
+        if k and now == classes:
+            return colour
+        classes, k = now, k + 1
+
+
+def _fold(colour: dict[str, str]) -> str:
+    return _digest(",".join(sorted(colour.values())))
+
+
 def graph_hash(g: nx.DiGraph, outputs: list[str]) -> str:
     """Weisfeiler-Lehman colours to convergence over a DAG, folded into one hex digest."""
-    colour: dict[str, str] = {}
-    for name in nx.topological_sort(g):
-        preds = sorted(g.in_edges(name, data="port"), key=lambda e: (e[2], colour[e[0]]))
-        operands = ",".join(f"{port}:{colour[src]}" for src, _, port in preds)
-        colour[name] = _digest(f"{g.nodes[name]['label']}({operands})")
-    everything = ",".join(sorted(colour.values())) + "|" + ",".join(colour[o] for o in outputs)
-    return _digest(everything)
+    return _fold(colours(g, outputs))
 
 
 def arch_hash(graph: Graph) -> str:
@@ -77,15 +114,27 @@ def arch_hash(graph: Graph) -> str:
     return graph_hash(g, outputs)
 
 
-def _same(a: tuple[nx.DiGraph, list[str]], b: tuple[nx.DiGraph, list[str]]) -> bool:
-    (ga, outs_a), (gb, outs_b) = a, b
+def _same(a: tuple[nx.DiGraph, dict[str, str]], b: tuple[nx.DiGraph, dict[str, str]]) -> bool:
+    """Whether two canonical graphs, each with its colours, are isomorphic (labels, outputs and ports kept).
+
+    An isomorphism keeps the colours, which hold the labels and output positions, so only nodes of one
+    colour may correspond. Where every colour is one node's (the usual case) that leaves one candidate
+    map, checked edge by edge; otherwise VF2 searches the maps that keep the colours.
+    """
+    (ga, ca), (gb, cb) = a, b
     if ga.number_of_nodes() != gb.number_of_nodes() or ga.number_of_edges() != gb.number_of_edges():
         return False
+    if sorted(ca.values()) != sorted(cb.values()):
+        return False
+    if len(set(ca.values())) == len(ca):
+        node_of = {c: n for n, c in cb.items()}
+        to = {n: node_of[c] for n, c in ca.items()}
+        return all(gb.has_edge(to[u], to[v]) and gb.edges[to[u], to[v]]["port"] == port
+                   for u, v, port in ga.edges(data="port"))
     ga, gb = ga.copy(), gb.copy()
-    for g, outs in ((ga, outs_a), (gb, outs_b)):
-        for i, o in enumerate(outs):
-            g.nodes[o]["label"] += f"@out{i}"
-    return nx.is_isomorphic(ga, gb, node_match=lambda x, y: x["label"] == y["label"],
+    nx.set_node_attributes(ga, ca, "colour")
+    nx.set_node_attributes(gb, cb, "colour")
+    return nx.is_isomorphic(ga, gb, node_match=lambda x, y: x["colour"] == y["colour"],
                             edge_match=lambda x, y: x["port"] == y["port"])
 
 
@@ -97,18 +146,19 @@ class HashRegistry:
     """
 
     def __init__(self) -> None:
-        self._seen: dict[str, list[tuple[nx.DiGraph, list[str]]]] = {}
+        self._seen: dict[str, list[tuple[nx.DiGraph, dict[str, str]]]] = {}
         self.collisions = 0
 
     def hash(self, graph: Graph) -> tuple[str, bool]:
         """The network's hash and whether an identical architecture was seen before."""
-        canon = canonical_graph(graph)
-        h = graph_hash(*canon)
+        g, outputs = canonical_graph(graph)
+        colour = colours(g, outputs)
+        h = _fold(colour)
         known = self._seen.setdefault(h, [])
         for i, other in enumerate(known):
-            if _same(canon, other):
+            if _same((g, colour), other):
                 return (h if i == 0 else f"{h}-{i + 1}"), True
         if known:
             self.collisions += 1
-        known.append(canon)
+        known.append((g, colour))
         return (h if len(known) == 1 else f"{h}-{len(known)}"), False

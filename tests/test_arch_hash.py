@@ -1,0 +1,329 @@
+"""The architecture hash against canonical forms that this file computes on its own.
+
+Two references, neither using :mod:`cnndsl.search.arch_hash`:
+
+- For small networks, a brute-force canonical form: every relabelling of the nodes is tried and the
+  lexicographically smallest serialisation of (labels, operand lists, outputs) is kept, operand lists
+  read in order for a concat and as a sorted multiset for a sum.
+- For NAS-Bench-201 members (too big for brute force), networkx's isomorphism test on a multigraph with
+  one edge per operand, run within groups of members that share a cheap invariant; members in
+  different groups are never isomorphic, so that gives the exact classes.
+
+Both read the IR graph through its public view (nodes, operands, outputs) and contract identity layers
+themselves. The hash must agree with them exactly: equal hash if and only if equal canonical form, no
+false merge and no false split.
+"""
+
+import collections
+import itertools
+import os
+import random
+import subprocess
+import sys
+
+import networkx as nx
+import pytest
+from networkx.algorithms.isomorphism import categorical_multiedge_match, categorical_node_match
+
+import cnndsl
+from cnndsl.search.arch_hash import HashRegistry, arch_hash
+from cnndsl.search.variants import Space
+
+# ----------------------------------------------------------------------------- the test's own reading of a network
+
+
+def _commutes(op: str, args: dict) -> bool:
+    """A plain sum or product: its operands may be reordered (a scaled sum scales its first operand only)."""
+    return op == "mul" or (op == "add" and args.get("scale", 1.0) == 1.0)
+
+
+def _flow(graph):
+    """The data flow as (labels, operands, commutes, outputs) over node indices, identity layers contracted."""
+    alias, index = {}, {}
+    labels, operands, commutes = [], [], []
+    for node in graph.nodes():
+        srcs = [alias.get(s, s) for s in graph.inputs_of(node.name)]
+        if node.op == "identity" and len(srcs) == 1:
+            alias[node.name] = srcs[0]
+            continue
+        index[node.name] = len(labels)
+        labels.append(repr((node.op, sorted((k, repr(v)) for k, v in node.args.items()))))
+        operands.append([index[s] for s in srcs])
+        commutes.append(_commutes(node.op, node.args))
+    outputs = [index[alias.get(o, o)] for o in graph.outputs]
+    return labels, operands, commutes, outputs
+
+
+def brute_force_form(graph) -> tuple:
+    """The smallest serialisation over all relabellings of the nodes.
+
+    Only the relabellings that sort the labels are tried: the labels come first in the serialisation, so
+    any other order starts with a larger tuple and cannot be the smallest. That is every permutation
+    within each group of alike labels, all combinations of them.
+    """
+    labels, operands, commutes, outputs = _flow(graph)
+    groups = [[i for i, lab in enumerate(labels) if lab == label] for label in sorted(set(labels))]
+    best = None
+    for parts in itertools.product(*(itertools.permutations(g) for g in groups)):
+        order = [i for part in parts for i in part]
+        at = {node: k for k, node in enumerate(order)}
+        ops = []
+        for i in order:
+            read = [at[s] for s in operands[i]]
+            ops.append(tuple(sorted(read) if commutes[i] else read))
+        form = (tuple(labels[i] for i in order), tuple(ops), tuple(at[o] for o in outputs))
+        if best is None or form < best:
+            best = form
+    return best
+
+
+def _errors(truth: list, hashes: list) -> tuple[int, int]:
+    """(false merges, false splits): the classes beyond the first under one hash, the hashes beyond the first
+    of one class."""
+    classes_of, hashes_of = collections.defaultdict(set), collections.defaultdict(set)
+    for t, h in zip(truth, hashes, strict=True):
+        classes_of[h].add(t)
+        hashes_of[t].add(h)
+    return sum(len(s) - 1 for s in classes_of.values()), sum(len(s) - 1 for s in hashes_of.values())
+
+
+# ----------------------------------------------------------------------------- random small networks
+
+
+def random_dag(rng: random.Random) -> list[tuple[str, list[int]]]:
+    """4-7 layers after the input (node 0, 4 channels): 1x1 and 3x3 convs, relu, identity, a sum and a concat
+    of 2-3 operands, often repeated; every layer leads to the last one, the output."""
+    n = rng.randint(4, 7)
+    nodes: list[tuple[str, list[int]]] = [("input", [])]
+    channels = [4]
+    used = {0}
+
+    def pick(candidates: list[int]) -> int:
+        return rng.choice(candidates)
+
+    for i in range(1, n + 1):
+        before = list(range(i))
+        sinks = [j for j in before if j not in used]
+        if i == n and len(sinks) > 1:  # the output gathers every unused layer
+            same = len({channels[j] for j in sinks}) == 1
+            op = "add" if same and rng.random() < 0.5 else "concat"
+            operands = sinks + [pick(sinks) for _ in range(rng.randint(0, 1))]
+            rng.shuffle(operands)
+        else:
+            op = rng.choice(["conv1-4", "conv3-4", "relu", "identity", "add", "concat", "add", "concat"])
+            first = sinks[-1] if i == n else pick(before)
+            if op in ("add", "concat"):
+                pool = [j for j in before if op == "concat" or channels[j] == channels[first]]
+                operands = [first] + [pick(pool) if rng.random() < 0.6 else first for _ in range(rng.randint(1, 2))]
+                rng.shuffle(operands)
+            else:
+                operands = [first]
+        nodes.append((op, operands))
+        used.update(operands)
+        channels.append(4 if op.startswith("conv") else sum(channels[j] for j in operands) if op == "concat"
+                        else channels[operands[0]])
+    return nodes
+
+
+def write(nodes: list[tuple[str, list[int]]], rng: random.Random | None = None) -> str:
+    """The network as ``.cnn`` text. With ``rng``: the layers in another topological order, under other names, and
+    the operands of each sum shuffled (the same architecture written differently)."""
+    n = len(nodes)
+    names = ["input"] + [f"n{i}" for i in range(1, n)]
+    order = list(range(1, n))
+    if rng is not None:
+        shuffled = [f"v{k}" for k in rng.sample(range(100), n - 1)]
+        names = ["input"] + shuffled
+        order, ready, done = [], set(range(1, n)), {0}
+        while ready:
+            free = sorted(i for i in ready if all(s in done for s in nodes[i][1]))  # the output comes last
+            i = rng.choice(free)
+            order.append(i)
+            ready.discard(i)
+            done.add(i)
+    steps = []
+    for i in order:
+        op, operands = nodes[i]
+        if rng is not None and op == "add":
+            operands = rng.sample(operands, len(operands))
+        refs = " | ".join(f"@{names[s]}" for s in operands)
+        steps.append(f"{names[i]}: {op}< {refs} >" if op in ("add", "concat") else f"{names[i]}: [@{names[operands[0]]} {op}]")
+    return "network t: input 4x8x8  " + "  ".join(steps)
+
+
+ISSUE_PAIRS = {
+    # x + c3(c3(x)) + x and x + x + c3(c3(x)): one sum, ordered two ways (split by the old #dup position)
+    "sum_reordered": ("network t: input 4x8x8  x: [@input relu]  c: [@x conv3-4 conv3-4]  s: add< @x | @c | @x >",
+                      "network t: input 4x8x8  x: [@input relu]  c: [@x conv3-4 conv3-4]  s: add< @x | @x | @c >", True),
+    # x + 2 c1(x) and 2x + c1(x): different sums (merged by the old #dup2, which did not say which operand repeats)
+    "sum_other_repeat": ("network t: input 4x8x8  x: [@input relu]  c: [@x conv1-4]  s: add< @x | @c | @c >",
+                         "network t: input 4x8x8  x: [@input relu]  c: [@x conv1-4]  s: add< @c | @x | @x >", False),
+    # the same in a concat, where the order is part of the architecture: cat(x, c, x) and cat(x, c, c)
+    "concat_other_repeat": ("network t: input 4x8x8  x: [@input relu]  c: [@x conv1-4]  s: concat< @x | @c | @x >",
+                            "network t: input 4x8x8  x: [@input relu]  c: [@x conv1-4]  s: concat< @x | @c | @c >", False),
+}
+
+
+@pytest.mark.parametrize(("a", "b", "same"), ISSUE_PAIRS.values(), ids=ISSUE_PAIRS)
+def test_the_issues_examples(a, b, same):
+    na, nb = cnndsl.loads(a), cnndsl.loads(b)
+    assert (brute_force_form(na.graph) == brute_force_form(nb.graph)) is same
+    assert (arch_hash(na.graph) == arch_hash(nb.graph)) is same
+    registry = HashRegistry()
+    ha, seen_a = registry.hash(na.graph)
+    hb, seen_b = registry.hash(nb.graph)
+    assert not seen_a and seen_b is same and (ha == hb) is same
+
+
+def test_hash_agrees_with_brute_force_on_random_networks():
+    rng = random.Random(20240613)
+    sources = []
+    for _ in range(250):
+        dag = random_dag(rng)
+        sources += [write(dag), write(dag, rng)]
+    nets = [cnndsl.loads(s) for s in sources]
+    forms = [brute_force_form(n.graph) for n in nets]
+    hashes = [arch_hash(n.graph) for n in nets]
+    registry = HashRegistry()
+    stream, seen_form = [], set()
+    for net, form in zip(nets, forms, strict=True):
+        h, seen = registry.hash(net.graph)
+        assert seen is (form in seen_form)
+        seen_form.add(form)
+        stream.append(h)
+    assert _errors(forms, hashes) == (0, 0)
+    assert _errors(forms, stream) == (0, 0)
+    # the test has teeth: many architectures written several ways, and many near misses (the same layers
+    # wired differently) that a hash reading only the layers would merge
+    written = collections.Counter(forms)
+    near = collections.defaultdict(set)
+    for f in forms:
+        near[f[0]].add(f)
+    assert sum(1 for k in written.values() if k > 1) >= 200
+    assert sum(len(s) - 1 for s in near.values()) >= 30
+
+
+def test_a_collision_is_told_apart_by_the_isomorphism_check():
+    """Two sums of four alike sums of 1x1 convs, wired as one 8-cycle or as two 4-cycles: Weisfeiler-Lehman sees
+    every conv alike and every inner sum alike in both, so the hashes agree; the registry must not."""
+    def net(pairs):
+        convs = "  ".join(f"a{i}: [@input conv1-4]" for i in range(4))
+        sums = "  ".join(f"b{k}: add< @a{i} | @a{j} >" for k, (i, j) in enumerate(pairs))
+        return cnndsl.loads(f"network t: input 4x8x8  {convs}  {sums}  add< @b0 | @b1 | @b2 | @b3 >")
+
+    ring, halves = net([(0, 1), (1, 2), (2, 3), (3, 0)]), net([(0, 1), (0, 1), (2, 3), (2, 3)])
+    ring2 = net([(2, 0), (1, 3), (0, 1), (3, 2)])  # the ring again, written in another order
+    assert brute_force_form(ring.graph) != brute_force_form(halves.graph) == brute_force_form(halves.graph)
+    assert brute_force_form(ring.graph) == brute_force_form(ring2.graph)
+    assert arch_hash(ring.graph) == arch_hash(halves.graph)  # WL's known blind spot, reproduced
+    registry = HashRegistry()
+    h1, seen1 = registry.hash(ring.graph)
+    h2, seen2 = registry.hash(halves.graph)
+    h3, seen3 = registry.hash(ring2.graph)
+    assert (seen1, seen2, seen3) == (False, False, True)
+    assert h2 == f"{h1}-2" and h3 == h1 and registry.collisions == 1
+
+
+# ----------------------------------------------------------------------------- NAS-Bench-201 members
+
+
+def _multigraph(graph) -> nx.MultiDiGraph:
+    """One edge per operand, its port the operand position (0 throughout a sum); outputs marked on their node."""
+    labels, operands, commutes, outputs = _flow(graph)
+    g = nx.MultiDiGraph()
+    for i, label in enumerate(labels):
+        g.add_node(i, label=label + "".join(f"|out{k}" for k, o in enumerate(outputs) if o == i))
+    for i, srcs in enumerate(operands):
+        for port, s in enumerate(srcs):
+            g.add_edge(s, i, port=0 if commutes[i] else port)
+    return g
+
+
+def iso_classes(graphs: list) -> list[int]:
+    """Each graph's isomorphism class, by VF2 within the groups that share the labels and the labelled edges."""
+    def invariant(g):
+        lab = nx.get_node_attributes(g, "label")
+        return sorted(lab.values()), sorted((lab[a], lab[b], p) for a, b, p in g.edges(data="port"))
+
+    groups = collections.defaultdict(list)
+    for i, g in enumerate(graphs):
+        groups[repr(invariant(g))].append(i)
+    match = {"node_match": categorical_node_match("label", None), "edge_match": categorical_multiedge_match("port", None)}
+    classes = [0] * len(graphs)
+    count = 0
+    for members in groups.values():
+        reps: list[int] = []
+        for i in members:
+            same = next((r for r in reps if nx.is_isomorphic(graphs[i], graphs[r], **match)), None)
+            if same is None:
+                reps.append(i)
+                classes[i], count = count, count + 1
+            else:
+                classes[i] = classes[same]
+    return classes
+
+
+def _check_space(members) -> tuple[int, int]:
+    """(members, architectures) of valid members, after asserting zero false merges and splits in both hashes."""
+    graphs = [v.network_obj.graph for v in members if v.valid]
+    truth = iso_classes([_multigraph(g) for g in graphs])
+    registry = HashRegistry()
+    assert _errors(truth, [arch_hash(g) for g in graphs]) == (0, 0)
+    assert _errors(truth, [registry.hash(g)[0] for g in graphs]) == (0, 0)
+    return len(graphs), len(set(truth))
+
+
+#: NAS-Bench-201's cell with three of its ops (the ones whose repeats and skips broke the old hash): 3^6 members.
+SMALL_CELL = """
+block rcb(c, k) with conv(bias=false): relu conv{k}-{c} bn
+block cell(c):
+    n0: identity
+    n1: choice< rcb(c, 3) | skip | none >
+    n2: add< @n0 choice< rcb(c, 3) | skip | none > | @n1 choice< rcb(c, 3) | skip | none > >
+    add< @n0 choice< rcb(c, 3) | skip | none > | @n1 choice< rcb(c, 3) | skip | none >
+       | @n2 choice< rcb(c, 3) | skip | none > >
+network small: input 3x8x8
+    stem: [conv3-8 bn]  cell(8)  bn relu gap  fc-10
+"""
+
+
+def test_hash_is_exact_over_a_small_cell_space(tmp_path):
+    path = tmp_path / "small.cnn"
+    path.write_text(SMALL_CELL, encoding="utf-8")
+    space = Space.open(str(path))
+    members, unique = _check_space(space.enumerate())
+    assert members < 3 ** 6 and 1 < unique < members  # some are invalid (a zero output), many repeat
+
+
+def test_hash_is_exact_over_a_sample_of_nb201():
+    space = Space.open("nb201", params={"n": 1})  # one cell a stage: the same cells, a quarter of the layers
+    _check_space(space.sample(200, seed=7))
+
+
+@pytest.mark.slow
+def test_hash_is_exact_over_all_of_nb201():
+    """All 15,625 members, one cell a stage: the same cells as at N = 5, at a quarter of the build and check."""
+    space = Space.open("nb201", params={"n": 1})
+    members, unique = _check_space(space.enumerate())
+    assert 1 < unique < members
+
+
+# ----------------------------------------------------------------------------- determinism
+
+_PRINT_HASHES = """
+import cnndsl
+from cnndsl.search.arch_hash import HashRegistry, arch_hash
+registry = HashRegistry()
+for src in {sources!r}:
+    g = cnndsl.loads(src).graph
+    print(arch_hash(g), registry.hash(g))
+print(arch_hash(cnndsl.load("resnet18").graph))
+"""
+
+
+def test_hash_is_the_same_under_any_hash_seed():
+    sources = [s for pair in ISSUE_PAIRS.values() for s in pair[:2]]
+    code = _PRINT_HASHES.format(sources=sources)
+    runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                           env={**os.environ, "PYTHONHASHSEED": seed}).stdout for seed in ("0", "1")]
+    assert runs[0] == runs[1] and len(runs[0].splitlines()) == len(sources) + 1
