@@ -65,6 +65,16 @@ def _transposed_padding(kernel, dilation, padding, output_padding):
     return tuple((d * (k - 1) - lo, d * (k - 1) - hi + extra)
                  for k, d, (lo, hi), extra in zip(kernel, dilation, padding, output_padding, strict=True))
 ''',
+    "FrozenBatchNorm": '''
+class _FrozenBatchNorm(nnx.BatchNorm):
+    """A frozen layer's batch norm (freeze(...)): it normalises with its running statistics and keeps them, in
+    training too (torchvision's FrozenBatchNorm2d), unless model.set_attributes(train_frozen_bn=True)."""
+
+    train_frozen_bn = False
+
+    def __call__(self, x, use_running_average=None, **kwargs):
+        return super().__call__(x, use_running_average if self.train_frozen_bn else True, **kwargs)
+''',
     **{h: JAX_HELPERS[h] for h in ("max_pool", "avg_pool", "adaptive_avg_pool", "lrn", "upsample")},
 }
 #: Module-level initialisers, written when a layer uses them.
@@ -271,7 +281,12 @@ class _ClassPrinter(NhwcLayerCode):
             parts.append("scale_init=nnx.initializers.zeros")
         elif isinstance(a["zero_init"], Ref):
             parts.append(f"scale_init=nnx.initializers.zeros if {self.ctor(a['zero_init'])} else nnx.initializers.ones")
-        return f"nnx.BatchNorm({', '.join([*parts, 'rngs=rngs'])})"
+        frozen = a.get("frozen", False)  # freeze(...): a batch norm that keeps its running statistics
+        if frozen is not False:
+            self.p.helpers.add("FrozenBatchNorm")
+        cls = ("nnx.BatchNorm" if frozen is False else "_FrozenBatchNorm" if frozen is True
+               else f"(_FrozenBatchNorm if {self.ctor(frozen)} else nnx.BatchNorm)")
+        return f"{cls}({', '.join([*parts, 'rngs=rngs'])})"
 
     def ctor_dropout(self, step: Step) -> str:
         return f"nnx.Dropout({self.ctor(step.arg('p'))}, rngs=rngs)"

@@ -830,7 +830,9 @@ class _ClassPrinter(NhwcLayerCode):
                 p = f"params{_subs(keys)} if {self.val(a['affine'])} else None"
             pre: list[str] = []
             self.ensure(pre, "new_stats", keys)
-            call = (f"_batch_norm({xs[0]}, {p}, stats{_subs(keys)}, train, momentum={self.val(a['momentum'])}, "
+            frozen = a.get("frozen", False)  # freeze(...): normalise with the running statistics, and keep them
+            mode = "train" if frozen is False else "False" if frozen is True else f"train and not {self.val(frozen)}"
+            call = (f"_batch_norm({xs[0]}, {p}, stats{_subs(keys)}, {mode}, momentum={self.val(a['momentum'])}, "
                     f"eps={self.val(a['eps'])})")
             return [*pre, f"{target}, new_stats{_subs(keys)} = {call}"]
         return [f"{target} = {getattr(self, f'emit_{step.op}')(step, xs)}"]

@@ -152,7 +152,8 @@ def _prod(shape) -> int:
 def layer_args(graph: Graph, node: Node) -> tuple[tuple[str, Any], ...]:
     """The numbers a printer needs for one layer: the IR's arguments and what follows from the shapes
     (input channels or features, ceil mode's extra bottom/right padding, centre-crop windows).
-    A pool keeps ``ceil`` beside its ``ceil_extra``: PyTorch prints the mode, the JAX printers the padding."""
+    A pool keeps ``ceil`` beside its ``ceil_extra``: PyTorch prints the mode, the JAX printers the padding. A batch
+    norm carries ``frozen`` (``freeze(...)``: the JAX printers keep its statistics; PyTorch's ``train`` does)."""
     a = node.args
     ins = [graph.node(s).shape for s in graph.inputs_of(node.name)]
     op = node.op
@@ -169,7 +170,7 @@ def layer_args(graph: Graph, node: Node) -> tuple[tuple[str, Any], ...]:
         zero = graph.init is not None and graph.zero_init_residual and any(
             graph.node(d).op == "add" and port == 0 for d, port in graph.consumers(node.name))
         return (("features", ins[0][0]), ("eps", a["eps"]), ("momentum", a["momentum"]), ("affine", a["affine"]),
-                ("zero_init", zero))
+                ("zero_init", zero), ("frozen", node.frozen))
     if op == "pointwise":
         return (("in_features", ins[0][0]), ("c", a["c"]), ("bias", a["bias"]))
     if op in ("layernorm", "groupnorm", "layerscale"):  # their tensors are one per channel (or feature)

@@ -17,7 +17,12 @@ constructor parameters, named after the block's own); this module prints it:
   ``nn.Sequential`` over an ``OrderedDict`` where they chain, else an ``nn.ModuleDict``; a scope with
   several entries or exits keeps its layers in its parent's ``forward``, its modules in a container;
 - ``forward`` is straight-line, one statement per layer or child module, each with a comment giving
-  its source line and its output shape where that has a size of its own.
+  its source line and its output shape where that has a size of its own;
+- a network with auxiliary heads returns torchvision's namedtuple in training and its logits alone in
+  evaluation (:func:`outputs_tuple`), a form TorchScript compiles.
+
+:func:`build` runs the source in a module named by its hash (:func:`source_module`): one class per source
+text, whose instances pickle with the source they came from (:func:`restore`).
 
 An op is supported when :class:`ClassPrinter` has a ``ctor_<op>`` method (an op the registry marks
 ``torch_module``) or an ``emit_<op>`` method (the others); see there.
@@ -25,11 +30,16 @@ An op is supported when :class:`ClassPrinter` has a ``ctor_<op>`` method (an op 
 
 from __future__ import annotations
 
+import hashlib
 import io
 import keyword
+import linecache
 import os
+import sys
 import textwrap
+import threading
 import tokenize
+import types
 from collections import Counter
 from dataclasses import replace
 from typing import Any
@@ -55,7 +65,7 @@ from cnndsl.ir.graph import Graph
 from cnndsl.ir.ops import OPS, Saved
 
 #: The public attributes and methods of nn.Module, nn.Sequential and nn.ModuleDict (torch 2.1 to 2.13; a test
-#: checks this covers the installed torch), and the method the generated network adds. A layer's label is
+#: checks this covers the installed torch), and the methods and attribute the generated network adds. A layer's label is
 #: its attribute and its state_dict key, so a label cannot be one of these (renaming it would change the
 #: state_dict); nor can it start with "_", PyTorch's private namespace (``_modules``, ``__init__``).
 MODULE_ATTRS = frozenset({
@@ -69,10 +79,10 @@ MODULE_ATTRS = frozenset({
     "register_parameter", "register_state_dict_post_hook", "register_state_dict_pre_hook", "requires_grad_",
     "set_extra_state", "set_submodule", "share_memory", "state_dict", "to", "to_empty", "train", "training", "type",
     "update", "values", "xpu", "zero_grad",
-    "reset_parameters",
+    "reset_parameters", "train_frozen_bn",
 })
 #: The names the generated module defines or imports at its top level (besides its helpers and classes).
-MODULE_GLOBALS = frozenset({"torch", "nn", "F", "OrderedDict"})
+MODULE_GLOBALS = frozenset({"torch", "nn", "F", "OrderedDict", "NamedTuple"})
 # Names a forward's local variables must not take.
 _RESERVED_VARS = PYTHON_RESERVED | MODULE_GLOBALS | {"self", "aux"}
 
@@ -181,6 +191,18 @@ def _one_or_tuple(types: list[str]) -> str:
     return types[0] if len(types) == 1 else "(" + ", ".join(types) + ")"
 
 
+def outputs_tuple(aux_heads: int) -> tuple[str | None, tuple[str, ...]]:
+    """The name and fields of the namedtuple a network with ``aux_heads`` auxiliary heads returns in training,
+    torchvision's: with one head, Inception3's ``InceptionOutputs(logits, aux_logits)``; with more, GoogLeNet's
+    ``GoogLeNetOutputs(logits, aux_logits2, aux_logits1)``, the heads last to first (numbered in the order the
+    network declares them). ``(None, ())`` without heads: the network returns its one tensor."""
+    if not aux_heads:
+        return None, ()
+    if aux_heads == 1:
+        return "InceptionOutputs", ("logits", "aux_logits")
+    return "GoogLeNetOutputs", ("logits", *(f"aux_logits{i}" for i in range(aux_heads, 0, -1)))
+
+
 # ----------------------------------------------------------------------------- the module printer
 
 
@@ -190,9 +212,10 @@ class TorchEmitter(Emitter):
 
     backend = "PyTorch"
 
-    def __init__(self, graph: Graph):
+    def __init__(self, graph: Graph, features: tuple[str, ...] = ()):
         super().__init__(graph)
         self.g = graph
+        self.features = tuple(features)  # layers whose outputs the network returns, as a list (timm's features_only)
         self._check_names()
         self.check_supported()
         self.plan = make_plan(graph)
@@ -200,6 +223,10 @@ class TorchEmitter(Emitter):
         self._callable: dict[str, bool] = {}  # class id -> whether an instance is called as one step
         # module-level names: the imports, the helpers, the network's class, then the block classes
         self.globals = Namespace(MODULE_GLOBALS | set(HELPERS))
+        # the training outputs' namedtuple, named first so that it keeps torchvision's name
+        self.outputs_name, self.outputs_fields = (None, ()) if self.features else outputs_tuple(len(graph.aux_outputs))
+        if self.outputs_name:
+            self.outputs_name = self.globals.name(self.outputs_name)
         self.class_name = self.globals.name(self.plan.root.name)
         self.printers: dict[str, ClassPrinter] = {}
         for cls in self.plan.classes:
@@ -287,14 +314,26 @@ class TorchEmitter(Emitter):
     def class_callable(self, cls: ClassPlan) -> bool:
         if cls.id not in self._callable:
             layout = self.class_layout(cls)
-            self._callable[cls.id] = layout == "class" or layout != "dict" and self.chains(cls)
+            self._callable[cls.id] = (layout == "class" or layout != "dict" and self.chains(cls)) and \
+                not any(self._hides_feature(scope) for scope in cls.instances)
         return self._callable[cls.id]
+
+    def _hides_feature(self, scope: str) -> bool:
+        """Whether IR scope ``scope`` computes a feature (``features``) that it does not return: the network's
+        forward then writes the scope's steps in place, to keep the value."""
+        if not self.features:
+            return False
+        inside = {n.name for n in self.g.scope_members(scope)}
+        exits = set(self.g.scope_boundary(scope)[1]) if inside else set()
+        return any(f in inside and f not in exits for f in self.features)
 
     def is_callable(self, step: Step) -> bool:
         """Whether ``forward`` calls the step's module as one statement (else its steps are written in place)."""
         if step.kind == "layer":
             return OPS[step.op].torch_module
         ids = (step.child,) if step.kind == "call" else step.children
+        if step.kind == "sequence" and self._hides_feature(step.attr):  # the network's steps name IR scopes
+            return False
         return all(self.class_callable(self.plan.cls(c)) for c in ids)
 
     def wants_flat(self, step: Step) -> bool:
@@ -351,11 +390,13 @@ class TorchEmitter(Emitter):
         pass of the op that made it does not either (tanh's, sigmoid's and an in-place ReLU's read their output).
 
         An op that does not materialize its output (in-place ReLU; identity, dropout and flatten,
-        whose result in eval mode is the very tensor they got) is looked through to its input.
+        whose result in eval mode is the very tensor they got) is looked through to its input. A feature
+        (``features``) is returned, so it is never overwritten.
         """
         while True:
             node = self.g.node(name)
-            if node.op == "input" or name in self.g.outputs or len(self.g.consumers(name)) != 1:
+            if (node.op == "input" or name in self.g.outputs or name in self.features
+                    or len(self.g.consumers(name)) != 1):
                 return False
             if Saved.OUTPUT in node.opdef.saves:
                 return False
@@ -376,32 +417,78 @@ class TorchEmitter(Emitter):
         src = "\n\n\n".join(bodies)
         used = _names_used(src)
         helpers = [text for name, text in HELPERS.items() if name in used]
-        imports = ["from collections import OrderedDict\n" if "OrderedDict" in used else None, "import torch",
+        outputs = [self.outputs_class()] if self.outputs_name else []
+        stdlib = [i for i in ("from collections import OrderedDict" if "OrderedDict" in used else None,
+                              "from typing import NamedTuple" if outputs else None) if i]
+        imports = [*stdlib, "" if stdlib else None, "import torch",
                    "import torch.nn.functional as F" if "F" in used or helpers else None, "from torch import nn"]
         span = self.g.node(self.g.inputs[0]).span
         where = f", from {docstring_text(os.path.basename(span.file))}" if span else ""
         header = [f'"""PyTorch model for the network \'{docstring_text(self.g.name)}\'{where}.', "",
                   "Generated by cnndsl; edit the .cnn source instead of this file.", '"""', ""]
-        parts = ["\n".join(i for i in imports if i), *helpers, src]
+        parts = ["\n".join(i for i in imports if i is not None), *helpers, *outputs, src]
         return "\n".join(header) + "\n" + "\n\n\n".join(parts) + "\n"
 
-    # -- the network's extras: frozen layers, initialisation
+    # -- the network's extras: the training outputs, frozen layers, initialisation
+    def outputs_class(self) -> str:
+        """The namedtuple of the outputs in training (see :func:`outputs_tuple`), each head's field commented
+        with the head's layer; typed for TorchScript, where evaluation returns it too, the heads None."""
+        heads = self.g.aux_outputs[::-1]  # the fields' order
+        w = Writer()
+        with w.block(f"class {self.outputs_name}(NamedTuple):"):
+            w.line('"""What the network returns in training: the logits, then the auxiliary heads\' logits (torchvision\'s')
+            w.line("layout). In evaluation it returns the logits alone; a scripted network returns this tuple, the")
+            w.line('heads None."""')
+            w.line()
+            w.line(f"{self.outputs_fields[0]}: torch.Tensor")
+            for field, head in zip(self.outputs_fields[1:], heads):
+                w.line(f"{field}: torch.Tensor | None  # {comment_text(head)}")
+        return w.text().rstrip("\n")
+
     def freeze_lines(self) -> list[str]:
         frozen = {n.name for n in self.g.nodes() if n.frozen and n.params}
+        return [f"{self.access(path)}.requires_grad_(False)  # frozen"
+                for path in self._covering(frozen, lambda m: m.params)]
+
+    def _covering(self, names: set[str], among) -> list[str]:
+        """The fewest paths that reach the layers ``names`` and no other layer for which ``among(node)`` holds: for
+        each, the outermost scope whose every such layer is in ``names``, else the layer itself (in graph order)."""
         out, covered = [], set()
         for n in self.g.nodes():
-            if n.name not in frozen or n.name in covered:
+            if n.name not in names or n.name in covered:
                 continue
-            path = n.name
-            parts = n.name.split(".")
-            for i in range(1, len(parts)):  # the outermost scope whose every layer with weights is frozen
+            path, parts = n.name, n.name.split(".")
+            for i in range(1, len(parts)):
                 prefix = ".".join(parts[:i])
-                if all(m.name in frozen for m in self.g.scope_members(prefix) if m.params):
+                if all(m.name in names for m in self.g.scope_members(prefix) if among(m)):
                     path = prefix
                     break
             covered |= {m.name for m in self.g.scope_members(path)} | {path}
-            out.append(f"{self.access(path)}.requires_grad_(False)  # frozen")
+            out.append(path)
         return out
+
+    def frozen_bn_method(self) -> list[str]:
+        """A ``train`` that leaves the frozen batch norms in eval mode, so that they normalise with, and keep, their
+        running statistics (torchvision's FrozenBatchNorm2d), unless ``train_frozen_bn`` is set; nothing when no
+        batch norm is frozen. (Their weights are frozen by :meth:`freeze_lines`; this is about their statistics.)"""
+        frozen = {n.name for n in self.g.nodes() if n.op == "bn" and n.frozen}
+        if not frozen:
+            return []
+        ranks = {len(self.g.node(n).shape) for n in frozen}
+        types = _one_or_tuple([t for t, rank in (("nn.BatchNorm2d", 3), ("nn.BatchNorm1d", 1)) if rank in ranks])
+        paths = [self.access(p) for p in self._covering(frozen, lambda m: m.op == "bn")]
+        scopes = ", ".join(paths) + ("," if len(paths) == 1 else "")
+        return [f'def train(self, mode: bool = True) -> "{self.class_name}":',
+                '    """Set training mode, but leave the frozen batch norms in eval mode: they normalise with their',
+                "    running statistics and do not update them. Set ``train_frozen_bn = True`` to train them too.",
+                '    """',
+                "    super().train(mode)",
+                "    if mode and not self.train_frozen_bn:",
+                f"        for scope in ({scopes}):",
+                "            for m in scope.modules():",
+                f"                if isinstance(m, {types}):",
+                "                    m.eval()",
+                "    return self"]
 
     def init_method(self) -> list[str]:
         """``reset_parameters``, or nothing when the network has no layer the scheme initialises."""
@@ -659,7 +746,8 @@ class ClassPrinter:
         """The forward's parameters and body."""
         cls = self.cls
         steps = self.forward_steps(cls.steps)
-        outputs = (cls.output, *cls.aux_outputs)
+        features = self.e.features if self.is_root else ()
+        outputs = (cls.output, *cls.aux_outputs, *features)
         last_use: dict[str, int] = {}
         readers: dict[str, int] = {}
         joined: set[str] = set()  # values read by a join (an add, a concat)
@@ -724,12 +812,27 @@ class ClassPrinter:
             holder[name] = s.output
             lines.append(f"{name} = {expr}{self.comment(s)}")
         body = main
+        if aux and self.e.outputs_name:  # torchvision's: the namedtuple in training, the logits alone in evaluation
+            logits, heads = var[cls.output], [var[o] for o in reversed(cls.aux_outputs)]
+            body.append("if self.training:  # the auxiliary heads run, and are returned, when training")
+            body += ["    " + line for line in aux]
+            body.append(f"    return {self.e.outputs_name}({', '.join([logits, *heads])})")
+            body.append("if torch.jit.is_scripting():  # TorchScript has one return type: the tuple, the heads None")
+            body.append(f"    return {self.e.outputs_name}({', '.join([logits, *['None'] * len(heads)])})")
+            body.append(f"return {logits}  # the logits alone")
+            return params, body
         if aux:
             outs = ", ".join(var[o] for o in outputs)
             body.append("if self.training:  # the auxiliary heads run, and are returned, when training")
             body += ["    " + line for line in aux]
             body.append(f"    return {outs}")
-        body.append(f"return {var[cls.output]}")
+        if features:
+            hidden = [f for f in features if f not in var]
+            if hidden:  # every scope that hides one is written out in place (``_hides_feature``)
+                raise CompilerBug(f"feature layer '{hidden[0]}' is not a value of the network's forward")
+            body.append(f"return [{', '.join(var[f] for f in features)}]")
+        else:
+            body.append(f"return {var[cls.output]}")
         return params, body
 
     # -- the class
@@ -800,6 +903,11 @@ class ClassPrinter:
             for text in textwrap.wrap(f'"""{self.docstring()}"""', WIDTH - 4, break_long_words=False):
                 w.line(text)
             w.line()
+            frozen_bn = self.e.frozen_bn_method() if self.is_root else []
+            if frozen_bn:
+                w.line("#: Whether train() trains the frozen batch norms' statistics too (False: they stay in eval mode).")
+                w.line("train_frozen_bn = False")
+                w.line()
             sig = ", ".join(f"{self.params[p]}: {self.annotation(p)}" for p in self.used_params())
             line(f"def __init__(self{', ' if sig else ''}{sig}) -> None:")
             with w.indent():
@@ -812,12 +920,22 @@ class ClassPrinter:
                 if self.is_root:
                     for text in self.e.freeze_lines():
                         line(text)
+                    if frozen_bn:
+                        w.line("self.train()  # the frozen batch norms start in eval mode")
                     if init:
                         w.line("self.reset_parameters()")
             w.line()
-            ret = "torch.Tensor | tuple[torch.Tensor, ...]" if self.cls.aux_outputs else "torch.Tensor"
+            ret = self.e.outputs_name if self.is_root and self.e.outputs_name else "torch.Tensor"
+            if self.cls.aux_outputs and not self.e.outputs_name:
+                ret = "torch.Tensor | tuple[torch.Tensor, ...]"
+            if self.is_root and self.e.features:
+                ret = "list[torch.Tensor]"
             with w.block(f"def forward(self, {', '.join(f'{p}: torch.Tensor' for p in params)}) -> {ret}:"):
                 for text in body:
+                    line(text)
+            if frozen_bn:
+                w.line()
+                for text in frozen_bn:
                     line(text)
             if init:
                 w.line()
@@ -1072,17 +1190,18 @@ HELPERS = {
     ConvNeXt has between its permutes)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)''',
+        return F.linear(x.permute(0, 2, 3, 1), self.weight, self.bias).permute(0, 3, 1, 2)''',
 }
 
 
-def generate(net) -> tuple[str, str]:
+def generate(net, features: tuple[str, ...] = ()) -> tuple[str, str]:
     """PyTorch source for a checked :class:`cnndsl.Network` (or its graph), and the network class's name.
 
+    ``features`` (layer names, :mod:`cnndsl.passes.features`) makes ``forward`` return their outputs, a list.
     The source is parsed before it is returned: code that is not valid Python is a :class:`CompilerBug`.
     """
     graph = net.graph if hasattr(net, "graph") else net
-    emitter = TorchEmitter(graph)
+    emitter = TorchEmitter(graph, features)
     return check_source(emitter.generate(), "PyTorch"), emitter.class_name
 
 
@@ -1091,25 +1210,87 @@ def compile_torch(net) -> str:
     return generate(net)[0]
 
 
-def build(net, *, inference: bool = False, state_dict=None):
+#: The package the generated modules are registered under, each as ``m`` and the first 16 hex digits of its
+#: source text's SHA-256 (see :func:`source_module`).
+GENERATED_PACKAGE = "cnndsl._generated"
+#: The generated module's attribute that keeps its source text, which its instances pickle (see :func:`restore`).
+SOURCE_ATTR = "__cnndsl_source__"
+_MODULES_LOCK = threading.Lock()
+
+
+def module_name(source: str) -> str:
+    """The name a generated source's module is registered under: ``cnndsl._generated.m<hash>``, a function of the
+    text alone, so that it is the same in every process and under any ``PYTHONHASHSEED``."""
+    return f"{GENERATED_PACKAGE}.m{hashlib.sha256(source.encode('utf-8')).hexdigest()[:16]}"
+
+
+def source_module(source: str) -> types.ModuleType:
+    """The module of generated PyTorch ``source``, executed once per process and per source text.
+
+    It is registered in ``sys.modules`` under :func:`module_name`, so that the same source gives the same module
+    and the same classes (``type(build_torch(n)) is type(build_torch(n))``), importable by name, and so that
+    TorchScript's qualified names (``__torch__.cnndsl._generated.m<hash>.ResNet``) never mix two networks. Its
+    ``nn.Module`` classes pickle by value (:func:`restore`), so ``torch.save(model)`` and spawned processes
+    rebuild them anywhere cnndsl is installed.
+    """
+    name = module_name(source)
+    with _MODULES_LOCK:
+        module = sys.modules.get(name)
+        if module is not None and getattr(module, SOURCE_ATTR, None) == source:
+            return module
+        from torch import nn
+
+        parent = sys.modules.get(GENERATED_PACKAGE)
+        if parent is None:  # a namespace of its own: nothing is imported from disk under it
+            parent = types.ModuleType(GENERATED_PACKAGE, "The modules cnndsl generates, one per source text.")
+            parent.__path__ = []
+            sys.modules[GENERATED_PACKAGE] = parent
+            sys.modules["cnndsl"]._generated = parent
+        filename = f"<cnndsl {name}>"
+        # tracebacks, inspect.getsource and torch.jit.script read the generated source from here
+        linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+        module = types.ModuleType(name)
+        module.__file__ = filename
+        setattr(module, SOURCE_ATTR, source)
+        # dont_inherit: the source runs as written, not under this file's `from __future__ import annotations`
+        exec(compile(source, filename, "exec", dont_inherit=True), module.__dict__)  # noqa: S102 - our own source
+        for value in list(vars(module).values()):
+            if isinstance(value, type) and value.__module__ == name and issubclass(value, nn.Module):
+                value.__reduce_ex__ = _reduce_ex
+        sys.modules[name] = module
+        setattr(parent, name.rpartition(".")[2], module)
+    return module
+
+
+def _reduce_ex(self, protocol: int):
+    """How pickle reduces an instance of a generated class: :func:`restore` and the module's source text (written
+    once per pickle however many instances share it), then the instance's state as nn.Module keeps it."""
+    cls = type(self)
+    source = getattr(sys.modules.get(cls.__module__), SOURCE_ATTR, None)
+    if source is None:  # a subclass defined elsewhere: pickled by reference, as any class
+        return object.__reduce_ex__(self, protocol)
+    return restore, (source, cls.__qualname__), self.__getstate__()
+
+
+def restore(source: str, qualname: str):
+    """Unpickling a generated model: an uninitialised instance of class ``qualname`` of ``source``'s module (made
+    by :func:`source_module` where this process has not made it yet), whose state pickle then sets."""
+    cls = getattr(source_module(source), qualname)
+    return cls.__new__(cls)
+
+
+def build(net, *, inference: bool = False, state_dict=None, features: tuple[str, ...] = ()):
     """Generate the PyTorch source for a checked network and return an instance of its ``nn.Module``.
 
-    The source runs in a fresh module namespace, so the model does not depend on cnndsl.
+    The source runs in a module of its own (:func:`source_module`), so the model does not depend on cnndsl; its
+    instances pickle, and ``torch.save`` whole, carrying the source text (:func:`restore` rebuilds the class).
     ``inference=True`` says ``net`` is an inference build (``cnndsl.api.inference_network``): the model
     is returned in eval mode, without gradients, in channels-last memory format, and ``state_dict`` (the
     *training* build's ``state_dict()``) gives it its weights, batch norms folded into the convolutions.
-    Otherwise ``state_dict`` is loaded as it is.
+    Otherwise ``state_dict`` is loaded as it is. ``features``: see :func:`generate`.
     """
-    import linecache
-    import types
-
-    source, class_name = generate(net)
-    filename = f"<cnndsl {net.name}>"
-    # tracebacks, inspect.getsource and torch.jit.script read the generated source from here
-    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
-    module = types.ModuleType(f"cnndsl_generated_{net.name}")
-    exec(compile(source, filename, "exec"), module.__dict__)  # noqa: S102 - our own source
-    cls = getattr(module, class_name)
+    source, class_name = generate(net, features)
+    cls = getattr(source_module(source), class_name)
     if inference:
         import torch
 

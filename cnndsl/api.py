@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from cnndsl.errors import CnnArgumentError
 from cnndsl.ir.network import Network
 from cnndsl.passes import pipeline
 
@@ -47,28 +48,104 @@ def compile(net: str | Network, backend: str = "torch", *, inference: bool = Fal
     raise ValueError(f"unknown backend {backend!r}; expected 'torch', 'jax' or 'flax'")
 
 
-def build_torch(net: str | Network, *, inference: bool = False, state_dict=None, **params: Any):
+def _weights(network: Network, weights, state_dict=None):
+    """The ``state_dict`` in the weights file ``weights`` (checked against the training build ``network``)."""
+    if weights is None:
+        return state_dict
+    if state_dict is not None:
+        raise TypeError("give weights= (a file) or state_dict=, not both")
+    from cnndsl.weights import load_weights
+
+    return load_weights(weights, network)
+
+
+def build_torch(net: str | Network, *, inference: bool = False, state_dict=None, weights=None,
+                features: list[str] | None = None, features_only: bool = False, num_classes: int | None = None,
+                **params: Any):
     """Compile ``net`` to PyTorch and return an instance of the generated ``nn.Module``.
 
-    The generated source runs in a fresh module namespace, so the model does not depend on cnndsl.
+    The generated source runs in a module of its own, ``cnndsl._generated.m<hash>``, one per source text (the same
+    source gives the same class), and imports torch only. The model pickles (``torch.save(model)`` too) carrying
+    its source, so that it loads in a fresh process (see :func:`cnndsl.backends.torch.source_module`).
 
     ``inference=True`` returns the inference build (see :func:`inference_network`) in eval mode,
     without gradients, in channels-last memory format; ``state_dict`` (a training build's
     ``state_dict()``) gives it its weights, batch norms folded into the convolutions.
+    ``weights`` is a weights file (:mod:`cnndsl.weights`, safetensors) to load instead, checked against the
+    network first: a file of another network is a :class:`CnnDslError`.
+
+    ``features=["layer2", "layer3"]`` (layers or scopes) returns timm's ``features_only`` model: the network cut
+    after them, its ``forward`` giving their outputs as a list, and ``model.feature_info`` (per feature, timm's
+    ``num_chs``, ``reduction`` and ``module``); ``features_only=True`` picks the network's stage ends
+    (:func:`cnndsl.passes.features.stage_ends`). ``num_classes=5`` is ``classes=5`` for a network with a
+    ``classes`` parameter.
     """
     from cnndsl.backends.torch import build
 
+    params = _num_classes(net, num_classes, params)
+    if features is not None or features_only:
+        return _features_model(net, features, features_only, inference, state_dict, weights, params)
+
+    if weights is not None:
+        network = _network(net, params)
+        state_dict = _weights(network, weights, state_dict)
+        return build(inference_network(network) if inference else network, inference=inference,
+                     state_dict=state_dict)
     return build(_network(net, params, inference), inference=inference, state_dict=state_dict)
 
 
-def build_jax(net: str | Network, **params: Any):
+def _num_classes(net: str | Network, num_classes: int | None, params: dict[str, Any]) -> dict[str, Any]:
+    """``params`` with ``classes=num_classes`` (timm's keyword at construction), checked."""
+    if num_classes is None:
+        return params
+    if "classes" in params:
+        raise CnnArgumentError("num_classes= and classes= both given", None, "give one of them")
+    if isinstance(net, Network):
+        raise CnnArgumentError("num_classes= needs a network by name or path: this one is already built", None,
+                               f"load it again: build_torch({net.name!r}, num_classes={num_classes!r})")
+    return {**params, "classes": num_classes}
+
+
+def _features_model(net, features, features_only, inference, state_dict, weights, params):
+    """:func:`build_torch`'s ``features=`` / ``features_only=`` model (weights from the whole network's)."""
+    from cnndsl.backends.torch import build
+    from cnndsl.passes.features import features_network
+
+    if features is not None and features_only:
+        raise CnnArgumentError("features= and features_only=True both given", None,
+                               "features_only=True picks the stage ends; features= names them")
+    if inference:
+        raise CnnArgumentError("a feature model has no inference build", None, "leave out inference=True")
+    if isinstance(features, str):
+        raise CnnArgumentError("features= takes a list of names", None, f"features=[{features!r}]")
+    network = _network(net, params)
+    if weights is not None:
+        state_dict = _weights(network, weights, state_dict)
+    cut, info = features_network(network, None if features_only else list(features))
+    model = build(cut, features=tuple(f.node for f in info))
+    if state_dict is not None:
+        keys = model.state_dict().keys()
+        model.load_state_dict({k: v for k, v in state_dict.items() if k in keys})
+    model.feature_info = [f.info() for f in info]
+    return model
+
+
+def build_jax(net: str | Network, *, weights=None, **params: Any):
     """Compile ``net`` to JAX and return the model: ``.init(key)`` and ``.apply(variables, x, *, train, rng)``.
 
     The generated source runs in a fresh namespace (it imports jax only); ``.source`` holds it.
+    With ``weights`` (a weights file, :mod:`cnndsl.weights`) the model's ``.variables`` hold them, converted
+    from the file's torch layout, for ``model.apply(model.variables, x)``.
     """
     from cnndsl.backends.jax import build
 
-    return build(_network(net, params))
+    network = _network(net, params)
+    model = build(network)
+    if weights is not None:
+        from cnndsl.weights import load_jax
+
+        model.variables = load_jax(weights, network)
+    return model
 
 
 def torch_to_jax(net: str | Network, state_dict: Mapping[str, Any]) -> dict:
@@ -91,11 +168,17 @@ def jax_to_torch(net: str | Network, variables: Mapping[str, Any]) -> dict:
     return convert(load(net) if isinstance(net, str) else net, variables)
 
 
-def build_flax(net: str | Network, *, seed: int = 0, **params: Any):
+def build_flax(net: str | Network, *, seed: int = 0, weights=None, **params: Any):
     """Compile ``net`` to Flax NNX and return an instance of the generated ``nnx.Module``, built with
     ``rngs=nnx.Rngs(seed)``. Weights move from and to a torch ``state_dict`` with
     :func:`cnndsl.backends.flax.torch_to_flax` and :func:`cnndsl.backends.flax.flax_to_torch`.
+    With ``weights`` (a weights file, :mod:`cnndsl.weights`) the model holds them, and no random
+    weights are drawn first (``seed`` then keys only the dropout streams).
     """
+    if weights is not None:
+        from cnndsl.weights import load_flax
+
+        return load_flax(weights, _network(net, params), seed=seed)
     from cnndsl.backends.flax import build
 
     return build(_network(net, params), seed)

@@ -15,6 +15,39 @@ def test_expand_round_trips(zoo, name):
     assert again.graph.signature() == net.graph.signature()
     assert (again.params, again.macs, again.activations) == (net.params, net.macs, net.activations)
     assert expand(again).splitlines()[1:] == text.splitlines()[1:]  # a fixed point (bar the header comment)
+    init = (net.graph.init, net.graph.zero_init_residual, net.graph.init_fc)  # `with init(...)` survives
+    assert (again.graph.init, again.graph.zero_init_residual, again.graph.init_fc) == init
+    assert ("with init(" in text.splitlines()[1]) == (net.graph.init is not None)
+
+
+INIT_NET = """
+    block unit(c, s=1) with conv(bias=false): residual< conv3-{c}/{s} bn relu conv3-{c} bn > relu
+    network t with init(kaiming, zero_init_residual=true, fc=default), conv(act=relu): input 3x8x8
+        conv3-4 unit(4) unit(8, 2) gap fc-3
+"""
+
+
+def test_expand_keeps_the_weight_initialisation():
+    """The expanded network builds the same seed-0 weights as the original: He-normal convs, zeroed last batch
+    norm scales in the residual bodies, PyTorch's default fc (and without the `with init` clause it would not)."""
+    torch = pytest.importorskip("torch")
+    from cnndsl.search.arch_hash import arch_hash
+
+    net = cnndsl.loads(INIT_NET)
+    text = expand(net)
+    assert "network t with init(kaiming, zero_init_residual=true, fc=default): input 3x8x8" in text
+    again = cnndsl.loads(text)
+    assert again.graph.signature() == net.graph.signature() and arch_hash(again.graph) == arch_hash(net.graph)
+
+    def weights(n):
+        torch.manual_seed(0)
+        return cnndsl.build_torch(n).state_dict()
+
+    want, got = weights(net), weights(again)
+    assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
+    assert not want["unit1.bn2.weight"].any() and want["unit1.bn1.weight"].eq(1).all()
+    bare = weights(cnndsl.loads(text.replace(" with init(kaiming, zero_init_residual=true, fc=default)", "")))
+    assert not all(torch.equal(want[k], bare[k]) for k in want)
 
 
 def test_expand_spells_out_defaults_and_shortcuts():

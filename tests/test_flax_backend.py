@@ -103,6 +103,7 @@ def test_aux_heads_only_in_training_mode():
     outs = _forward(fm, x.transpose(0, 2, 3, 1))
     with torch.no_grad():
         refs = tm(torch.from_numpy(x))
+    refs = (refs.logits, refs.aux_logits1, refs.aux_logits2)  # torch: torchvision's GoogLeNetOutputs; flax: as declared
     assert len(outs) == len(refs) == 3
     for out, ref in zip(outs, refs):
         ref = ref.numpy()

@@ -137,13 +137,28 @@ def test_rich_table_renders():
 
 
 def test_jupyter_reprs():
+    """One HTML output holds the table and, where Graphviz runs, the picture inline (front-ends show only the
+    richest output, so a separate SVG would never be seen); the summary's text shows as the table."""
+    from cnndsl.report.graphviz import available
+
     net = cnndsl.load("lenet5")
     html = net._repr_html_()
     assert html.startswith("<div>") and "Output Shape" in html
-    svg = net._repr_svg_()
-    from cnndsl.report.graphviz import available
+    assert ("<svg" in html) == available() and "<?xml" not in html
+    assert ("needs Graphviz" in html) != available()
+    assert not hasattr(net, "_repr_svg_")
+    text = net.summary()
+    assert isinstance(text, str) and repr(text) == str(text) == table(net)
+    assert "<table>" in text._repr_html_() and "61,706" in text._repr_html_()
+    assert net.summary("json")._repr_html_().startswith("<pre>")
 
-    assert (svg is None) != available() and (svg is None or "<svg" in svg)
+
+def test_jupyter_html_without_graphviz(monkeypatch):
+    from cnndsl.report import graphviz
+
+    monkeypatch.setattr(graphviz, "available", lambda: False)
+    html = cnndsl.load("lenet5")._repr_html_()
+    assert "<svg" not in html and "needs Graphviz" in html and "Output Shape" in html
 
 
 # torchinfo (pip install torchinfo) counts parameters and mult-adds of a torch module itself. Its mult-adds

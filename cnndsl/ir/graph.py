@@ -107,6 +107,7 @@ class Graph:
         self.init: str | None = None  # weight initialisation scheme, e.g. "kaiming"
         self.zero_init_residual = False  # zero the last BN scale of every residual body (with init(...))
         self.init_fc = True  # the scheme initialises the fc layers too (else they keep the framework's default)
+        self.unfit_training: list = []  # (aux output, CnnShapeError): training-only heads left out, too small an input
 
     # -- building
     def add(self, name: str, op: str, args: dict, span: Span | None, inputs: list[str]) -> Node:

@@ -13,6 +13,7 @@ import io
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from html import escape
 
 from cnndsl.errors import CnnDslWarning
 from cnndsl.ir.graph import Graph
@@ -46,6 +47,28 @@ def human(n: float, unit: str = "") -> str:
         if abs(n) >= factor:
             return f"{n / factor:.2f}{suffix}{unit}"
     return f"{n:g}{unit}"
+
+
+class Summary(str):
+    """A summary's text that shows as itself: ``print`` it, search it or ``json.loads`` it as any ``str``; its
+    ``repr`` is the text (not a quoted, escaped string) and Jupyter shows it as HTML (the table as a table,
+    other formats preformatted)."""
+
+    def __new__(cls, text: str, html: Callable[[], str] | None = None):
+        obj = super().__new__(cls, text)
+        obj._html = html
+        return obj
+
+    def __repr__(self) -> str:
+        return str(self)
+
+    def __reduce__(self):
+        return str, (str(self),)  # pickles as the plain text (the HTML is made on demand, from the network)
+
+    def _repr_html_(self) -> str:
+        if self._html is not None:
+            return self._html()
+        return f"<pre>{escape(str(self))}</pre>"
 
 
 @dataclass
@@ -112,27 +135,38 @@ class Network:
             "layers": self.layers(),
         }
 
-    def summary(self, fmt: str = "table", depth: int | None = None) -> str:
+    def summary(self, fmt: str = "table", depth: int | None = None) -> Summary:
         """The per-layer table (``table``, as torchinfo lays it out; ``depth`` folds scopes below that level),
-        the same data as ``json`` or ``csv``, or the layout of the network's paper table (``paper``)."""
+        the same data as ``json`` or ``csv``, or the layout of the network's paper table (``paper``).
+
+        The text comes back as a :class:`Summary`: a ``str`` that a notebook shows as the table itself."""
         if fmt == "json":
-            return json.dumps(self.summary_dict(), indent=1)
+            return Summary(json.dumps(self.summary_dict(), indent=1))
         if fmt == "csv":
             buf = io.StringIO()
             w = csv.writer(buf, lineterminator="\n")
             w.writerow(["name", "op", "shape", "params", "macs", "activations"])
             for r in self.layers():
                 w.writerow([r["name"], r["op"], fmt_shape(r["shape"]), r["params"], r["macs"], r["activations"]])
-            return buf.getvalue()
-        return _report("paper" if fmt == "paper" else "table")(self, depth)
+            return Summary(buf.getvalue())
+        if fmt == "paper":
+            return Summary(_report("paper")(self, depth))
+        return Summary(_report("table")(self, depth), lambda: _report("html")(self, depth))
 
     def _repr_html_(self) -> str:
-        """Jupyter: the summary table, folded to two levels."""
-        return _report("html")(self, 2)
+        """Jupyter: the summary table (folded to two levels) and the network's graph, in one HTML output.
 
-    def _repr_svg_(self) -> str | None:
-        """Jupyter: the network drawn by Graphviz, blocks collapsed (None when Graphviz is not installed)."""
-        return _report("svg")(self)
+        Front-ends show only the richest of an object's outputs, and HTML outranks SVG, so the picture goes
+        inline into the HTML (Graphviz's SVG without its XML prologue); without Graphviz, a note says why
+        there is no picture."""
+        table = _report("html")(self, 2)
+        picture = _report("svg")(self)
+        if picture is None:
+            figure = ("<p><i>No graph: drawing it needs Graphviz (pip install 'cnndsl[viz]', and Graphviz's dot "
+                      "program).</i></p>")
+        else:
+            figure = f"<div>{picture[picture.index('<svg'):]}</div>"
+        return f"<div>{table}{figure}</div>"
 
     def __repr__(self) -> str:
         return f"<Network {self.name}: {self.params:,} params, {self.macs:,} MACs>"

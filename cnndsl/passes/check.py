@@ -6,7 +6,7 @@ would be computed and thrown away), and the graph must be well formed.
 
 from __future__ import annotations
 
-from cnndsl.errors import CnnDslError, CnnDslWarning
+from cnndsl.errors import CnnDslError, CnnDslWarning, CnnShapeError
 from cnndsl.ir.graph import Graph
 
 
@@ -19,4 +19,20 @@ def check(g: Graph, warnings: list[CnnDslWarning] | None = None, limits=None) ->
             raise CnnDslError(f"the result of '{node.name}' is never used", node.span,
                               "every layer must lead to the output; label it and refer to it with @name, "
                               "or put it inside aux<...> to make it an extra output")
+    return g
+
+
+def check_training(g: Graph) -> Graph:
+    """Refuse to train a build whose aux heads were left out because the input is too small for them.
+
+    Those heads run only in training (``drop_unfit_training``): evaluating at that size is fine, but training
+    it would train a different network. The error is the first head's, at the layer that does not fit.
+    """
+    if g.unfit_training:
+        aux, error = g.unfit_training[0]  # raised at the layer that does not fit
+        shape = "x".join(map(str, g.node(g.inputs[0]).shape))
+        raise CnnShapeError(f"cannot train '{g.name}' at {shape}: its aux head '{aux}' runs in training and "
+                            f"{error.message}", error.span,
+                            "train at an input the aux head fits (the network's own input size does), or "
+                            "derive a network without the aux head")
     return g

@@ -4,6 +4,13 @@ Raises :class:`CnnShapeError` at the node's source span when shapes do not fit
 (a kernel larger than its input, channels that differ at an add, ...) and
 collects warnings (a stride that does not fit).
 
+Layers that only the auxiliary outputs use run only in training (eval mode
+returns the main output alone), so an input too small for them is a size to
+evaluate at, as torchvision runs Inception v3's eval at 160 px: such a layer's
+shape stays None (its error in ``meta["shape_error"]``), so do the layers
+after it, and ``drop_unfit_training`` then leaves their heads out with a
+warning; training refuses such a build (``check_training``).
+
 >>> from cnndsl import loads
 >>> loads("network t: input 3x32x32  conv5-10(p=2)").graph.node("conv1").shape
 (10, 32, 32)
@@ -11,7 +18,7 @@ collects warnings (a stride that does not fit).
 
 from __future__ import annotations
 
-from cnndsl.errors import CnnDslWarning
+from cnndsl.errors import CnnDslWarning, CnnShapeError
 from cnndsl.ir.graph import Graph
 from cnndsl.ir.ops import OPS
 from cnndsl.passes.limits import SizeLimits, check_shape
@@ -27,12 +34,25 @@ def infer_shapes(g: Graph, warnings: list[CnnDslWarning] | None = None, limits: 
             seen.add(key)
             warnings.append(w)
 
+    training_only: set[str] | None = None  # what only the aux heads use: worked out at the first misfit
     for node in g.nodes():
         if node.op == "input":
             node.shape = tuple(node.args["shape"])
         else:
             xs = [g.node(src).shape for src in g.inputs_of(node.name)]
-            node.shape = OPS[node.op].infer_many(xs, node.args, node.span, warn)
+            if any(x is None for x in xs):  # after a training-only layer that does not fit
+                node.shape = None
+                continue
+            try:
+                node.shape = OPS[node.op].infer_many(xs, node.args, node.span, warn)
+            except CnnShapeError as e:
+                if training_only is None:
+                    training_only = g.ancestors(g.aux_outputs) - g.main_path()
+                if node.name not in training_only:  # the main path, or a dangling layer (check reports it)
+                    raise
+                node.shape = None  # training-only: the aux heads it feeds are left out (drop_unfit_training)
+                node.meta["shape_error"] = e
+                continue
         if limits is not None:
             check_shape(node, limits)
     return g

@@ -1452,7 +1452,10 @@ class Sizer:
 
 
 def _freeze(g: Graph, mod: ast.Freeze) -> None:
-    """Freeze the layers named, and everything below a scope named (one pass over the layers, however many paths)."""
+    """Freeze the layers named, and everything below a scope named (one pass over the layers, however many paths).
+
+    A residual's shortcut is one ``shortcut`` layer here; ``resolve_shortcuts`` gives the layers it becomes
+    (``downsample.0``, ``downsample.1``) its ``frozen`` flag."""
     paths, hit = set(mod.paths), set()
     for node in g.nodes():
         found = [p for p in (node.name, *_prefixes(node.name)) if p in paths]
@@ -1461,8 +1464,10 @@ def _freeze(g: Graph, mod: ast.Freeze) -> None:
             hit.update(found)
     for path in mod.paths:
         if path not in hit:
-            raise CnnNameError(f"nothing named '{path}' to freeze", mod.span,
-                               _suggest(path, [n.name for n in g.nodes()]))
+            shortcut = next((p for p in _prefixes(path) if p in g and g.node(p).op == "shortcut"), None)
+            hint = (f"'{shortcut}' is a shortcut, its layers made once shapes are known: freeze({shortcut}) freezes "
+                    "them all" if shortcut else _suggest(path, [n.name for n in g.nodes()]))
+            raise CnnNameError(f"nothing named '{path}' to freeze", mod.span, hint)
 
 
 def _find_label(seq: ast.Seq, name: str) -> Span | None:

@@ -12,6 +12,7 @@ counts stale: run ``count`` after it.
 
 from __future__ import annotations
 
+from cnndsl.errors import CnnDslWarning
 from cnndsl.ir.graph import Graph
 from cnndsl.ir.ops import Dropout, DropPath
 
@@ -36,4 +37,39 @@ def strip_training(g: Graph, warnings=None) -> Graph:
         g.remove(node.name)
         for dst, port in consumers:
             g.connect(src, dst, port)
+    return g
+
+
+def drop_unfit_training(g: Graph, warnings: list[CnnDslWarning] | None = None, limits=None) -> Graph:
+    """Leave out the auxiliary heads that the input is too small for, with a warning for each.
+
+    ``infer_shapes`` leaves a training-only layer that does not fit unshaped (its error in
+    ``meta["shape_error"]``). Its heads run only in training, so the network still evaluates at this size,
+    as torchvision's Inception v3 does at 160 px: this pass removes those aux outputs and the layers only
+    they use, and records each error in ``g.unfit_training``, which ``check_training`` raises for a
+    training run. Heads that fit stay.
+    """
+    unfit = {n.name: n.meta["shape_error"] for n in g.nodes() if n.shape is None and "shape_error" in n.meta}
+    if not unfit:
+        return g
+    kept = []
+    for aux in g.aux_outputs:
+        below = g.ancestors([aux])
+        failed = next((n.name for n in g.nodes() if n.name in unfit and n.name in below), None)  # the first
+        if failed is None:
+            kept.append(aux)
+            continue
+        error = unfit[failed]
+        g.unfit_training.append((aux, error))
+        if warnings is not None:
+            shape = "x".join(map(str, g.node(g.inputs[0]).shape))
+            warnings.append(CnnDslWarning(
+                f"the aux head '{aux}' does not fit a {shape} input (at '{failed}': {error.message}); it runs "
+                "only in training, so this build leaves it out", error.span,
+                "evaluating at this size is fine; to train, give an input the aux head fits (--input)"))
+    g.aux_outputs = kept
+    live = g.ancestors(g.outputs) | set(g.inputs)
+    for node in list(g.nodes()):
+        if node.name not in live:
+            g.remove(node.name)
     return g

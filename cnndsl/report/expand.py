@@ -3,7 +3,8 @@
 Every layer appears once, in topological order, under its full name and in
 long keyword form with every argument; blocks, repeats, defaults, implicit
 activations and shortcuts are all spelled out. A layer whose input is not the
-line before it starts from an explicit ``@reference``.
+line before it starts from an explicit ``@reference``. The network's weight
+initialisation (``with init(...)``) is written back as its ``with`` clause.
 
 >>> import cnndsl
 >>> print(expand(cnndsl.loads("network t: input 1x8x8  conv3-4 relu")), end="")
@@ -43,6 +44,21 @@ def layer(op: str, args: dict) -> str:
     return f"{op}({', '.join(f'{k}={value(v)}' for k, v in args.items())})"
 
 
+def options(net: Network) -> str:
+    """The network's ``with`` clause for what the graph holds beside its layers: the weight initialisation
+    (``with init(kaiming, zero_init_residual=true, fc=default)``), or nothing. The ``with`` defaults of
+    ops are not repeated: every layer already carries its arguments in full."""
+    g = net.graph
+    if g.init is None:
+        return ""
+    args = [g.init]
+    if g.zero_init_residual:
+        args.append("zero_init_residual=true")
+    if not g.init_fc:
+        args.append("fc=default")
+    return f" with init({', '.join(args)})"
+
+
 def expand(net: Network) -> str:
     g = net.graph
     lines = [f"# cnndsl expand: {g.name}" + (f"({', '.join(f'{k}={value(v)}' for k, v in g.params.items())})"
@@ -51,7 +67,7 @@ def expand(net: Network) -> str:
     for name in g.inputs:
         shape = fmt_shape(g.node(name).shape)
         inputs.append(f"input {shape}" if name == Input.DEFAULT_NAME else f"input {name}={shape}")
-    lines.append(f"network {g.name}: " + "  ".join(inputs))
+    lines.append(f"network {g.name}{options(net)}: " + "  ".join(inputs))
     prev = g.inputs[0] if g.inputs else None
     for node in g.nodes():
         if isinstance(node.opdef, Input):

@@ -65,11 +65,53 @@ def _load(args) -> api.Network:
     return net
 
 
+def _checked(where: str, net: api.Network) -> str:
+    """``check``'s line for a network that passed."""
+    return (f"{where}: ok ({net.name}: {len(net.graph)} layers, {net.params:,} parameters, "
+            f"{len(net.warnings)} warning{'s' if len(net.warnings) != 1 else ''})")
+
+
 def cmd_check(args) -> int:
-    net = _load(args)
-    print(f"{args.net}: ok ({net.name}: {len(net.graph)} layers, {net.params:,} parameters, "
-          f"{len(net.warnings)} warning{'s' if len(net.warnings) != 1 else ''})")
-    return 0
+    """Check one network, or every network of a file that defines several: one line each on stdout, each error
+    (at its file:line:col) and warning on stderr; exit 1 if any network fails.
+
+    In a file of several networks, ``-p NAME=VALUE`` goes to the networks that declare NAME (one that no
+    network declares is an error), and ``--input`` to all of them.
+    """
+    from pathlib import Path
+
+    from cnndsl.front.loader import Library, read_text
+    from cnndsl.front.syntax import parse
+
+    params = _params(args.param)
+    names, path = [], Path(args.net)
+    if path.is_file():  # a zoo name, or FILE.cnn:NETWORK, names one network
+        library = Library.from_module(parse(read_text(path), str(path)), path.parent.resolve())
+        names = library.local_networks()
+    if len(names) < 2:
+        net = _load(args)
+        print(_checked(args.net, net))
+        return 0
+    declared = {name: {p.name for p in library.network(name).params} for name in names}
+    unused = sorted(set(params) - set().union(*declared.values()))
+    if unused:
+        raise CnnDslError(f"no network in {args.net} has a parameter '{unused[0]}'", None,
+                          "parameters here: " + (", ".join(sorted(set().union(*declared.values()))) or "none"))
+    failed = 0
+    for name in names:
+        mine = {k: v for k, v in params.items() if k in declared[name]}
+        try:
+            net = api.build(library, name, args.input, **mine)
+        except CnnDslError as e:
+            failed += 1
+            print(e, file=sys.stderr)
+            where = f" at {e.span}" if e.span is not None else ""
+            print(f"{args.net}:{name}: error{where}: {e.message}")
+            continue
+        for w in net.warnings:
+            print(w, file=sys.stderr)
+        print(_checked(f"{args.net}:{name}", net))
+    return 1 if failed else 0
 
 
 def cmd_summary(args) -> int:
@@ -109,8 +151,27 @@ def cmd_export(args) -> int:
 
     net = _load(args)
     with working(f"exporting {net.name} to ONNX"):
-        path = export_onnx(net, args.onnx, opset=args.opset, inference=args.inference)
+        path = export_onnx(net, args.onnx, opset=args.opset, inference=args.inference, weights=args.weights)
     print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+def cmd_weights(args) -> int:
+    """``weights convert CKPT NET -o FILE``: a torchvision / timm checkpoint as a weights file, every key and shape
+    checked; ``weights info FILE``: a weights file's metadata and size."""
+    from cnndsl import weights
+
+    if args.action == "info":
+        print(weights.describe(args.file))
+        return 0
+    from cnndsl.progress import working
+
+    net = _load(args)
+    with working(f"converting {args.checkpoint} for {net.name}"):
+        path, notes = weights.convert_checkpoint(args.checkpoint, net, args.output)
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    print(f"wrote {path} ({len(weights.weight_keys(net))} tensors of {net.name})", file=sys.stderr)
     return 0
 
 
@@ -146,12 +207,22 @@ def cmd_compile(args) -> int:
 
 
 def cmd_train(args) -> int:
+    import math
+
     params = _params(args.param)
-    if args.epochs is not None and args.epochs < 1:
-        raise argparse.ArgumentTypeError(f"argument --epochs: expected at least 1, got {args.epochs}")
+    for flag, value, least in (("epochs", args.epochs, 1), ("batch-size", args.batch_size, 1),
+                               ("nproc", args.nproc, 1), ("seed", args.seed, 0)):
+        if value is not None and value < least:
+            raise argparse.ArgumentTypeError(f"argument --{flag}: expected at least {least}, got {value}")
+    if args.seed is not None and args.seed >= 2**32:  # NumPy's and scikit-learn's seeds are 32-bit
+        raise argparse.ArgumentTypeError(f"argument --seed: expected at most {2**32 - 1}, got {args.seed}")
+    if args.lr is not None and not (math.isfinite(args.lr) and args.lr > 0):
+        raise argparse.ArgumentTypeError(f"argument --lr: expected a positive number, got {args.lr}")
     from cnndsl.train.torch_loop import train
 
-    train(args.net, data=args.data, epochs=args.epochs, backend=args.backend, **params)
+    train(args.net, data=args.data, epochs=args.epochs, backend=args.backend, seed=args.seed,
+          batch_size=args.batch_size, lr=args.lr, out_dir=args.out, resume=args.resume, nproc=args.nproc or 1,
+          **params)
     return 0
 
 
@@ -180,7 +251,9 @@ def parser() -> argparse.ArgumentParser:
         sp.set_defaults(func=run)
         return sp
 
-    net_cmd("check", cmd_check, "parse and check a network; report errors and warnings")
+    sp = net_cmd("check", cmd_check, "parse and check a network, or every network of a file; report errors and "
+                                      "warnings")
+    sp.add_argument("--input", type=_shape, metavar="CxHxW", help="override the input size (of every network)")
     sp = net_cmd("summary", cmd_summary, "per-layer output shapes, parameters, MACs and activations")
     sp.add_argument("--input", type=_shape, metavar="CxHxW", help="override the input size")
     sp.add_argument("--format", choices=("table", "json", "csv"), default="table")
@@ -192,11 +265,23 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--input", type=_shape, metavar="CxHxW", help="override the input size")
     sp.add_argument("--inference", action="store_true",
                     help="the inference build: batch norms folded into convolutions, dropout and aux heads dropped")
+    from cnndsl.train import data as recipe
+
     sp = net_cmd("train", cmd_train, "train a network on a small data set and report its test accuracy")
-    sp.add_argument("--data", default="digits", metavar="digits|DIR",
+    sp.add_argument("--data", default=None, metavar="digits|DIR",
                     help="scikit-learn's 8x8 digits (default), or an ImageFolder-style directory")
     sp.add_argument("--backend", choices=("torch", "jax"), default="torch")
-    sp.add_argument("--epochs", type=int, default=None, metavar="N")
+    sp.add_argument("--epochs", type=int, default=None, metavar="N",
+                    help=f"epochs in all (default {recipe.EPOCHS}; with --resume, the saved run's total)")
+    sp.add_argument("--lr", type=float, default=None, metavar="LR", help=f"SGD learning rate (default {recipe.LR})")
+    sp.add_argument("--batch-size", type=int, default=None, metavar="N", help=f"images per step (default {recipe.BATCH_SIZE})")
+    sp.add_argument("--seed", type=int, default=None, metavar="N",
+                    help=f"seed of the initial weights, the split, the shuffle and dropout (default {recipe.SEED})")
+    sp.add_argument("--out", metavar="DIR", help="write weights.safetensors, the optimizer's state, network.cnn "
+                                                 "and metrics.json here after every epoch")
+    sp.add_argument("--resume", metavar="DIR", help="continue the run saved in DIR (with its settings)")
+    sp.add_argument("--nproc", type=int, default=None, metavar="N",
+                    help="train data-parallel in N processes (torch.distributed, gloo)")
     net_cmd("expand", cmd_expand, "print the fully desugared network (itself valid .cnn)")
     sp = net_cmd("graph", cmd_graph, "draw the network with Graphviz (svg, png, pdf, or dot text)")
     sp.add_argument("-o", "--output", required=True, metavar="FILE", help="FILE.svg, .png, .pdf or .dot")
@@ -210,6 +295,21 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--opset", type=int, default=DEFAULT_OPSET, metavar="N",
                     help=f"ONNX opset version (default {DEFAULT_OPSET})")
     sp.add_argument("--inference", action="store_true", help="export the inference build (batch norms folded)")
+    sp.add_argument("--weights", metavar="FILE", help="a weights file (.safetensors) to export, not the initial ones")
+    sp = sub.add_parser("weights", help="convert checkpoints to weights files (.safetensors), and describe them",
+                        description="Weights files: one safetensors file per network for every backend.")
+    actions = sp.add_subparsers(dest="action", required=True, metavar="ACTION")
+    conv = actions.add_parser("convert", help="a torchvision / timm checkpoint (torch.save or .safetensors) as a "
+                                             "weights file of NET, every key and shape checked", epilog=EPILOG)
+    conv.add_argument("checkpoint", metavar="CKPT")
+    conv.add_argument("net", metavar="NET")
+    conv.add_argument("-o", "--output", required=True, metavar="FILE", help="the weights file to write")
+    conv.add_argument("--param", "-p", action="append", metavar="NAME=VALUE",
+                      help="set a network parameter, e.g. -p classes=10")
+    conv.add_argument("--input", type=_shape, metavar="CxHxW", help="override the input size")
+    info = actions.add_parser("info", help="a weights file's metadata, and how many tensors it holds")
+    info.add_argument("file", metavar="FILE")
+    sp.set_defaults(func=cmd_weights)
     from cnndsl.search.variants import add_parser as add_variants  # (cnndsl.search.variants is also the API function)
 
     add_variants(sub, _shape, _params)

@@ -34,6 +34,7 @@ from cnndsl.files import check_writable, write_atomic
 from cnndsl.ir.network import Network
 from cnndsl.passes.pipeline import inference_network, load
 from cnndsl.version import __version__
+from cnndsl.weights import load_weights
 
 DEFAULT_OPSET = 17  # supported by the TorchScript exporter and by onnxruntime 1.16 and later
 INPUT_NAME, OUTPUT_NAME = "input", "output"
@@ -52,12 +53,14 @@ def _require(module: str):
 
 def to_onnx(net: str | Network, *, input_shape: tuple[int, ...] | None = None, batch: int = 1,
             dynamic_batch: bool = True, opset: int = DEFAULT_OPSET, inference: bool = False,
-            state_dict: dict | None = None, seed: int = 0, **params: Any) -> bytes:
+            state_dict: dict | None = None, weights: str | os.PathLike | None = None, seed: int = 0,
+            **params: Any) -> bytes:
     """The ONNX model of ``net`` (a zoo name, a .cnn path or a :class:`Network`), serialised and checked.
 
     ``input_shape`` overrides the network's input (C x H x W); ``params`` set network parameters.
     The weights are ``state_dict`` when given, else PyTorch's initialisation under ``seed`` (so the
-    same arguments give the same bytes). ``inference=True`` exports the inference build (batch norms
+    same arguments give the same bytes); ``weights`` is a weights file (:mod:`cnndsl.weights`) to load instead,
+    checked against the network first. ``inference=True`` exports the inference build (batch norms
     folded into the convolutions, see :func:`cnndsl.passes.pipeline.inference_network`). ``batch`` is the batch
     size of the example traced; with ``dynamic_batch`` the file accepts any batch size.
     Raises :class:`cnndsl.CnnDslError` when the network is wrong or cannot be exported.
@@ -67,6 +70,10 @@ def to_onnx(net: str | Network, *, input_shape: tuple[int, ...] | None = None, b
     if isinstance(net, Network) and (input_shape is not None or params):
         raise TypeError("input_shape and params apply to a network given by name, not to a Network")
     network = net if isinstance(net, Network) else load(str(net), input_shape=input_shape, **params)
+    if weights is not None:
+        if state_dict is not None:
+            raise TypeError("give weights= (a file) or state_dict=, not both")
+        state_dict = load_weights(weights, network)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = build_torch(inference_network(network) if inference else network, inference=inference,

@@ -10,13 +10,30 @@ Nothing here imports torch: the data comes from :func:`cnndsl.train.data.load_da
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from cnndsl.backends.jax import build as build_jax
+from cnndsl.errors import CnnDslError
+from cnndsl.files import write_atomic
 from cnndsl.ir.network import Network
-from cnndsl.train.data import classified_network, digits_arrays, load_data, require, split_indices
+from cnndsl.report.expand import expand
+from cnndsl.train.data import (
+    check_resumed_network,
+    classified_network,
+    describe,
+    digits_arrays,
+    epoch_lr,
+    epoch_seed,
+    load_data,
+    require,
+    run_settings,
+    split_indices,
+    write_metrics,
+)
+from cnndsl.weights import load_jax, save_jax
 
 
 def digits_images() -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -57,27 +74,39 @@ def _labels(tree: Any, frozen: set[str], prefix: str = "") -> Any:
     return "frozen" if prefix.rsplit(".", 1)[0] in frozen else "train"
 
 
-def train_jax(net: str | Network, data: str = "digits", epochs: int | None = None, *, seed: int = 0,
-              batch_size: int = 32, lr: float = 0.05, out=None, on_epoch=None, **params: Any) -> float:
+def train_jax(net: str | Network, data: str | None = None, epochs: int | None = None, *, seed: int | None = None,
+              batch_size: int | None = None, lr: float | None = None, out=None, on_epoch=None, out_dir=None,
+              resume=None, **params: Any) -> float:
     """Train ``net`` with the JAX backend and return the test accuracy (printed last, as the torch path does).
 
-    ``on_epoch(epoch, epochs, test_accuracy)`` is called after every epoch, as in :func:`cnndsl.train.torch_loop.train`.
+    The settings, their defaults, ``on_epoch(epoch, epochs, test_accuracy)``, ``out_dir`` and ``resume`` are those
+    of :func:`cnndsl.train.torch_loop.train`; the run's folder holds the optimizer's state as ``optimizer.npz``
+    (optax's state, its leaves in order) in place of ``optimizer.pt``, and the same ``weights.safetensors``
+    (the torch ``state_dict``'s keys and layouts: :func:`cnndsl.weights.save_jax`).
     """
     jax = require("jax", "training with the JAX backend", "JAX", "pip install 'cnndsl[jax]'")
     jnp = require("jax.numpy", "training with the JAX backend", "JAX", "pip install 'cnndsl[jax]'")
     optax = require("optax", "training with the JAX backend", "optax", "pip install 'cnndsl[jax]'")
 
+    run = run_settings("jax", data=data, epochs=epochs, seed=seed, batch_size=batch_size, lr=lr, params=params,
+                       out_dir=out_dir, resume=resume)
+    data, epochs, seed, batch_size, lr = (run[k] for k in ("data", "epochs", "seed", "batch_size", "lr"))
+    errors = out or sys.stderr  # the data's warnings: stderr, or with the output where the caller takes it
     out = out or sys.stdout
-    x, y, names = load_data(net, data, params)  # NumPy (and Pillow, scikit-learn) only: no torch here
+    x, y, names = load_data(net, data, run["params"])  # NumPy (and Pillow, scikit-learn) only: no torch here
     y = y.astype(np.int32)
-    network = classified_network(net, len(names), params)
+    network = classified_network(net, len(names), run["params"])
+    check_resumed_network(run, network, net)
     x = fit_input(x, network.input_shape)
     train_idx, test_idx = split(y, seed)
+    line, warnings = describe(data, y, names, len(train_idx), len(test_idx))
+    print(line, file=out)
+    for w in warnings:
+        print(w, file=errors)
     mean, std = x[train_idx].mean(), x[train_idx].std(ddof=1)
     x = ((x - mean) / std).astype(np.float32)
 
     model = build_jax(network)
-    epochs = epochs or 10
     steps_per_epoch = -(-len(train_idx) // batch_size)
     schedule = optax.piecewise_constant_schedule(lr, {max(1, 2 * epochs // 3) * steps_per_epoch: 0.1})
     sgd = optax.chain(optax.add_decayed_weights(5e-4), optax.sgd(schedule, momentum=0.9))
@@ -86,6 +115,12 @@ def train_jax(net: str | Network, data: str = "digits", epochs: int | None = Non
     params_, stats = variables["params"], variables["batch_stats"]
     opt = optax.multi_transform({"train": sgd, "frozen": optax.set_to_zero()}, _labels(params_, frozen))
     opt_state = opt.init(params_)
+    history = list(run["history"])
+    if run["resume"] is not None:
+        params_, stats, opt_state = _restore(Path(run["resume"]), network, opt_state, len(history))
+    folder = None if run["out_dir"] is None else Path(run["out_dir"])
+    if folder is not None:
+        write_atomic(folder / "network.cnn", expand(network))
 
     def loss_fn(p, stats, xb, yb, key):
         outputs, new_stats = model.apply({"params": p, "batch_stats": stats}, xb, train=True, rng=key)
@@ -108,10 +143,10 @@ def train_jax(net: str | Network, data: str = "digits", epochs: int | None = Non
                       for i in range(0, len(test_idx), 256))
         return correct / len(test_idx)
 
-    rng = np.random.RandomState(seed)
-    key = jax.random.key(seed + 1)
-    for epoch in range(1, epochs + 1):
-        order = train_idx[rng.permutation(len(train_idx))]
+    for epoch in range(len(history) + 1, epochs + 1):
+        # each epoch's shuffle and dropout from (seed, epoch) alone, as on the torch path: a resumed run draws alike
+        order = train_idx[np.random.RandomState(epoch_seed(seed, epoch)).permutation(len(train_idx))]
+        key = jax.random.key(epoch_seed(seed, epoch))
         total, correct = 0.0, 0
         for i in range(0, len(order), batch_size):
             idx = order[i:i + batch_size]
@@ -120,11 +155,62 @@ def train_jax(net: str | Network, data: str = "digits", epochs: int | None = Non
             total += float(loss) * len(idx)
             correct += int(right)
         acc = evaluate()
+        history.append({"epoch": epoch, "lr": epoch_lr(lr, epoch, epochs), "loss": total / len(order),
+                        "train_accuracy": correct / len(order), "test_accuracy": acc})
         print(f"epoch {epoch}/{epochs}: loss {total / len(order):.4f}, train accuracy {correct / len(order):.3f}, "
               f"test accuracy {acc:.3f}", file=out)
+        if folder is not None:
+            _save(folder, network, {"params": params_, "batch_stats": stats}, opt_state, {**run, "history": history},
+                  names)
         if on_epoch is not None:
             on_epoch(epoch, epochs, acc)
     acc = evaluate()
     print(f"test accuracy: {acc:.2f}", file=out)
     return acc
 
+
+def _save(folder: Path, network: Network, variables: dict, opt_state: Any, run: dict, names: list[str]) -> None:
+    """Write the run's weights, optimizer state and metrics into ``folder`` (each file replaced whole)."""
+    import io
+
+    import jax
+
+    require("safetensors", "saving the trained weights", "safetensors")
+    epoch = len(run["history"])
+    save_jax(folder / "weights.safetensors", network, jax.device_get(variables),
+             extra_metadata={"cnndsl.epoch": str(epoch)})
+    buffer = io.BytesIO()
+    leaves = [np.asarray(leaf) for leaf in jax.tree_util.tree_leaves(opt_state)]
+    np.savez(buffer, epoch=np.asarray(epoch), **{f"leaf{i}": leaf for i, leaf in enumerate(leaves)})
+    write_atomic(folder / "optimizer.npz", buffer.getvalue())
+    write_metrics(folder, network, "jax", names, run)
+
+
+def _restore(folder: Path, network: Network, opt_state: Any, epoch: int) -> tuple[Any, Any, Any]:
+    """The parameters, batch statistics and optimizer state of the run in ``folder``, which must be at ``epoch``.
+
+    ``opt_state`` (a fresh one) gives the optimizer state's structure; the saved leaves must fit it.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    require("safetensors", "loading the saved weights", "safetensors")
+    variables = load_jax(folder / "weights.safetensors", network)  # checked against the network: a clean error
+    leaves, tree = jax.tree_util.tree_flatten(opt_state)
+    try:
+        with np.load(folder / "optimizer.npz", allow_pickle=False) as saved:
+            at = int(saved["epoch"])
+            stored = [saved[f"leaf{i}"] for i in range(len(leaves))]
+            extra = len(saved.files) - 1 - len(leaves)
+    except (OSError, ValueError, KeyError) as e:
+        raise CnnDslError(f"cannot resume from '{folder}': optimizer.npz: {e}", None,
+                          "resume a folder that `cnndsl train --backend jax` wrote") from None
+    if extra or any(np.shape(a) != np.shape(b) for a, b in zip(stored, leaves)):
+        raise CnnDslError(f"cannot resume from '{folder}': optimizer.npz does not fit the network's optimizer", None,
+                          "resume a folder that `cnndsl train --backend jax` wrote")
+    if at != epoch:
+        raise CnnDslError(f"'{folder}' is inconsistent: optimizer.npz is at epoch {at}, metrics.json at {epoch}",
+                          None, "resume a folder that a finished epoch of `cnndsl train` wrote")
+    restored = [jnp.asarray(s, dtype=jnp.asarray(leaf).dtype) for s, leaf in zip(stored, leaves)]
+    as_jax = jax.tree_util.tree_map(jnp.asarray, variables)
+    return as_jax["params"], as_jax.get("batch_stats", {}), jax.tree_util.tree_unflatten(tree, restored)
