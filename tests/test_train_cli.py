@@ -373,3 +373,25 @@ def test_two_processes_reach_the_single_process_result(tmp_path, tiny):
     assert a["test_accuracy"] == b["test_accuracy"] and b["settings"]["nproc"] == 2
     assert a["epochs"][0]["loss"] == pytest.approx(b["epochs"][0]["loss"], rel=1e-6)
     assert a["epochs"][0]["train_accuracy"] == b["epochs"][0]["train_accuracy"]
+
+
+def test_train_save_export_onnx_and_onnxruntime_computes_the_trained_model(capsys, tmp_path, tiny):
+    """The whole loop: `train --out`, then `export --onnx --weights` of the saved run; onnxruntime on the export
+    gives what the trained PyTorch model gives (and not what a fresh, untrained one gives)."""
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    run = tmp_path / "run"
+    rc, _, err = run_main(capsys, "train", tiny, "--epochs", "1", "--out", str(run))
+    assert rc == 0, err
+    onnx_file = tmp_path / "trained.onnx"
+    rc, _, err = run_main(capsys, "export", str(run / "network.cnn"), "--onnx", str(onnx_file),
+                          "--weights", str(run / "weights.safetensors"))
+    assert rc == 0, err
+    trained = cnndsl.build_torch(str(run / "network.cnn"), weights=str(run / "weights.safetensors")).eval()
+    x = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want, fresh = trained(x).numpy(), cnndsl.build_torch(tiny).eval()(x).numpy()
+    session = ort.InferenceSession(onnx_file.read_bytes(), providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    assert np.abs(got - want).max() <= 1e-4 * max(1.0, np.abs(want).max())
+    assert np.abs(fresh - want).max() > 1e-2  # training moved the weights: the export carries them
