@@ -14,25 +14,13 @@ jax = pytest.importorskip("jax")
 
 from cnndsl.backends.jax import _nhwc
 from cnndsl.backends.jax_weights import jax_to_torch, torch_to_jax
+from torch_helpers import randomise_batch_norms
 
 import cnndsl
 from cnndsl.front.loader import zoo_index
 from cnndsl.ir.vocabulary import activation_words
 
 RTOL = 1e-4  # relative to the output's largest magnitude
-
-
-def randomise_batch_norms(model, seed: int = 0) -> None:
-    """Give every batch norm non-trivial statistics and affine parameters, so eval mode tests them."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                m.running_mean.copy_(torch.rand(m.running_mean.shape, generator=gen) - 0.5)
-                m.running_var.copy_(torch.rand(m.running_var.shape, generator=gen) + 0.5)
-                if m.affine:
-                    m.weight.copy_(torch.rand(m.weight.shape, generator=gen) + 0.5)
-                    m.bias.copy_(torch.rand(m.bias.shape, generator=gen) - 0.5)
 
 
 def to_torch_layout(a: np.ndarray) -> np.ndarray:

@@ -20,7 +20,8 @@ optax = pytest.importorskip("optax")
 from cnndsl.backends.flax import abstract, flax_to_torch, torch_to_flax
 from cnndsl.backends.plan import make_plan
 from conftest import assert_ruff_clean, check_golden
-from test_cross_backend import DEFAULT_ZOO, OP_CASES, SMALL_INPUT, randomise_batch_norms, to_torch_layout
+from test_cross_backend import DEFAULT_ZOO, OP_CASES, SMALL_INPUT, to_torch_layout
+from torch_helpers import randomise_batch_norms
 
 import cnndsl
 from cnndsl import CnnDslError

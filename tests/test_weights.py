@@ -18,7 +18,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 safetensors_torch = pytest.importorskip("safetensors.torch")
-from test_cross_backend import randomise_batch_norms
+from torch_helpers import randomise_batch_norms
 
 import cnndsl
 from cnndsl.errors import CnnDslError
