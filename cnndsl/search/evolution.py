@@ -23,7 +23,7 @@ member). Parameters the space does not know (a user's own ``suggest_float``, say
 
 >>> import optuna                                                        # doctest: +SKIP
 >>> space = Space.open("nb201", input_shape=(1, 8, 8))                  # doctest: +SKIP
->>> study = optuna.create_study(sampler=RegularizedEvolutionSampler(space, seed=0))  # doctest: +SKIP
+>>> study = optuna.create_study(sampler=RegularizedEvolutionSampler(space, 20, 5, seed=0))  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -39,10 +39,6 @@ from cnndsl.errors import CnnDslError
 from cnndsl.search.pareto import ranks
 from cnndsl.search.variants import Space
 
-#: The defaults of ``cnndsl search --sampler evolution``: sized for searches of tens to hundreds of trials
-#: (Real et al. used a population of 100 and a tournament of 25 over 20,000 trials).
-POPULATION = 20
-TOURNAMENT = 5
 PARENT_ATTR = "cnndsl:parent"
 
 
@@ -60,7 +56,7 @@ class RegularizedEvolutionSampler(BaseSampler):
     ``population`` most recent finished trials, a tournament of ``tournament`` of them picks the parent, the
     child changes one reachable choice, the oldest trial leaves the population."""
 
-    def __init__(self, space: Space, population: int = POPULATION, tournament: int = TOURNAMENT,
+    def __init__(self, space: Space, population: int, tournament: int,
                  seed: int | None = None):
         check_sizes(population, tournament)
         self.space = space

@@ -76,6 +76,10 @@ LATENCY_REPEATS = 21
 #: Seconds between a running trial's heartbeats in a database storage; one silent for twice as long (its
 #: worker was killed) is failed by the next worker that asks for a trial, and run again.
 HEARTBEAT_SECONDS = 60
+#: The defaults of ``--sampler evolution`` (cnndsl.search.evolution): sized for searches of tens to hundreds of
+#: trials (Real et al. used a population of 100 and a tournament of 25 over 20,000 trials).
+POPULATION = 20
+TOURNAMENT = 5
 #: How many times a trial whose worker died is run again (a member that kills its worker is not retried forever).
 HEARTBEAT_RETRIES = 2
 #: Who ran a trial (a column of results.csv): this machine and process.
@@ -104,8 +108,8 @@ class SearchConfig:
     batch_size: int = 32
     heartbeat: int | None = HEARTBEAT_SECONDS
     objectives: tuple[str, ...] = ("accuracy",)
-    population: int = 20
-    tournament: int = 5
+    population: int = POPULATION
+    tournament: int = TOURNAMENT
 
     @property
     def directions(self) -> list[str]:
@@ -994,7 +998,7 @@ def search(space: str, data: str = "digits", trials: int = 20, *, epochs: int = 
            limits: Limits | None = None, sampler: str = "tpe", pruner: Any = "auto",
            input_shape: tuple[int, ...] | None = None, params: dict[str, Any] | None = None,
            lr: float = 0.05, batch_size: int = 32, heartbeat: int | None = HEARTBEAT_SECONDS,
-           objectives: str | tuple[str, ...] = ("accuracy",), population: int = 20, tournament: int = 5,
+           objectives: str | tuple[str, ...] = ("accuracy",), population: int = POPULATION, tournament: int = TOURNAMENT,
            progress: bool = False) -> SearchResult:
     """Search ``space`` for the member with the best validation accuracy on ``data``; returns a :class:`SearchResult`.
 
@@ -1135,10 +1139,10 @@ def add_parser(sub, shape, parse_params) -> None:
     sp.add_argument("--pruner", choices=PRUNERS, default="auto",
                     help="median (the default with one objective), hyperband, or none (the default, and the only "
                          "one, with several objectives)")
-    sp.add_argument("--population", type=int, default=20, metavar="P",
-                    help="evolution: the population, the P most recent finished trials (default 20)")
-    sp.add_argument("--tournament", type=int, default=5, metavar="S",
-                    help="evolution: trials drawn from the population to pick each parent (default 5)")
+    sp.add_argument("--population", type=int, default=POPULATION, metavar="P",
+                    help=f"evolution: the population, the P most recent finished trials (default {POPULATION})")
+    sp.add_argument("--tournament", type=int, default=TOURNAMENT, metavar="S",
+                    help=f"evolution: trials drawn from the population to pick each parent (default {TOURNAMENT})")
     sp.add_argument("--max-params", type=int, metavar="N")
     sp.add_argument("--max-macs", type=int, metavar="N")
     sp.add_argument("--max-activations", type=int, metavar="N")
