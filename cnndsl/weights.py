@@ -41,7 +41,7 @@ from cnndsl.backends.jax_weights import present, torch_key
 from cnndsl.errors import CnnDslError
 from cnndsl.files import write_atomic
 from cnndsl.ir.network import Network
-from cnndsl.search.arch_hash import arch_hash
+from cnndsl.search.arch_hash import arch_hash, whole_graph_hash
 from cnndsl.version import __version__
 
 NETWORK, ARCH_HASH, INPUT, VERSION = "cnndsl.network", "cnndsl.arch_hash", "cnndsl.input", "cnndsl.version"
@@ -140,7 +140,7 @@ def _is_torch(value: Any) -> bool:
 
 def metadata(network: Network) -> dict[str, str]:
     """The metadata that ties a weights file to ``network``."""
-    return {"format": "pt", NETWORK: network.name, ARCH_HASH: arch_hash(network.graph),
+    return {"format": "pt", NETWORK: network.name, ARCH_HASH: arch_hash(network.plan),
             INPUT: "x".join(map(str, network.input_shape)), VERSION: __version__}
 
 
@@ -215,8 +215,8 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
 
 def check_metadata(meta: Mapping[str, str], network: Network, source: str) -> None:
     """Refuse weights that cnndsl saved for a network of another architecture than ``network``."""
-    saved, mine = meta.get(ARCH_HASH), arch_hash(network.graph)
-    if saved is None or saved == mine:
+    saved, mine = meta.get(ARCH_HASH), arch_hash(network.plan)
+    if saved is None or saved == mine or saved == whole_graph_hash(network.graph):  # or as 0.1 hashed it
         return
     name = meta.get(NETWORK, "?")
     whose = (f"another '{name}' (other parameters?)" if name == network.name else f"'{network.name}'")

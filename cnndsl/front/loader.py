@@ -191,9 +191,15 @@ def zoo_index() -> dict[str, str]:
 
 
 def zoo_library(name: str) -> Library:
-    f = zoo_index()[name]
-    path = Path(str(_zoo_dir().joinpath(f)))
-    return Library.from_module(_zoo_module(f), path.parent)
+    return _zoo_file_library(zoo_index()[name])
+
+
+@cache
+def _zoo_file_library(filename: str) -> Library:
+    """A zoo file's library, made once: the shipped files do not change, and the compiler keeps what it builds
+    of a library (its shared block instances) for as long as the library lives."""
+    path = Path(str(_zoo_dir().joinpath(filename)))
+    return Library.from_module(_zoo_module(filename), path.parent)
 
 
 def open_net(net: str) -> tuple[Library, str]:

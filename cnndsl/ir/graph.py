@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import networkx as nx
@@ -82,6 +82,77 @@ def scope_of(name: str, scopes) -> str | None:
     return best
 
 
+#: The op of a node that stands for a mounted fragment (:meth:`Graph.mount`); no op of the language.
+MOUNT = "<mount>"
+#: In a fragment, the name of the instance's input (the layer before it, outside the fragment).
+FLOW = "<flow>"
+
+
+@dataclass(eq=False)
+class Fragment:
+    """A block instance's layers, through every pass that works layer by layer, named relative to the instance.
+
+    Built once and shared: each instance with the same block, arguments, defaults, input shape and choices
+    mounts it (:meth:`Graph.mount`). Its layers are stored in source order, each with its operands (relative
+    names; :data:`FLOW` for the instance's input); a nested instance it mounts is a :data:`MOUNT` node whose
+    ``meta["mount"]`` is ``(relative prefix, fragment)``.
+    """
+
+    nodes: list[tuple[Node, list[str]]]
+    scopes: list[Scope]  # the scopes resolve made inside the instance, in order (relative names)
+    late_scopes: list[Scope]  # those the passes made (shortcut projections)
+    output: str  # the instance's output layer (relative)
+    shape: tuple[int, ...]
+    params: int
+    macs: int
+    activations: int
+    size: int  # the layers it stands for, those of the fragments it mounts included
+    longest: int  # the longest relative name among them
+    warnings: list = field(default_factory=list)
+    decisions: list = field(default_factory=list)  # (choice, decision) in the order the build asked them
+    work: int = 0  # resolve's units of work and references followed, as a flat build of the instance spends them
+    lookups: int = 0
+    claims: bool = False  # whether a label inside claimed a name
+    _names: frozenset | None = field(default=None, repr=False)
+
+    @property
+    def names(self) -> frozenset:
+        """Every layer's relative name, nested fragments' included."""
+        if self._names is None:
+            names = set()
+            for node, _ in self.nodes:
+                if node.op == MOUNT:
+                    rel, sub = node.meta["mount"]
+                    names.update(f"{rel}.{n}" for n in sub.names)
+                else:
+                    names.add(node.name)
+            self._names = frozenset(names)
+        return self._names
+
+    def emit(self, prefix: str, src: str, out: list) -> None:
+        """Append to ``out`` a copy of each layer, named under ``prefix`` and reading ``src`` where it reads the
+        instance's input, as ``(node, operands)``; nested fragments are expanded in their place."""
+        for node, srcs in self.nodes:
+            ins = [src if s == FLOW else f"{prefix}.{s}" for s in srcs]
+            if node.op == MOUNT:
+                rel, sub = node.meta["mount"]
+                sub.emit(f"{prefix}.{rel}", ins[0], out)
+            else:
+                out.append((Node(f"{prefix}.{node.name}", node.op, dict(node.args), node.span, 0, node.shape,
+                                 node.params, node.macs, node.activations, node.frozen, dict(node.meta)), ins))
+
+    def add_scopes(self, prefix: str, scopes: dict[str, Scope], late: list[Scope]) -> None:
+        """Add the scopes inside the instance at ``prefix``, named under it, in place: resolve's to ``scopes`` (after
+        the instance's own), the passes' to ``late``."""
+        mounts = {node.meta["mount"][0]: node.meta["mount"][1] for node, _ in self.nodes if node.op == MOUNT}
+        for sc in self.scopes:
+            full = f"{prefix}.{sc.name}"
+            scopes[full] = replace(sc, name=full)
+            if sc.name in mounts:
+                mounts[sc.name].add_scopes(full, scopes, late)
+        late.extend(replace(sc, name=f"{prefix}.{sc.name}") for sc in self.late_scopes)
+
+
 class Graph:
     """A network as a DAG of layers.
 
@@ -108,6 +179,11 @@ class Graph:
         self.zero_init_residual = False  # zero the last BN scale of every residual body (with init(...))
         self.init_fc = True  # the scheme initialises the fc layers too (else they keep the framework's default)
         self.unfit_training: list = []  # (aux output, CnnShapeError): training-only heads left out, too small an input
+        self.late_scopes: list[str] = []  # scopes a pass made after resolve (shortcut projections), in its order
+        # Mounted fragments (see :meth:`mount`): prefix -> the mount's node name, and the layers they hold
+        # beyond the one node each stands for.
+        self._mounts: dict[str, str] = {}
+        self._mounted = 0
 
     # -- building
     def add(self, name: str, op: str, args: dict, span: Span | None, inputs: list[str]) -> Node:
@@ -164,12 +240,89 @@ class Graph:
         self._nodes[name].order = self._nodes[anchor].order  # ties broken by name in topo_order
         self._changed()
 
+    # -- mounted fragments
+    def mount(self, prefix: str, frag: Fragment, src: str, span: Span | None) -> str:
+        """Stand the shared, checked ``frag`` in at scope ``prefix``, reading ``src``; returns its output's name.
+
+        One node (op :data:`MOUNT`) stands for all of the fragment's layers until :meth:`flatten` expands it: it
+        has the name, shape and totals of what it stands for, so the passes and the totals treat it as one layer.
+        """
+        name = f"{prefix}.{frag.output}"
+        node = self.add(name, MOUNT, {}, span, [src])
+        node.shape, node.params, node.macs, node.activations = frag.shape, frag.params, frag.macs, frag.activations
+        node.meta["mount"] = (prefix, frag)
+        self._mounts[prefix] = name
+        self._mounted += frag.size - 1
+        return name
+
+    @property
+    def mounted(self) -> bool:
+        """Whether fragments stand in for some of the layers (the graph is a plan, not yet flat)."""
+        return bool(self._mounts)
+
+    def mount_of(self, name: str) -> str | None:
+        """The prefix of the mount whose fragment holds layer ``name``, if one does."""
+        if self._mounts:
+            i = name.rfind(".")
+            while i > 0:
+                prefix = name[:i]
+                if prefix in self._mounts:
+                    node = self._nodes[self._mounts[prefix]]
+                    return prefix if name[i + 1:] in node.meta["mount"][1].names else None
+                i = name.rfind(".", 0, i)
+        return None
+
+    def flatten(self) -> Graph:
+        """Expand every mount into the layers it stands for, in place (and return the graph).
+
+        The layers take the place their instance had in the source, so names, order, scopes and edges are those
+        a build without mounts makes: scopes in the order resolve made them, then those the passes made
+        (:attr:`late_scopes`) in the order of the layers they hold.
+        """
+        if not self._mounts:
+            return self
+        late_names = set(self.late_scopes)
+        scopes: dict[str, Scope] = {}
+        late = [self.scopes[s] for s in self.late_scopes if s in self.scopes]
+        for name, scope in self.scopes.items():
+            if name not in late_names:
+                scopes[name] = scope
+                if name in self._mounts:
+                    self._nodes[self._mounts[name]].meta["mount"][1].add_scopes(name, scopes, late)
+        nodes: list[tuple[Node, list[str]]] = []
+        for node in sorted(self._nodes.values(), key=lambda n: (n.order, n.name)):
+            srcs = self.inputs_of(node.name)
+            if node.op == MOUNT:
+                prefix, frag = node.meta["mount"]
+                frag.emit(prefix, srcs[0], nodes)
+            else:
+                nodes.append((node, srcs))
+        self._nodes, self._in, self._out = {}, {}, {}
+        self._mounts, self._mounted, self._counter = {}, 0, 0
+        for node, _ in nodes:
+            node.order = self._counter
+            self._counter += 1
+            self._nodes[node.name] = node
+            self._in[node.name], self._out[node.name] = {}, set()
+        for node, srcs in nodes:
+            for port, src in enumerate(srcs):
+                self._link(src, node.name, port)
+        self._changed()
+        if late:
+            position = {name: i for i, name in enumerate(self._topological_order())}
+            late.sort(key=lambda sc: position.get(f"{sc.name}.0", len(position)))
+            scopes.update((sc.name, sc) for sc in late)
+        self.scopes = scopes
+        self.late_scopes = [sc.name for sc in late]
+        return self
+
     # -- reading
     def __contains__(self, name: str) -> bool:
-        return name in self._nodes
+        return name in self._nodes or (bool(self._mounts) and self.mount_of(name) is not None)
 
     def __len__(self) -> int:
-        return len(self._nodes)
+        """The layers, those that mounted fragments stand for included."""
+        return len(self._nodes) + self._mounted
 
     def node(self, name: str) -> Node:
         return self._nodes[name]
@@ -300,6 +453,8 @@ class Graph:
             ports = sorted(self._in[node.name])
             if ports != list(range(len(ports))):
                 raise AssertionError(f"{node.name}: operand ports {ports} are not contiguous")
+            if node.op == MOUNT:  # a checked fragment, reading one value
+                continue
             op = OPS[node.op]
             if len(ports) < op.min_inputs or (op.max_inputs is not None and len(ports) > op.max_inputs):
                 raise CnnDslError(f"'{node.op}' takes {op.min_inputs}"

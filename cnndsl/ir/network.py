@@ -12,7 +12,6 @@ import csv
 import io
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from html import escape
 
 from cnndsl.errors import CnnDslWarning
@@ -71,48 +70,71 @@ class Summary(str):
         return f"<pre>{escape(str(self))}</pre>"
 
 
-@dataclass
 class Network:
-    """A network that parsed, resolved and passed every check."""
+    """A network that parsed, resolved and passed every check.
 
-    graph: Graph
-    warnings: list[CnnDslWarning] = field(default_factory=list)
+    Its totals come from the plan the compiler built, in which shared block instances stand as mounted
+    fragments (:meth:`Graph.mount <cnndsl.ir.graph.Graph.mount>`); :attr:`graph`, the layer-by-layer IR that
+    the backends and reports read, is expanded from it the first time it is asked for.
+    """
+
+    def __init__(self, graph: Graph, warnings: list[CnnDslWarning] | None = None):
+        self._plan = graph
+        self.warnings: list[CnnDslWarning] = warnings if warnings is not None else []
+
+    @property
+    def graph(self) -> Graph:
+        """The network's IR graph, one node a layer."""
+        return self._plan.flatten()
+
+    @property
+    def plan(self) -> Graph:
+        """The graph as built: mounted fragments stand for the block instances that share them (not flat yet).
+        Only what reads mounts (the totals, the architecture hash) should use it."""
+        return self._plan
+
+    def __eq__(self, other) -> bool:
+        if not isinstance(other, Network):
+            return NotImplemented
+        return self.graph is other.graph and self.warnings == other.warnings
+
+    __hash__ = None
 
     @property
     def name(self) -> str:
-        return self.graph.name
+        return self._plan.name
 
     @property
     def params(self) -> int:
         """Trainable parameters (weights, biases, batch-norm scale and shift)."""
-        return self.graph.total_params
+        return self._plan.total_params
 
     @property
     def macs(self) -> int:
         """Multiply-accumulates of the conv and fc layers in one image's eval-mode forward pass (the papers'
         "FLOPs", torchvision's GFLOPS): auxiliary heads, which run only in training, are not counted."""
-        return sum(self.graph.node(n).macs for n in self._eval_path())
+        return sum(self._plan.node(n).macs for n in self._eval_path())
 
     @property
     def macs_with_aux(self) -> int:
         """The conv and fc multiply-accumulates of a training-mode forward pass, auxiliary heads included."""
-        return self.graph.total_macs
+        return self._plan.total_macs
 
     @property
     def activations(self) -> int:
         """Values allocated by one image's eval-mode forward pass, the input included (aux heads excluded)."""
-        return sum(self.graph.node(n).activations for n in self._eval_path())
+        return sum(self._plan.node(n).activations for n in self._eval_path())
 
     def _eval_path(self) -> set[str]:
-        return self.graph.main_path()
+        return self._plan.main_path()
 
     @property
     def input_shape(self) -> tuple[int, ...]:
-        return self.graph.node(self.graph.inputs[0]).shape
+        return self._plan.node(self._plan.inputs[0]).shape
 
     @property
     def output_shapes(self) -> list[tuple[int, ...]]:
-        return [self.graph.node(o).shape for o in self.graph.outputs]
+        return [self._plan.node(o).shape for o in self._plan.outputs]
 
     def layers(self) -> list[dict]:
         rows = []

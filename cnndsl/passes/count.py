@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 
-from cnndsl.ir.graph import Graph
+from cnndsl.ir.graph import MOUNT, Graph
 from cnndsl.ir.ops import OPS
 from cnndsl.passes.limits import SizeLimits, Totals
 
@@ -19,6 +19,10 @@ def count(g: Graph, warnings=None, limits: SizeLimits | None = None) -> Graph:
     """Count every node; with ``limits``, refuse the first layer that brings the totals over them."""
     totals = Totals(limits) if limits is not None else None
     for node in g.nodes():
+        if node.op == MOUNT:  # a shared fragment, counted when it was built
+            if totals is not None:
+                _add_mount(totals, node)
+            continue
         op = OPS[node.op]
         xs = [g.node(src).shape for src in g.inputs_of(node.name)]
         node.params = op.count_params(xs, node.args)
@@ -27,3 +31,18 @@ def count(g: Graph, warnings=None, limits: SizeLimits | None = None) -> Graph:
         if totals is not None:
             totals.add(node.name, node.params, node.activations, node.span)
     return g
+
+
+def _add_mount(totals: Totals, node) -> None:
+    """Add a mounted fragment's totals; one that crosses a limit is added layer by layer, to name the layer."""
+    prefix, frag = node.meta["mount"]
+    limits = totals.limits
+    if (totals.params + node.params <= limits.params
+            and totals.activations + node.activations <= limits.activations):
+        totals.params += node.params
+        totals.activations += node.activations
+        return
+    layers: list = []
+    frag.emit(prefix, "", layers)
+    for layer, _ in layers:
+        totals.add(layer.name, layer.params, layer.activations, layer.span)

@@ -19,7 +19,7 @@ warning; training refuses such a build (``check_training``).
 from __future__ import annotations
 
 from cnndsl.errors import CnnDslWarning, CnnShapeError
-from cnndsl.ir.graph import Graph
+from cnndsl.ir.graph import MOUNT, Graph
 from cnndsl.ir.ops import OPS
 from cnndsl.passes.limits import SizeLimits, check_shape
 
@@ -38,6 +38,10 @@ def infer_shapes(g: Graph, warnings: list[CnnDslWarning] | None = None, limits: 
     for node in g.nodes():
         if node.op == "input":
             node.shape = tuple(node.args["shape"])
+        elif node.op == MOUNT:  # a shared fragment, checked when it was built: its shape and warnings are known
+            for w in node.meta["mount"][1].warnings:
+                warn(w)
+            continue
         else:
             xs = [g.node(src).shape for src in g.inputs_of(node.name)]
             if any(x is None for x in xs):  # after a training-only layer that does not fit

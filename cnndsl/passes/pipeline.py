@@ -27,9 +27,7 @@ def build(library: Library, name: str, input_shape: tuple[int, ...] | None = Non
     :class:`cnndsl.CnnLimitError` at the first layer that crosses it, before anything is allocated.
     """
     sizes = SizeLimits.of(limits)
-    graph = resolve(library, name, choose, **params)
-    if input_shape is not None:
-        graph.node(graph.inputs[0]).args["shape"] = tuple(input_shape)
+    graph = resolve(library, name, choose, input_shape=input_shape, limits=sizes, **params)
     warnings: list[CnnDslWarning] = []
     for _, run in PIPELINE:
         run(graph, warnings, sizes)

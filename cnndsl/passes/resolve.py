@@ -36,9 +36,11 @@ from typing import Any
 from cnndsl.errors import CnnArgumentError, CnnDslError, CnnLimitError, CnnNameError, CnnShapeError, Span
 from cnndsl.front import syntax as ast
 from cnndsl.front.syntax import MAX_NAME_LENGTH, MAX_NUMBER
-from cnndsl.ir.graph import Graph, Scope
+from cnndsl.ir.graph import FLOW, MOUNT, Fragment, Graph, Scope
 from cnndsl.ir.ops import COMBINATORS, OPS, Zero, lookup, spellings
 from cnndsl.ir.vocabulary import activation_words, layer_words
+from cnndsl.passes import memo
+from cnndsl.passes.memo import clear_memo, memo_stats, set_memo  # noqa: F401  (the switch, re-exported)
 
 MAX_NODES = 100_000
 MAX_LOOKUPS = 100_000  # references (@name) followed while building one network, block instances included
@@ -382,6 +384,9 @@ class Frame:
     labels: dict[str, str] = field(default_factory=dict)  # full name -> node
     body: ast.Seq | None = None  # the body being lowered (to tell a forward reference from a typo)
     columns: dict[str, Span] = field(default_factory=dict)  # columns of the tables before, out of scope now
+    #: Block instances this frame prepared (arguments bound, defaults made), by (id of the call, input shape), for
+    #: the copies of a repeat: ``(env without the input point, defaults, units of work)``. Only with the memo on.
+    prepared: dict[tuple, tuple] = field(default_factory=dict)
     _sizing: dict[str, Any] | None = field(default=None, repr=False)
 
     def sizing_env(self) -> dict[str, Any]:
@@ -408,11 +413,18 @@ class Resolver:
         self.claimed: dict[str, tuple[Span | None, int]] = {}  # full name given by a label -> where, and when
         self.generation = 0  # copies built so far (of repeats and tables): one label claims its name in one copy
         self.depth = 0  # sequences being lowered, one inside the other
-        self.sizer = Sizer(library.blocks)  # lower bounds on what a step will build, before building it
         self.lookups = 0  # references followed
         self.work = 0  # units of MAX_WORK spent
         self.chain = chain  # derived networks being built, outermost first (to stop `a = b`, `b = a`)
         self.shapes: dict[str, tuple[int, ...]] = {}  # nodes' shapes inferred so far (for in.c and residuals)
+        self.input_shape: tuple[int, ...] | None = None  # the first input's shape, given instead of the declared one
+        self.limits = None  # the size limits the passes check (a SizeLimits), part of what a fragment depends on
+        self.store = memo.store(library) if memo.enabled() else None  # shared block instances (cnndsl.passes.memo)
+        self.building = False  # whether this resolver builds a fragment (see _fragment)
+        # Lower bounds on what a step will build, before building it: one sizer for the library's builds when
+        # they share instances (its memo of sizes is then shared too, and bounded), else one for this build.
+        self.sizer = (Sizer(library.blocks) if self.store is None else
+                      self.store.shared("sizer", Sizer, library.blocks))
 
     # -- entry
     def network(self, name: str, overrides: dict[str, Any], span: Span | None = None) -> Graph:
@@ -450,6 +462,8 @@ class Resolver:
                                        "positive sizes", inp.span,
                                        "write input CxHxW (input 3x224x224), or input N for a flat vector")
             nm = inp.name or ("input" if i == 0 else f"input{i + 1}")
+            if i == 0 and self.input_shape is not None:
+                shape = tuple(self.input_shape)
             g.add(nm, "input", {"shape": shape}, inp.span, [])
             g.inputs.append(nm)
             labels[nm] = nm
@@ -496,15 +510,23 @@ class Resolver:
                                            _suggest(k, [p.name for p in params]))
                 base_over[k] = v
         sub = Resolver(self.lib, self.choose, self.chain + (decl.name,))
+        # freeze and replace name layers anywhere, as resolve makes them (shortcuts not decided yet): a base they
+        # change is built flat, without shared instances (whose shortcuts are decided)
+        sub.input_shape, sub.limits = self.input_shape, self.limits
+        sub.store = None if decl.modifiers else self.store
         g = sub.network(decl.base, base_over, decl.span)
         g.name = decl.name
         g.params = {**g.params, **{k: plain(v) for k, v in env.items()}}
         self.g = g
-        for mod in decl.modifiers:
-            if isinstance(mod, ast.Freeze):
-                _freeze(g, mod)
-            else:
-                self._replace(g, mod, env)
+        store, self.store = self.store, None  # what replace builds is flat too, so freeze finds it
+        try:
+            for mod in decl.modifiers:
+                if isinstance(mod, ast.Freeze):
+                    _freeze(g, mod)
+                else:
+                    self._replace(g, mod, env)
+        finally:
+            self.store = store
         return g
 
     def _replace(self, g: Graph, mod: ast.Replace, env: dict[str, Any]) -> None:
@@ -705,6 +727,8 @@ class Resolver:
                                "choose another label, or put it inside a labelled scope")
         first, generation = self.claimed.setdefault(full, (span, self.generation))
         if first is not span or generation != self.generation or full in self.g:
+            if self.g.mount_of(full) is not None:
+                self.g.flatten()
             where = first if first is not span or full not in self.g else self.g.node(full).span
             raise CnnNameError(f"duplicate name '{full}'", span, f"'{full}' is already defined at {where}" +
                                (" (by this label, for another copy: give the label a {...} part, or leave it out)"
@@ -856,6 +880,8 @@ class Resolver:
             if full in frame.labels:
                 return frame.labels[full]
             if full in self.g and (not frame.root or full.startswith(frame.root + ".")):
+                if self.g.mount_of(full) is not None:  # a layer inside a shared instance, read from outside it
+                    self.g.flatten()
                 return full
             if prefix == frame.root or not prefix:
                 break
@@ -897,7 +923,7 @@ class Resolver:
             before, spent = len(self.g), self.work
             self.generation += 1
             last = i == len(rows) - 1
-            flow = self._step(t.body, flow, inner, replace(frame, env=env, _sizing=None), tail and last,
+            flow = self._step(t.body, flow, inner, replace(frame, env=env, _sizing=None, prepared={}), tail and last,
                               then_act if last else body_act)
             if i == 0 and t.count is not None:
                 self._projected(len(rows), before, spent, t.span, "building this")
@@ -1260,28 +1286,138 @@ class Resolver:
         if at_least > MAX_NODES:
             raise CnnLimitError(f"'{name}' would build at least {at_least:,} layers (the limit is {MAX_NODES:,})",
                                 call.span, "blocks that use other blocks several times grow exponentially with depth")
-        given = self._args(call.args, frame.env)
-        pos = tuple(v for k, v in given if k is None)
-        kw: dict[str, Any] = {}
-        for k, v in given:
-            if k is not None:
-                if k in kw:
-                    raise CnnArgumentError(f"parameter '{k}' of '{name}' given twice", call.span)
-                kw[k] = v
-        env = self._bind(name, block.params, pos, kw, frame.env, call.span, "block", InputPoint(flow, self._shape))
-        inst = scope.child(name, label)
+        start = InputPoint(flow, self._shape)
+        ready = self._prepared(frame, call, flow)
+        if ready is not None and ready in frame.prepared:  # a copy of a repeat: bound as the copy before it was
+            bound, defaults, units = frame.prepared[ready]
+            self._spend(units, call.span)
+            env = {**bound, INPUT: start}
+            inst = scope.child(name, label)
+        else:
+            spent = self.work
+            given = self._args(call.args, frame.env)
+            pos = tuple(v for k, v in given if k is None)
+            kw: dict[str, Any] = {}
+            for k, v in given:
+                if k is not None:
+                    if k in kw:
+                        raise CnnArgumentError(f"parameter '{k}' of '{name}' given twice", call.span)
+                    kw[k] = v
+            env = self._bind(name, block.params, pos, kw, frame.env, call.span, "block", start)
+            inst = scope.child(name, label)
+            defaults = self._defaults(block.defaults, frame.defaults, env)
+            if ready is not None:
+                frame.prepared[ready] = ({k: v for k, v in env.items() if k != INPUT}, defaults, self.work - spent)
         self.g.scopes[inst] = Scope(inst, "block", block=name, span=call.span, definition=block.span,
                                     args={k: plain(v) for k, v in env.items() if k != INPUT})
-        inner = Frame(env, self._defaults(block.defaults, frame.defaults, env), inst,
-                      frame.blocks_active + (name,), body=block.body)
+        inner = Frame(env, defaults, inst, frame.blocks_active + (name,), body=block.body)
         only = block.body.steps[0] if len(block.body.steps) == 1 else None
-        if (only is not None and only.label is None and only.repeat is None and isinstance(only.term, ast.Combinator)
-                and only.term.name.lower() == "seq"):  # the instance is the nn.Sequential: block.0, block.1, ...
-            out = self._numbered(only.term, None, flow, scope, inner, tail, then_act, name=inst)
-        else:
-            out = self._seq(block.body, flow, NameScope(inst, sequential=False), inner, tail, then_act)
+        numbered = (only is not None and only.label is None and only.repeat is None
+                    and isinstance(only.term, ast.Combinator) and only.term.name.lower() == "seq")
+
+        def body(r: Resolver) -> str:  # the instance's layers, built by ``r`` (this resolver, or a fragment's)
+            fresh = replace(inner, labels={}, columns={})  # a failed fragment build leaves no labels behind
+            if numbered:  # the instance is the nn.Sequential: block.0, block.1, ...
+                return r._numbered(only.term, None, flow, scope, fresh, tail, then_act, name=inst)
+            return r._seq(block.body, flow, NameScope(inst, sequential=False), fresh, tail, then_act)
+
+        out = body(self) if self.store is None else self._shared(name, inst, inner, flow, tail, then_act, body,
+                                                                 call.span)
         frame.labels[inst] = out
         return out
+
+    # -- shared instances (cnndsl.passes.memo)
+    def _prepared(self, frame: Frame, call: ast.Call, flow: str) -> tuple | None:
+        """Where ``frame.prepared`` keeps this instance's bound arguments (None: not kept, the memo is off or the
+        input's shape is not known). Binding depends on the frame's values, the call and the input's shape only:
+        a choice in the arguments decides once, so the copies of a repeat bind alike."""
+        if self.store is None or flow == ZERO:
+            return None
+        try:
+            return id(call), self._shape(flow)
+        except CnnDslError:
+            return None
+
+    def _decide(self, choice: ast.Choice) -> int | float:
+        return self.choose(choice) if self.choose else 0
+
+    def _shared(self, block: str, inst: str, inner: Frame, flow: str, tail: bool, then_act: bool,
+                body: Callable[[Resolver], str], span: Span | None) -> str:
+        """Build the instance from the memo: mount the fragment of an instance alike (asking its choices again),
+        or build one and mount it; an instance that cannot be shared, or would cross a limit, is built flat."""
+        if flow == ZERO:  # an instance on a zero: its layers are dropped as they are built
+            return self._inline(body)
+        try:
+            shape = self._shape(flow)
+        except CnnDslError:  # left for infer_shapes to report (or to leave out, on a training-only path)
+            return self._inline(body)
+        key = _fragment_key(block, inner, shape, tail, then_act, self.depth, self.limits)
+        if key is None:
+            return self._inline(body)
+        frag = self.store.find(key, self._decide)
+        if frag is None:
+            frag = self._fragment(flow, shape, inst, body)
+            if frag is None:
+                return self._inline(body)
+            if frag is _FAILED:  # built flat, its instances too: a mistake is reported as a flat build reports it
+                return self._inline(body, flat=True)
+            self.store.add(key, frag)
+            memo.count("misses")
+        else:
+            memo.count("hits")
+        if (len(self.g) + frag.size > MAX_NODES or self.work + frag.work > MAX_WORK
+                or self.lookups + frag.lookups > MAX_LOOKUPS or len(inst) + 1 + frag.longest > MAX_NAME_LENGTH
+                or (frag.claims and re.split(r"[.-]", inst, maxsplit=1)[0] in _DECLARATIONS)):
+            return self._inline(body)  # a flat build says where the limit is crossed
+        self.work += frag.work
+        self.lookups += frag.lookups
+        out = self.g.mount(inst, frag, flow, span)
+        self.shapes[out] = frag.shape
+        return out
+
+    def _inline(self, body: Callable[[Resolver], str], flat: bool = False) -> str:
+        memo.count("inlined")
+        if not flat:
+            return body(self)
+        store, self.store = self.store, None  # a retry must not try fragments again: it would be exponential
+        try:
+            return body(self)
+        finally:
+            self.store = store
+
+    def _fragment(self, flow: str, shape: tuple[int, ...], inst: str,
+                  body: Callable[[Resolver], str]) -> Fragment | None:
+        """The instance built on its own, from an input of ``shape``, through the per-layer passes; None when it
+        cannot be shared (an aux head or a ``none`` inside, a layer read from outside it), :data:`_FAILED` on a
+        mistake (a flat build then reports it where it would)."""
+        from cnndsl.passes import check, count, infer_shapes, resolve_shortcuts  # the passes after resolve
+
+        decisions: list[tuple[ast.Choice, int | float]] = []
+
+        def record(choice: ast.Choice) -> int | float:
+            decision = self._decide(choice)
+            decisions.append((choice, decision))
+            return decision
+
+        sub = Resolver(self.lib, record, self.chain)
+        sub.limits, sub.store, sub.sizer, sub.depth = self.limits, self.store, self.sizer, self.depth
+        sub.building = True
+        sub.g = Graph(self.g.name)
+        sub.g.add(flow, "input", {"shape": shape}, None, [])
+        sub.shapes = {flow: shape}
+        try:
+            out = body(sub)
+            if out in (ZERO, flow) or sub.zeroed or sub.g.aux_outputs:
+                return None
+            sub.g.output = out
+            warnings: list = []
+            for run in (infer_shapes, resolve_shortcuts, infer_shapes, count, check):
+                run(sub.g, warnings, self.limits)
+        except CnnDslError:
+            if self.building:  # let the outermost fragment build fail: it alone is built again, flat
+                raise
+            return _FAILED
+        return _as_fragment(sub, flow, inst, out, warnings, decisions)
 
     def _add_node(self, name: str, op: str, args: dict, span, inputs: list[str]) -> str:
         if len(self.g) >= MAX_NODES:
@@ -1350,9 +1486,15 @@ class Sizer:
     once instead of after building 100,000 layers.
     """
 
+    MAX_MEMO = 200_000  # sizes kept: a sizer shared by a library's builds (a search's members) starts over past it
+
     def __init__(self, blocks: dict[str, ast.Block]):
         self.blocks = blocks
         self.memo: dict[tuple, tuple[object, int]] = {}  # (id of a step or call, values) -> (it, its size)
+
+    def forget_if_full(self) -> None:
+        if len(self.memo) > self.MAX_MEMO:
+            self.memo.clear()
 
     def term(self, term: ast.Term, env: dict[str, Any], depth: int, active: tuple[str, ...] = ()) -> int:
         """The lower bound of one term, inside ``depth`` sequences (resolve's count: it stops at ``MAX_NESTED``)."""
@@ -1495,6 +1637,7 @@ def _decides(term) -> bool:
 
 def _prune(g: Graph) -> None:
     """Remove the layers that reach no output (their results only fed `none` edges), and empty scopes."""
+    g.flatten()
     live, todo = set(g.inputs), list(g.outputs)
     while todo:
         name = todo.pop()
@@ -1522,11 +1665,63 @@ def _suggest(word: str, choices) -> str | None:
     return f"did you mean '{close[0]}'?" if close else None
 
 
-def resolve(library, network: str, choose: Callable[[ast.Choice], int] | None = None, **params) -> Graph:
-    """Lower network ``network`` of ``library`` (with parameter overrides) to an IR graph."""
+def resolve(library, network: str, choose: Callable[[ast.Choice], int] | None = None, *,
+            input_shape: tuple[int, ...] | None = None, limits=None, **params) -> Graph:
+    """Lower network ``network`` of ``library`` (with parameter overrides) to an IR graph.
+
+    ``input_shape`` replaces the first input's declared shape; ``limits`` are the size limits the passes will
+    check (a :class:`~cnndsl.passes.limits.SizeLimits`). Block instances alike are built once and mounted
+    (:mod:`cnndsl.passes.memo`): the graph may hold mounts, which :meth:`Graph.flatten` expands.
+    """
+    resolver = Resolver(library, choose)
+    resolver.input_shape, resolver.limits = input_shape, limits
+    resolver.sizer.forget_if_full()
     try:
-        return Resolver(library, choose).network(network, params)
+        return resolver.network(network, params)
     except RecursionError:  # a backstop: MAX_NESTED and MAX_BLOCK_DEPTH normally stop it first
         decl = library.networks.get(network)
         raise CnnLimitError("the network is nested too deeply to build", decl.span if decl else None,
                             "use fewer levels of blocks, brackets and branches") from None
+
+
+#: What :meth:`Resolver._fragment` returns for an instance whose build on its own failed.
+_FAILED: Any = object()
+
+
+def _fragment_key(block: str, inner: Frame, shape: tuple[int, ...], tail: bool, then_act: bool, depth: int,
+                  limits) -> tuple | None:
+    """What an instance's fragment depends on, but the choices it reaches; None when a value is not hashable."""
+    env = values_key({k: v for k, v in inner.env.items() if k != INPUT})
+    defaults = values_key({op: values_key(vals) for op, vals in inner.defaults.items()})
+    if env is None or defaults is None or any(v is None for _, v in defaults):
+        return None
+    return (block, env, defaults, shape, tail, then_act, depth, len(inner.blocks_active), limits)
+
+
+def _as_fragment(sub: Resolver, flow: str, inst: str, out: str, warnings: list, decisions: list) -> Fragment | None:
+    """The fragment of the instance that ``sub`` built at ``inst``, its names made relative to the instance."""
+    cut = len(inst) + 1
+    inside = inst + "."
+    nodes, size, longest, params, macs, activations = [], 0, 0, 0, 0, 0
+    for node in sorted(sub.g._nodes.values(), key=lambda n: (n.order, n.name)):
+        if node.name == flow:
+            continue
+        srcs = sub.g.inputs_of(node.name)
+        if not node.name.startswith(inside) or any(s != flow and not s.startswith(inside) for s in srcs):
+            return None
+        node.name = node.name[cut:]
+        if node.op == MOUNT:
+            prefix, frag = node.meta["mount"]
+            node.meta["mount"] = (prefix[cut:], frag)
+            size += frag.size
+            longest = max(longest, len(prefix) - cut + 1 + frag.longest)
+        else:
+            size += 1
+            longest = max(longest, len(node.name))
+        params, macs, activations = params + node.params, macs + node.macs, activations + node.activations
+        nodes.append((node, [FLOW if s == flow else s[cut:] for s in srcs]))
+    late = set(sub.g.late_scopes)
+    scopes = [replace(sc, name=sc.name[cut:]) for name, sc in sub.g.scopes.items() if name not in late]
+    late_scopes = [replace(sub.g.scopes[name], name=name[cut:]) for name in sub.g.late_scopes]
+    return Fragment(nodes, scopes, late_scopes, out[cut:], sub.g.node(out).shape, params, macs, activations, size,
+                    longest, warnings, decisions, sub.work, sub.lookups, bool(sub.claimed))

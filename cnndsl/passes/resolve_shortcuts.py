@@ -48,6 +48,7 @@ def resolve_shortcuts(g: Graph, warnings=None, limits=None) -> Graph:
             _connect(g, add, port, name)
             continue
         g.scopes[name] = Scope(name, "sequence", span=span)
+        g.late_scopes.append(name)
         g.add(f"{name}.0", "conv", conv, span, [src]).frozen = frozen
         bn = OPS["bn"].normalize({"eps": node.args["bn_eps"], "momentum": node.args["bn_momentum"]}, span)
         g.add(f"{name}.1", "bn", bn, span, [f"{name}.0"]).frozen = frozen

@@ -21,18 +21,31 @@ are in them). Non-isomorphic graphs that Weisfeiler-Lehman cannot tell apart (hi
 parallel branches of alike layers wired regularly) share a hash, so :class:`HashRegistry` confirms a repeated hash with an
 isomorphism check of the same structure, labels, output positions and edge ports, and tells genuinely
 different graphs apart.
+
+**Series pieces.** A network with one input and one output is a chain of pieces: its *cut layers* (those
+every path from the input to the output passes through, the input and output included) are totally ordered,
+and a piece is what lies between two consecutive ones, the first a bare source and the second labelled.
+An isomorphism maps cut layers to cut layers in order, so two such networks are isomorphic if and only if
+their pieces are, one by one: the hash is the sequence of the pieces' hashes (:func:`pieces`). That makes it
+incremental. A block instance that sits in series (a mounted fragment, :meth:`cnndsl.ir.graph.Graph.mount`)
+contributes the pieces of its fragment, hashed once per fragment however many members and instances share
+it; only a piece that holds mounts inside a parallel part is expanded to be hashed. The registry confirms a
+repeated piece hash (not a whole network's), and only when the pieces are not one shared object. Networks
+with several inputs or outputs (aux heads) are hashed whole, as above. A layer is a cut layer exactly when no
+edge jumps over it in a topological order (the paths from the input cross every position).
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 from collections import defaultdict
 
 import networkx as nx
 
-from cnndsl.ir.graph import Graph
-from cnndsl.ir.ops import Identity
+from cnndsl.ir.graph import FLOW, MOUNT, Graph
+from cnndsl.ir.ops import OPS, Identity
 
 #: Ops that pass their input through unchanged: contracted before hashing.
 IDENTITY_OPS = frozenset({Identity.name})
@@ -81,12 +94,22 @@ def colours(g: nx.DiGraph, outputs: list[str]) -> dict[str, str]:
     ways, and the colours are final.
     """
     order = list(nx.topological_sort(g))
+    ins = {n: [(port, src) for src, _, port in g.in_edges(n, data="port")] for n in order}
+    return refine(order, {n: g.nodes[n]["label"] for n in order}, ins, outputs)
+
+
+def refine(order: list[str], labels: dict[str, str], ins: dict[str, list[tuple[tuple, str]]],
+           outputs: list[str]) -> dict[str, str]:
+    """:func:`colours` over a graph given as its topological ``order``, node ``labels`` and operands ``ins``
+    (``(port, operand)`` pairs, one an operand)."""
     where: dict[str, list[int]] = defaultdict(list)
     for i, o in enumerate(outputs):
         where[o].append(i)
-    ins = {n: [(port, src) for src, _, port in g.in_edges(n, data="port")] for n in order}
-    outs = {n: [(port, dst) for _, dst, port in g.out_edges(n, data="port")] for n in order}
-    colour = {n: f"{g.nodes[n]['label']}@{where[n]}" for n in order}
+    outs: dict[str, list[tuple[tuple, str]]] = {n: [] for n in order}
+    for n in order:
+        for port, src in ins[n]:
+            outs[src].append((port, n))
+    colour = {n: f"{labels[n]}@{where[n]}" for n in order}
     sweeps = ((order, ins, "<"), (order[::-1], outs, ">"))
     classes, k = 0, 0
     while True:
@@ -109,9 +132,227 @@ def graph_hash(g: nx.DiGraph, outputs: list[str]) -> str:
 
 
 def arch_hash(graph: Graph) -> str:
-    """The architecture hash of a checked network's graph (24 hex digits)."""
-    g, outputs = canonical_graph(graph)
+    """The architecture hash of a checked network's graph, flat or with mounted fragments (24 hex digits)."""
+    series = pieces(graph)
+    if series is None:
+        return whole_graph_hash(graph)
+    head, parts = series
+    return _series_digest(head, [p.hash for p in parts])
+
+
+def whole_graph_hash(graph: Graph) -> str:
+    """The hash of the whole graph at once, without series pieces: what ``arch_hash`` was before issue 15 (a
+    weights file saved then carries it)."""
+    g, outputs = canonical_graph(graph.flatten())
     return graph_hash(g, outputs)
+
+
+def _series_digest(head: str, ids: list[str]) -> str:
+    return _digest("series:" + head + "|" + ",".join(ids))
+
+
+class Piece:
+    """A piece of a network between two consecutive cut layers: a DAG from a bare source to its sink.
+
+    ``graph`` is its canonical graph (the source labelled ``<source>``) and ``hash`` the Weisfeiler-Lehman hash
+    of it. A piece of one layer reading the source is *simple*: its hash is that layer's label and operand
+    ports, which say all there is to say of it (no graph is kept, and no hash of it needs confirming)."""
+
+    __slots__ = ("_graph", "colours", "hash", "ins", "labels", "order", "simple")
+
+    def __init__(self, order: list[str] | None = None, labels: dict[str, str] | None = None,
+                 ins: dict[str, list[tuple[tuple, str]]] | None = None, simple: str | None = None):
+        self.order, self.labels, self.ins = order, labels, ins
+        self._graph: nx.DiGraph | None = None
+        self.simple = simple is not None
+        self.colours = None if simple is not None else refine(order, labels, ins, [])
+        self.hash = _digest(simple) if simple is not None else _fold(self.colours)
+
+    @property
+    def graph(self) -> nx.DiGraph:
+        """The piece as a networkx graph (made for the isomorphism check only)."""
+        if self._graph is None:
+            g = nx.DiGraph()
+            for n in self.order:
+                g.add_node(n, label=self.labels[n])
+                for port, src in self.ins[n]:
+                    g.add_edge(src, n, port=port)
+            self._graph = g
+        return self._graph
+
+
+_SOURCE = "<source>"
+
+
+class _Plan:
+    """One level of a plan (a network's mounted graph, or a fragment's layers) with identity layers contracted:
+    ``order`` topological, ``ins[n]`` the (operand, port) pairs, ``label[n]``, ``mounts[n]`` = (prefix, fragment)."""
+
+    def __init__(self):
+        self.order: list[str] = []
+        self.ins: dict[str, list[tuple[str, int]]] = {}
+        self.label: dict[str, str] = {}
+        self.mounts: dict[str, tuple] = {}
+        self.alias: dict[str, str] = {}
+
+
+def _level(items, source: str) -> _Plan:
+    """The contracted plan of ``items``: (name, op, args, operands, mount) in topological order, ``source`` first."""
+    plan = _Plan()
+    plan.order.append(source)
+    plan.label[source] = _SOURCE
+    for name, op, args, srcs, mount in items:
+        srcs = [plan.alias.get(x, x) for x in srcs]
+        if mount is not None:
+            out = _fragment_series(mount[1])
+            if out is None:  # the fragment is the identity: contracted
+                plan.alias[name] = srcs[0]
+                continue
+            plan.mounts[name] = mount
+            plan.label[name] = "<mount>"
+            plan.ins[name] = [(srcs[0], 0)]
+        elif op in IDENTITY_OPS and len(srcs) == 1:
+            plan.alias[name] = srcs[0]
+            continue
+        else:
+            plan.label[name] = _label(op, args)
+            commutative = OPS[op].commutes(args)
+            plan.ins[name] = [(x, 0 if commutative else port) for port, x in enumerate(srcs)]
+        plan.order.append(name)
+    return plan
+
+
+def _cuts(plan: _Plan, sink: str) -> list[str] | None:
+    """The cut layers of a plan from its source to ``sink`` (both included), in order; None if a layer is not
+    between them (it does not lead to the sink)."""
+    position = {n: i for i, n in enumerate(plan.order)}
+    if position.get(sink) != len(plan.order) - 1:
+        return None
+    reach = [0] * len(plan.order)  # reach[i]: the furthest position an edge from before i goes to
+    for n in plan.order[1:]:
+        j = position[n]
+        for src, _ in plan.ins[n]:
+            i = position[src]
+            reach[i] = max(reach[i], j)
+    cuts, furthest = [], 0
+    for i, n in enumerate(plan.order):
+        if furthest <= i:
+            cuts.append(n)
+        furthest = max(furthest, reach[i])
+    if any(reach[i] == 0 for i in range(len(plan.order) - 1)):
+        return None  # a layer that no later layer reads: not a two-terminal network
+    return cuts
+
+
+def _series(plan: _Plan, sink: str) -> list[Piece] | None:
+    cuts = _cuts(plan, sink)
+    if cuts is None:
+        return None
+    position = {n: i for i, n in enumerate(plan.order)}
+    out: list[Piece] = []
+    for u, v in itertools.pairwise(cuts):
+        inside = plan.order[position[u] + 1:position[v] + 1]
+        if len(inside) == 1 and v in plan.mounts:
+            out.extend(_fragment_series(plan.mounts[v][1]))
+        elif len(inside) == 1:  # one layer reading the source (an edge from the source, however many operands)
+            out.append(Piece(simple=f"{plan.label[v]}<{tuple(sorted(port for _, port in plan.ins[v]))}"))
+        else:
+            out.append(Piece(*_piece_graph(plan, u, inside)))
+    return out
+
+
+def _piece_graph(plan: _Plan, source: str, inside: list[str]) -> tuple[list[str], dict, dict]:
+    """A piece's topological order, labels and operands: ``source`` bare, the layers ``inside`` (mounts expanded,
+    identity layers contracted), each operand once with the tuple of the ports it fills."""
+    order, labels, ins = [source], {source: _SOURCE}, {source: []}
+    alias: dict[str, str] = {}  # a contracted layer -> what it passes on
+    for n in inside:
+        srcs = [(alias.get(x, x), port) for x, port in plan.ins[n]]
+        if n not in plan.mounts:
+            _add(order, labels, ins, n, plan.label[n], srcs)
+            continue
+        prefix, frag = plan.mounts[n]
+        layers: list = []
+        frag.emit(prefix, srcs[0][0], layers)
+        for node, operands in layers:
+            operands = [alias.get(x, x) for x in operands]
+            if node.op in IDENTITY_OPS and len(operands) == 1:
+                alias[node.name] = operands[0]
+                continue
+            commutative = node.opdef.commutes(node.args)
+            _add(order, labels, ins, node.name, _label(node.op, node.args),
+                 [(x, 0 if commutative else p) for p, x in enumerate(operands)])
+        out = f"{prefix}.{frag.output}"
+        if out in alias:
+            alias[n] = alias[out]
+    return _stable_topological(order, ins), labels, ins
+
+
+def _stable_topological(order: list[str], ins: dict[str, list[tuple[tuple, str]]]) -> list[str]:
+    """``order`` made topological, keeping its order where it already is (a fragment lists a shortcut projection
+    after the sum that reads it)."""
+    placed: set[str] = set()
+    out: list[str] = []
+    pending = order
+    while pending:
+        later = [n for n in pending if not _ready(n, ins, placed, out)]
+        if len(later) == len(pending):
+            raise AssertionError("a piece with a cycle")
+        pending = later
+    return out
+
+
+def _ready(n: str, ins: dict, placed: set[str], out: list[str]) -> bool:
+    if all(src in placed for _, src in ins[n]):
+        placed.add(n)
+        out.append(n)
+        return True
+    return False
+
+
+def _add(order: list[str], labels: dict, ins: dict, n: str, label: str, srcs: list[tuple[str, int]]) -> None:
+    ports: dict[str, list[int]] = {}
+    for src, port in srcs:
+        ports.setdefault(src, []).append(port)
+    order.append(n)
+    labels[n] = label
+    ins[n] = [(tuple(sorted(where)), src) for src, where in ports.items()]
+
+
+def _fragment_series(frag) -> list[Piece] | None:
+    """The pieces of a fragment from its input to its output (cached on it); None when it is the identity."""
+    cached = getattr(frag, "_series", False)
+    if cached is not False:
+        return cached
+    items = {node.name: (node.name, node.op, node.args, srcs, node.meta["mount"] if node.op == MOUNT else None)
+             for node, srcs in frag.nodes}
+    order = _stable_topological([FLOW, *items], {FLOW: [], **{n: [((), s) for s in it[3]] for n, it in items.items()}})
+    plan = _level([items[n] for n in order[1:]], FLOW)
+    sink = plan.alias.get(frag.output, frag.output)
+    result = None if sink == FLOW else _series(plan, sink)
+    if result is None and sink != FLOW:
+        raise AssertionError(f"fragment {frag.output}: not a two-terminal graph")
+    frag._series = result
+    return result
+
+
+def pieces(graph: Graph) -> tuple[str, list[Piece]] | None:
+    """The network's input label and its pieces in order, or None when it is not one input to one output."""
+    if len(graph.inputs) != 1 or graph.aux_outputs or graph.output is None:
+        return None
+    items = []
+    source = graph.node(graph.inputs[0])
+    for node in graph.nodes():
+        if node is not source:
+            items.append((node.name, node.op, node.args, graph.inputs_of(node.name),
+                          node.meta["mount"] if node.op == MOUNT else None))
+    plan = _level(items, source.name)
+    sink = plan.alias.get(graph.output, graph.output)
+    head = _label(source.op, source.args)
+    if sink == source.name:
+        return head, []
+    series = _series(plan, sink)
+    return None if series is None else (head, series)
 
 
 def _same(a: tuple[nx.DiGraph, dict[str, str]], b: tuple[nx.DiGraph, dict[str, str]]) -> bool:
@@ -141,21 +382,59 @@ def _same(a: tuple[nx.DiGraph, dict[str, str]], b: tuple[nx.DiGraph, dict[str, s
 class HashRegistry:
     """Hashes for a stream of networks, with collisions confirmed by an isomorphism check.
 
-    A hash seen before is checked against the graphs that produced it; a graph that is not isomorphic
-    to any of them (a true collision) gets the hash with a ``-2``, ``-3``, ... suffix.
+    For a network of pieces, each piece's hash is confirmed: a piece whose hash was seen is compared with the
+    pieces that had it (unless it is one of them: a shared fragment's), and one isomorphic to none of them (a
+    true collision) gets the hash with a ``-2``, ``-3``, ... suffix; the network's hash is made of the confirmed
+    ones. A network hashed whole is confirmed the same way. ``confirmations`` counts the isomorphism checks run,
+    ``collisions`` the true collisions found.
     """
 
     def __init__(self) -> None:
         self._seen: dict[str, list[tuple[nx.DiGraph, dict[str, str]]]] = {}
+        self._pieces: dict[str, list[Piece]] = {}
+        self._known: dict[int, tuple[Piece, str]] = {}  # id of a piece seen -> (it, its confirmed hash)
+        self._networks: set[str] = set()
         self.collisions = 0
+        self.confirmations = 0
 
     def hash(self, graph: Graph) -> tuple[str, bool]:
         """The network's hash and whether an identical architecture was seen before."""
+        series = pieces(graph)
+        if series is None:
+            return self._whole(graph.flatten())
+        head, parts = series
+        h = _series_digest(head, [self._piece(p) for p in parts])
+        seen = h in self._networks
+        self._networks.add(h)
+        return h, seen
+
+    def _piece(self, p: Piece) -> str:
+        if p.simple:
+            return p.hash
+        known = self._known.get(id(p))
+        if known is not None and known[0] is p:
+            return known[1]
+        alike = self._pieces.setdefault(p.hash, [])
+        for i, other in enumerate(alike):
+            self.confirmations += 1
+            if _same((p.graph, p.colours), (other.graph, other.colours)):
+                h = p.hash if i == 0 else f"{p.hash}-{i + 1}"
+                break
+        else:
+            if alike:
+                self.collisions += 1
+            alike.append(p)
+            h = p.hash if len(alike) == 1 else f"{p.hash}-{len(alike)}"
+        self._known[id(p)] = (p, h)
+        return h
+
+    def _whole(self, graph: Graph) -> tuple[str, bool]:
         g, outputs = canonical_graph(graph)
         colour = colours(g, outputs)
         h = _fold(colour)
         known = self._seen.setdefault(h, [])
         for i, other in enumerate(known):
+            self.confirmations += 1
             if _same((g, colour), other):
                 return (h if i == 0 else f"{h}-{i + 1}"), True
         if known:

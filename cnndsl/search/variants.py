@@ -40,6 +40,7 @@ import sys
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -72,7 +73,12 @@ DEDUP_HINT = ("--dedup graph (the default) counts identical architecture graphs 
 
 def choice_key(span) -> str:
     """A choice point's identity: ``file:line:col`` of where it is written (the file's base name)."""
-    return f"{Path(span.source.name).name}:{span.line}:{span.col}"
+    return f"{_base_name(span.source.name)}:{span.line}:{span.col}"
+
+
+@lru_cache(maxsize=256)
+def _base_name(path: str) -> str:
+    return Path(path).name
 
 
 def _fits(node: ast.Choice, picked) -> bool:
@@ -780,6 +786,8 @@ class Tally:
     invalid: Counter = field(default_factory=Counter)
     over_limit: Counter = field(default_factory=Counter)
     duplicates: int = 0
+    confirmations: int = 0  # isomorphism checks the hash registry ran (a repeated piece hash, not a shared piece)
+    collisions: int = 0  # hashes alike for graphs that are not: told apart by those checks
 
     def lines(self) -> list[str]:
         out = [f"{self.members:,} members checked, {self.kept:,} kept"]
@@ -791,6 +799,9 @@ class Tally:
             out += [f"  {n:,} x {reason}" for reason, n in self.over_limit.most_common()]
         if self.duplicates:
             out.append(f"{self.duplicates:,} duplicates of an earlier architecture")
+        if self.confirmations:
+            out.append(f"{self.confirmations:,} isomorphism checks confirmed a repeated hash"
+                       f" ({self.collisions:,} true collisions)")
         return out
 
 
@@ -877,7 +888,8 @@ def _checked(stream: Iterator[Variant], tally: Tally, limits: Limits, unique: bo
             if keep_invalid:
                 yield v
             continue
-        v.arch_hash, v.duplicate = hashes.hash(v.network_obj.graph)
+        v.arch_hash, v.duplicate = hashes.hash(v.network_obj.plan)
+        tally.confirmations, tally.collisions = hashes.confirmations, hashes.collisions
         if key is not None:
             k = key(v)
             v.duplicate = k in keys
