@@ -59,7 +59,7 @@ def _weights(network: Network, weights, state_dict=None):
     return load_weights(weights, network)
 
 
-def build_torch(net: str | Network, *, inference: bool = False, state_dict=None, weights=None,
+def build_torch(net: str | Network, *, inference: bool = False, state_dict=None, weights=None, strict: bool = True,
                 features: list[str] | None = None, features_only: bool = False, num_classes: int | None = None,
                 **params: Any):
     """Compile ``net`` to PyTorch and return an instance of the generated ``nn.Module``.
@@ -79,12 +79,19 @@ def build_torch(net: str | Network, *, inference: bool = False, state_dict=None,
     ``num_chs``, ``reduction`` and ``module``); ``features_only=True`` picks the network's stage ends
     (:func:`cnndsl.passes.features.stage_ends`). ``num_classes=5`` is ``classes=5`` for a network with a
     ``classes`` parameter.
+
+    ``strict=False`` fine-tunes from weights of a related network (timm's ``pretrained=True, num_classes=5``):
+    every tensor of ``weights`` (or ``state_dict``) whose name and shape the model has is loaded, the others
+    keep their initialisation, and a :class:`cnndsl.CnnDslWarning` names them (a new head: ``fc.weight``,
+    ``fc.bias``). The file's architecture is not checked then, only names and shapes.
     """
     from cnndsl.backends.torch import build
 
     params = _num_classes(net, num_classes, params)
     if features is not None or features_only:
         return _features_model(net, features, features_only, inference, state_dict, weights, params)
+    if not strict:
+        return _partially_loaded(_network(net, params), inference, state_dict, weights)
 
     if weights is not None:
         network = _network(net, params)
@@ -92,6 +99,39 @@ def build_torch(net: str | Network, *, inference: bool = False, state_dict=None,
         return build(inference_network(network) if inference else network, inference=inference,
                      state_dict=state_dict)
     return build(_network(net, params, inference), inference=inference, state_dict=state_dict)
+
+
+def _partially_loaded(network: Network, inference: bool, state_dict, weights):
+    """:func:`build_torch` with ``strict=False``: the training build, the tensors that fit loaded, the rest named."""
+    import warnings
+
+    from cnndsl.backends.torch import build
+    from cnndsl.errors import CnnDslWarning
+    from cnndsl.weights import load_weights
+
+    if inference:
+        raise CnnArgumentError("strict=False loads part of a network's weights, to train the rest: the inference "
+                               "build needs them all", None, "fine-tune the training build, then build the "
+                               "inference one from its state_dict")
+    if weights is not None:
+        if state_dict is not None:
+            raise TypeError("give weights= (a file) or state_dict=, not both")
+        state_dict = load_weights(weights, network, partial=True)
+    model = build(network)
+    if state_dict is None:
+        return model
+    own = model.state_dict()
+    fits = {k: v for k, v in state_dict.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
+    model.load_state_dict(fits, strict=False)
+    left = [k for k in own if k not in fits]
+    if left:
+        unused = sorted(set(state_dict) - set(fits))
+        warnings.warn(str(CnnDslWarning(
+            f"{len(fits)} of the {len(own)} tensors of '{network.name}' loaded; {len(left)} keep their "
+            f"initialisation: {', '.join(left[:8])}{', ...' if len(left) > 8 else ''}", None,
+            f"the weights' {', '.join(unused[:4])}{', ...' if len(unused) > 4 else ''} have another shape or no "
+            "place here" if unused else "the weights have no tensor for them")), stacklevel=3)
+    return model
 
 
 def _num_classes(net: str | Network, num_classes: int | None, params: dict[str, Any]) -> dict[str, Any]:

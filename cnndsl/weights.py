@@ -228,12 +228,15 @@ def check_metadata(meta: Mapping[str, str], network: Network, source: str) -> No
 
 
 def load_weights(path: str | os.PathLike, network: Network | str, *, numpy: bool = False,
-                 check_arch: bool = True) -> dict[str, Any]:
+                 check_arch: bool = True, partial: bool = False) -> dict[str, Any]:
     """The ``state_dict`` of ``network`` in the weights file ``path``: torch tensors, or numpy arrays with
     ``numpy=True`` (no torch needed). The file is checked first: its architecture hash (unless
-    ``check_arch=False``), then every key and shape (:func:`check_state_dict`)."""
+    ``check_arch=False``), then every key and shape (:func:`check_state_dict`). ``partial=True`` checks
+    neither and gives every tensor of the file (to load those that fit a related network: a new head)."""
     network = _network(network)
     with _open(path, "np" if numpy else "pt") as f:
+        if partial:
+            return {k: f.get_tensor(k) for k in f.keys()}
         if check_arch:
             check_metadata(f.metadata() or {}, network, str(path))
         keys = list(f.keys())

@@ -294,3 +294,32 @@ def test_convert_a_peers_checkpoint_and_compute_what_the_peer_computes(tmp_path,
     assert notes == []
     x = np.random.RandomState(0).randn(2, 3, 64, 64).astype(np.float32)
     _close(_torch_out(cnndsl.build_torch("resnet18", weights=path).eval(), x), _torch_out(model, x))
+
+
+def test_strict_false_fine_tunes_a_new_head_from_a_related_networks_weights(tmp_path):
+    """timm's ``pretrained=True, num_classes=5``: a 10-class resnet18's file into a 5-class build loads every tensor
+    but the head (compared tensor by tensor with the file), the head keeps a fresh initialisation of the new
+    shape, a warning names it, and the features before the head are the 10-class model's."""
+    import torch
+
+    torch.manual_seed(0)
+    ten = cnndsl.load("resnet18", classes=10)
+    source = cnndsl.build_torch(ten).eval()
+    randomise_batch_norms(source)
+    path = save_weights(tmp_path / "r18.safetensors", ten, source.state_dict())
+    with pytest.raises(CnnDslError):  # strict (the default): another architecture is refused
+        cnndsl.build_torch("resnet18", num_classes=5, weights=path)
+    with pytest.warns(UserWarning, match=r"2 keep their initialisation: fc\.weight, fc\.bias"):
+        five = cnndsl.build_torch("resnet18", num_classes=5, weights=path, strict=False).eval()
+    saved = source.state_dict()
+    for k, v in five.state_dict().items():
+        if k.startswith("fc."):
+            assert v.shape[0] == 5
+        else:
+            assert torch.equal(v, saved[k]), k
+    x = torch.randn(2, 3, 64, 64)
+    body = lambda m: torch.nn.Sequential(*list(m.children())[:-1])  # noqa: E731  (everything before fc)
+    with torch.no_grad():
+        assert torch.equal(body(five)(x), body(source)(x))
+    with pytest.raises(CnnDslError, match="inference build"):
+        cnndsl.build_torch("resnet18", num_classes=5, weights=path, strict=False, inference=True)

@@ -106,7 +106,7 @@ class Fragment:
     params: int
     macs: int
     activations: int
-    size: int  # the layers it stands for, those of the fragments it mounts included
+    size: int  # the layers resolve made for it (shortcuts not decided yet), nested fragments' included
     longest: int  # the longest relative name among them
     warnings: list = field(default_factory=list)
     decisions: list = field(default_factory=list)  # (choice, decision) in the order the build asked them
@@ -321,7 +321,7 @@ class Graph:
         return name in self._nodes or (bool(self._mounts) and self.mount_of(name) is not None)
 
     def __len__(self) -> int:
-        """The layers, those that mounted fragments stand for included."""
+        """The layers, those that mounted fragments stand for included (as resolve made them)."""
         return len(self._nodes) + self._mounted
 
     def node(self, name: str) -> Node:

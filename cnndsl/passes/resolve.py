@@ -1282,18 +1282,34 @@ class Resolver:
             hint = ("a block that instantiates itself never ends" if name in frame.blocks_active
                     else "flatten the nesting: put blocks one after another")
             raise CnnLimitError(f"blocks nested more than {MAX_BLOCK_DEPTH} deep (through '{name}')", call.span, hint)
-        at_least = len(self.g) + self.sizer.term(call, frame.sizing_env(), self.depth)
-        if at_least > MAX_NODES:
-            raise CnnLimitError(f"'{name}' would build at least {at_least:,} layers (the limit is {MAX_NODES:,})",
-                                call.span, "blocks that use other blocks several times grow exponentially with depth")
+
+        def sized() -> None:  # refuse an instance too large before building it (a block bomb)
+            at_least = len(self.g) + self.sizer.term(call, frame.sizing_env(), self.depth)
+            if at_least > MAX_NODES:
+                raise CnnLimitError(f"'{name}' would build at least {at_least:,} layers (the limit is {MAX_NODES:,})",
+                                    call.span, "blocks that use other blocks several times grow exponentially with depth")
+
+        if self.store is None:
+            sized()
+        else:  # the memo sizes only what it builds: a fragment that fits is known to (its size bounds the sizer's)
+            try:
+                return self._bound_instance(name, block, call, label, flow, scope, frame, tail, then_act, sized)
+            except CnnDslError:
+                sized()  # a flat build refuses the size first
+                raise
+        return self._bound_instance(name, block, call, label, flow, scope, frame, tail, then_act, sized)
+
+    def _bound_instance(self, name: str, block: ast.Block, call: ast.Call, label, flow, scope: NameScope,
+                        frame: Frame, tail, then_act, sized: Callable[[], None]) -> str:
         start = InputPoint(flow, self._shape)
         ready = self._prepared(frame, call, flow)
         if ready is not None and ready in frame.prepared:  # a copy of a repeat: bound as the copy before it was
-            bound, defaults, units = frame.prepared[ready]
+            bound, defaults, units, shown, keys = frame.prepared[ready]
             self._spend(units, call.span)
             env = {**bound, INPUT: start}
             inst = scope.child(name, label)
         else:
+            shown, keys = None, {}
             spent = self.work
             given = self._args(call.args, frame.env)
             pos = tuple(v for k, v in given if k is None)
@@ -1306,10 +1322,12 @@ class Resolver:
             env = self._bind(name, block.params, pos, kw, frame.env, call.span, "block", start)
             inst = scope.child(name, label)
             defaults = self._defaults(block.defaults, frame.defaults, env)
+            shown = {k: plain(v) for k, v in env.items() if k != INPUT}
             if ready is not None:
-                frame.prepared[ready] = ({k: v for k, v in env.items() if k != INPUT}, defaults, self.work - spent)
+                frame.prepared[ready] = ({k: v for k, v in env.items() if k != INPUT}, defaults, self.work - spent,
+                                         shown, keys)
         self.g.scopes[inst] = Scope(inst, "block", block=name, span=call.span, definition=block.span,
-                                    args={k: plain(v) for k, v in env.items() if k != INPUT})
+                                    args=dict(shown))
         inner = Frame(env, defaults, inst, frame.blocks_active + (name,), body=block.body)
         only = block.body.steps[0] if len(block.body.steps) == 1 else None
         numbered = (only is not None and only.label is None and only.repeat is None
@@ -1321,8 +1339,16 @@ class Resolver:
                 return r._numbered(only.term, None, flow, scope, fresh, tail, then_act, name=inst)
             return r._seq(block.body, flow, NameScope(inst, sequential=False), fresh, tail, then_act)
 
-        out = body(self) if self.store is None else self._shared(name, inst, inner, flow, tail, then_act, body,
-                                                                 call.span)
+        if self.store is None:
+            out = body(self)
+        else:
+            key = None
+            if ready is not None:  # the copies of a repeat share the key too (the last may end the network)
+                key = keys.get((tail, then_act, self.depth))
+                if key is None:
+                    key = keys[tail, then_act, self.depth] = _fragment_key(name, inner, ready[1], tail, then_act,
+                                                                           self.depth, self.limits)
+            out = self._shared(name, inst, inner, flow, tail, then_act, body, call.span, sized, key)
         frame.labels[inst] = out
         return out
 
@@ -1342,19 +1368,27 @@ class Resolver:
         return self.choose(choice) if self.choose else 0
 
     def _shared(self, block: str, inst: str, inner: Frame, flow: str, tail: bool, then_act: bool,
-                body: Callable[[Resolver], str], span: Span | None) -> str:
+                body: Callable[[Resolver], str], span: Span | None, sized: Callable[[], None],
+                key: tuple | None = None) -> str:
         """Build the instance from the memo: mount the fragment of an instance alike (asking its choices again),
-        or build one and mount it; an instance that cannot be shared, or would cross a limit, is built flat."""
+        or build one and mount it; an instance that cannot be shared, or would cross a limit, is built flat.
+        ``sized()`` refuses an instance too large to build: it runs before anything is built (a fragment that
+        fits needs none: the sizer's bound is at most the layers it holds)."""
         if flow == ZERO:  # an instance on a zero: its layers are dropped as they are built
+            sized()
             return self._inline(body)
         try:
             shape = self._shape(flow)
         except CnnDslError:  # left for infer_shapes to report (or to leave out, on a training-only path)
+            sized()
             return self._inline(body)
-        key = _fragment_key(block, inner, shape, tail, then_act, self.depth, self.limits)
+        key = key or _fragment_key(block, inner, shape, tail, then_act, self.depth, self.limits)
         if key is None:
+            sized()
             return self._inline(body)
         frag = self.store.find(key, self._decide)
+        if frag is None or len(self.g) + frag.size > MAX_NODES:
+            sized()
         if frag is None:
             frag = self._fragment(flow, shape, inst, body)
             if frag is None:
@@ -1409,6 +1443,7 @@ class Resolver:
             out = body(sub)
             if out in (ZERO, flow) or sub.zeroed or sub.g.aux_outputs:
                 return None
+            built = len(sub.g) - 1  # the layers resolve made, as a flat build counts them towards MAX_NODES
             sub.g.output = out
             warnings: list = []
             for run in (infer_shapes, resolve_shortcuts, infer_shapes, count, check):
@@ -1417,7 +1452,7 @@ class Resolver:
             if self.building:  # let the outermost fragment build fail: it alone is built again, flat
                 raise
             return _FAILED
-        return _as_fragment(sub, flow, inst, out, warnings, decisions)
+        return _as_fragment(sub, flow, inst, out, built, warnings, decisions)
 
     def _add_node(self, name: str, op: str, args: dict, span, inputs: list[str]) -> str:
         if len(self.g) >= MAX_NODES:
@@ -1698,11 +1733,12 @@ def _fragment_key(block: str, inner: Frame, shape: tuple[int, ...], tail: bool, 
     return (block, env, defaults, shape, tail, then_act, depth, len(inner.blocks_active), limits)
 
 
-def _as_fragment(sub: Resolver, flow: str, inst: str, out: str, warnings: list, decisions: list) -> Fragment | None:
+def _as_fragment(sub: Resolver, flow: str, inst: str, out: str, built: int, warnings: list,
+                 decisions: list) -> Fragment | None:
     """The fragment of the instance that ``sub`` built at ``inst``, its names made relative to the instance."""
     cut = len(inst) + 1
     inside = inst + "."
-    nodes, size, longest, params, macs, activations = [], 0, 0, 0, 0, 0
+    nodes, longest, params, macs, activations = [], 0, 0, 0, 0
     for node in sorted(sub.g._nodes.values(), key=lambda n: (n.order, n.name)):
         if node.name == flow:
             continue
@@ -1713,15 +1749,13 @@ def _as_fragment(sub: Resolver, flow: str, inst: str, out: str, warnings: list, 
         if node.op == MOUNT:
             prefix, frag = node.meta["mount"]
             node.meta["mount"] = (prefix[cut:], frag)
-            size += frag.size
             longest = max(longest, len(prefix) - cut + 1 + frag.longest)
         else:
-            size += 1
             longest = max(longest, len(node.name))
         params, macs, activations = params + node.params, macs + node.macs, activations + node.activations
         nodes.append((node, [FLOW if s == flow else s[cut:] for s in srcs]))
     late = set(sub.g.late_scopes)
     scopes = [replace(sc, name=sc.name[cut:]) for name, sc in sub.g.scopes.items() if name not in late]
     late_scopes = [replace(sub.g.scopes[name], name=name[cut:]) for name in sub.g.late_scopes]
-    return Fragment(nodes, scopes, late_scopes, out[cut:], sub.g.node(out).shape, params, macs, activations, size,
+    return Fragment(nodes, scopes, late_scopes, out[cut:], sub.g.node(out).shape, params, macs, activations, built,
                     longest, warnings, decisions, sub.work, sub.lookups, bool(sub.claimed))
