@@ -236,7 +236,8 @@ def load_weights(path: str | os.PathLike, network: Network | str, *, numpy: bool
     network = _network(network)
     with _open(path, "np" if numpy else "pt") as f:
         if partial:
-            return {k: f.get_tensor(k) for k in f.keys()}
+            names = list(f.keys())  # a safetensors file, not a dict: it has no __iter__
+            return {k: f.get_tensor(k) for k in names}
         if check_arch:
             check_metadata(f.metadata() or {}, network, str(path))
         keys = list(f.keys())

@@ -318,7 +318,10 @@ def test_strict_false_fine_tunes_a_new_head_from_a_related_networks_weights(tmp_
         else:
             assert torch.equal(v, saved[k]), k
     x = torch.randn(2, 3, 64, 64)
-    body = lambda m: torch.nn.Sequential(*list(m.children())[:-1])  # noqa: E731  (everything before fc)
+
+    def body(m):  # everything before fc
+        return torch.nn.Sequential(*list(m.children())[:-1])
+
     with torch.no_grad():
         assert torch.equal(body(five)(x), body(source)(x))
     with pytest.raises(CnnDslError, match="inference build"):
