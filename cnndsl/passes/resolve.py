@@ -387,6 +387,7 @@ class Frame:
     #: Block instances this frame prepared (arguments bound, defaults made), by (id of the call, input shape), for
     #: the copies of a repeat: ``(env without the input point, defaults, units of work)``. Only with the memo on.
     prepared: dict[tuple, tuple] = field(default_factory=dict)
+    defaults_key: tuple | None = None  # ``defaults`` as a hashable value (made when first needed)
     _sizing: dict[str, Any] | None = field(default=None, repr=False)
 
     def sizing_env(self) -> dict[str, Any]:
@@ -701,8 +702,7 @@ class Resolver:
         """
         budget = MAX_NODES - len(self.g)
         env = frame.sizing_env()
-        key = values_key(env)
-        sizes = [self.sizer.step(step, env, key, self.depth) for step in steps]
+        sizes = [self.sizer.step(step, env, None, self.depth) for step in steps]
         if sum(sizes) <= budget or any(size > budget and (step.repeat is not None
                                                            or isinstance(step.term, (ast.Group, ast.Table))
                                                            or (isinstance(step.term, ast.Call) and
@@ -1302,9 +1302,9 @@ class Resolver:
     def _bound_instance(self, name: str, block: ast.Block, call: ast.Call, label, flow, scope: NameScope,
                         frame: Frame, tail, then_act, sized: Callable[[], None]) -> str:
         start = InputPoint(flow, self._shape)
-        ready = self._prepared(frame, call, flow)
-        if ready is not None and ready in frame.prepared:  # a copy of a repeat: bound as the copy before it was
-            bound, defaults, units, shown, keys = frame.prepared[ready]
+        cache, ready = self._prepared(frame, call, block, flow)
+        if ready is not None and ready in cache:  # bound as an instance alike was (a copy of a repeat, or a member's)
+            bound, defaults, units, shown, keys = cache[ready]
             self._spend(units, call.span)
             env = {**bound, INPUT: start}
             inst = scope.child(name, label)
@@ -1324,8 +1324,10 @@ class Resolver:
             defaults = self._defaults(block.defaults, frame.defaults, env)
             shown = {k: plain(v) for k, v in env.items() if k != INPUT}
             if ready is not None:
-                frame.prepared[ready] = ({k: v for k, v in env.items() if k != INPUT}, defaults, self.work - spent,
-                                         shown, keys)
+                if len(cache) > MAX_BINDINGS:
+                    cache.clear()
+                cache[ready] = ({k: v for k, v in env.items() if k != INPUT}, defaults, self.work - spent, shown,
+                                keys)
         self.g.scopes[inst] = Scope(inst, "block", block=name, span=call.span, definition=block.span,
                                     args=dict(shown))
         inner = Frame(env, defaults, inst, frame.blocks_active + (name,), body=block.body)
@@ -1343,26 +1345,56 @@ class Resolver:
             out = body(self)
         else:
             key = None
-            if ready is not None:  # the copies of a repeat share the key too (the last may end the network)
-                key = keys.get((tail, then_act, self.depth))
+            if ready is not None:  # instances bound alike share the key too (the last copy may end the network)
+                where = (tail, then_act, self.depth, len(frame.blocks_active), self.limits)
+                key = keys.get(where)
                 if key is None:
-                    key = keys[tail, then_act, self.depth] = _fragment_key(name, inner, ready[1], tail, then_act,
-                                                                           self.depth, self.limits)
+                    key = keys[where] = _fragment_key(name, inner, ready[-1], tail, then_act, self.depth,
+                                                      self.limits)
             out = self._shared(name, inst, inner, flow, tail, then_act, body, call.span, sized, key)
         frame.labels[inst] = out
         return out
 
     # -- shared instances (cnndsl.passes.memo)
-    def _prepared(self, frame: Frame, call: ast.Call, flow: str) -> tuple | None:
-        """Where ``frame.prepared`` keeps this instance's bound arguments (None: not kept, the memo is off or the
-        input's shape is not known). Binding depends on the frame's values, the call and the input's shape only:
-        a choice in the arguments decides once, so the copies of a repeat bind alike."""
+    def _prepared(self, frame: Frame, call: ast.Call, block: ast.Block, flow: str) -> tuple[dict, tuple | None]:
+        """Where this instance's bound arguments are kept, and under what key (None: not kept, the memo is off or
+        the input's shape is not known).
+
+        Binding depends on the call, the values its arguments read, the per-op defaults in force and the input's
+        shape (``in.c``): where no choice is in the arguments or the block's defaults, the bindings are the
+        library's, shared by every build (a search's members bind a stage's blocks once). A choice decides once
+        a build, so otherwise the frame keeps them, for the copies of a repeat."""
         if self.store is None or flow == ZERO:
-            return None
+            return frame.prepared, None
         try:
-            return id(call), self._shape(flow)
+            shape = self._shape(flow)
         except CnnDslError:
-            return None
+            return frame.prepared, None
+        reads = self.store.shared("binding reads", dict)
+        found = reads.get(id(call))
+        if found is None or found[0] is not call or found[1] is not block:
+            found = reads[id(call)] = (call, block, tuple(sorted(_names_read(call))),
+                                       _has_choice((call.args, block.params, block.defaults)))
+        if found[3]:
+            return frame.prepared, (id(call), shape)
+        if frame.defaults_key is None:
+            inner = {op: values_key(vals) for op, vals in frame.defaults.items()}
+            frame.defaults_key = (None if None in inner.values() else values_key(inner),)
+        if frame.defaults_key[0] is None:
+            return frame.prepared, (id(call), shape)
+        values = tuple(frame.env.get(n, UNKNOWN) for n in found[2] if n != INPUT)
+        if INPUT in found[2]:  # in.c in the arguments: the shape of the input of the block around the call
+            point = frame.env.get(INPUT)
+            try:
+                values += (point.shape_of(point.node) if isinstance(point, InputPoint) else point,)
+            except CnnDslError:
+                return frame.prepared, (id(call), shape)
+        key = (id(call), values, frame.defaults_key, shape)
+        try:
+            hash(key)
+        except TypeError:
+            return frame.prepared, (id(call), shape)
+        return self.store.shared("bindings", dict), key
 
     def _decide(self, choice: ast.Choice) -> int | float:
         return self.choose(choice) if self.choose else 0
@@ -1526,6 +1558,22 @@ class Sizer:
     def __init__(self, blocks: dict[str, ast.Block]):
         self.blocks = blocks
         self.memo: dict[tuple, tuple[object, int]] = {}  # (id of a step or call, values) -> (it, its size)
+        self.reads: dict[int, tuple[object, tuple[str, ...]]] = {}  # id of a step or call -> (it, names it reads)
+
+    def _key(self, syntax, env: dict[str, Any]) -> tuple | None:
+        """The values of ``env`` that ``syntax`` (a step or a call) can read, as a memo key (None: unhashable).
+
+        A size depends on those alone (a block's body is sized from the values its arguments bind), so a step
+        sized once is known for every member of a search whose choices it does not read."""
+        found = self.reads.get(id(syntax))
+        if found is None:
+            found = self.reads[id(syntax)] = (syntax, tuple(sorted(_names_read(syntax))))
+        key = tuple(env.get(n, UNKNOWN) for n in found[1])
+        try:
+            hash(key)
+        except TypeError:
+            return None
+        return key
 
     def forget_if_full(self) -> None:
         if len(self.memo) > self.MAX_MEMO:
@@ -1538,7 +1586,7 @@ class Sizer:
         if depth >= MAX_NESTED:  # resolve stops here with its own error
             return 1
         if isinstance(term, ast.Call):
-            key = values_key(env)
+            key = self._key(term, env)
             memo = (id(term), key)
             if key is not None and memo in self.memo:
                 return self.memo[memo][1]
@@ -1561,16 +1609,17 @@ class Sizer:
         return total
 
     def seq(self, seq: ast.Seq, env: dict[str, Any], depth: int, active: tuple[str, ...] = ()) -> int:
-        key, total = values_key(env), 0
+        total = 0
         for step in seq.steps:
-            total += self.step(step, env, key, depth, active)
+            total += self.step(step, env, None, depth, active)
             if total > MAX_NODES:
                 break
         return total
 
     def step(self, step: ast.Step, env: dict[str, Any], key: tuple | None, depth: int,
              active: tuple[str, ...] = ()) -> int:
-        """The step's lower bound, its repeat count included (``key`` is :func:`values_key` of ``env``)."""
+        """The step's lower bound, its repeat count included (``key``: not used, the values it reads are)."""
+        key = self._key(step, env)
         memo = (id(step), key)
         if key is not None and memo in self.memo:
             return self.memo[memo][1]
@@ -1719,6 +1768,9 @@ def resolve(library, network: str, choose: Callable[[ast.Choice], int] | None = 
                             "use fewer levels of blocks, brackets and branches") from None
 
 
+#: Bindings a library keeps for its builds (:meth:`Resolver._prepared`): past this many, they start over.
+MAX_BINDINGS = 100_000
+
 #: What :meth:`Resolver._fragment` returns for an instance whose build on its own failed.
 _FAILED: Any = object()
 
@@ -1759,3 +1811,38 @@ def _as_fragment(sub: Resolver, flow: str, inst: str, out: str, built: int, warn
     late_scopes = [replace(sub.g.scopes[name], name=name[cut:]) for name in sub.g.late_scopes]
     return Fragment(nodes, scopes, late_scopes, out[cut:], sub.g.node(out).shape, params, macs, activations, built,
                     longest, warnings, decisions, sub.work, sub.lookups, bool(sub.claimed))
+
+
+def _names_read(syntax) -> set[str]:
+    """Every name a piece of syntax may read from its scope: its words (``Var``), the names it calls (a call may
+    name a parameter holding a block), and :data:`INPUT` where it reads ``in.c``. A column or a label it binds
+    itself may be among them: a key with more values than needed is still exact."""
+    names: set[str] = set()
+    todo = [syntax]
+    while todo:
+        x = todo.pop()
+        if isinstance(x, tuple):
+            todo.extend(x)
+        elif isinstance(x, (ast.Var, ast.Call)):
+            names.add(x.name)
+            if isinstance(x, ast.Call):
+                todo.extend((x.kernel, x.channels, x.stride, x.args))
+        elif isinstance(x, ast.Field):
+            names.add(INPUT)  # in.c: the shape of the input point in scope
+        elif hasattr(x, "__dataclass_fields__") and not isinstance(x, Span):
+            todo.extend(getattr(x, f) for f in x.__dataclass_fields__)
+    return names
+
+
+def _has_choice(syntax) -> bool:
+    """Whether a piece of syntax holds a ``{a|b}`` choice or a float range (whose decision is a build's)."""
+    todo = [syntax]
+    while todo:
+        x = todo.pop()
+        if isinstance(x, ast.Choice):
+            return True
+        if isinstance(x, tuple):
+            todo.extend(x)
+        elif hasattr(x, "__dataclass_fields__") and not isinstance(x, Span):
+            todo.extend(getattr(x, f) for f in x.__dataclass_fields__)
+    return False
