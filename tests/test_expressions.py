@@ -365,10 +365,23 @@ def test_the_input_shape_is_worked_out_once_a_layer(monkeypatch):
     conv = type(resolve.OPS["conv"])
     real = conv.infer_many
     monkeypatch.setattr(conv, "infer_many", lambda self, *a, **k: calls.append(1) or real(self, *a, **k))
-    g = cnndsl.loads("block b(): conv1-{in.c}\nnetwork t: input 3x8x8  b() x200").graph
+    text = "block b(): conv1-{in.c}\nnetwork t: input 3x8x8  b() x200"
+    previous = resolve.set_memo(False)
+    try:
+        g = cnndsl.loads(text).graph
+    finally:
+        resolve.set_memo(previous)
     assert len(g) == 201
-    # resolve reads the 199 convs before the last block (each once), infer_shapes all 200 in both its passes
+    # built flat, resolve reads the 199 convs before the last block (each once), infer_shapes all 200 in both passes
     assert len(calls) == 199 + 2 * 200
+    # with the memo, the block's conv is inferred when its one fragment is built (resolve's read and the passes'
+    # rounds): the other instances mount it, so the count does not grow with the repeat
+    counts = []
+    for n in (200, 400):
+        calls.clear()
+        assert len(cnndsl.loads(text.replace("x200", f"x{n}")).graph) == n + 1
+        counts.append(len(calls))
+    assert counts[0] == counts[1] <= 4
 
 
 def test_the_lexer_knows_the_expression_words():

@@ -144,7 +144,8 @@ def test_two_workers_share_one_study_and_its_best_trains_to_the_reported_accurac
     # the best architecture, loaded from best.cnn and trained again here, reaches the accuracy its trial reported
     accuracy = train(str(out / "best.cnn"), "digits", 1, out=io.StringIO())
     assert accuracy == pytest.approx(result.best_accuracy, abs=1e-6)
-    assert accuracy > 0.3
+    # above chance (0.1 on ten classes): the seed is drawn per run, and one epoch's best of six ranged 0.29-0.6
+    assert accuracy > 0.2
 
 
 def test_mistakes_are_clean_errors(tiny):

@@ -589,7 +589,7 @@ class Resolver:
                 continue
             todo.pop()
             n = self.g.node(node)
-            shapes[node] = (tuple(n.args["shape"]) if n.op == "input" else
+            shapes[node] = (tuple(n.args["shape"]) if n.op == "input" else n.shape if n.op == MOUNT else
                             OPS[n.op].infer_many([shapes[src] for src in srcs], n.args, n.span))
         return shapes[name]
 
