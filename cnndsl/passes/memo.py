@@ -27,7 +27,7 @@ from typing import Any
 
 from cnndsl.ir.graph import Fragment
 
-MAX_FRAGMENTS = 20_000
+MAX_FRAGMENTS = 5_000
 
 _enabled = os.environ.get("CNNDSL_NO_MEMO", "") in ("", "0")
 _stats = {"hits": 0, "misses": 0, "inlined": 0, "fragments": 0}
