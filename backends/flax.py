@@ -444,8 +444,8 @@ class FlaxPrinter(Emitter):
         super().__init__(net.graph)
         self.net = net
         self.check_supported()
-        self.plan: Plan = make_plan(net.graph)
-        self.channel_major = flattens_channel_major(net.graph)
+        self.plan: Plan = make_plan(self.graph)  # net.graph flattens anew on every read: once is enough
+        self.channel_major = flattens_channel_major(self.graph)
         self.globals = Namespace(MODULE_GLOBALS)
         self.helpers: set[str] = set()
         self.constants: set[str] = set()

@@ -1047,8 +1047,8 @@ class JaxEmitter(Emitter):
         self.net = net
         self.scan_min_run = scan_min_run  # None: a call per block (a loop over a long run), never a scan
         self.check_supported()
-        self.plan: Plan = make_plan(net.graph)
-        self.channel_major = flattens_channel_major(net.graph)
+        self.plan: Plan = make_plan(self.graph)  # net.graph flattens anew on every read: once is enough
+        self.channel_major = flattens_channel_major(self.graph)
         self.globals = Namespace(MODULE_GLOBALS | LOCALS)  # a function never takes a local's name
         self.helpers: set[str] = set()
         self.classes: dict[str, _ClassPrinter] = {}
@@ -1147,41 +1147,82 @@ def _wrap(text: str, indent: int) -> list[str]:
     """
     if indent + len(text) <= WIDTH:
         return [text]
-    try:
-        tokens = list(tokenize.generate_tokens(io.StringIO(text).readline))
-    except (tokenize.TokenError, SyntaxError):
+    marks = _bracket_marks(text)
+    if marks is None:
         return [text]
-    brackets = _Brackets(text, tokens)
+    brackets = _Brackets(text, marks)
     lines = brackets.lines(0, len(text), indent)
     return [" " * (col - indent) + part for col, part in lines]
 
 
-class _Brackets:
-    """The bracket structure of one line of code, from its tokens: which bracket closes which, the
-    commas and the ``=`` directly inside each bracket (or at the top level, ``None``)."""
+#: One line's brackets, commas and ``=`` signs, and what to step over: comments, strings (an f-string whole, as
+#: Python's tokenizer keeps its fields out of the line's structure) and the operators that contain ``=``.
+#: A quote or a backslash left over means a line this scan does not read (Python's tokenizer does, below).
+_MARKS = re.compile(
+    r"#[^\n]*"
+    r'|"""(?:[^"\\]|\\.|"(?!""))*"""'
+    r"|'''(?:[^'\\]|\\.|'(?!''))*'''"
+    r'|"(?:[^"\\\n]|\\.)*"'
+    r"|'(?:[^'\\\n]|\\.)*'"
+    r"|\*\*=|//=|>>=|<<=|[-+*/%&|^@<>!=:]="
+    r"|(?P<mark>[()\[\]{},=])"
+    r"|(?P<odd>[\"'\\])"
+)
 
-    def __init__(self, text: str, tokens: list[tokenize.TokenInfo]):
+
+def _bracket_marks(text: str) -> list[tuple[int, str]] | None:
+    """The ``(column, character)`` of each bracket, comma and ``=`` of a line of code (not inside a string or a
+    comment), as Python's tokenizer finds its operators; ``None`` for a line it cannot tokenize on its own (an
+    unclosed bracket or string). A line with brackets that do not pair, or a stray quote, goes to the tokenizer."""
+    marks, depth = [], 0
+    for m in _MARKS.finditer(text):
+        if m.group("odd"):
+            return _tokenized_marks(text)
+        mark = m.group("mark")
+        if mark:
+            depth += (mark in "([{") - (mark in ")]}")
+            if depth < 0:
+                return _tokenized_marks(text)
+            marks.append((m.start(), mark))
+    return marks if depth == 0 else _tokenized_marks(text)
+
+
+def _tokenized_marks(text: str) -> list[tuple[int, str]] | None:
+    """:func:`_bracket_marks` by Python's tokenizer (``None`` where it fails on the line alone)."""
+    try:
+        tokens = list(tokenize.generate_tokens(io.StringIO(text).readline))
+    except (tokenize.TokenError, SyntaxError):
+        return None
+    marks, in_fstring = [], 0
+    for tok in tokens:
+        kind = tokenize.tok_name.get(tok.type, "")
+        in_fstring += (kind == "FSTRING_START") - (kind == "FSTRING_END")
+        if tok.type == tokenize.OP and not in_fstring and tok.string in ("(", "[", "{", ")", "]", "}", ",", "="):
+            marks.append((tok.start[1], tok.string))
+    return marks
+
+
+class _Brackets:
+    """The bracket structure of one line of code, from its marks (:func:`_bracket_marks`): which bracket closes
+    which, the commas and the ``=`` directly inside each bracket (or at the top level, ``None``)."""
+
+    def __init__(self, text: str, marks: list[tuple[int, str]]):
         self.text = text
         self.close: dict[int, int] = {}  # column of an opening bracket -> column of its closing one
         self.parent: dict[int, int | None] = {}  # column of an opening bracket -> the bracket around it
         self.commas: dict[int | None, list[int]] = {}
         self.equals: dict[int | None, list[int]] = {}
         stack: list[int] = []
-        in_fstring = 0
-        for tok in tokens:
-            kind = tokenize.tok_name.get(tok.type, "")
-            in_fstring += (kind == "FSTRING_START") - (kind == "FSTRING_END")
-            if tok.type != tokenize.OP or in_fstring:
-                continue
-            col, inner = tok.start[1], stack[-1] if stack else None
-            if tok.string in "([{":
+        for col, mark in marks:
+            inner = stack[-1] if stack else None
+            if mark in "([{":
                 self.parent[col] = inner
                 stack.append(col)
-            elif tok.string in ")]}" and stack:
+            elif mark in ")]}" and stack:
                 self.close[stack.pop()] = col
-            elif tok.string == ",":
+            elif mark == ",":
                 self.commas.setdefault(inner, []).append(col)
-            elif tok.string == "=":
+            elif mark == "=":
                 self.equals.setdefault(inner, []).append(col)
 
     def _widest(self, lo: int, hi: int) -> int | None:

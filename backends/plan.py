@@ -27,7 +27,7 @@ printer turns into an identifier through its own :class:`~cnndsl.backends.base.N
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
@@ -130,6 +130,7 @@ class Plan:
     init: str | None
     zero_init_residual: bool
     init_fc: bool  # the scheme initialises the fc layers too (else the framework's default)
+    scope_children: MappingProxyType = field(default_factory=lambda: MappingProxyType({}))  # Graph.scope_tree()
 
     def cls(self, class_id: str) -> ClassPlan:
         return self.root if class_id == "" else self._by_id[class_id]
@@ -212,21 +213,36 @@ def layer_args(graph: Graph, node: Node) -> tuple[tuple[str, Any], ...]:
 
 def collapse(v: Any) -> Any:
     """A tuple whose elements are all equal, as that element (recursively): ``((1, 1), (1, 1))`` -> 1."""
-    if isinstance(v, tuple) and v and all(_same(collapse(x), collapse(v[0])) for x in v):
-        return collapse(v[0])
-    return v
+    if not isinstance(v, tuple) or not v:
+        return v
+    first = collapse(v[0])
+    if not _same(first, first):  # a NaN equals nothing, itself included
+        return v
+    for x in v[1:]:
+        if not _same(collapse(x) if isinstance(x, tuple) else x, first):
+            return v
+    return first
 
 
 def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, bool) or isinstance(b, bool):
-        return type(a) is type(b) and a == b
-    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+    """Equal and of one kind: a bool is not a number (``True`` is not ``1``), an int and a float may be equal."""
+    if type(a) is type(b):
         return a == b
-    return type(a) is type(b) and a == b
+    if isinstance(a, bool) or isinstance(b, bool):
+        return False
+    return isinstance(a, (int, float)) and isinstance(b, (int, float)) and a == b
+
+
+#: :func:`_form` of the plain scalars, looked up by exact type (a subclass takes the general rule).
+_SCALAR_FORMS = {bool: "bool", int: "number", float: "number", str: "str", type(None): None}
+_NOT_SCALAR = object()
 
 
 def _form(v: Any) -> Any:
     """The structure of a value, for deciding whether two instances can share a class."""
+    form = _SCALAR_FORMS.get(type(v), _NOT_SCALAR)
+    if form is not _NOT_SCALAR:
+        return form
     if isinstance(v, tuple):
         return tuple(_form(x) for x in v)
     if v is None:
@@ -269,7 +285,8 @@ class _Draft:
     def signature(self) -> tuple:
         return (self.kind, self.is_block, self.inputs, self.output, tuple(
             (s.kind, s.output, s.inputs, s.attr, s.op, s.child, s.children,
-             tuple((k, _form(collapse(v))) for k, v in s.args), s.aux, len(s.shape)) for s in self.steps))
+             tuple((k, _form(collapse(v) if isinstance(v, tuple) else v)) for k, v in s.args), s.aux, len(s.shape))
+            for s in self.steps))
 
 
 class Planner:
@@ -278,13 +295,16 @@ class Planner:
     def __init__(self, graph: Graph):
         self.g = graph
         self.nodes = list(graph.nodes())
-        self.outputs = list(graph.outputs)
+        self.outputs = set(graph.outputs)
+        self.operands = {n.name: graph.inputs_of(n.name) for n in self.nodes}
+        self.readers = {n.name: {d for d, _ in graph.consumers(n.name)} for n in self.nodes}
         self.children = self._scope_tree()
         self.members: dict[str, list[Node]] = {}
         for n in self.nodes:
-            parts = n.name.split(".")
-            for i in range(1, len(parts)):
-                self.members.setdefault(".".join(parts[:i]), []).append(n)
+            prefix = ""
+            for part in n.name.split(".")[:-1]:
+                prefix = f"{prefix}.{part}" if prefix else part
+                self.members.setdefault(prefix, []).append(n)
         self.boundaries: dict[str, tuple[list[str], list[str]]] = {}
         self.kinds: dict[str, str] = {}
         self.class_of: dict[str, str] = {}  # scope -> class id
@@ -298,15 +318,14 @@ class Planner:
     def boundary(self, scope: str) -> tuple[list[str], list[str]]:
         """The outside values a scope reads, and its values read outside it (or returned), sorted."""
         if scope not in self.boundaries:
-            inside = {n.name for n in self.members.get(scope, [])}
-            ins, outs = [], []
-            for n in self.members.get(scope, []):
-                for src in self.g.inputs_of(n.name):
-                    if src not in inside and src not in ins:
-                        ins.append(src)
-                if n.name in self.outputs or any(d not in inside for d, _ in self.g.consumers(n.name)):
+            members = self.members.get(scope, [])
+            inside = {n.name for n in members}
+            ins, outs = set(), []
+            for n in members:
+                ins.update(self.operands[n.name])
+                if n.name in self.outputs or not self.readers[n.name] <= inside:
                     outs.append(n.name)
-            self.boundaries[scope] = (sorted(ins), sorted(outs))
+            self.boundaries[scope] = (sorted(ins - inside), sorted(outs))
         ins, outs = self.boundaries[scope]
         return list(ins), list(outs)
 
@@ -320,10 +339,10 @@ class Planner:
             prev = ins[0]
             for i, kid in enumerate(kids):
                 k_in, k_out = self.boundary(kid)
-                readers = {d for d, _ in self.g.consumers(k_out[0])}
+                readers = self.readers[k_out[0]]
                 last = i == len(kids) - 1
-                if k_in != [prev] or not last and (k_out[0] in self.outputs or any(
-                        d not in {n.name for n in self.members[kids[i + 1]]} for d in readers)):
+                if k_in != [prev] or not last and (k_out[0] in self.outputs or not readers <= {
+                        n.name for n in self.members[kids[i + 1]]}):
                     break
                 prev = k_out[0]
             else:
@@ -349,7 +368,7 @@ class Planner:
         root_plan = self._finish(root.kind, [root], class_id="", name=camel(self.g.name))
         return Plan(self.g.name, root_plan, tuple(self.classes), MappingProxyType(dict(self.instances)),
                     MappingProxyType(dict(self.kinds)), self.g.init, self.g.zero_init_residual,
-                    self.g.init_fc)
+                    self.g.init_fc, MappingProxyType({s: tuple(kids) for s, kids in self.children.items()}))
 
     # -- drafts
     def _draft(self, scope: str) -> _Draft:
@@ -396,7 +415,7 @@ class Planner:
                 node = self.g.node(kid)
                 if node.op == "input":
                     continue
-                out.append((Step("layer", key(kid), tuple(map(key, self.g.inputs_of(kid))), key(kid), op=node.op,
+                out.append((Step("layer", key(kid), tuple(map(key, self.operands[kid])), key(kid), op=node.op,
                                  args=layer_args(self.g, node), span=node.span, shape=node.shape), node.order))
                 continue
             kind = self.kinds[kid]
@@ -481,7 +500,7 @@ class Planner:
             return keys[key]
 
         def resolve(vals: list[Any], hint: str, arg: str) -> Any:
-            flat = [collapse(v) for v in vals]
+            flat = [collapse(v) if isinstance(v, tuple) else v for v in vals]
             if all(_same(v, flat[0]) for v in flat):
                 return vals[0]
             for p in rep.block_args:

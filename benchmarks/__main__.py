@@ -3,7 +3,9 @@
 Each benchmark runs in its own process. Those that compare against torchvision (or count with fvcore)
 run under ``CNNDSL_TORCHVISION_PYTHON`` when it is set (a Python with torch, torchvision and fvcore, and
 cnndsl installed: ``pip install -e .``), the JAX ones under ``CNNDSL_JAX_PYTHON`` (default: this Python).
-``CNNDSL_BENCH_QUICK=1`` takes fewer repetitions.
+``CNNDSL_BENCH_QUICK=1`` takes fewer repetitions and models and leaves torch.compile out (a few minutes in
+all, for checking that every benchmark runs; ``CNNDSL_BENCH_COMPILE=1`` puts torch.compile back). ``python -m
+benchmarks compiler variants`` runs only those modules (and does not write RESULTS.md).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from .common import THREADS, Row, machine, table, versions
 ROOT = Path(__file__).resolve().parent.parent
 BENCHES = [  # module, the Python to run it with
     ("compiler", "CNNDSL_TORCHVISION_PYTHON"),
+    ("variants", "CNNDSL_TORCHVISION_PYTHON"),
     ("inference_build", "CNNDSL_TORCHVISION_PYTHON"),
     ("jax_compile", "CNNDSL_JAX_PYTHON"),
     ("jax_vs_torch", "CNNDSL_JAX_PYTHON"),
@@ -31,7 +34,7 @@ BENCHES = [  # module, the Python to run it with
 def run_one(module: str, python: str) -> list[Row]:
     code = (f"import pickle, sys\nfrom benchmarks.{module} import run\n"
             "sys.stdout.buffer.write(b'\\n@@ROWS@@' + pickle.dumps([r.__dict__ for r in run()]))")
-    res = subprocess.run([python, "-c", code], capture_output=True, cwd=ROOT, timeout=3600, check=False)
+    res = subprocess.run([python, "-c", code], capture_output=True, cwd=ROOT, timeout=6 * 3600, check=False)
     if res.returncode != 0 or b"@@ROWS@@" not in res.stdout:
         tail = res.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
         return [Row(module, "failed", "-", "-", None, tail[0][:200])]

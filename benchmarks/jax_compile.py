@@ -14,7 +14,8 @@ the calls' time / the other form's (> 1: the scan is faster).
 The variables are shaped by ``jax.eval_shape(init)`` and filled from numpy (kernels N(0, 1/fan_in), batch
 norms as init leaves them): an eager init of ResNet-152 takes longer than its compile.
 
-``python -m benchmarks.jax_compile`` prints the table (``CNNDSL_BENCH_QUICK=1``: fewer processes and forwards).
+``python -m benchmarks.jax_compile`` prints the table (``CNNDSL_BENCH_QUICK=1``: resnet50 at batch 1 only,
+fewer processes and forwards).
 """
 
 from __future__ import annotations
@@ -30,8 +31,8 @@ from pathlib import Path
 
 from .common import QUICK, THREADS, Row, side_by_side, table
 
-NETS = ("resnet50", "resnet101", "resnet152")
-BATCHES = (1, 8)
+NETS = ("resnet50",) if QUICK else ("resnet50", "resnet101", "resnet152")
+BATCHES = (1,) if QUICK else (1, 8)
 PROCESSES = 2 if QUICK else 3
 FORWARDS = 5 if QUICK else 20
 PHASES = ("trace", "lower", "compile")

@@ -1,10 +1,14 @@
-"""The generated JAX model under jax.jit against the generated PyTorch model (eager), same work, same threads.
+"""The generated JAX and Flax NNX models, jitted, against the generated PyTorch model (eager): same work, same
+threads, same weights (the PyTorch model's, converted with ``cnndsl.torch_to_jax`` and ``torch_to_flax``).
 
 JAX's CPU thread pool is set through XLA_FLAGS before jax is imported
 (``--xla_cpu_multi_thread_eigen`` with ``intra_op_parallelism_threads``), to
 match torch.set_num_threads. Also: jit compile time for the deepest networks.
 
-Speed ratio = PyTorch time / JAX time.
+Rows: JAX (``jax.jit`` of ``apply``) inference at batch 1 and 8 and a training step; Flax NNX
+(``cnndsl.build_flax``, ``nnx.jit``) inference at batch 1 and 8; jit compile time of the deepest networks.
+
+Speed ratio = PyTorch time / JAX (Flax) time.
 """
 
 from __future__ import annotations
@@ -34,9 +38,13 @@ def run() -> list[Row]:
     torch.set_num_threads(THREADS)
     reps = 3 if QUICK else 5
     rows = []
-    jm = api.build_jax(MODEL)
-    variables = jm.init(jax.random.PRNGKey(0))
-    tm = api.build_torch(MODEL).eval()
+    from cnndsl.backends.jax_weights import torch_to_jax
+
+    net = cnndsl.load(MODEL)
+    torch.manual_seed(0)
+    tm = api.build_torch(net).eval()
+    jm = api.build_jax(net)
+    variables = torch_to_jax(net, tm.state_dict())
     infer = jax.jit(lambda v, x: jm.apply(v, x, train=False))
     for batch in (1, 8):
         xt = torch.randn(batch, 3, SIZE, SIZE)
@@ -48,6 +56,7 @@ def run() -> list[Row]:
                              reps if batch == 1 else reps - 2)
         rows.append(Row("JAX", f"{MODEL} inference batch {batch}: jax.jit vs PyTorch eager", ms(t["ours"]),
                         ms(t["theirs"]), t["theirs"] / t["ours"], "cnndsl = JAX, reference = generated PyTorch"))
+    rows += flax_rows(net, tm, reps)
 
     batch = 4
     xt = torch.randn(batch, 3, SIZE, SIZE)
@@ -95,6 +104,38 @@ def run() -> list[Row]:
         jax.jit(lambda v, x, m=m: m.apply(v, x, train=False)).lower(v, x).compile()
         rows.append(Row("JAX", f"{name} jax.jit compile time (inference, batch 1)", f"{time.perf_counter() - t0:.1f} s",
                         "-", None, ""))
+    return rows
+
+
+def flax_rows(net, tm, reps: int) -> list[Row]:
+    """Flax NNX inference under ``nnx.jit`` (batch 1 and 8) against the PyTorch model ``tm`` (eager), the Flax
+    model holding ``tm``'s weights."""
+    import jax.numpy as jnp
+    import torch
+
+    try:
+        from flax import nnx
+    except ImportError:
+        return [Row("Flax NNX", "all", "-", "-", None, "skipped: flax is not installed (pip install flax)")]
+    from cnndsl.backends.flax import torch_to_flax
+
+    fm = torch_to_flax(net, tm.state_dict())
+    fm.eval()
+    infer = nnx.jit(lambda m, x: m(x))
+    rows = []
+    for batch in (1, 8):
+        xt = torch.randn(batch, *net.input_shape)
+        xj = jnp.asarray(xt.permute(0, 2, 3, 1).numpy())
+        with torch.inference_mode():
+            want = tm(xt).numpy()
+        got = infer(fm, xj)
+        err = float(jnp.abs(got - want).max() / abs(want).max())  # same weights: the outputs agree
+        with torch.inference_mode():
+            t = side_by_side({"ours": lambda xj=xj: infer(fm, xj).block_until_ready(), "theirs": lambda xt=xt: tm(xt)},
+                             reps if batch == 1 else reps - 2)
+        rows.append(Row("Flax NNX", f"{MODEL} inference batch {batch}: nnx.jit vs PyTorch eager", ms(t["ours"]),
+                        ms(t["theirs"]), t["theirs"] / t["ours"],
+                        f"cnndsl = Flax NNX, reference = generated PyTorch; max rel. diff {err:.1e}"))
     return rows
 
 

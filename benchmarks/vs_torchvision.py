@@ -6,6 +6,10 @@ variable for this benchmark). Each model is measured in a fresh subprocess
 (so peak RSS is per model and per contender), the two contenders alternating
 within each repetition.
 
+Both contenders load the same weights (torchvision's, strictly by name). Eager inference at batch 1 and 8 and an
+eager training step for every model; torch.compile inference and training step for resnet18, resnet50 and
+efficientnet_b0 (``CNNDSL_BENCH_QUICK=1``: resnet50 and efficientnet_b0 eager only, see ``COMPILE``).
+
 Speed ratio = torchvision's median time / cnndsl's: >= 1 means the generated model is as fast.
 """
 
@@ -24,8 +28,15 @@ MODELS = {  # cnndsl zoo name -> (torchvision constructor and kwargs, input size
     "vgg16": ("vgg16", {}, 224),
     "googlenet_torchvision": ("googlenet", {"aux_logits": True, "init_weights": False}, 224),
     "inception_v3": ("inception_v3", {"aux_logits": True, "init_weights": False}, 299),
+    "efficientnet_b0": ("efficientnet_b0", {}, 224),
 }
-COMPILE_MODELS = ("resnet18",)  # torch.compile takes minutes per model on 2 cores
+QUICK_MODELS = ("resnet50", "efficientnet_b0")
+#: torch.compile, inference and a training step: minutes per model and contender on 2 cores (efficientnet_b0's
+#: inference alone took 3 minutes on a loaded machine), so CNNDSL_BENCH_QUICK=1 leaves it out unless
+#: CNNDSL_BENCH_COMPILE=1 asks for it (and CNNDSL_BENCH_COMPILE=0 leaves it out of a full run);
+#: CNNDSL_BENCH_COMPILE_MODELS=resnet18 picks the models it runs on (comma-separated).
+COMPILE_MODELS = tuple(os.environ.get("CNNDSL_BENCH_COMPILE_MODELS", "resnet18,resnet50,efficientnet_b0").split(","))
+COMPILE = os.environ.get("CNNDSL_BENCH_COMPILE", "0" if QUICK else "1") not in ("", "0")
 TRAIN_BATCH = 4
 HOW_TO_GET = ("torchvision is not installed for this Python: `pip install torchvision` (the build matching your "
               "torch), or set CNNDSL_TORCHVISION_PYTHON to a Python that has both torch and torchvision")
@@ -114,7 +125,7 @@ def worker(name: str) -> list[dict]:
         steps[k] = _train_step(m, torch.optim.SGD(m.parameters(), lr=1e-3, momentum=0.9), x, y)
     row(f"eager training step (fwd+bwd+SGD), batch {TRAIN_BATCH}", side_by_side(steps, reps - 2))
 
-    if name in COMPILE_MODELS:
+    if COMPILE and name in COMPILE_MODELS:
         _warm_up_compiler()
         x1 = torch.randn(1, 3, size, size)
         compiled, compile_s = {}, {}
@@ -168,7 +179,7 @@ def memory_worker(name: str, who: str) -> dict:
 def _child(args: list[str]) -> str:
     py = python()
     res = subprocess.run([py, "-m", "benchmarks.vs_torchvision", *args], capture_output=True, text=True,
-                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), timeout=1800, check=False)
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), timeout=7200, check=False)
     if res.returncode != 0:
         raise RuntimeError(f"{' '.join(args)} failed:\n{res.stderr[-3000:]}")
     return res.stdout.strip().splitlines()[-1]
@@ -180,13 +191,16 @@ def run(models=None) -> list[Row]:
         print(HOW_TO_GET, file=sys.stderr)
         return [Row("vs torchvision", "all", "-", "-", None, "skipped: " + HOW_TO_GET)]
     rows = []
-    for name in models or MODELS:
+    for name in models or (QUICK_MODELS if QUICK else MODELS):
         for d in json.loads(_child(["--worker", name])):
             rows.append(Row(**d))
         peak = {who: json.loads(_child(["--memory", name, who]))["peak_mib"] for who in ("ours", "theirs")}
         rows.append(Row("vs torchvision", f"{name} peak RSS, training step batch {TRAIN_BATCH}",
                         f"{peak['ours']:.0f} MiB", f"{peak['theirs']:.0f} MiB", peak["theirs"] / peak["ours"],
                         "fresh process each; ratio = theirs/ours memory"))
+    if not COMPILE:
+        rows.append(Row("vs torchvision", "torch.compile rows", "-", "-", None,
+                        "left out (CNNDSL_BENCH_QUICK=1 without CNNDSL_BENCH_COMPILE=1, or CNNDSL_BENCH_COMPILE=0)"))
     return rows
 
 

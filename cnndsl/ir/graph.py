@@ -384,17 +384,15 @@ class Graph:
 
     def scope_tree(self) -> dict[str, list[str]]:
         """Every scope (a dotted prefix of a layer name, ``""`` the network) -> its direct children, in order."""
-        children: dict[str, list[str]] = {"": []}
+        children: dict[str, dict[str, None]] = {"": {}}  # dicts as ordered sets: a list's `in` would be quadratic
         for n in self.nodes():
             parts = n.name.split(".")
             for i in range(len(parts)):
                 parent, child = ".".join(parts[:i]), ".".join(parts[:i + 1])
-                kids = children.setdefault(parent, [])
-                if child not in kids:
-                    kids.append(child)
+                children.setdefault(parent, {})[child] = None
                 if i < len(parts) - 1:
-                    children.setdefault(child, [])
-        return children
+                    children.setdefault(child, {})
+        return {scope: list(kids) for scope, kids in children.items()}
 
     def ancestors(self, names) -> set[str]:
         """The given nodes and every node they depend on (e.g. the main output's path, aux heads excluded)."""

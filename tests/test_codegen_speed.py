@@ -1,0 +1,103 @@
+"""The shortcuts that keep code generation fast (issue 15) give what the slow, obvious ways give.
+
+Counts and outside oracles, no clock: the scan for the helpers a PyTorch module uses against Python's own
+tokenizer, ``collapse`` against its recursive definition, and how often a backend reads ``Network.graph``
+(which flattens the graph anew on every read). Speed itself is measured by ``python -m benchmarks``.
+"""
+
+import math
+
+import pytest
+from cnndsl.backends import flax as flax_backend
+from cnndsl.backends import jax as jax_backend
+from cnndsl.backends import torch as torch_backend
+from cnndsl.backends.plan import _same, collapse
+from hypothesis import given
+from hypothesis import strategies as st
+
+import cnndsl
+from cnndsl.front.loader import zoo_index
+
+#: The names whose use decides a generated module's imports and helpers.
+WATCHED = {*torch_backend.HELPERS, "F", "OrderedDict"}
+
+
+@pytest.mark.parametrize("name", sorted(zoo_index()))
+def test_names_used_agrees_with_the_tokenizer(name):
+    source = cnndsl.compile(name)
+    assert torch_backend._names_used(source, WATCHED) == torch_backend._names_used_tokenized(source) & WATCHED
+
+
+@pytest.mark.parametrize("text", [
+    '"""F and OrderedDict in a docstring; \\""" an escaped quote F"""\nx = 1\n',
+    "x = self.F(1)  # F.pad in a comment\ny = 'F' + \"OrderedDict\" + 'it\\'s F'\n",
+    "x = F.pad(y, (1, 1))\nz = {'a': OrderedDict()}\n",
+    "x = F_1 + xF + PaddedConv2dX(1)\ny = [\n    F.relu(x),\n]\n",
+    "x = '''F\n''' + PaddedConv2d(3, 4, 1, pad=(0, 1, 0, 1))\n",
+])
+def test_names_used_skips_strings_comments_and_attributes(text):
+    assert torch_backend._names_used(text, WATCHED) == torch_backend._names_used_tokenized(text) & WATCHED
+
+
+@pytest.mark.parametrize("name", sorted(zoo_index()))
+def test_line_marks_agree_with_the_tokenizer(name):
+    """Every line the JAX backend writes, and each whole function or class it wraps (its lines joined back
+    into one): the brackets, commas and ``=`` that the line breaker reads, as Python's tokenizer finds them."""
+    source = cnndsl.compile(name, backend="jax")
+    lines = source.split("\n")
+    joined = [" ".join(line.strip() for line in chunk.split("\n")) for chunk in source.split("\n\n")]
+    for line in lines + joined + ['x = f"{a}, {b}" + g(c, d="=")', "y = (a == b, c <= d, e)", 'z = "unclosed(']:
+        assert jax_backend._bracket_marks(line) == jax_backend._tokenized_marks(line), line
+
+
+def _collapse_by_definition(v):
+    """``collapse`` as its docstring defines it: recursively, every element compared with the first."""
+    if isinstance(v, tuple) and v and all(_same_by_definition(_collapse_by_definition(x),
+                                                              _collapse_by_definition(v[0])) for x in v):
+        return _collapse_by_definition(v[0])
+    return v
+
+
+def _same_by_definition(a, b):
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return a == b
+    return type(a) is type(b) and a == b
+
+
+_scalars = st.one_of(st.integers(-2, 2), st.booleans(), st.sampled_from([0.0, 1.0, 2.5, math.nan]), st.none(),
+                     st.sampled_from(["same", "valid"]))
+_values = st.recursive(_scalars, lambda inner: st.lists(inner, max_size=3).map(tuple), max_leaves=12)
+
+
+@given(_values, _values)
+def test_collapse_and_same_follow_their_definitions(a, b):
+    assert repr(collapse(a)) == repr(_collapse_by_definition(a))
+    assert type(collapse(a)) is type(_collapse_by_definition(a))
+    assert _same(a, b) == _same_by_definition(a, b)
+
+
+class _CountingNet:
+    """A network that counts the reads of its ``graph`` (each flattens the graph anew)."""
+
+    def __init__(self, net):
+        self._net = net
+        self.graph_reads = 0
+
+    @property
+    def graph(self):
+        self.graph_reads += 1
+        return self._net.graph
+
+    def __getattr__(self, name):
+        return getattr(self._net, name)
+
+
+@pytest.mark.parametrize("generate", [lambda n: torch_backend.generate(n)[0], jax_backend.generate,
+                                      flax_backend.compile_flax], ids=["torch", "jax", "flax"])
+def test_a_backend_flattens_the_graph_once(generate):
+    net = cnndsl.load("resnet18")
+    counting = _CountingNet(net)
+    assert generate(counting) == generate(net)
+    assert counting.graph_reads == 1
