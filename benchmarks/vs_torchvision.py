@@ -22,6 +22,10 @@ import sys
 
 from .common import QUICK, THREADS, Row, ms, side_by_side, table
 
+# torch.compile times are of compiling, not of reading inductor's on-disk caches: a graph compiled by an earlier
+# run (one contender's, not the other's) would otherwise load in a fraction of the time. Set before torch loads.
+os.environ.setdefault("TORCHINDUCTOR_FORCE_DISABLE_CACHES", "1")
+
 MODELS = {  # cnndsl zoo name -> (torchvision constructor and kwargs, input size)
     "resnet18": ("resnet18", {}, 224),
     "resnet50": ("resnet50", {}, 224),
