@@ -84,3 +84,17 @@ def versions(python: str = sys.executable) -> str:
             "print(', '.join(out))")
     res = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=120, check=False)
     return res.stdout.strip() or "unknown"
+
+
+def fvcore_count(model, size: int) -> tuple[int, int]:
+    """Parameters and conv+fc MACs of ``model`` for one 3 x size x size image, counted by fvcore (which also counts
+    batch norm and pooling: conv and fc are kept, as cnndsl counts MACs)."""
+    import torch
+    from fvcore.nn import FlopCountAnalysis
+
+    params = sum(p.numel() for p in model.parameters())
+    flops = FlopCountAnalysis(model.eval(), torch.randn(1, 3, size, size))
+    flops.unsupported_ops_warnings(False)
+    flops.uncalled_modules_warnings(False)
+    by_op = flops.by_operator()
+    return params, sum(v for k, v in by_op.items() if k in ("conv", "linear", "addmm", "matmul"))

@@ -15,7 +15,7 @@ import statistics
 import sys
 import time
 
-from .common import QUICK, THREADS, Row, ms, side_by_side, table
+from .common import QUICK, THREADS, Row, fvcore_count, ms, side_by_side, table
 
 
 def _best(fn, reps: int) -> float:
@@ -83,9 +83,6 @@ def _load(name: str, cold: bool) -> tuple[int, int]:
 
 def _reference(lib: str, ctor: str, size: int) -> tuple[int, int]:
     """Build the model with its own library and count parameters and conv+fc MACs with fvcore."""
-    import torch
-    from fvcore.nn import FlopCountAnalysis
-
     if lib == "timm":
         import timm
 
@@ -94,12 +91,7 @@ def _reference(lib: str, ctor: str, size: int) -> tuple[int, int]:
         import torchvision
 
         model = getattr(torchvision.models, ctor)()
-    params = sum(p.numel() for p in model.parameters())
-    flops = FlopCountAnalysis(model.eval(), torch.randn(1, 3, size, size))
-    flops.unsupported_ops_warnings(False)
-    flops.uncalled_modules_warnings(False)
-    by_op = flops.by_operator()  # fvcore also counts batch norm and pooling: keep conv and fc, as cnndsl
-    return params, sum(v for k, v in by_op.items() if k in ("conv", "linear", "addmm", "matmul"))
+    return fvcore_count(model, size)
 
 
 def cost_model() -> list[Row]:

@@ -31,7 +31,7 @@ if __package__ in (None, ""):  # run as a path (python benchmarks/variants.py)
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
     __package__ = "benchmarks"
 
-from .common import QUICK, Row, table
+from .common import QUICK, Row, fvcore_count, table
 
 #: space -> (parameters of every member, input size, members per sample, members the reference builds) per mode
 SPACES = {
@@ -61,19 +61,6 @@ def memo_note() -> str:
         return ""
     stats = memo.memo_stats()
     return "memo " + ", ".join(f"{k} {v:,}" for k, v in stats.items())
-
-
-def fvcore_count(model, size: int) -> tuple[int, int]:
-    """Parameters and conv+fc MACs of ``model`` for one 3 x size x size image, counted by fvcore."""
-    import torch
-    from fvcore.nn import FlopCountAnalysis
-
-    params = sum(p.numel() for p in model.parameters())
-    flops = FlopCountAnalysis(model.eval(), torch.randn(1, 3, size, size))
-    flops.unsupported_ops_warnings(False)
-    flops.uncalled_modules_warnings(False)
-    by_op = flops.by_operator()  # fvcore also counts batch norm and pooling: keep conv and fc, as cnndsl
-    return params, sum(v for k, v in by_op.items() if k in ("conv", "linear", "addmm", "matmul"))
 
 
 def reference_model(space, variant):
