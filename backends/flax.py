@@ -444,7 +444,7 @@ class FlaxPrinter(Emitter):
         super().__init__(net.graph)
         self.net = net
         self.check_supported()
-        self.plan: Plan = make_plan(self.graph)  # net.graph flattens anew on every read: once is enough
+        self.plan: Plan = make_plan(self.graph)  # the emitter's one read of net.graph
         self.channel_major = flattens_channel_major(self.graph)
         self.globals = Namespace(MODULE_GLOBALS)
         self.helpers: set[str] = set()

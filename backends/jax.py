@@ -1047,7 +1047,7 @@ class JaxEmitter(Emitter):
         self.net = net
         self.scan_min_run = scan_min_run  # None: a call per block (a loop over a long run), never a scan
         self.check_supported()
-        self.plan: Plan = make_plan(self.graph)  # net.graph flattens anew on every read: once is enough
+        self.plan: Plan = make_plan(self.graph)  # the emitter's one read of net.graph
         self.channel_major = flattens_channel_major(self.graph)
         self.globals = Namespace(MODULE_GLOBALS | LOCALS)  # a function never takes a local's name
         self.helpers: set[str] = set()

@@ -2,7 +2,7 @@
 
 Counts and outside oracles, no clock: the scan for the helpers a PyTorch module uses against Python's own
 tokenizer, ``collapse`` against its recursive definition, and how often a backend reads ``Network.graph``
-(which flattens the graph anew on every read). Speed itself is measured by ``python -m benchmarks``.
+(a property: the first read expands the shared parts, each one is a call). Speed itself is measured by ``python -m benchmarks``.
 """
 
 import math
@@ -79,7 +79,7 @@ def test_collapse_and_same_follow_their_definitions(a, b):
 
 
 class _CountingNet:
-    """A network that counts the reads of its ``graph`` (each flattens the graph anew)."""
+    """A network that counts the reads of its ``graph``."""
 
     def __init__(self, net):
         self._net = net
