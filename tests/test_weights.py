@@ -326,3 +326,22 @@ def test_strict_false_fine_tunes_a_new_head_from_a_related_networks_weights(tmp_
         assert torch.equal(body(five)(x), body(source)(x))
     with pytest.raises(CnnDslError, match="inference build"):
         cnndsl.build_torch("resnet18", num_classes=5, weights=path, strict=False, inference=True)
+
+
+def test_a_file_saved_with_the_hash_before_series_pieces_still_loads(tmp_path):
+    """Files written before issue 15 carry the whole-graph hash; resnet18's was 4c264fa9405185b29496145b (computed
+    by the 0.1 code, commit 9ac2225). Such a file loads; a file claiming another architecture is still refused."""
+    import torch
+    from safetensors.torch import save_file
+
+    net = cnndsl.load("resnet18")
+    state = cnndsl.build_torch(net).state_dict()
+    tensors = {k: v.contiguous() for k, v in state.items()}
+    old = tmp_path / "old.safetensors"
+    save_file(tensors, str(old), metadata={ARCH_HASH: "4c264fa9405185b29496145b", NETWORK: "resnet18"})
+    loaded = load_weights(old, net)
+    assert all(torch.equal(loaded[k], state[k]) for k in state)
+    other = tmp_path / "other.safetensors"
+    save_file(tensors, str(other), metadata={ARCH_HASH: "ccdd19aba630c859e8944fd2", NETWORK: "lenet5"})  # lenet5's
+    with pytest.raises(CnnDslError, match="holds the weights of 'lenet5'"):
+        load_weights(other, net)

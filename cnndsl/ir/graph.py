@@ -93,9 +93,10 @@ class Fragment:
     """A block instance's layers, through every pass that works layer by layer, named relative to the instance.
 
     Built once and shared: each instance with the same block, arguments, defaults, input shape and choices
-    mounts it (:meth:`Graph.mount`). Its layers are stored in source order, each with its operands (relative
-    names; :data:`FLOW` for the instance's input); a nested instance it mounts is a :data:`MOUNT` node whose
-    ``meta["mount"]`` is ``(relative prefix, fragment)``.
+    mounts it (:meth:`Graph.mount`). Its layers are stored in the instance's topological order (the graph's
+    deterministic one), each with its operands (relative names; :data:`FLOW` for the instance's input); a nested
+    instance it mounts is a :data:`MOUNT` node whose ``meta["mount"]`` is ``(relative prefix, fragment)``.
+    ``derived`` keeps what a later stage works out of it once (the arch hash's series pieces).
     """
 
     nodes: list[tuple[Node, list[str]]]
@@ -113,6 +114,7 @@ class Fragment:
     work: int = 0  # resolve's units of work and references followed, as a flat build of the instance spends them
     lookups: int = 0
     claims: bool = False  # whether a label inside claimed a name
+    derived: dict = field(default_factory=dict, repr=False)
     _names: frozenset | None = field(default=None, repr=False)
 
     @property
@@ -275,8 +277,9 @@ class Graph:
     def flatten(self) -> Graph:
         """Expand every mount into the layers it stands for, in place (and return the graph).
 
-        The layers take the place their instance had in the source, so names, order, scopes and edges are those
-        a build without mounts makes: scopes in the order resolve made them, then those the passes made
+        The layers take their instance's place in the topological order, and their orders are renumbered in
+        that sequence, so names, the topological order, scopes and edges are those a build without mounts makes
+        (tests/test_memo.py): scopes in the order resolve made them, then those the passes made
         (:attr:`late_scopes`) in the order of the layers they hold.
         """
         if not self._mounts:
@@ -290,7 +293,7 @@ class Graph:
                 if name in self._mounts:
                     self._nodes[self._mounts[name]].meta["mount"][1].add_scopes(name, scopes, late)
         nodes: list[tuple[Node, list[str]]] = []
-        for node in sorted(self._nodes.values(), key=lambda n: (n.order, n.name)):
+        for node in list(self.nodes()):  # topological, each fragment's layers in its own topological order
             srcs = self.inputs_of(node.name)
             if node.op == MOUNT:
                 prefix, frag = node.meta["mount"]

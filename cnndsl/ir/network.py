@@ -96,7 +96,7 @@ class Network:
     def __eq__(self, other) -> bool:
         if not isinstance(other, Network):
             return NotImplemented
-        return self.graph is other.graph and self.warnings == other.warnings
+        return self._plan is other._plan and self.warnings == other.warnings
 
     __hash__ = None
 

@@ -3,9 +3,9 @@
 A block instance is a function of its block, its arguments' values, the per-op defaults in force, its
 input shape, the size limits, where it sits (nesting depth, whether it ends the network or an activation
 follows it) and the choices it reaches. ``resolve`` looks an instance up here by all of that but the
-choices (:func:`key`); each entry under a key holds the choices its build reached, in order, with their
-decisions, so a lookup replays them through the build's ``choose`` hook and takes the first entry whose
-decisions all match (the hook is asked the same questions, in the same order, as a build would ask).
+choices (``cnndsl.passes.resolve._fragment_key``); under a key, the fragments sit at the leaves of a tree of
+the choices their builds asked, so a lookup asks the build's ``choose`` hook the same questions, in the same
+order, as a build would (:class:`Store`).
 
 An entry is a :class:`cnndsl.ir.graph.Fragment`: the instance's layers, already through every pass that
 works per layer (shapes, shortcuts, counts), named relative to the instance. A repeated instance mounts
@@ -30,7 +30,7 @@ from cnndsl.ir.graph import Fragment
 MAX_FRAGMENTS = 5_000
 
 _enabled = os.environ.get("CNNDSL_NO_MEMO", "") in ("", "0")
-_stats = {"hits": 0, "misses": 0, "inlined": 0, "fragments": 0}
+_stats = {"hits": 0, "misses": 0, "inlined": 0}
 _stores: dict[int, Store] = {}  # id of a library -> its store, dropped with the library (libraries are unhashable)
 
 
@@ -87,7 +87,7 @@ class Store:
         self._shared: dict[str, Any] = {}
 
     def shared(self, name: str, make: Callable[..., Any], *args) -> Any:
-        """An object the library's builds share (``make(*args)`` the first time): resolve's sizer."""
+        """An object the library's builds share (``make(*args)`` the first time): resolve's sizer, bindings."""
         found = self._shared.get(name)
         if found is None:
             found = self._shared[name] = make(*args)

@@ -384,8 +384,8 @@ class Frame:
     labels: dict[str, str] = field(default_factory=dict)  # full name -> node
     body: ast.Seq | None = None  # the body being lowered (to tell a forward reference from a typo)
     columns: dict[str, Span] = field(default_factory=dict)  # columns of the tables before, out of scope now
-    #: Block instances this frame prepared (arguments bound, defaults made), by (id of the call, input shape), for
-    #: the copies of a repeat: ``(env without the input point, defaults, units of work)``. Only with the memo on.
+    #: Block instances this frame bound, by (id of the call, input shape), for the copies of a repeat where a choice
+    #: is in the binding (the others are the library's: :meth:`Resolver._prepared`). Only with the memo on.
     prepared: dict[tuple, tuple] = field(default_factory=dict)
     defaults_key: tuple | None = None  # ``defaults`` as a hashable value (made when first needed)
     _sizing: dict[str, Any] | None = field(default=None, repr=False)
@@ -702,7 +702,7 @@ class Resolver:
         """
         budget = MAX_NODES - len(self.g)
         env = frame.sizing_env()
-        sizes = [self.sizer.step(step, env, None, self.depth) for step in steps]
+        sizes = [self.sizer.step(step, env, self.depth) for step in steps]
         if sum(sizes) <= budget or any(size > budget and (step.repeat is not None
                                                            or isinstance(step.term, (ast.Group, ast.Table))
                                                            or (isinstance(step.term, ast.Call) and
@@ -1291,7 +1291,8 @@ class Resolver:
 
         if self.store is None:
             sized()
-        else:  # the memo sizes only what it builds: a fragment that fits is known to (its size bounds the sizer's)
+        else:  # sized only before something is built: a fragment that mounts within the limit needs no check
+            #     (its size bounds the sizer's count)
             try:
                 return self._bound_instance(name, block, call, label, flow, scope, frame, tail, then_act, sized)
             except CnnDslError:
@@ -1611,14 +1612,13 @@ class Sizer:
     def seq(self, seq: ast.Seq, env: dict[str, Any], depth: int, active: tuple[str, ...] = ()) -> int:
         total = 0
         for step in seq.steps:
-            total += self.step(step, env, None, depth, active)
+            total += self.step(step, env, depth, active)
             if total > MAX_NODES:
                 break
         return total
 
-    def step(self, step: ast.Step, env: dict[str, Any], key: tuple | None, depth: int,
-             active: tuple[str, ...] = ()) -> int:
-        """The step's lower bound, its repeat count included (``key``: not used, the values it reads are)."""
+    def step(self, step: ast.Step, env: dict[str, Any], depth: int, active: tuple[str, ...] = ()) -> int:
+        """The step's lower bound, its repeat count included."""
         key = self._key(step, env)
         memo = (id(step), key)
         if key is not None and memo in self.memo:
@@ -1636,11 +1636,11 @@ class Sizer:
             n = known_value(t.count, env)
             n = n if isinstance(n, int) and not isinstance(n, bool) and n >= 0 else 1
             inner = {**env, **dict.fromkeys(t.names, UNKNOWN)}
-            return self.step(t.body, inner, values_key(inner), depth, active) * n
+            return self.step(t.body, inner, depth, active) * n
         total = 0
         for row in t.rows:
             inner = {**env, **{name: known_value(v, env) for name, v in zip(t.names, row.values)}}
-            total += self.step(t.body, inner, values_key(inner), depth, active)
+            total += self.step(t.body, inner, depth, active)
             if total > MAX_NODES:
                 break
         return total
@@ -1791,7 +1791,7 @@ def _as_fragment(sub: Resolver, flow: str, inst: str, out: str, built: int, warn
     cut = len(inst) + 1
     inside = inst + "."
     nodes, longest, params, macs, activations = [], 0, 0, 0, 0
-    for node in sorted(sub.g._nodes.values(), key=lambda n: (n.order, n.name)):
+    for node in list(sub.g.nodes()):  # topological: a pass puts a shortcut projection after the sum reading it
         if node.name == flow:
             continue
         srcs = sub.g.inputs_of(node.name)
@@ -1813,36 +1813,26 @@ def _as_fragment(sub: Resolver, flow: str, inst: str, out: str, built: int, warn
                     longest, warnings, decisions, sub.work, sub.lookups, bool(sub.claimed))
 
 
+def _syntax_nodes(syntax) -> Iterator[Any]:
+    """Every syntax node in a piece of syntax (a node, or tuples of them), itself included."""
+    todo = [syntax]
+    while todo:
+        x = todo.pop()
+        if isinstance(x, tuple):
+            todo.extend(x)
+        elif hasattr(x, "__dataclass_fields__") and not isinstance(x, Span):
+            yield x
+            todo.extend(getattr(x, f) for f in x.__dataclass_fields__)
+
+
 def _names_read(syntax) -> set[str]:
     """Every name a piece of syntax may read from its scope: its words (``Var``), the names it calls (a call may
     name a parameter holding a block), and :data:`INPUT` where it reads ``in.c``. A column or a label it binds
     itself may be among them: a key with more values than needed is still exact."""
-    names: set[str] = set()
-    todo = [syntax]
-    while todo:
-        x = todo.pop()
-        if isinstance(x, tuple):
-            todo.extend(x)
-        elif isinstance(x, (ast.Var, ast.Call)):
-            names.add(x.name)
-            if isinstance(x, ast.Call):
-                todo.extend((x.kernel, x.channels, x.stride, x.args))
-        elif isinstance(x, ast.Field):
-            names.add(INPUT)  # in.c: the shape of the input point in scope
-        elif hasattr(x, "__dataclass_fields__") and not isinstance(x, Span):
-            todo.extend(getattr(x, f) for f in x.__dataclass_fields__)
-    return names
+    return {INPUT if isinstance(x, ast.Field) else x.name for x in _syntax_nodes(syntax)
+            if isinstance(x, (ast.Var, ast.Call, ast.Field))}
 
 
 def _has_choice(syntax) -> bool:
     """Whether a piece of syntax holds a ``{a|b}`` choice or a float range (whose decision is a build's)."""
-    todo = [syntax]
-    while todo:
-        x = todo.pop()
-        if isinstance(x, ast.Choice):
-            return True
-        if isinstance(x, tuple):
-            todo.extend(x)
-        elif hasattr(x, "__dataclass_fields__") and not isinstance(x, Span):
-            todo.extend(getattr(x, f) for f in x.__dataclass_fields__)
-    return False
+    return any(isinstance(x, ast.Choice) for x in _syntax_nodes(syntax))

@@ -70,14 +70,24 @@ def canonical_graph(graph: Graph) -> tuple[nx.DiGraph, list[str]]:
             alias[node.name] = srcs[0]
             continue
         g.add_node(node.name, label=_label(node.op, node.args))
-        commutative = node.opdef.commutes(node.args)
-        ports: dict[str, list[int]] = {}
-        for port, src in enumerate(srcs):
-            ports.setdefault(src, []).append(0 if commutative else port)
-        for src, where in ports.items():
-            g.add_edge(src, node.name, port=tuple(where))
+        for where, src in _grouped(_operands(node.op, node.args, srcs)):
+            g.add_edge(src, node.name, port=where)
     outputs = [alias.get(o, o) for o in graph.outputs]
     return g, outputs
+
+
+def _operands(op: str, args: dict, srcs: list[str]) -> list[tuple[str, int]]:
+    """A layer's ``(operand, position)`` pairs: position 0 throughout for an op whose operands commute."""
+    commutative = OPS[op].commutes(args)
+    return [(src, 0 if commutative else port) for port, src in enumerate(srcs)]
+
+
+def _grouped(operands: list[tuple[str, int]]) -> list[tuple[tuple[int, ...], str]]:
+    """Each operand once, with the sorted tuple of the positions it fills (an edge's ``port``)."""
+    ports: dict[str, list[int]] = {}
+    for src, port in operands:
+        ports.setdefault(src, []).append(port)
+    return [(tuple(sorted(where)), src) for src, where in ports.items()]
 
 
 def _digest(text: str) -> str:
@@ -216,8 +226,7 @@ def _level(items, source: str) -> _Plan:
             continue
         else:
             plan.label[name] = _label(op, args)
-            commutative = OPS[op].commutes(args)
-            plan.ins[name] = [(x, 0 if commutative else port) for port, x in enumerate(srcs)]
+            plan.ins[name] = _operands(op, args, srcs)
         plan.order.append(name)
     return plan
 
@@ -279,60 +288,30 @@ def _piece_graph(plan: _Plan, source: str, inside: list[str]) -> tuple[list[str]
             if node.op in IDENTITY_OPS and len(operands) == 1:
                 alias[node.name] = operands[0]
                 continue
-            commutative = node.opdef.commutes(node.args)
-            _add(order, labels, ins, node.name, _label(node.op, node.args),
-                 [(x, 0 if commutative else p) for p, x in enumerate(operands)])
+            _add(order, labels, ins, node.name, _label(node.op, node.args), _operands(node.op, node.args, operands))
         out = f"{prefix}.{frag.output}"
         if out in alias:
             alias[n] = alias[out]
-    return _stable_topological(order, ins), labels, ins
-
-
-def _stable_topological(order: list[str], ins: dict[str, list[tuple[tuple, str]]]) -> list[str]:
-    """``order`` made topological, keeping its order where it already is (a fragment lists a shortcut projection
-    after the sum that reads it)."""
-    placed: set[str] = set()
-    out: list[str] = []
-    pending = order
-    while pending:
-        later = [n for n in pending if not _ready(n, ins, placed, out)]
-        if len(later) == len(pending):
-            raise AssertionError("a piece with a cycle")
-        pending = later
-    return out
-
-
-def _ready(n: str, ins: dict, placed: set[str], out: list[str]) -> bool:
-    if all(src in placed for _, src in ins[n]):
-        placed.add(n)
-        out.append(n)
-        return True
-    return False
+    return order, labels, ins
 
 
 def _add(order: list[str], labels: dict, ins: dict, n: str, label: str, srcs: list[tuple[str, int]]) -> None:
-    ports: dict[str, list[int]] = {}
-    for src, port in srcs:
-        ports.setdefault(src, []).append(port)
     order.append(n)
     labels[n] = label
-    ins[n] = [(tuple(sorted(where)), src) for src, where in ports.items()]
+    ins[n] = _grouped(srcs)
 
 
 def _fragment_series(frag) -> list[Piece] | None:
     """The pieces of a fragment from its input to its output (cached on it); None when it is the identity."""
-    cached = getattr(frag, "_series", False)
-    if cached is not False:
-        return cached
-    items = {node.name: (node.name, node.op, node.args, srcs, node.meta["mount"] if node.op == MOUNT else None)
-             for node, srcs in frag.nodes}
-    order = _stable_topological([FLOW, *items], {FLOW: [], **{n: [((), s) for s in it[3]] for n, it in items.items()}})
-    plan = _level([items[n] for n in order[1:]], FLOW)
+    if "series" in frag.derived:
+        return frag.derived["series"]
+    plan = _level([(node.name, node.op, node.args, srcs, node.meta["mount"] if node.op == MOUNT else None)
+                   for node, srcs in frag.nodes], FLOW)  # a fragment's layers are in topological order
     sink = plan.alias.get(frag.output, frag.output)
     result = None if sink == FLOW else _series(plan, sink)
     if result is None and sink != FLOW:
         raise AssertionError(f"fragment {frag.output}: not a two-terminal graph")
-    frag._series = result
+    frag.derived["series"] = result
     return result
 
 

@@ -628,7 +628,7 @@ def run_trial(study, trial, space: Space, cfg: SearchConfig) -> tuple[float | li
         trial.set_user_attr("reason", f"invalid: {member.error}")
         return None, State.PRUNED
     net = member.network_obj
-    h = arch_hash(net.graph)
+    h = arch_hash(net.plan)
     for k, v in (("arch_hash", h), ("params", net.params), ("macs", net.macs), ("activations", net.activations)):
         trial.set_user_attr(k, v)
     reason = Limits(*cfg.limits).violation(member)
