@@ -27,6 +27,7 @@ printer turns into an identifier through its own :class:`~cnndsl.backends.base.N
 
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -297,7 +298,7 @@ class Planner:
         self.nodes = list(graph.nodes())
         self.outputs = set(graph.outputs)
         self.operands = {n.name: graph.inputs_of(n.name) for n in self.nodes}
-        self.readers = {n.name: {d for d, _ in graph.consumers(n.name)} for n in self.nodes}
+        self.readers = {n.name: graph.readers(n.name) for n in self.nodes}
         self.children = self._scope_tree()
         self.members: dict[str, list[Node]] = {}
         for n in self.nodes:
@@ -444,20 +445,29 @@ class Planner:
 
     @staticmethod
     def _toposort(steps: list[tuple[Step, int]]) -> list[tuple[Step, int]]:
+        """The steps in data-flow order, the one first in the graph whenever several are ready (Kahn's algorithm
+        over a heap of graph orders)."""
         producer = {s.output: i for i, (s, _) in enumerate(steps)}
-        done: set[int] = set()
+        waiting = [0] * len(steps)
+        readers: list[list[int]] = [[] for _ in steps]
+        for i, (s, _) in enumerate(steps):
+            for src in set(s.inputs):
+                j = producer.get(src)
+                if j is not None:
+                    waiting[i] += 1
+                    readers[j].append(i)
+        ready = [(order, i) for i, (_, order) in enumerate(steps) if not waiting[i]]
+        heapq.heapify(ready)
         out: list[tuple[Step, int]] = []
-        pending = sorted(range(len(steps)), key=lambda i: steps[i][1])
-        while pending:
-            for i in pending:
-                s = steps[i][0]
-                if all(src not in producer or producer[src] in done for src in s.inputs):
-                    out.append(steps[i])
-                    done.add(i)
-                    pending.remove(i)
-                    break
-            else:  # pragma: no cover - the IR is acyclic
-                raise AssertionError("cycle between steps")
+        while ready:
+            _, i = heapq.heappop(ready)
+            out.append(steps[i])
+            for k in readers[i]:
+                waiting[k] -= 1
+                if not waiting[k]:
+                    heapq.heappush(ready, (steps[k][1], k))
+        if len(out) != len(steps):  # pragma: no cover - the IR is acyclic
+            raise AssertionError("cycle between steps")
         return out
 
     # -- sharing

@@ -335,6 +335,10 @@ class Graph:
         ports = self._in[name]
         return [ports[p] for p in sorted(ports)] if len(ports) > 1 else list(ports.values())
 
+    def readers(self, name: str) -> set[str]:
+        """The layers reading the node (unordered: :meth:`consumers` gives them in source order, with ports)."""
+        return {dst for dst, _ in self._out[name]}
+
     def consumers(self, name: str) -> list[tuple[str, int]]:
         """``(consumer, port)`` pairs reading the node, in source order."""
         return sorted(self._out[name], key=lambda e: (self._nodes[e[0]].order, e[0], e[1]))
@@ -389,12 +393,14 @@ class Graph:
         """Every scope (a dotted prefix of a layer name, ``""`` the network) -> its direct children, in order."""
         children: dict[str, dict[str, None]] = {"": {}}  # dicts as ordered sets: a list's `in` would be quadratic
         for n in self.nodes():
-            parts = n.name.split(".")
-            for i in range(len(parts)):
-                parent, child = ".".join(parts[:i]), ".".join(parts[:i + 1])
-                children.setdefault(parent, {})[child] = None
-                if i < len(parts) - 1:
-                    children.setdefault(child, {})
+            parent = ""
+            for part in n.name.split("."):
+                child = f"{parent}.{part}" if parent else part
+                kids = children.get(parent)
+                if kids is None:
+                    kids = children[parent] = {}
+                kids[child] = None
+                parent = child
         return {scope: list(kids) for scope, kids in children.items()}
 
     def ancestors(self, names) -> set[str]:

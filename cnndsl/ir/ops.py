@@ -81,6 +81,8 @@ def as_float(name: str, v: Any, span, lo: float | None = None, hi: float | None 
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         _bad(f"'{name}' must be a number, got {v!r}", span, _value_hint(v))
     v = float(v)
+    if not math.isfinite(v):
+        _bad(f"'{name}' must be a finite number, got {v}", span, "an expression overflowed, or divided infinities")
     if (lo is not None and v < lo) or (hi is not None and v > hi):
         _bad(f"'{name}' must be between {lo} and {hi}, got {v}", span,
              "a rate or a probability lies between 0 and 1" if (lo, hi) == (0.0, 1.0) else None)

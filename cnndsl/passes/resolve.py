@@ -1371,20 +1371,16 @@ class Resolver:
             shape = self._shape(flow)
         except CnnDslError:
             return frame.prepared, None
-        reads = self.store.shared("binding reads", dict)
-        found = reads.get(id(call))
-        if found is None or found[0] is not call or found[1] is not block:
-            found = reads[id(call)] = (call, block, tuple(sorted(_names_read(call))),
-                                       _has_choice((call.args, block.params, block.defaults)))
-        if found[3]:
+        if _holds_choice(call) or _signature_chooses(block):
             return frame.prepared, (id(call), shape)
         if frame.defaults_key is None:
             inner = {op: values_key(vals) for op, vals in frame.defaults.items()}
             frame.defaults_key = (None if None in inner.values() else values_key(inner),)
         if frame.defaults_key[0] is None:
             return frame.prepared, (id(call), shape)
-        values = tuple(frame.env.get(n, UNKNOWN) for n in found[2] if n != INPUT)
-        if INPUT in found[2]:  # in.c in the arguments: the shape of the input of the block around the call
+        reads = _reads(call)
+        values = tuple(frame.env.get(n, UNKNOWN) for n in reads if n != INPUT)
+        if INPUT in reads:  # in.c in the arguments: the shape of the input of the block around the call
             point = frame.env.get(INPUT)
             try:
                 values += (point.shape_of(point.node) if isinstance(point, InputPoint) else point,)
@@ -1559,17 +1555,13 @@ class Sizer:
     def __init__(self, blocks: dict[str, ast.Block]):
         self.blocks = blocks
         self.memo: dict[tuple, tuple[object, int]] = {}  # (id of a step or call, values) -> (it, its size)
-        self.reads: dict[int, tuple[object, tuple[str, ...]]] = {}  # id of a step or call -> (it, names it reads)
 
     def _key(self, syntax, env: dict[str, Any]) -> tuple | None:
         """The values of ``env`` that ``syntax`` (a step or a call) can read, as a memo key (None: unhashable).
 
         A size depends on those alone (a block's body is sized from the values its arguments bind), so a step
         sized once is known for every member of a search whose choices it does not read."""
-        found = self.reads.get(id(syntax))
-        if found is None:
-            found = self.reads[id(syntax)] = (syntax, tuple(sorted(_names_read(syntax))))
-        key = tuple(env.get(n, UNKNOWN) for n in found[1])
+        key = tuple(env.get(n, UNKNOWN) for n in _reads(syntax))
         try:
             hash(key)
         except TypeError:
@@ -1825,14 +1817,41 @@ def _syntax_nodes(syntax) -> Iterator[Any]:
             todo.extend(getattr(x, f) for f in x.__dataclass_fields__)
 
 
-def _names_read(syntax) -> set[str]:
-    """Every name a piece of syntax may read from its scope: its words (``Var``), the names it calls (a call may
-    name a parameter holding a block), and :data:`INPUT` where it reads ``in.c``. A column or a label it binds
-    itself may be among them: a key with more values than needed is still exact."""
-    return {INPUT if isinstance(x, ast.Field) else x.name for x in _syntax_nodes(syntax)
-            if isinstance(x, (ast.Var, ast.Call, ast.Field))}
+def _facts(syntax, owner=None, slot: str = "_cnndsl_facts") -> tuple[tuple[str, ...], bool]:
+    """The names a piece of syntax may read from its scope, sorted, and whether it holds a choice. They are facts
+    of the parsed text, worked out once and kept on ``owner`` (the node itself by default) under ``slot``, so every
+    build and every member of a search reads them back: syntax is immutable, and a node lives as long as its
+    library."""
+    owner = syntax if owner is None else owner
+    found = owner.__dict__.get(slot)
+    if found is not None:
+        return found
+    names, choice = set(), False
+    for x in _syntax_nodes(syntax):
+        if isinstance(x, (ast.Var, ast.Call)):
+            names.add(x.name)
+        elif isinstance(x, ast.Field):
+            names.add(INPUT)
+        elif isinstance(x, ast.Choice):
+            choice = True
+    found = (tuple(sorted(names)), choice)
+    object.__setattr__(owner, slot, found)  # a frozen dataclass: a cache beside its fields, not one of them
+    return found
 
 
-def _has_choice(syntax) -> bool:
+def _reads(syntax) -> tuple[str, ...]:
+    """Every name a piece of syntax may read from its scope, sorted: its words (``Var``), the names it calls (a
+    call may name a parameter holding a block), and :data:`INPUT` where it reads ``in.c``. A column or a label
+    it binds itself may be among them: a key with more values than needed is still exact."""
+    return _facts(syntax)[0]
+
+
+def _holds_choice(syntax) -> bool:
     """Whether a piece of syntax holds a ``{a|b}`` choice or a float range (whose decision is a build's)."""
-    return any(isinstance(x, ast.Choice) for x in _syntax_nodes(syntax))
+    return _facts(syntax)[1]
+
+
+def _signature_chooses(block: ast.Block) -> bool:
+    """Whether a block's parameters or per-op defaults hold a choice."""
+    return _facts((block.params, block.defaults), block, "_cnndsl_signature_facts")[1]
+

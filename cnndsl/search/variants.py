@@ -208,6 +208,58 @@ class _Chooser:
         return {k: self.assignment[k] for k in self.reached}
 
 
+class _Drawn:
+    """The members a sample has drawn, as the tree of the decisions their builds asked in order: a node is the
+    choice asked next (its key and syntax) and where each option leads; a leaf is a member."""
+
+    _MEMBER = object()
+
+    def __init__(self) -> None:
+        self.root: list | None = None  # [key, node, {decision: child}] or _MEMBER
+        self.members = 0
+
+    def walk(self, pick: Callable[[str, ast.Choice], int | float]) -> dict[str, int | float] | None:
+        """Draw down the tree: the decisions drawn (the build goes on from them), or None at a member drawn
+        before."""
+        drawn: dict[str, int | float] = {}
+        node = self.root
+        while isinstance(node, list):
+            key, choice, then = node
+            if key not in drawn:
+                drawn[key] = pick(key, choice)
+            node = then.get(drawn[key])
+        return None if node is self._MEMBER else drawn
+
+    def add(self, chooser: _Chooser) -> bool:
+        """Record the member a build reached; False if it was drawn before."""
+        reached = list(chooser.reached.items())
+        if not reached:
+            if self.root is self._MEMBER:
+                return False
+            self.root = self._MEMBER
+            self.members += 1
+            return True
+        if self.root is None:
+            self.root = [reached[0][0], reached[0][1], {}]
+        node = self.root
+        for i, (key, _) in enumerate(reached):
+            if node is self._MEMBER or node[0] != key:  # pragma: no cover - builds ask in a fixed order
+                return False
+            decision = chooser.assignment[key]
+            last = i + 1 == len(reached)
+            nxt = node[2].get(decision)
+            if last:
+                if nxt is not None:
+                    return False
+                node[2][decision] = self._MEMBER
+                break
+            if nxt is None:
+                nxt = node[2][decision] = [reached[i + 1][0], reached[i + 1][1], {}]
+            node = nxt
+        self.members += 1
+        return True
+
+
 # ----------------------------------------------------------------------------- the static walk
 
 
@@ -660,18 +712,26 @@ class Space:
 
     def sample(self, n: int, seed: int = 0, max_tries: int | None = None) -> Iterator[Variant]:
         """``n`` distinct members, each reached choice drawn uniformly (reproducible for a seed); a float range's
-        value is drawn uniformly between its ends, or uniformly in their logarithms for a ``log`` range."""
+        value is drawn uniformly between its ends, or uniformly in their logarithms for a ``log`` range.
+
+        A build asks its choices in an order that depends only on the decisions before, so the members drawn
+        so far form a tree of decisions: a draw is first walked down it, drawing each choice the build would
+        ask, and one that ends at a member drawn before is a repeat, skipped without being built. The draws
+        are the ones the build itself would make, in the same order, so the members are those of building
+        every draw."""
         rng = random.Random(seed)
-        seen: set[tuple] = set()
+        pick = _random_pick(rng)
+        seen = _Drawn()
         tries = max_tries if max_tries is not None else 20 * n + 100
-        while len(seen) < n and tries > 0:
+        while seen.members < n and tries > 0:
             tries -= 1
-            chooser = _Chooser({}, _random_pick(rng))
-            net, error = self._build(chooser)
-            ident = tuple(sorted(chooser.choices().items()))
-            if ident in seen:
+            prefix = seen.walk(pick)
+            if prefix is None:
                 continue
-            seen.add(ident)
+            chooser = _Chooser(prefix, pick)
+            net, error = self._build(chooser)
+            if not seen.add(chooser):
+                continue
             yield self._variant(chooser, net, error)
 
     def _reached(self, choices: dict[str, int | float]) -> _Chooser:
