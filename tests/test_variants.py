@@ -169,6 +169,32 @@ def test_sampling_is_seeded_and_distinct():
     assert len({json.dumps(c, sort_keys=True) for c in first}) == 20
 
 
+def test_sampling_builds_each_member_once_and_draws_as_building_every_draw(tmp_path, monkeypatch):
+    """A repeat draw is recognised from the members drawn before, without a build; the members, their order
+    and the invalid ones are those of the plain sampler (re-implemented here: build every draw, skip repeats)."""
+    import random
+
+    from cnndsl.search import variants as v
+
+    space = space_from(tmp_path, SMALL_CELL)  # 125 members: 100 draws repeat often
+    builds = []
+    real = Space._build
+    monkeypatch.setattr(Space, "_build", lambda self, chooser: builds.append(1) or real(self, chooser))
+    got = [(m.choices, m.error) for m in space.sample(100, seed=3)]
+    assert len(builds) == 100 == len({json.dumps(c, sort_keys=True) for c, _ in got})
+    assert any(error for _, error in got)
+
+    rng, seen, plain = random.Random(3), set(), []
+    while len(plain) < 100:
+        chooser = v._Chooser({}, v._random_pick(rng))
+        _, error = real(space, chooser)
+        ident = tuple(sorted(chooser.choices().items()))
+        if ident not in seen:
+            seen.add(ident)
+            plain.append((chooser.choices(), error))
+    assert got == plain
+
+
 def test_sampled_and_mutated_members_load_and_compile_to_torch():
     torch = pytest.importorskip("torch")
     space = Space.open("nb201")
