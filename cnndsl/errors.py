@@ -92,8 +92,20 @@ class Span:
         return cls(source, 1, 1, 1, 1)
 
 
-def render(kind: str, message: str, span: Span | None, hint: str | None) -> str:
-    """Format a diagnostic as ``file:line:col: kind: message``, the line, a caret, a hint."""
+@dataclass(frozen=True)
+class Note:
+    """A place that explains a diagnostic, printed after it as rustc prints notes: the block instance that made
+    the layer at fault, then each instance around that one (``in the instance `down(32)```, at its call)."""
+
+    message: str
+    span: Span | None = None
+
+    def __str__(self) -> str:
+        return render("note", self.message, self.span, None)
+
+
+def render(kind: str, message: str, span: Span | None, hint: str | None, notes=()) -> str:
+    """Format a diagnostic as ``file:line:col: kind: message``, the line, a caret, a hint, then its notes."""
     message = _escaped(message)
     if span is None:
         out = [f"{kind}: {message}"]
@@ -113,6 +125,7 @@ def render(kind: str, message: str, span: Span | None, hint: str | None) -> str:
             out.append("    " + " " * (span.col - 1 - start) + "^" * width)
     if hint:
         out.append(f"hint: {_escaped(hint)}")
+    out.extend(str(note) for note in notes)
     return "\n".join(out)
 
 
@@ -126,6 +139,8 @@ class CnnDslError(Exception):
         self.message = message
         self.span = span
         self.hint = hint
+        #: The block instances that made the layer at fault, innermost first (see :class:`Note`).
+        self.notes: list[Note] = []
 
     @property
     def line(self) -> int | None:
@@ -136,7 +151,7 @@ class CnnDslError(Exception):
         return self.span.col if self.span else None
 
     def __str__(self) -> str:
-        return render("error", self.message, self.span, self.hint)
+        return render("error", self.message, self.span, self.hint, self.notes)
 
 
 class CnnSyntaxError(CnnDslError):

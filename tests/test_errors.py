@@ -293,3 +293,71 @@ def test_cli_bad_usage_exits_2(args):
     assert r.returncode == 2, (r.returncode, r.stderr)
     assert "usage:" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+# ----------------------------------------------------------------------------- notes: the instance chain
+
+CHAIN = """block down(c):
+    conv3-{c}/2 bn relu
+    conv7-{c}(p=0) bn relu
+block stage(c): down(c) down(2*c)
+network t: input 3x16x16
+    stem: conv3-16
+    stage(32)
+    fc-10
+"""
+
+
+def _notes(e: CnnDslError) -> list[tuple[str, int, int]]:
+    return [(n.message, n.span.line, n.span.col) for n in e.notes]
+
+
+@pytest.mark.parametrize("memo", ["on", "off"])
+def test_an_error_inside_blocks_names_each_instance_innermost_first(memo, monkeypatch):
+    """16 px -> 8 -> conv7 -> 2 in the first down; the second down(64) halves 2 to 1, which a 7x7 kernel cannot
+    read: the error is at the conv in the block body, and the notes at down(2*c) (line 4) then stage(32)."""
+    from cnndsl.passes.memo import clear_memo, set_memo
+
+    previous = set_memo(memo == "on")
+    clear_memo()
+    try:
+        with pytest.raises(CnnDslError) as info:
+            cnndsl.loads(CHAIN, "net.cnn")
+    finally:
+        set_memo(previous)
+    e = info.value
+    assert (e.line, e.col) == (3, 5) and "larger than its input" in e.message
+    assert _notes(e) == [("in the instance `down(64)`", 4, 25), ("in the instance `stage(32)`", 7, 5)]
+    text = str(e).splitlines()
+    assert text[4:] == ["net.cnn:4:25: note: in the instance `down(64)`",
+                        "    block stage(c): down(c) down(2*c)",
+                        "                            ^^^^^^^^^",
+                        "net.cnn:7:5: note: in the instance `stage(32)`",
+                        "        stage(32)",
+                        "        ^^^^^^^^^"]
+
+
+def test_a_resolve_error_inside_a_block_names_its_instance():
+    with pytest.raises(CnnDslError) as info:
+        cnndsl.loads("block b(c): conv3-{c} foo\nnetwork t: input 3x8x8\n    b(8)\n", "net.cnn")
+    assert "unknown layer or block 'foo'" in info.value.message and (info.value.line, info.value.col) == (1, 23)
+    assert _notes(info.value) == [("in the instance `b(8)`", 3, 5)]
+
+
+def test_an_error_at_the_call_itself_has_no_note_for_that_call():
+    with pytest.raises(CnnDslError) as info:
+        cnndsl.loads("block b(c): conv3-{c}\nnetwork t: input 3x8x8\n    b(8, 9)\n", "net.cnn")
+    assert (info.value.line, info.value.col) == (3, 5) and info.value.notes == []
+
+
+def test_notes_reach_the_cli_and_the_language_server(tmp_path):
+    from cnndsl.tools.lsp import analyse
+
+    path = tmp_path / "net.cnn"
+    path.write_text(CHAIN, encoding="utf-8")
+    run = subprocess.run([sys.executable, "-m", "cnndsl", "check", str(path)], check=False, capture_output=True,
+                         text=True)
+    assert run.returncode == 1 and "Traceback" not in run.stderr
+    assert f"{path}:4:25: note: in the instance `down(64)`" in run.stderr
+    (diag,) = [d for d in analyse(CHAIN, str(path)).diagnostics if d.severity == "error"]
+    assert f"note: in the instance `down(64)` at {path}:4:25" in diag.message

@@ -120,7 +120,7 @@ BOMBS = {
     "huge_shape": ("network t: input 3x" + "9" * 5000 + "x8\n    conv3-8", "number too large"),
     "huge_product": ("network t(c=100000): input 3x8x8\n    fc-{c*c*c*c}", "number too large"),
     "huge_float_channels": (HEAD + "conv3-{1e30}", "too large"),
-    "infinite_float": (HEAD + "dropout(1e999)", "between 0.0 and 1.0"),
+    "infinite_float": (HEAD + "dropout(1e999)", "must be a finite number"),
     # sizes no machine holds
     "huge_input": ("network t: input 3x100000x100000\n    conv3-8", "100,000 pixels high"),
     "huge_conv": (HEAD + "conv3-1000000000", "64,000,000,000 values"),

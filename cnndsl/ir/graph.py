@@ -25,7 +25,7 @@ from typing import Any
 
 import networkx as nx
 
-from cnndsl.errors import CnnDslError, CnnNameError, Span
+from cnndsl.errors import CnnDslError, CnnNameError, Note, Span
 from cnndsl.ir.ops import OPS
 
 
@@ -71,6 +71,11 @@ class Scope:
         if self.kind != "block":
             return self.name
         return f"{self.block}({', '.join(str(v) for v in self.args.values())})"
+
+
+def instance_note(scope: Scope) -> Note:
+    """The note that says a diagnostic comes from inside this block instance, pointing at its call."""
+    return Note(f"in the instance `{scope.call_text()}`", scope.span)
 
 
 def scope_of(name: str, scopes) -> str | None:
@@ -417,6 +422,18 @@ class Graph:
     def main_path(self) -> set[str]:
         """The main output and every node it depends on (what eval mode runs: aux heads excluded)."""
         return self.ancestors([self.output] if self.output else [])
+
+    def noted(self, error: CnnDslError, name: str) -> CnnDslError:
+        """``error``, raised at layer ``name``, with a :class:`~cnndsl.errors.Note` for each block instance the
+        layer is in, innermost first (unless it has its notes already: resolve adds them as it unwinds)."""
+        if not error.notes:
+            self.flatten()  # a mistake ends the build: the instances inside shared fragments are named too
+            parts = name.split(".")
+            for i in range(len(parts) - 1, 0, -1):
+                sc = self.scopes.get(".".join(parts[:i]))
+                if sc is not None and sc.kind == "block" and sc.span is not None:
+                    error.notes.append(instance_note(sc))
+        return error
 
     def scope_members(self, scope: str) -> list[Node]:
         """The layers inside ``scope`` (a dotted prefix of their names), in graph order; none for ``""``.

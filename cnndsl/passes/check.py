@@ -18,9 +18,9 @@ def check(g: Graph, warnings: list[CnnDslWarning] | None = None, limits=None) ->
         if node.name not in live and node.op != "input":
             if g.mounted:  # name the first unused layer itself, not the fragment that holds it
                 return check(g.flatten())
-            raise CnnDslError(f"the result of '{node.name}' is never used", node.span,
-                              "every layer must lead to the output; label it and refer to it with @name, "
-                              "or put it inside aux<...> to make it an extra output")
+            raise g.noted(CnnDslError(f"the result of '{node.name}' is never used", node.span,
+                                      "every layer must lead to the output; label it and refer to it with @name, "
+                                      "or put it inside aux<...> to make it an extra output"), node.name)
     return g
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 
+from cnndsl.errors import CnnDslError
 from cnndsl.ir.graph import MOUNT, Graph
 from cnndsl.ir.ops import OPS
 from cnndsl.passes.limits import SizeLimits, Totals
@@ -21,7 +22,10 @@ def count(g: Graph, warnings=None, limits: SizeLimits | None = None) -> Graph:
     for node in g.nodes():
         if node.op == MOUNT:  # a shared fragment, counted when it was built
             if totals is not None:
-                _add_mount(totals, node)
+                try:
+                    _add_mount(totals, node)
+                except CnnDslError as e:
+                    raise g.noted(e, e.layer) from None
             continue
         op = OPS[node.op]
         xs = [g.node(src).shape for src in g.inputs_of(node.name)]
@@ -29,7 +33,10 @@ def count(g: Graph, warnings=None, limits: SizeLimits | None = None) -> Graph:
         node.macs = op.count_macs(xs, node.args, node.shape)
         node.activations = math.prod(node.shape) if op.materializes else 0
         if totals is not None:
-            totals.add(node.name, node.params, node.activations, node.span)
+            try:
+                totals.add(node.name, node.params, node.activations, node.span)
+            except CnnDslError as e:
+                raise g.noted(e, node.name) from None
     return g
 
 
@@ -45,4 +52,8 @@ def _add_mount(totals: Totals, node) -> None:
     layers: list = []
     frag.emit(prefix, "", layers)
     for layer, _ in layers:
-        totals.add(layer.name, layer.params, layer.activations, layer.span)
+        try:
+            totals.add(layer.name, layer.params, layer.activations, layer.span)
+        except CnnDslError as e:
+            e.layer = layer.name  # the layer, for the notes of the instances around it
+            raise

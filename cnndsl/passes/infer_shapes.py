@@ -18,7 +18,7 @@ warning; training refuses such a build (``check_training``).
 
 from __future__ import annotations
 
-from cnndsl.errors import CnnDslWarning, CnnShapeError
+from cnndsl.errors import CnnDslError, CnnDslWarning, CnnShapeError
 from cnndsl.ir.graph import MOUNT, Graph
 from cnndsl.ir.ops import OPS
 from cnndsl.passes.limits import SizeLimits, check_shape
@@ -53,10 +53,15 @@ def infer_shapes(g: Graph, warnings: list[CnnDslWarning] | None = None, limits: 
                 if training_only is None:
                     training_only = g.ancestors(g.aux_outputs) - g.main_path()
                 if node.name not in training_only:  # the main path, or a dangling layer (check reports it)
-                    raise
+                    raise g.noted(e, node.name) from None
                 node.shape = None  # training-only: the aux heads it feeds are left out (drop_unfit_training)
-                node.meta["shape_error"] = e
+                node.meta["shape_error"] = g.noted(e, node.name)
                 continue
+            except CnnDslError as e:  # a bad argument only the shapes show
+                raise g.noted(e, node.name) from None
         if limits is not None:
-            check_shape(node, limits)
+            try:
+                check_shape(node, limits)
+            except CnnDslError as e:
+                raise g.noted(e, node.name) from None
     return g

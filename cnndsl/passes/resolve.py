@@ -36,7 +36,7 @@ from typing import Any
 from cnndsl.errors import CnnArgumentError, CnnDslError, CnnLimitError, CnnNameError, CnnShapeError, Span
 from cnndsl.front import syntax as ast
 from cnndsl.front.syntax import MAX_NAME_LENGTH, MAX_NUMBER
-from cnndsl.ir.graph import FLOW, MOUNT, Fragment, Graph, Scope
+from cnndsl.ir.graph import FLOW, MOUNT, Fragment, Graph, Scope, instance_note
 from cnndsl.ir.ops import COMBINATORS, OPS, Zero, lookup, spellings
 from cnndsl.ir.vocabulary import activation_words, layer_words
 from cnndsl.passes import memo
@@ -1329,8 +1329,8 @@ class Resolver:
                     cache.clear()
                 cache[ready] = ({k: v for k, v in env.items() if k != INPUT}, defaults, self.work - spent, shown,
                                 keys)
-        self.g.scopes[inst] = Scope(inst, "block", block=name, span=call.span, definition=block.span,
-                                    args=dict(shown))
+        scope_ = self.g.scopes[inst] = Scope(inst, "block", block=name, span=call.span, definition=block.span,
+                                             args=dict(shown))
         inner = Frame(env, defaults, inst, frame.blocks_active + (name,), body=block.body)
         only = block.body.steps[0] if len(block.body.steps) == 1 else None
         numbered = (only is not None and only.label is None and only.repeat is None
@@ -1342,17 +1342,22 @@ class Resolver:
                 return r._numbered(only.term, None, flow, scope, fresh, tail, then_act, name=inst)
             return r._seq(block.body, flow, NameScope(inst, sequential=False), fresh, tail, then_act)
 
-        if self.store is None:
-            out = body(self)
-        else:
-            key = None
-            if ready is not None:  # instances bound alike share the key too (the last copy may end the network)
-                where = (tail, then_act, self.depth, len(frame.blocks_active), self.limits)
-                key = keys.get(where)
-                if key is None:
-                    key = keys[where] = _fragment_key(name, inner, ready[-1], tail, then_act, self.depth,
-                                                      self.limits)
-            out = self._shared(name, inst, inner, flow, tail, then_act, body, call.span, sized, key)
+        try:
+            if self.store is None:
+                out = body(self)
+            else:
+                key = None
+                if ready is not None:  # instances bound alike share the key too (the last copy may end the network)
+                    where = (tail, then_act, self.depth, len(frame.blocks_active), self.limits)
+                    key = keys.get(where)
+                    if key is None:
+                        key = keys[where] = _fragment_key(name, inner, ready[-1], tail, then_act, self.depth,
+                                                          self.limits)
+                out = self._shared(name, inst, inner, flow, tail, then_act, body, call.span, sized, key)
+        except CnnDslError as e:  # a mistake inside the instance: say which instance, as it unwinds
+            if e.span is not call.span:  # (not one about the call itself, e.g. a block too large to build)
+                e.notes.append(instance_note(scope_))
+            raise
         frame.labels[inst] = out
         return out
 

@@ -115,6 +115,7 @@ def _scope_line(net: Network, sc) -> str:
 
 def _diagnostic(kind: str, e: CnnDslError | CnnDslWarning, filename: str) -> Diagnostic:
     message = e.message + (f"\nhint: {e.hint}" if e.hint else "")
+    message += "".join(f"\nnote: {n.message} at {n.span}" for n in getattr(e, "notes", ()))
     span = e.span
     if span is None or span.source.name != filename:
         if span is not None:
