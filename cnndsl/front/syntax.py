@@ -977,6 +977,26 @@ def _longest_brace(source: Source) -> Span:
     return best
 
 
+_FRACTIONAL_REPEAT = re.compile(r"(?<![A-Za-z0-9_.])x[0-9]+$")
+
+
+def _fractional_repeat(source: Source, pos: int | None) -> CnnSyntaxError | None:
+    """The error for a repeat count written with a fraction (``x2.5``), where the parser stops at its ``.``."""
+    text = source.text
+    if pos is None or pos >= len(text) or text[pos] != "." or not text[pos + 1:pos + 2].isdigit():
+        return None
+    m = _FRACTIONAL_REPEAT.search(text, 0, pos)
+    if m is None:
+        return None
+    end = pos + 1
+    while end < len(text) and text[end].isdigit():
+        end += 1
+    start = _offset_span(source, m.start())
+    span = Span(source, start.line, start.col, start.line, start.col + end - m.start())
+    return CnnSyntaxError(f"a repeat count must be a whole number, got {text[m.start():end]}", span,
+                          "a step repeats a whole number of times: x2, x3; x{n} takes the count from a parameter")
+
+
 def _literal(digits, span: Span) -> int:
     """An integer literal; absurdly large ones (a typo or a resource bomb) are refused."""
     digits = str(digits)
@@ -1001,6 +1021,9 @@ def parse(text: str, filename: str = "<string>") -> Module:
         unmatched = _unmatched_closer(source, pos) if pos is not None else None
         if unmatched:
             raise unmatched from None
+        repeat = _fractional_repeat(source, pos) if pos is not None else None
+        if repeat is not None:
+            raise repeat from None
         span = Span(source, e.line, e.column, e.line, e.column + 1)
         hint = f"expected {_describe_expected(e.allowed)}" if e.allowed else None
         raise CnnSyntaxError(f"unexpected character {ch!r}", span, hint) from None
@@ -1011,6 +1034,9 @@ def parse(text: str, filename: str = "<string>") -> Module:
         unmatched = _unmatched_closer(source, tok.start_pos) if tok.start_pos is not None else None
         if unmatched:
             raise unmatched from None
+        repeat = _fractional_repeat(source, tok.start_pos)
+        if repeat is not None:
+            raise repeat from None
         if str(tok) in COMPARISONS and "NAME" not in e.expected:  # right after a comparison's right operand
             raise CnnSyntaxError(f"unexpected {str(tok)!r}: comparisons do not chain", _tok_span(source, tok),
                                  "write a < b and b < c") from None
