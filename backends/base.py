@@ -32,8 +32,11 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from cnndsl.backends.plan import Step
+
 from cnndsl.errors import CnnDslError
 from cnndsl.ir.graph import Graph, Node
+from cnndsl.ir.ops import OPS, Emit, Op
 
 
 class Unsupported(CnnDslError):
@@ -255,3 +258,77 @@ def write_helpers(out: Writer, helpers: dict[str, str], used: Iterable[str]) -> 
             out.line()
             for line in text.strip("\n").split("\n"):
                 out.line(line)
+
+
+# ----------------------------------------------------------------------------- plugin ops (cnndsl.ops)
+
+
+def plugin_emit(op: str, hook: str) -> Emit | None:
+    """The :class:`~cnndsl.ir.ops.Emit` of plugin op ``op`` for one backend (``hook``: ``"torch_emit"``,
+    ``"jax_emit"``, ``"flax_emit"``), or None for a built-in op or one the plugin does not write there."""
+    opdef = OPS.get(op)
+    return getattr(opdef, hook, None) if opdef is not None and opdef.plugin else None
+
+
+def plugin_ops(graph: Graph) -> list[Op]:
+    """The plugin ops a graph uses, by name (so that the generated module lists them in one order)."""
+    return [OPS[name] for name in sorted({n.op for n in graph.nodes() if n.opdef.plugin})]
+
+
+class PluginNames:
+    """The module-level names the plugin ops' hooks take in one generated module, and the lines that bring them
+    in: a ``source`` hook's definitions (copied as they are, so its names are taken as written) or an import of
+    a ``module`` hook's names (aliased where the namespace has taken them)."""
+
+    def __init__(self, graph: Graph, hook: str, names: Namespace, backend: str) -> None:
+        self.hook = hook
+        self.ident: dict[tuple[str, str], str] = {}  # (op, name) -> identifier in the generated module
+        self.imports: list[str] = []
+        self.sources: list[str] = []
+        for op in plugin_ops(graph):
+            emit = getattr(op, hook)
+            if emit is None:
+                continue
+            if emit.source is not None:
+                text = emit.source.strip("\n")
+                defined = [d.name for d in ast.parse(text).body if isinstance(d, (ast.ClassDef, ast.FunctionDef))]
+                if text in self.sources:  # two ops sharing one source: written once
+                    self.ident.update(((op.name, n), n) for n in emit.names())
+                    continue
+                for name in defined:
+                    if not names.is_free(name):
+                        raise Unsupported(f"plugin op '{op.name}' defines '{name}', a name the generated {backend} "
+                                          "module already uses", None, "rename it in the plugin's source")
+                    names.reserve(name)
+                self.ident.update(((op.name, n), n) for n in emit.names())
+                self.sources.append(text)
+            else:
+                parts = []
+                for name in emit.names():
+                    ident = name if names.is_free(name) else names.name(name)
+                    names.reserve(ident)
+                    self.ident[(op.name, name)] = ident
+                    parts.append(name if ident == name else f"{name} as {ident}")
+                self.imports.append(f"from {emit.module} import {', '.join(parts)}")
+
+    def name(self, op: str, which: str | None = None) -> str:
+        """The identifier of plugin op ``op``'s callable (``which``: JAX's init function's name)."""
+        emit = getattr(OPS[op], self.hook)
+        return self.ident[(op, which or emit.name)]
+
+
+def sorted_imports(lines: Iterable[str]) -> list[str]:
+    """One section's import lines as isort orders them: ``import m`` lines, then ``from m import n`` lines, each by
+    module (so that a plugin's import joins the framework's in the order a linter expects)."""
+    def key(line: str) -> tuple[int, str]:
+        words = line.split()
+        return (words[0] == "from", words[1].lower())
+
+    return sorted(dict.fromkeys(lines), key=key)
+
+
+def plugin_args(step: Step, hook: str) -> list[tuple[str, object]]:
+    """The keywords a plugin op's hook is called with: each name of its ``args`` with the step's value (a
+    :class:`~cnndsl.backends.plan.Ref` where the instances of the class differ), the input's channels
+    (``in_channels``) and values (``in_features``) included: the plan carries them for the hooks that ask."""
+    return [(name, step.arg(name)) for name in getattr(OPS[step.op], hook).args]

@@ -24,11 +24,14 @@ from typing import Any
 from cnndsl.backends.base import (
     Emitter,
     Namespace,
+    PluginNames,
     Unsupported,
     Writer,
     assign_variables,
     check_source,
     docstring_text,
+    plugin_args,
+    sorted_imports,
     source_name,
     write_helpers,
 )
@@ -118,7 +121,7 @@ class _ClassPrinter(NhwcLayerCode):
         self.attrs = Namespace(NNX_ATTRS)
         self.member: dict[str, str] = {}  # step attr hint -> attribute
         for step in cls.steps:
-            if step.kind != "layer" or step.op in MODULE_OPS or step.op in PARAM_OPS:
+            if step.kind != "layer" or step.op in MODULE_OPS or step.op in PARAM_OPS or OPS[step.op].plugin:
                 local = step.attr.rsplit(".", 1)[-1]
                 hint = f"{step.op or 'block'}{local}" if local.isdigit() else step.attr  # conv0, not v_0
                 self.member[step.attr] = self.attrs.name(hint)
@@ -177,6 +180,10 @@ class _ClassPrinter(NhwcLayerCode):
                 args = tuple((k.split(".", 1)[1], v) for k, v in step.args if k.split(".", 1)[0] == str(i))
                 items.append(self.call(child, args))
             return "nnx.Sequential(" + ", ".join(items) + ")"
+        if OPS[step.op].plugin:  # its flax_emit class, built with its keywords (cnndsl.ops)
+            args = plugin_args(step, "flax_emit")
+            kws = [f"{k}={self.ctor(v, full=True)}" for k, v in args]
+            return f"{self.p.plugins.name(step.op)}({', '.join([*kws, 'rngs=rngs'])})"
         return getattr(self, f"ctor_{step.op}")(step)
 
     def call(self, child: str, args) -> str:
@@ -326,6 +333,8 @@ class _ClassPrinter(NhwcLayerCode):
     # -- __call__
     def expr(self, step: Step, xs: list[str]) -> tuple[list[str], str]:
         """Statements to run first, and the expression of the step's value."""
+        if step.kind == "layer" and OPS[step.op].plugin:
+            return [], f"self.{self.member[step.attr]}({', '.join(xs)})"
         if step.kind != "layer" or step.op in MODULE_OPS:
             pre = []
             if step.op == "fc" and step.arg("flatten") is True:
@@ -447,6 +456,7 @@ class FlaxPrinter(Emitter):
         self.plan: Plan = make_plan(self.graph)  # the emitter's one read of net.graph
         self.channel_major = flattens_channel_major(self.graph)
         self.globals = Namespace(MODULE_GLOBALS)
+        self.plugins = PluginNames(self.graph, "flax_emit", self.globals, "Flax")  # before any class takes a name
         self.helpers: set[str] = set()
         self.constants: set[str] = set()
         self.classes: dict[str, Any] = {}
@@ -456,6 +466,8 @@ class FlaxPrinter(Emitter):
         self.classes[""] = _ClassPrinter(self, self.plan.root, self.class_name)
 
     def supports(self, op: str) -> bool:
+        if OPS[op].plugin:
+            return OPS[op].flax_emit is not None
         return op == "input" or op in MODULE_OPS or callable(getattr(_ClassPrinter, f"emit_{op}", None))
 
     def generate(self) -> str:
@@ -469,16 +481,21 @@ class FlaxPrinter(Emitter):
         out.line("default) and model.eval() switch batch norm and dropout, as NNX does.")
         out.line('"""')
         out.line()
-        out.line("import jax")
-        if any("jnp." in b for b in bodies) or any("jnp." in HELPERS[h] for h in self.helpers):
-            out.line("import jax.numpy as jnp")
-        out.line("from flax import nnx")
+        jnp_used = any("jnp." in b for b in [*bodies, *self.plugins.sources]) or any(
+            "jnp." in HELPERS[h] for h in self.helpers)
+        for line in sorted_imports(["import jax", *(["import jax.numpy as jnp"] if jnp_used else []),
+                                    "from flax import nnx", *self.plugins.imports]):
+            out.line(line)
         used = [(name, value) for name, value in CONSTANTS.items() if name in self.constants]
         if used:
             out.line()
         for name, value in used:
             out.line(f"{name} = {value}")
         write_helpers(out, HELPERS, self.helpers)
+        for source in self.plugins.sources:  # the plugin ops' own definitions
+            out.line()
+            out.line()
+            out.lines += source.split("\n")
         text = out.text()
         return text + "".join("\n\n" + b for b in bodies)
 

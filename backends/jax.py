@@ -25,7 +25,9 @@ The generated module imports jax alone (no Flax, no cnndsl) and defines
 * ``apply(variables, x, *, train=False, rng=None)``: NHWC in, the main output out; with ``train=True`` it
   returns ``(outputs, new_batch_stats)``, where ``outputs`` is the main output, or ``(main, aux1, ...)``
   when the network has auxiliary heads (traced in training only), and ``rng`` (a ``jax.random`` key, folded
-  with each dropout's path as init's key is) drives dropout.
+  with each dropout's path as init's key is) drives dropout. Frozen batch norms (``freeze(...)``) normalise
+  with their running statistics and keep them in training too, unless ``train_frozen_bn=True`` (a keyword of
+  ``apply`` only where the network has them, as the torch model's ``train_frozen_bn`` attribute).
 
 Semantics follow PyTorch exactly (the torch backend is the reference): the IR's explicit padding pairs,
 ceil-mode pooling as extra bottom/right padding that an average pool does not count, PyTorch's LRN,
@@ -45,12 +47,15 @@ from typing import Any
 from cnndsl.backends.base import (
     Emitter,
     Namespace,
+    PluginNames,
     Unsupported,
     Writer,
     assign_variables,
     check_source,
     comment_text,
     docstring_text,
+    plugin_args,
+    sorted_imports,
     source_name,
     string_literal,
     write_helpers,
@@ -297,7 +302,7 @@ WIDTH = 120
 MODULE_GLOBALS = frozenset({"jax", "jnp", "init", "apply", "INPUT_SHAPE", *(f"_{h}" for h in HELPERS)})
 #: The arguments and locals of the generated functions: a plan's parameter or a value never takes them.
 LOCALS = frozenset({"variables", "params", "stats", "new_stats", "x", "train", "rng", "key", "dtype", "param_dtype",
-                    "i"})
+                    "i", "train_frozen_bn"})
 #: Between a statement and its trailing comment in the printer's lines (no code or comment text holds it).
 COMMENT = "\x00"
 #: The ops that draw from ``rng`` in training (and are the identity in evaluation).
@@ -557,12 +562,16 @@ class _ClassPrinter(NhwcLayerCode):
         self.local_taken = local.taken()
         kids = [printer.classes[c] for s in cls.steps for c in ((s.child,) if s.kind == "call" else s.children)]
         layers = [s for s in cls.steps if s.kind == "layer"]
-        self.random = any(OPS[s.op].fans is not None for s in layers) or any(k.random for k in kids)  # kernels
+        self.random = any(OPS[s.op].fans is not None or OPS[s.op].plugin and _holds(s, "params") for s in layers) or any(
+            k.random for k in kids)  # kernels, and plugin ops' variables
         self.has_params = self.random or any(_holds(s, "params") for s in layers) or any(k.has_params for k in kids)
         self.has_stats = any(_holds(s, "batch_stats") for s in layers) or any(k.has_stats for k in kids)
         self.has_rng = any(s.op in RANDOM_OPS and collapse(s.arg("p")) not in (0.0, 1.0) for s in layers) or any(
             k.has_rng for k in kids)
         self.needs_train = self.has_stats or any(s.op in RANDOM_OPS for s in layers) or any(k.needs_train for k in kids)
+        # freeze(...)'s batch norms: the function takes train_frozen_bn, the switch that lets them train
+        self.has_frozen_bn = any(s.op == "bn" and dict(s.args).get("frozen", False) is not False for s in layers) or \
+            any(k.has_frozen_bn for k in kids)
         self.used: set[str] = set()
         self.fwd_used: set[str] = set()
         self.init_used: set[str] = set()
@@ -636,6 +645,8 @@ class _ClassPrinter(NhwcLayerCode):
     def init_layer(self, step: Step) -> list[str]:
         op, a = step.op, dict(step.args)
         keys = _keys(step.attr)
+        if OPS[op].plugin:
+            return self.init_plugin(step)
         if op == "bn":
             out = []
             features = _text(self.num(a["features"]))
@@ -809,6 +820,8 @@ class _ClassPrinter(NhwcLayerCode):
         kws = [f"{child.params[k]}={self.val(v)}" for k, v in args if k in child.fwd_used]
         if child.needs_train:
             kws.append("train=train")
+        if child.has_frozen_bn:
+            kws.append("train_frozen_bn=train_frozen_bn")
         if child.has_rng:
             self.p.helpers.add("key")
             kws.append(f"rng=_key(rng, {', '.join(hashes)})")
@@ -831,11 +844,31 @@ class _ClassPrinter(NhwcLayerCode):
             pre: list[str] = []
             self.ensure(pre, "new_stats", keys)
             frozen = a.get("frozen", False)  # freeze(...): normalise with the running statistics, and keep them
-            mode = "train" if frozen is False else "False" if frozen is True else f"train and not {self.val(frozen)}"
+            mode = "train" if frozen is False else "train and train_frozen_bn" if frozen is True else \
+                f"train and (train_frozen_bn or not {self.val(frozen)})"
             call = (f"_batch_norm({xs[0]}, {p}, stats{_subs(keys)}, {mode}, momentum={self.val(a['momentum'])}, "
                     f"eps={self.val(a['eps'])})")
             return [*pre, f"{target}, new_stats{_subs(keys)} = {call}"]
-        return [f"{target} = {getattr(self, f'emit_{step.op}')(step, xs)}"]
+        emit = self.emit_plugin if OPS[step.op].plugin else getattr(self, f"emit_{step.op}")
+        return [f"{target} = {emit(step, xs)}"]
+
+    # -- plugin ops (cnndsl.ops): their jax_emit functions, init(key, **args, dtype) and name(params, *xs, **args)
+    def _plugin_keywords(self, step: Step) -> list[str]:
+        return [f"{k}={self.val(v)}" for k, v in plugin_args(step, "jax_emit")]
+
+    def init_plugin(self, step: Step) -> list[str]:
+        if not _holds(step, "params"):
+            return []
+        keys, out = _keys(step.attr), []
+        self.p.helpers.add("key")
+        self.ensure(out, "params", keys)
+        init = self.p.plugins.name(step.op, OPS[step.op].jax_emit.init)
+        args = [f"_key(key, {', '.join(_hashes(step.attr))})", *self._plugin_keywords(step), "dtype=param_dtype"]
+        return out + [f"params{_subs(keys)} = {init}({', '.join(args)})"]
+
+    def emit_plugin(self, step, xs):
+        params = self.weights(step) if _holds(step, "params") else "{}"
+        return f"{self.p.plugins.name(step.op)}({', '.join([params, *xs, *self._plugin_keywords(step)])})"
 
     def weights(self, step: Step) -> str:
         return f"params{_subs(_keys(step.attr))}"
@@ -991,7 +1024,8 @@ class _ClassPrinter(NhwcLayerCode):
         w = Writer()
         ins = (["params"] if self.has_params else []) + (["stats"] if self.has_stats else []) + ["x"]
         kws = [self.params[p.name] for p in self.cls.params if p.name in self.fwd_used]
-        kws += (["train"] if self.needs_train else []) + (["rng"] if self.has_rng else [])
+        kws += (["train"] if self.needs_train else []) + (["train_frozen_bn"] if self.has_frozen_bn else [])
+        kws += ["rng"] if self.has_rng else []
         w.line(f"def {self.fn}({', '.join(ins)}{', *, ' + ', '.join(kws) if kws else ''}):")
         with w.indent():
             ret = "(its output, its new batch_stats)" if self.has_stats else "its output"
@@ -1050,6 +1084,7 @@ class JaxEmitter(Emitter):
         self.plan: Plan = make_plan(self.graph)  # the emitter's one read of net.graph
         self.channel_major = flattens_channel_major(self.graph)
         self.globals = Namespace(MODULE_GLOBALS | LOCALS)  # a function never takes a local's name
+        self.plugins = PluginNames(self.graph, "jax_emit", self.globals, "JAX")  # before any function takes a name
         self.helpers: set[str] = set()
         self.classes: dict[str, _ClassPrinter] = {}
         for cls in self.plan.classes:  # children before parents: a parent reads its children's needs
@@ -1057,6 +1092,8 @@ class JaxEmitter(Emitter):
         self.root = _ClassPrinter(self, self.plan.root)
 
     def supports(self, op: str) -> bool:
+        if OPS[op].plugin:
+            return OPS[op].jax_emit is not None
         return op == "input" or callable(getattr(_ClassPrinter, f"emit_{op}", None))
 
     def generate(self) -> str:
@@ -1073,14 +1110,21 @@ class JaxEmitter(Emitter):
         out.line("apply(variables, x, *, train=False, rng=None): x is an NHWC batch; returns the output, or")
         out.line("(outputs, new_batch_stats) when train=True (rng, a jax.random key, drives dropout).")
         out.line("Under jax.jit, mark train static: jax.jit(apply, static_argnames=\"train\").")
+        if self.root.has_frozen_bn:
+            out.line("train_frozen_bn=True lets the frozen batch norms (freeze) update their statistics in training,")
+            out.line("as the torch model's train_frozen_bn attribute does (static under jax.jit too).")
         out.line('"""')
         out.line()
-        out.line("import jax")
-        out.line("import jax.numpy as jnp")
+        for line in sorted_imports(["import jax", "import jax.numpy as jnp", *self.plugins.imports]):
+            out.line(line)
         out.line()
         shapes = ", ".join(_lit(_nhwc(g.node(i).shape)) for i in g.inputs)
         out.line(f"INPUT_SHAPE = {shapes}  # one example, NHWC without the batch axis")
         write_helpers(out, HELPERS, self.helpers)
+        for text in self.plugins.sources:  # the plugin ops' own definitions
+            out.line()
+            out.line()
+            out.lines += text.split("\n")
         for b in bodies:
             out.line()
             out.line()
@@ -1106,7 +1150,8 @@ class JaxEmitter(Emitter):
 
     def _write_apply(self, out: Writer, body: list[str]) -> None:
         root = self.root
-        out.line(f"def apply(variables, {', '.join(root.args)}, *, train=False, rng=None):")
+        switch = "train_frozen_bn=False, " if root.has_frozen_bn else ""  # as the torch model's attribute
+        out.line(f"def apply(variables, {', '.join(root.args)}, *, train=False, {switch}rng=None):")
         with out.indent():
             g = self.graph
             doc = f"The forward pass of {docstring_text(g.name)}: {_shape_text(g.node(g.output).shape)} per example"

@@ -206,6 +206,11 @@ def layer_args(graph: Graph, node: Node) -> tuple[tuple[str, Any], ...]:
         return (("s", a["s"]), ("pad_channels", a["c"] - ins[0][0]))
     if op == "flatten":
         return (("flatten", len(ins[0]) != 1),)
+    if node.opdef.plugin:  # its hooks may ask for its input's channels or values (cnndsl.ops.Emit.args)
+        asked = {name for hook in (node.opdef.torch_emit, node.opdef.jax_emit, node.opdef.flax_emit)
+                 if hook is not None for name in hook.args}
+        derived = {"in_channels": ins[0][0], "in_features": _prod(ins[0])}
+        return (*((k, v) for k, v in derived.items() if k in asked), *sorted(a.items()))
     return tuple(sorted(a.items()))
 
 

@@ -6,7 +6,18 @@
 (760, (10, 32, 32))
 """
 
-from cnndsl.api import build, build_flax, build_jax, build_torch, compile, jax_to_torch, load, loads, torch_to_jax
+from cnndsl.api import (
+    build,
+    build_flax,
+    build_jax,
+    build_supernet,
+    build_torch,
+    compile,
+    jax_to_torch,
+    load,
+    loads,
+    torch_to_jax,
+)
 from cnndsl.errors import CnnDslError, CnnDslWarning
 from cnndsl.ir.network import Network
 from cnndsl.passes.limits import SizeLimits
@@ -15,5 +26,5 @@ from cnndsl.search.study import search
 from cnndsl.search.variants import Space, Variant, variants
 from cnndsl.version import __version__ as __version__
 
-__all__ = ["CnnDslError", "CnnDslWarning", "Network", "SizeLimits", "Space", "Variant", "build", "build_flax", "build_jax", "build_torch", "compile",
+__all__ = ["CnnDslError", "CnnDslWarning", "Network", "SizeLimits", "Space", "Variant", "build", "build_flax", "build_jax", "build_supernet", "build_torch", "compile",
            "jax_to_torch", "load", "loads", "search", "torch_to_jax", "variants"]

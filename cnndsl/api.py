@@ -14,9 +14,29 @@ from cnndsl.ir.network import Network
 from cnndsl.passes import pipeline
 
 build = pipeline.build
-load = pipeline.load
-loads = pipeline.loads
 inference_network = pipeline.inference_network
+
+
+def load(net: str, *, allow_plugins: bool | None = None, **kwargs: Any) -> Network:
+    """:func:`cnndsl.passes.pipeline.load`; ``allow_plugins=True`` lets the file load the plugins it ``use``s
+    (``use "myops.py"``, which runs their code: see :mod:`cnndsl.ops`). None leaves it to the caller: not allowed,
+    unless inside ``cnndsl.ops.allow_plugins()`` or under the CLI's ``--allow-plugins``."""
+    with _plugins(allow_plugins):
+        return pipeline.load(net, **kwargs)
+
+
+def loads(text: str, filename: str = "<string>", *, allow_plugins: bool | None = None, **kwargs: Any) -> Network:
+    """:func:`cnndsl.passes.pipeline.loads`; ``allow_plugins`` as for :func:`load`."""
+    with _plugins(allow_plugins):
+        return pipeline.loads(text, filename, **kwargs)
+
+
+def _plugins(allow: bool | None):
+    from contextlib import nullcontext
+
+    from cnndsl.front.loader import allow_plugins
+
+    return nullcontext() if allow is None else allow_plugins(allow)
 
 
 def _network(net: str | Network, params: dict[str, Any], inference: bool = False) -> Network:
@@ -222,3 +242,25 @@ def build_flax(net: str | Network, *, seed: int = 0, weights=None, **params: Any
     from cnndsl.backends.flax import build
 
     return build(_network(net, params), seed)
+
+
+def build_supernet(space, *, input_shape: tuple[int, ...] | None = None, members=None, sample: int = 64,
+                   seed: int = 0, **params: Any):
+    """The one-shot NAS supernet of a search space (a shipped space's name, a ``.cnn`` path or a ``Space``): an
+    ``nn.Module`` holding every option of every choice point once per place, whose ``forward(x, choices)`` runs
+    one member (a choice dict as ``variants`` gives it) on the shared weights, and ``extract(choices)`` gives
+    ``(network, state_dict)`` for :func:`build_torch`. See :mod:`cnndsl.backends.supernet_torch` and docs/nas.md.
+
+    ``members`` (choice dicts) size the shared tensors; by default every member of a space of at most 256, else
+    the first member, its one-choice neighbours and ``sample`` random ones (seeded by ``seed``).
+    """
+    from cnndsl.backends.supernet_torch import Supernet
+    from cnndsl.search.supernet import member_layers
+    from cnndsl.search.variants import Space
+
+    if not isinstance(space, Space):
+        space = Space.open(str(space), input_shape=input_shape, params=params)
+    elif input_shape or params:
+        raise CnnArgumentError("input_shape= and parameters go with a space by name", None,
+                               "Space.open(name, input_shape=..., params=...), or build_supernet(name, ...)")
+    return Supernet(space, member_layers, members, sample=sample, seed=seed)

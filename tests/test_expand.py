@@ -124,3 +124,50 @@ def test_expand_writes_numbered_scopes_tables_scale_split_resize_and_templates_b
     again = cnndsl.loads(text, "t.expanded.cnn")
     assert again.graph.signature() == net.graph.signature()
     assert expand(again).splitlines()[1:] == text.splitlines()[1:]
+
+
+#: Derived networks with freeze(...): the zoo's ResNet-18 frozen but for layer4 and fc (its projection shortcuts
+#: made by the compiler included), and the zoo's DenseNet with smaller numbers frozen up to its second block.
+FROZEN = {
+    "resnet18": 'use "resnet.cnn"\nnetwork tuned = resnet18(classes=5) freeze(conv1, bn1, layer1, layer2, layer3)\n',
+    "densenet": 'use "densenet.cnn"\nnetwork tuned = densenet(8, 2, 2, 2, 2, 16, classes=5) '
+                'freeze(features.conv0, features.norm0, features.denseblock1, features.transition1)\n',
+}
+
+
+@pytest.mark.parametrize("name", sorted(FROZEN))
+def test_expand_keeps_freeze(name):
+    """The expansion of a frozen network loads to a network that freezes the same tensors: the torch model's
+    parameters without requires_grad, and the batch norms kept in eval mode by train(), are the original's."""
+    torch = pytest.importorskip("torch")
+
+    net = cnndsl.loads(FROZEN[name], input_shape=(3, 32, 32))
+    text = expand(net)
+    again = cnndsl.loads(text, f"{name}.expanded.cnn", network="tuned")
+    assert again.graph.signature() == net.graph.signature()  # node.frozen included
+    # the file stands for the derived network (its one network that the others are bases of): no name needed
+    assert cnndsl.loads(text, f"{name}.expanded.cnn").graph.signature() == net.graph.signature()
+    assert expand(again).splitlines()[1:] == text.splitlines()[1:]
+
+    def frozen(n):
+        model = cnndsl.build_torch(n).train()
+        tensors = {k for k, p in model.named_parameters() if not p.requires_grad}
+        kept = {k for k, m in model.named_modules() if isinstance(m, torch.nn.BatchNorm2d) and not m.training}
+        return tensors, kept, {k for k, _ in model.named_parameters()}
+
+    (want, want_bn, names), (got, got_bn, _) = frozen(net), frozen(again)
+    assert want and want != names and (got, got_bn) == (want, want_bn)
+    if name == "resnet18":  # the issue's case: the generated projection shortcuts are frozen in the expansion too
+        assert {"layer2.0.downsample.0.weight", "layer3.0.downsample.1.weight"} <= got
+        assert "network tuned = tuned_base freeze(conv1, bn1, layer1, layer2, layer3)" in text
+    # without its freeze line, the expanded base network is the unfrozen one
+    plain = cnndsl.loads(text, network="tuned_base")
+    assert not any(n.frozen for n in plain.graph.nodes())
+
+
+def test_expand_writes_each_frozen_layer_once_by_its_outermost_frozen_scope():
+    net = cnndsl.loads("""
+        network t: input 3x8x8  stem: [conv3-4 bn relu]  b: [c: [conv3-4 bn] relu]  fc-3
+        network u = t freeze(stem.0, stem.1, stem.2, b.c.0, b.c)
+    """, network="u")
+    assert expand(net).splitlines()[-1] == "network u = u_base freeze(stem, b.c)"

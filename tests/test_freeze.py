@@ -259,3 +259,38 @@ def test_flax_frozen_batch_norms_keep_their_statistics():
     fm.set_attributes(train_frozen_bn=True)
     fm(x.numpy().transpose(0, 2, 3, 1))
     assert not any(np.array_equal(b, np.asarray(m.mean.value)) for b, m in zip(before, bns))
+
+
+def test_jax_train_frozen_bn_lets_frozen_statistics_train():
+    """JAX's switch, spelled as torch's: ``apply(..., train=True, train_frozen_bn=True)`` trains the frozen batch
+    norms' statistics as the torch model with ``train_frozen_bn = True`` does (the reference: its output and its
+    running statistics after the same batch), under jax.jit too; without it they stay put (the test above)."""
+    jax = pytest.importorskip("jax")
+    import numpy as np
+
+    net, model, x, _, frozen = _mixed_frozen()
+    jm = api.build_jax(net)
+    variables = api.torch_to_jax(net, {k: v.clone() for k, v in model.state_dict().items()})
+    model.train_frozen_bn = True
+    with torch.no_grad():
+        ref = model.train()(x).numpy()
+    apply = jax.jit(jm.apply, static_argnames=("train", "train_frozen_bn"))
+    xs = x.numpy().transpose(0, 2, 3, 1)
+    out, new_stats = apply(variables, xs, train=True, train_frozen_bn=True, rng=jax.random.key(0))
+    assert np.allclose(np.asarray(out), ref, rtol=1e-3, atol=1e-4)
+
+    def stats_at(tree, name, which):
+        for part in name.split("."):
+            tree = tree[part]
+        return np.asarray(tree[which])
+
+    for name, m in _bns(model).items():
+        old = stats_at(variables["batch_stats"], name, "mean")
+        assert not np.array_equal(stats_at(new_stats, name, "mean"), old), name  # every one moved, frozen or not
+        for which, torch_stat in (("mean", m.running_mean), ("var", m.running_var)):
+            assert np.allclose(stats_at(new_stats, name, which), torch_stat.numpy(), rtol=1e-4, atol=1e-5), name
+    # the switch is off by default, and means nothing in evaluation
+    _, kept = apply(variables, xs, train=True, rng=jax.random.key(0))
+    assert all(np.array_equal(stats_at(kept, n, "mean"), stats_at(variables["batch_stats"], n, "mean"))
+               for n in frozen)
+    assert np.array_equal(np.asarray(apply(variables, xs, train_frozen_bn=True)), np.asarray(apply(variables, xs)))

@@ -28,6 +28,7 @@ FACT_TYPES = {"writable": bool, "family": Family, "paper_kind": (str, type(None)
 NOT_AN_OP = {
     ("tools/cli.py", "input"),  # the --input option and the `list` table's column
     ("tools/onnx_export.py", "input"),  # the ONNX graph input's name
+    ("search/supernet.py", "input"),  # the input shape's key in a supernet folder's space.json
 }
 
 

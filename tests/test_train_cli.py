@@ -216,7 +216,7 @@ def test_out_writes_weights_source_and_metrics(capsys, tmp_path, tiny):
         assert line.endswith(f"loss {e['loss']:.4f}, train accuracy {e['train_accuracy']:.3f}, "
                              f"test accuracy {e['test_accuracy']:.3f}")
     assert metrics["settings"] == {"data": "digits", "epochs": 2, "lr": 0.05, "batch_size": 32, "seed": 0,
-                                   "params": {}, "nproc": 1}
+                                   "params": {}, "nproc": 1, "device": "cuda" if torch.cuda.is_available() else "cpu"}
     assert metrics["classes"] == [str(c) for c in range(10)]
 
 
@@ -395,3 +395,25 @@ def test_train_save_export_onnx_and_onnxruntime_computes_the_trained_model(capsy
     (got,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
     assert np.abs(got - want).max() <= 1e-4 * max(1.0, np.abs(want).max())
     assert np.abs(fresh - want).max() > 1e-2  # training moved the weights: the export carries them
+
+
+def test_a_frozen_run_saves_and_resumes_its_freezing(capsys, tmp_path):
+    """``network.cnn`` of a run with frozen layers keeps them frozen (the base and the derived network, loaded as
+    ``network.cnn:NAME``): the frozen conv's saved weights are its initial ones, and the run resumes from it."""
+    from cnndsl.weights import load_weights
+
+    source = tmp_path / "tuned.cnn"
+    source.write_text(TINY + "network tuned = tiny freeze(conv1)\n")
+    run = tmp_path / "run"
+    rc, _, err = run_main(capsys, "train", f"{source}:tuned", "--epochs", "1", "--out", str(run))
+    assert rc == 0, err
+    net = cnndsl.load(f"{run / 'network.cnn'}:tuned")
+    assert {n.name for n in net.graph.nodes() if n.frozen} == {"conv1"}
+    torch.manual_seed(0)
+    start = cnndsl.build_torch(cnndsl.loads(TINY)).state_dict()
+    trained = load_weights(run / "weights.safetensors", net)
+    assert torch.equal(trained["conv1.weight"], start["conv1.weight"])
+    assert not torch.equal(trained["fc1.weight"], start["fc1.weight"])
+    rc, _, err = run_main(capsys, "train", f"{run / 'network.cnn'}:tuned", "--epochs", "2", "--resume", str(run))
+    assert rc == 0, err
+    assert torch.equal(load_weights(run / "weights.safetensors", net)["conv1.weight"], start["conv1.weight"])

@@ -3,14 +3,21 @@
 A :class:`Library` is everything one file can see: its own blocks and networks
 plus those of the files it ``use``s (transitively, each file read once).
 ``use "blocks.cnn"`` looks next to the importing file first, then in the
-shipped ``networks/`` folder.
+shipped ``networks/`` folder. ``use "myops.py"`` loads a plugin (:mod:`cnndsl.ops`) from next to the
+importing file, which runs its code: only inside :func:`allow_plugins`, else it is an error at the ``use``.
 """
 
 from __future__ import annotations
 
+import contextvars
 import difflib
+import hashlib
+import importlib.util
 import os
 import stat
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cache, lru_cache
 from importlib import resources
@@ -119,6 +126,9 @@ class Library:
 
     def _add(self, module: ast.Module, base_dir: Path | None, seen: set, local: bool) -> None:
         for use in module.uses:
+            if use.path.endswith(".py"):
+                _use_plugin(use, base_dir)
+                continue
             path, shipped = _find_use(use, base_dir)
             key = str(path)
             if key in seen:  # each file is read once, however many files use it
@@ -168,6 +178,68 @@ def _find_use(use: ast.Use, base_dir: Path | None) -> tuple[Path, bool]:
         return Path(str(zoo)), True
     raise CnnNameError(f"cannot find \"{use.path}\" to use", use.span,
                        "a used file is looked up next to this file, then in the shipped zoo")
+
+
+# ----------------------------------------------------------------------------- plugins: `use "myops.py"`
+
+_PLUGINS_ALLOWED: contextvars.ContextVar[bool] = contextvars.ContextVar("cnndsl_plugins_allowed", default=False)
+#: How to allow plugins, for the error that refuses one.
+PLUGIN_FLAG_HINT = ("loading a plugin runs its Python code: pass --allow-plugins (or --plugins MODULE) on the command "
+                    "line, allow_plugins=True in the API, if you trust it")
+
+
+def plugins_allowed() -> bool:
+    """Whether ``use "x.py"`` may load (run) plugin files here."""
+    return _PLUGINS_ALLOWED.get()
+
+
+@contextmanager
+def allow_plugins(allowed: bool = True) -> Iterator[None]:
+    """Let ``use "x.py"`` load plugin files inside the ``with`` block (this thread or task only)."""
+    token = _PLUGINS_ALLOWED.set(allowed)
+    try:
+        yield
+    finally:
+        _PLUGINS_ALLOWED.reset(token)
+
+
+def _use_plugin(use: ast.Use, base_dir: Path | None) -> None:
+    """Load the plugin a ``use "x.py"`` names (next to the using file only), or refuse to before touching it."""
+    if not plugins_allowed():
+        raise CnnDslError(f"`use \"{use.path}\"` loads a plugin, which is not allowed here", use.span,
+                          PLUGIN_FLAG_HINT)
+    path = (base_dir or Path.cwd()) / use.path
+    if not path.exists():
+        raise CnnNameError(f"cannot find plugin \"{use.path}\" to use", use.span,
+                           "a plugin file is looked up next to the file that uses it")
+    import_plugin_file(path.resolve(), use.span)
+
+
+def import_plugin_file(path: Path, span: Span | None = None) -> None:
+    """Run the plugin file ``path`` once per process (a module named after the file's path); its errors become
+    a :class:`CnnDslError` at ``span``. Only inside :func:`allow_plugins`."""
+    if not plugins_allowed():
+        raise CnnDslError(f"loading plugin {path.name} is not allowed here", span, PLUGIN_FLAG_HINT)
+    try:
+        info = os.stat(path)
+    except OSError as e:
+        raise CnnNameError(f"cannot read plugin {path}: {e.strerror}", span) from None
+    if not stat.S_ISREG(info.st_mode) or path.suffix != ".py":
+        raise CnnDslError(f"plugin {path} is not a .py file", span, "a plugin is a Python file that registers ops")
+    name = "cnndsl_plugin_" + hashlib.sha256(str(path).encode("utf-8")).hexdigest()[:16]
+    if name in sys.modules:
+        return
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except CnnDslError as e:
+        del sys.modules[name]
+        raise CnnDslError(f"plugin {path.name}: {e.message}", span, e.hint) from e
+    except Exception as e:  # the plugin's own code failed: say where, keep the cause
+        del sys.modules[name]
+        raise CnnDslError(f"plugin {path.name} failed to load: {type(e).__name__}: {e}", span) from e
 
 
 @cache
@@ -220,13 +292,30 @@ def open_net(net: str) -> tuple[Library, str]:
     return lib, pick_network(lib, choice, str(path))
 
 
+def _only_leaf(lib: Library, local: list[str]) -> str | None:
+    """The local network whose chain of bases holds every other local network, if there is one."""
+    for name in local:
+        chain, node = set(), lib.networks.get(name)
+        while isinstance(node, ast.Derived) and node.base not in chain and node.base in lib.networks:
+            chain.add(node.base)
+            node = lib.networks[node.base]
+        if chain >= set(local) - {name}:
+            return name
+    return None
+
+
 def pick_network(lib: Library, choice: str | None, where: str) -> str:
+    """The network a file stands for: ``choice``, its one network, or the one every other network of the file
+    is a base of (``network tuned = base freeze(...)``, as ``cnndsl expand`` writes a frozen network)."""
     local = lib.local_networks()
     if choice is not None:
         lib.network(choice, Span.start_of(lib.main.source) if lib.main else None)
         return choice
     if len(local) == 1:
         return local[0]
+    leaf = _only_leaf(lib, local)
+    if leaf is not None:
+        return leaf
     if not local:
         raise CnnNameError(f"{where} defines no network (only blocks)", Span.start_of(lib.main.source),
                            "a network starts with `network NAME: input CxHxW`")

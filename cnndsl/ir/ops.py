@@ -221,6 +221,11 @@ class Weight:
         """The axis names of the PyTorch layout, groups opened, size-one axes left out."""
         return _letters(self.torch_axes)
 
+    @property
+    def spatial_axes(self) -> tuple[int, ...]:
+        """The positions of the kernel's spatial axes (``h``, ``w``) in the PyTorch tensor."""
+        return tuple(i for i, axis in enumerate(re.findall(r"\([^)]*\)|\S+", self.torch_axes)) if axis in ("h", "w"))
+
 
 def _letters(axes: str) -> tuple[str, ...]:
     return tuple(a for a in re.findall(r"[a-z]|1", axes) if a != "1")
@@ -370,6 +375,11 @@ class Op:
     fold_target: ClassVar[bool]
     weights: ClassVar[tuple[Weight, ...]]
     fans: ClassVar[Fans | None] = None  # declared by the ops with a kernel (see the class docstring)
+    #: The arguments that only size the op's tensors (a conv's ``c``, ``k`` and padding), for the ops whose tensors
+    #: a smaller layer can take as a slice of a larger one's: the leading channels, the centred window of a
+    #: kernel (a one-shot supernet's shared candidates, cnndsl.search.supernet). None: each size is its own.
+    sizing: ClassVar[frozenset[str] | None] = None
+    plugin: ClassVar[bool] = False  # registered through cnndsl.ops (a plugin op, written by its Emit hooks)
 
     # -- arguments
     def convert(self, field: str, value: Any, span: Span | None) -> Any:
@@ -472,6 +482,43 @@ def spellings() -> list[str]:
     return sorted(_SPELLINGS)
 
 
+# ----------------------------------------------------------------------------- plugin ops (see cnndsl.ops)
+
+
+@dataclass(frozen=True)
+class Emit:
+    """How one backend writes a plugin op: one of a plugin op's ``torch_emit``, ``jax_emit`` and ``flax_emit``.
+
+    ``name`` is what the generated code calls: the ``nn.Module`` class (PyTorch) or ``nnx.Module`` class (Flax
+    NNX), built once per layer with the keywords ``args`` and called on the layer's input; for JAX, the forward
+    function ``name(params, x, **args)``, whose variables ``init(key, **args, dtype=...)`` makes. It comes from
+    ``source`` (its definitions, copied into the generated file, which stays self-contained) or from ``module``
+    (an importable module: the generated file imports it, and runs only where it is installed). ``args`` names
+    the layer's arguments to pass, and ``in_channels`` / ``in_features``, its input's channels / values.
+    :func:`cnndsl.ops.register` checks every part.
+    """
+
+    name: str
+    source: str | None = None
+    module: str | None = None
+    args: tuple[str, ...] = ()
+    init: str | None = None
+
+    def names(self) -> tuple[str, ...]:
+        """The module-level names the generated file takes for this op: ``name`` (and JAX's ``init``)."""
+        return (self.name,) if self.init is None else (self.name, self.init)
+
+
+def unregister(name: str) -> None:
+    """Remove plugin op ``name`` (and its spellings) from the registry; built-in ops stay."""
+    op = OPS.get(name)
+    if op is None or not op.plugin:
+        raise KeyError(f"no plugin op {name!r}")
+    del OPS[name]
+    for spelling in [s for s, n in _SPELLINGS.items() if n == name]:
+        del _SPELLINGS[spelling]
+
+
 def _spatial(op: Op, x: Shape, span) -> tuple[int, int, int]:
     if len(x) != 3:
         raise CnnShapeError(f"'{op.name}' needs a feature map (C x H x W), got a flat vector of {x[0]}", span,
@@ -564,6 +611,7 @@ class _Conv(Op):
 @register
 class Conv(_Conv):
     """2-D convolution: ``convK-C/S``, ``convKxL-C``, or ``conv(c=, k=, s=, p=, d=, groups=, bias=)``."""
+    sizing = frozenset({"c", "k", "p"})
 
     name = "conv"
     doc = "convK-C/S, e.g. conv3-64 or conv7-64/2; long form conv(c=64, k=3, s=1, p=same)"
@@ -597,6 +645,7 @@ class Conv(_Conv):
 @register
 class Deconv(_Conv):
     """Transposed convolution (FCN/U-Net up-convolution): ``deconvK-C/S``."""
+    sizing = frozenset({"c", "k", "p", "output_padding"})
 
     name = "deconv"
     aliases = ("upconv", "convtranspose")
@@ -782,6 +831,7 @@ class AdaptiveAvgPool(Op):
 @register
 class FC(Op):
     """Fully connected layer ``fc-N``; flattens a feature map first (C, H, W order)."""
+    sizing = frozenset({"c"})
 
     name = "fc"
     aliases = ("linear", "dense", "fullyconnected")
@@ -832,6 +882,7 @@ class Pointwise(Op):
     ConvNeXt's channels-last ``nn.Linear``: a 1x1 convolution whose weight is 2-D (N x C), as torchvision
     stores it, so that its ``state_dict`` loads as it is.
     """
+    sizing = frozenset({"c"})
 
     name = "pointwise"
     fields = (("c", REQUIRED), ("bias", True))
@@ -1158,6 +1209,7 @@ class DropPath(Op):
 @register
 class BatchNorm(Op):
     """Batch normalisation over channels: ``bn``, ``bn(eps=0.001, momentum=0.1)``."""
+    sizing = frozenset()  # its tensors follow its input's channels
 
     name = "bn"
     aliases = ("batchnorm",)
@@ -1229,6 +1281,7 @@ class LayerNorm(Op):
     """Layer normalisation, as PyTorch's LayerNorm: over the channels at each position of a feature map
     (ConvNeXt's ``LayerNorm2d``, or its ``nn.LayerNorm`` on a channels-last map), or over the features of a flat
     vector: ``layernorm``, ``ln(eps=1e-6)``."""
+    sizing = frozenset()  # its tensors follow its input's channels
 
     name = "layernorm"
     aliases = ("ln",)
@@ -1258,6 +1311,7 @@ class LayerNorm(Op):
 class GroupNorm(Op):
     """Group normalisation, as PyTorch's GroupNorm: the channels in ``groups`` groups of consecutive channels,
     each normalised over its channels and every position: ``groupnorm(32)``, ``gn(32, eps=1e-6)``."""
+    sizing = frozenset()  # its tensors follow its input's channels
 
     name = "groupnorm"
     aliases = ("gn",)
@@ -1303,6 +1357,7 @@ class LayerScale(Op):
     PyTorch holds it as torchvision's ConvNeXt does: no module of its own, but a bare C x 1 x 1 parameter of
     the module around it, named after the layer (``features.1.0.layer_scale``), that the forward multiplies by.
     """
+    sizing = frozenset()  # its tensors follow its input's channels
 
     name = "layerscale"
     fields = (("init", 1e-6),)

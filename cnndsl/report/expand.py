@@ -4,7 +4,10 @@ Every layer appears once, in topological order, under its full name and in
 long keyword form with every argument; blocks, repeats, defaults, implicit
 activations and shortcuts are all spelled out. A layer whose input is not the
 line before it starts from an explicit ``@reference``. The network's weight
-initialisation (``with init(...)``) is written back as its ``with`` clause.
+initialisation (``with init(...)``) is written back as its ``with`` clause. A network with
+frozen layers (``freeze(...)``) is written as two: the layers as a network ``NAME_base``, then
+``network NAME = NAME_base freeze(...)`` with the fewest paths that freeze exactly those layers
+(a plain network cannot say ``freeze``); the file stands for ``NAME``, the network the other is the base of.
 
 >>> import cnndsl
 >>> print(expand(cnndsl.loads("network t: input 1x8x8  conv3-4 relu")), end="")
@@ -16,6 +19,8 @@ network t: input 1x8x8
 
 from __future__ import annotations
 
+from cnndsl.errors import CnnDslError
+from cnndsl.ir.graph import Graph
 from cnndsl.ir.network import Network, fmt_shape
 from cnndsl.ir.ops import COMBINATORS, Input
 from cnndsl.passes.resolve import OPERAND_COMBINATORS
@@ -59,6 +64,37 @@ def options(net: Network) -> str:
     return f" with init({', '.join(args)})"
 
 
+def _scopes(name: str) -> list[str]:
+    """The scopes a dotted layer name lies in, outermost first: ``a.b.c`` is in ``a`` and ``a.b``."""
+    parts = name.split(".")
+    return [".".join(parts[:i]) for i in range(1, len(parts))]
+
+
+def frozen_paths(g: Graph) -> list[str]:
+    """The paths of a ``freeze(...)`` that freezes exactly the graph's frozen layers, in the order of the layers:
+    for each frozen layer, the outermost scope holding it whose layers are all frozen, else the layer itself
+    (``freeze(conv1, bn1, layer1, layer2, layer3)`` for torchvision's ResNet frozen so, shortcuts included).
+
+    >>> import cnndsl
+    >>> frozen_paths(cnndsl.loads("network t: input 1x8x8  conv3-4 relu  b: [conv3-4 relu]  fc-2 "
+    ...                           "network u = t freeze(conv1, b)", network="u").graph)
+    ['conv1', 'b']
+    """
+    thawed = set()  # the layers not frozen, and every scope holding one
+    for node in g.nodes():
+        if not node.frozen:
+            thawed.update((node.name, *_scopes(node.name)))
+    paths: dict[str, None] = {}
+    for node in g.nodes():
+        if node.frozen:
+            path = next((p for p in (*_scopes(node.name), node.name) if p not in thawed), None)
+            if path is None:  # a frozen layer whose name is the scope of layers that are not
+                raise CnnDslError(f"cannot write '{g.name}' back: its layer '{node.name}' is frozen and layers "
+                                  "below its name are not, which freeze(...) cannot say", node.span)
+            paths[path] = None
+    return list(paths)
+
+
 def expand(net: Network) -> str:
     g = net.graph
     lines = [f"# cnndsl expand: {g.name}" + (f"({', '.join(f'{k}={value(v)}' for k, v in g.params.items())})"
@@ -67,7 +103,8 @@ def expand(net: Network) -> str:
     for name in g.inputs:
         shape = fmt_shape(g.node(name).shape)
         inputs.append(f"input {shape}" if name == Input.DEFAULT_NAME else f"input {name}={shape}")
-    lines.append(f"network {g.name}{options(net)}: " + "  ".join(inputs))
+    frozen = frozen_paths(g)
+    lines.append(f"network {g.name}{'_base' if frozen else ''}{options(net)}: " + "  ".join(inputs))
     prev = g.inputs[0] if g.inputs else None
     for node in g.nodes():
         if isinstance(node.opdef, Input):
@@ -89,4 +126,6 @@ def expand(net: Network) -> str:
         lines.append(f"    aux< @{aux} >")
     if prev != g.output:
         lines.append(f"    @{g.output}")
+    if frozen:
+        lines.append(f"network {g.name} = {g.name}_base freeze({', '.join(frozen)})")
     return "\n".join(lines) + "\n"

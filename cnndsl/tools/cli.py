@@ -222,7 +222,7 @@ def cmd_train(args) -> int:
 
     train(args.net, data=args.data, epochs=args.epochs, backend=args.backend, seed=args.seed,
           batch_size=args.batch_size, lr=args.lr, out_dir=args.out, resume=args.resume, nproc=args.nproc or 1,
-          **params)
+          device=args.device, **params)
     return 0
 
 
@@ -281,7 +281,10 @@ def parser() -> argparse.ArgumentParser:
                                                  "and metrics.json here after every epoch")
     sp.add_argument("--resume", metavar="DIR", help="continue the run saved in DIR (with its settings)")
     sp.add_argument("--nproc", type=int, default=None, metavar="N",
-                    help="train data-parallel in N processes (torch.distributed, gloo)")
+                    help="train data-parallel in N processes (torch.distributed: nccl on CUDA, one GPU a process; "
+                         "gloo on the CPU)")
+    sp.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                    help="where the torch backend trains (default auto: CUDA when available, else the CPU)")
     net_cmd("expand", cmd_expand, "print the fully desugared network (itself valid .cnn)")
     sp = net_cmd("graph", cmd_graph, "draw the network with Graphviz (svg, png, pdf, or dot text)")
     sp.add_argument("-o", "--output", required=True, metavar="FILE", help="FILE.svg, .png, .pdf or .dot")
@@ -316,11 +319,40 @@ def parser() -> argparse.ArgumentParser:
     from cnndsl.search.study import add_parser as add_search
 
     add_search(sub, _shape, _params)
+    from cnndsl.search.supernet import add_parser as add_supernet
+
+    add_supernet(sub, _shape, _params)
+    for name, sp in sub.choices.items():
+        if name not in ("lsp", "list", "weights"):
+            _plugin_flags(sp)
+    _plugin_flags(conv)
     sp = sub.add_parser("lsp", help="run the language server (LSP over stdio) for editors")
+    _plugin_flags(sp)  # hovers, diagnostics and summaries of plugin ops
     sp.set_defaults(func=cmd_lsp)
     sp = sub.add_parser("list", help="the networks in the zoo with their sizes")
     sp.set_defaults(func=cmd_list)
     return p
+
+
+def _plugin_flags(sp: argparse.ArgumentParser) -> None:
+    """``--plugins`` and ``--allow-plugins`` (cnndsl.ops): loading a plugin runs its code, so only when asked."""
+    g = sp.add_argument_group("plugins", "custom ops (docs/plugins.md); loading a plugin runs its Python code")
+    g.add_argument("--plugins", action="append", metavar="NAME", help="load a plugin first: an installed package's "
+                   "cnndsl.ops entry point, a module or a .py file (comma-separated, or repeat the flag); allows "
+                   '`use "x.py"` too')
+    g.add_argument("--allow-plugins", action="store_true", help='let the .cnn file load the plugins it `use`s '
+                   '(`use "myops.py"`)')
+
+
+def _run(args) -> int:
+    """Run a command, with the plugins it asked for loaded and ``use "x.py"`` allowed where it asked."""
+    from cnndsl.ops import allow_plugins, load_plugin
+
+    names = [n for value in getattr(args, "plugins", None) or () for n in value.split(",") if n]
+    with allow_plugins(bool(names) or getattr(args, "allow_plugins", False)):
+        for name in names:
+            load_plugin(name)
+        return args.func(args)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -328,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
     p = parser()
     args = p.parse_args(argv)
     try:
-        return args.func(args)
+        return _run(args)
     except argparse.ArgumentTypeError as e:  # bad usage found after parsing (a malformed -p NAME=VALUE, ...)
         # report it through the subcommand's parser (its usage line, then the message; exit 2), as argparse would;
         # argparse has no public accessor for a subparser, so find it among the actions

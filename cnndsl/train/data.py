@@ -280,7 +280,8 @@ def check_resumed_network(run: dict, network: Network, net: str | Network) -> No
     if run["resume"] is None:
         return
     saved = Path(run["resume"]) / "network.cnn"
-    if saved.read_text(encoding="utf-8") != expand(network):
+    # bar the header comment, which names the parameters the network was loaded with (network.cnn itself has none)
+    if saved.read_text(encoding="utf-8").splitlines()[1:] != expand(network).splitlines()[1:]:
         shown = net.name if isinstance(net, Network) else net
         raise CnnDslError(f"'{run['resume']}' holds a run of another network than {shown}", None,
                           f"resume with the network it was trained from, e.g. {saved}")
@@ -306,6 +307,7 @@ def write_metrics(folder: str | Path, network: Network, backend: str, names: lis
     figures (keys sorted, so the same run gives the same bytes)."""
     history = run["history"]
     metrics = {"network": network.name, "backend": backend, "classes": names,
-               "settings": {k: run[k] for k in ("data", "epochs", "lr", "batch_size", "seed", "params", "nproc")},
+               "settings": {k: run[k] for k in ("data", "epochs", "lr", "batch_size", "seed", "params", "nproc",
+                                                "device") if k in run},  # (the torch backend's device)
                "epochs": history, "test_accuracy": history[-1]["test_accuracy"]}
     write_atomic(Path(folder) / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True) + "\n")

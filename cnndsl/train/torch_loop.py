@@ -80,7 +80,7 @@ def fit_input(x, shape: tuple[int, ...]):
 def train(net: str | Network, data: str | None = None, epochs: int | None = None, backend: str = "torch", *,
           seed: int | None = None, batch_size: int | None = None, lr: float | None = None, out=None,
           on_epoch: Callable[[int, int, float], None] | None = None, out_dir: str | Path | None = None,
-          resume: str | Path | None = None, nproc: int = 1, **params: Any) -> float:
+          resume: str | Path | None = None, nproc: int = 1, device: str = "auto", **params: Any) -> float:
     """Train ``net`` on ``data`` and return the test accuracy (also printed, last, as ``test accuracy: 0.97``).
 
     ``data`` is ``"digits"`` (the default) or an ImageFolder-style directory; ``epochs``, ``seed``,
@@ -101,6 +101,11 @@ def train(net: str | Network, data: str | None = None, epochs: int | None = None
     torchrun's elastic launcher): each global batch of ``batch_size`` is split among them and the
     gradients averaged, which gives the single-process gradient of the whole batch. Batch norms
     then see each process's part of the batch only, as with ``DistributedDataParallel``.
+
+    ``device`` is ``"cpu"``, ``"cuda"`` or ``"auto"`` (CUDA where available, else the CPU): the model and each
+    batch go there, and with ``nproc`` > 1 each process takes GPU ``LOCAL_RANK`` and the processes talk over
+    nccl (gloo on the CPU). ``"cuda"`` without a CUDA device is an error. The JAX backend runs on JAX's default
+    device and takes ``"auto"`` only.
     """
     if backend == "jax":  # before any torch import: the JAX path does not need torch
         from cnndsl.train.jax_loop import train_jax
@@ -108,6 +113,9 @@ def train(net: str | Network, data: str | None = None, epochs: int | None = None
         if nproc != 1:
             raise CnnDslError("data-parallel training (nproc) needs the torch backend", None,
                               "train with --backend torch")
+        if device != "auto":
+            raise CnnDslError(f"--device {device} chooses the torch backend's device", None,
+                              "JAX trains on its default device (JAX_PLATFORMS=cpu or cuda chooses it)")
         return train_jax(net, data, epochs, seed=seed, batch_size=batch_size, lr=lr, out=out, on_epoch=on_epoch,
                          out_dir=out_dir, resume=resume, **params)
     if backend != "torch":
@@ -117,8 +125,10 @@ def train(net: str | Network, data: str | None = None, epochs: int | None = None
         raise CnnDslError(f"nproc must be at least 1, not {nproc}", None)
     if nproc > 1 and (on_epoch is not None or out is not None):
         raise CnnDslError("training with nproc > 1 prints to standard output and takes no on_epoch", None)
+    device = pick_device(device, nproc)
     run = run_settings("torch", data=data, epochs=epochs, seed=seed, batch_size=batch_size, lr=lr, params=params,
                        out_dir=out_dir, resume=resume, nproc=nproc)
+    run["device"] = device
     x, y, names = load_data(net, run["data"], run["params"])
     network = classified_network(net, len(names), run["params"])
     check_resumed_network(run, network, net)
@@ -128,11 +138,43 @@ def train(net: str | Network, data: str | None = None, epochs: int | None = None
     return _launch(network, x, y, names, run)
 
 
+def pick_device(device: str, nproc: int = 1) -> str:
+    """``"cpu"`` or ``"cuda"``: the device that ``device`` (``"auto"``, ``"cpu"`` or ``"cuda"``) names here."""
+    import torch
+
+    if device not in ("auto", "cpu", "cuda"):
+        raise CnnDslError(f"the device is auto, cpu or cuda, not {device!r}", None)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise CnnDslError("--device cuda: this PyTorch sees no CUDA device", None,
+                          "train on the CPU with --device cpu (or auto), or install a CUDA build of PyTorch")
+    if device == "cuda" and torch.cuda.device_count() < nproc:
+        raise CnnDslError(f"--nproc {nproc} on CUDA needs a GPU a process, and there are "
+                          f"{torch.cuda.device_count()}", None, "lower --nproc, or train on the CPU with --device cpu")
+    return device
+
+
+def _cpu(state):
+    """A state (tensors in dicts and lists) with its tensors on the CPU, so that a saved run loads anywhere."""
+    if isinstance(state, dict):
+        return {k: _cpu(v) for k, v in state.items()}
+    if isinstance(state, (list, tuple)):
+        return type(state)(_cpu(v) for v in state)
+    return state.cpu() if hasattr(state, "cpu") else state
+
+
 def _fit(network: Network, x, y, names: list[str], run: dict, *, out, errors, on_epoch=None, rank: int = 0,
          world: int = 1) -> float:
-    """Train ``network`` as ``run`` says, as process ``rank`` of ``world`` (1: no torch.distributed)."""
+    """Train ``network`` as ``run`` says, as process ``rank`` of ``world`` (1: no torch.distributed), on
+    ``run["device"]`` (its GPU ``LOCAL_RANK`` on CUDA with several processes)."""
     import torch
     import torch.nn.functional as F
+
+    on_cuda = run.get("device") == "cuda"
+    device = torch.device("cpu")
+    if on_cuda:  # one GPU a process: the launcher's LOCAL_RANK (the one :func:`_worker` made current)
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]) if world > 1 else None)
 
     lead = rank == 0
     say = (lambda text: print(text, file=out, flush=True)) if lead else (lambda text: None)
@@ -147,7 +189,7 @@ def _fit(network: Network, x, y, names: list[str], run: dict, *, out, errors, on
             print(w, file=errors)
     mean, std = x[train_idx].mean(), x[train_idx].std()
     x = (x - mean) / std
-    model = build_torch(network)
+    model = build_torch(network).to(device)  # (before the optimizer takes its parameters)
     threads = 1 if network.params < 1_000_000 else max(1, (os.cpu_count() or 1) // world)
     if threads == 1 or world > 1:  # a small net on CPU is bound by per-op overhead: threads only contend
         torch.set_num_threads(threads)
@@ -159,7 +201,8 @@ def _fit(network: Network, x, y, names: list[str], run: dict, *, out, errors, on
     folder = None if run["out_dir"] is None else Path(run["out_dir"])
     if folder is not None and lead:
         write_atomic(folder / "network.cnn", expand(network))  # (before the weights: they belong to it)
-    step = model if world == 1 else torch.nn.parallel.DistributedDataParallel(model)
+    step = model if world == 1 else torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[device.index] if on_cuda else None)
     for epoch in range(len(history) + 1, epochs + 1):
         model.train()
         torch.manual_seed(epoch_seed(run["seed"], epoch))
@@ -171,20 +214,23 @@ def _fit(network: Network, x, y, names: list[str], run: dict, *, out, errors, on
         sums = torch.zeros(3, dtype=torch.float64)  # loss, right answers, images: over the epoch, in this process
         for batch in (progress(batches, f"epoch {epoch}/{epochs}", unit="batch") if lead else batches):
             idx, weight = share(batch, rank, world)
-            outputs = step(x[idx])
+            xb, yb = x[idx].to(device), y[idx].to(device)
+            outputs = step(xb)
             main, aux = (outputs[0], outputs[1:]) if isinstance(outputs, tuple) else (outputs, ())
-            loss = F.cross_entropy(main, y[idx], reduction="sum")
-            loss = loss + sum(0.3 * F.cross_entropy(a, y[idx], reduction="sum") for a in aux)
+            loss = F.cross_entropy(main, yb, reduction="sum")
+            loss = loss + sum(0.3 * F.cross_entropy(a, yb, reduction="sum") for a in aux)
             opt.zero_grad()
             (loss * weight).backward()
             opt.step()
             if weight:
-                sums += torch.tensor([loss.item(), (main.argmax(1) == y[idx]).sum().item(), len(idx)],
+                sums += torch.tensor([loss.item(), (main.argmax(1) == yb).sum().item(), len(idx)],
                                      dtype=torch.float64)
         if world > 1:
             import torch.distributed as dist
 
+            sums = sums.to(device)  # nccl reduces CUDA tensors only
             dist.all_reduce(sums)
+            sums = sums.cpu()
         total, correct, seen = sums.tolist()
         acc = evaluate(model, x[test_idx], y[test_idx]) if lead else 0.0
         history.append({"epoch": epoch, "lr": epoch_lr(run["lr"], epoch, epochs), "loss": total / seen,
@@ -222,10 +268,10 @@ def _save(folder: Path, network: Network, model, opt, run: dict, names: list[str
     import torch
 
     require("safetensors", "saving the trained weights", "safetensors")
-    save_weights(folder / "weights.safetensors", network, model.state_dict(),
+    save_weights(folder / "weights.safetensors", network, _cpu(model.state_dict()),
                  extra_metadata={"cnndsl.epoch": str(len(run["history"]))})
     buffer = io.BytesIO()
-    torch.save({"epoch": len(run["history"]), "optimizer": opt.state_dict()}, buffer)
+    torch.save({"epoch": len(run["history"]), "optimizer": _cpu(opt.state_dict())}, buffer)
     write_atomic(folder / "optimizer.pt", buffer.getvalue())
     write_metrics(folder, network, "torch", names, run)
 
@@ -238,7 +284,7 @@ def _restore(folder: Path, network: Network, model, opt, epoch: int) -> None:
     model.load_state_dict(load_weights(folder / "weights.safetensors", network))  # checked: a clean error
     try:
         state = torch.load(folder / "optimizer.pt", weights_only=True)
-        opt.load_state_dict(state["optimizer"])
+        opt.load_state_dict(state["optimizer"])  # (moves the state to its parameters' device)
     except Exception as e:  # a truncated or foreign file: torch raises many kinds
         raise CnnDslError(f"cannot resume from '{folder}': {e}", None, "resume a folder that `cnndsl train` wrote"
                           ) from e
@@ -268,13 +314,17 @@ def _launch(network: Network, x, y, names: list[str], run: dict) -> float:
 
 
 def _worker(network: Network, x, y, names: list[str], run: dict):
-    """One process of a data-parallel run: join the process group (gloo), train, and return the accuracy.
+    """One process of a data-parallel run: join the process group (nccl on CUDA, each process on its GPU
+    ``LOCAL_RANK``; gloo on the CPU), train, and return the accuracy.
 
     A :class:`CnnDslError` comes back as its ``(message, None, hint)`` for the launching process to raise.
     """
+    import torch
     import torch.distributed as dist
 
-    dist.init_process_group("gloo")
+    if run["device"] == "cuda":
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+    dist.init_process_group("nccl" if run["device"] == "cuda" else "gloo")
     try:
         return _fit(network, x, y, names, run, out=sys.stdout, errors=sys.stderr, rank=dist.get_rank(),
                     world=dist.get_world_size())
@@ -285,14 +335,15 @@ def _worker(network: Network, x, y, names: list[str], run: dict):
 
 
 def evaluate(model, x, y, batch_size: int = 256) -> float:
-    """Accuracy of ``model`` (in eval mode) on ``x``, ``y``."""
+    """Accuracy of ``model`` (in eval mode) on ``x``, ``y``; the batches go to the model's device."""
     import torch
 
     model.eval()
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
     correct = 0
     with torch.no_grad():
         for i in range(0, len(x), batch_size):
-            correct += (model(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size]).sum().item()
+            correct += (model(x[i:i + batch_size].to(device)).argmax(1).cpu() == y[i:i + batch_size]).sum().item()
     return correct / len(x)
 
 
