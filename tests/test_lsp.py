@@ -238,3 +238,166 @@ def test_the_reader_bounds_what_it_buffers():
     assert reader.readline() == b"\r\n"
     assert reader.read(len(body)) == body
     assert reader.readline() == b"" and reader.read(10) == b"" and not reader.truncated
+
+
+# ----------------------------------------------------------------------------- authoring (issue 17)
+
+AUTHOR = """\
+use "blocks.cnn"
+block down(c, s=2) with conv(bias=false): conv3-{c}/{s} bn relu
+network n(width=16): input 3x32x32
+    stem: conv3-{width} maxpool  body: [down(32) bottleneck(8)]
+    concat< @body | relu >  gap  fc-10
+"""
+
+
+def _labels(result) -> list[str]:
+    items = result["items"] if isinstance(result, dict) else result
+    return [i["label"] for i in items]
+
+
+def _open(client, uri, text, version=1):
+    client.send("textDocument/didOpen", {"textDocument": {"uri": uri, "languageId": "cnn", "version": version,
+                                                         "text": text}}, request=False)
+    return client.diagnostics(uri, version)["diagnostics"]
+
+
+def _change(client, uri, text, version):
+    client.send("textDocument/didChange", {"textDocument": {"uri": uri, "version": version},
+                                           "contentChanges": [{"text": text}]}, request=False)
+    client.diagnostics(uri, version)
+
+
+def test_completion_definition_references_symbols_and_formatting(client, tmp_path):
+    from cnndsl.ir.ops import OPS, lookup
+
+    (tmp_path / "blocks.cnn").write_text((Path(__file__).resolve().parent.parent / "networks" / "blocks.cnn")
+                                         .read_text())
+    path = tmp_path / "n.cnn"
+    uri = path.as_uri()
+    assert _open(client, uri, AUTHOR) == []  # it builds: hovers have shapes
+
+    def request(method, line, character, **extra):
+        return client.request(method, {"textDocument": {"uri": uri}, "position": {"line": line,
+                                                                                  "character": character}, **extra})
+
+    # an op after a partial word: `maxp` -> maxpool and its aliases, with the registry's defaults
+    typed = AUTHOR.replace("conv3-{width} maxpool", "conv3-{width} maxp")
+    _change(client, uri, typed, 2)
+    row = typed.splitlines()[3]
+    result = request("textDocument/completion", 3, row.index("maxp") + 4)["result"]
+    labels = _labels(result)
+    assert "maxpool" in labels and "maxpooling" in labels and "conv" not in labels
+    item = next(i for i in result["items"] if i["label"] == "maxpool")
+    assert all(f"{name}=" in item["detail"] for name, _ in OPS["maxpool"].fields)
+    assert lookup("maxpooling") is OPS["maxpool"]
+    _change(client, uri, AUTHOR, 3)
+    row = AUTHOR.splitlines()[3]
+    # a block's parameters, inside its call (its own block and one from the used file)
+    labels = _labels(request("textDocument/completion", 3, row.index("down(") + 5)["result"])
+    assert labels[:2] == ["c=", "s="]
+    labels = _labels(request("textDocument/completion", 3, row.index("bottleneck(") + 11)["result"])
+    assert {"c=", "s=", "g=", "w=", "d=", "width="} <= set(labels)
+    # ... and the parameters in scope in a block's body: `{c}` in `down`
+    block_row = AUTHOR.splitlines()[1]
+    labels = _labels(request("textDocument/completion", 1, block_row.index("{c}") + 1)["result"])
+    assert "c" in labels and "s" in labels and "width" not in labels
+    # an @label, while the text does not parse (the `@` just typed): the labels of the network
+    typed = AUTHOR.replace("concat< @body | relu >", "concat< @ | relu >")
+    _change(client, uri, typed, 4)
+    row4 = typed.splitlines()[4]
+    labels = _labels(request("textDocument/completion", 4, row4.index("@") + 1)["result"])
+    assert labels == ["stem", "body"]
+    _change(client, uri, AUTHOR, 5)
+
+    # definition: a block call -> its `block` line, here and in the used file; a use path -> the file
+    loc = request("textDocument/definition", 3, row.index("down(") + 1)["result"]
+    assert loc["uri"] == uri and loc["range"]["start"] == {"line": 1, "character": 6}
+    loc = request("textDocument/definition", 3, row.index("bottleneck") + 2)["result"]
+    blocks = (tmp_path / "blocks.cnn").read_text().splitlines()
+    assert loc["uri"] == (tmp_path / "blocks.cnn").as_uri()
+    assert blocks[loc["range"]["start"]["line"]].startswith("block bottleneck(")
+    loc = request("textDocument/definition", 0, 8)["result"]
+    assert loc["uri"] == (tmp_path / "blocks.cnn").as_uri() and loc["range"]["start"] == {"line": 0, "character": 0}
+    # an @label -> the labelled step
+    row4 = AUTHOR.splitlines()[4]
+    loc = request("textDocument/definition", 4, row4.index("@body") + 2)["result"]
+    assert loc["range"]["start"] == {"line": 3, "character": row.index("body:")}
+
+    # references of a block: its declaration and its calls
+    refs = request("textDocument/references", 1, 8, context={"includeDeclaration": True})["result"]
+    assert sorted((r["range"]["start"]["line"], r["range"]["start"]["character"]) for r in refs) == \
+        [(1, 6), (3, row.index("down("))]
+
+    # the outline: the block, then the network
+    symbols = client.request("textDocument/documentSymbol", {"textDocument": {"uri": uri}})["result"]
+    assert [(s["name"], s["kind"]) for s in symbols] == [("down", 5), ("n", 2)]  # Class, Module
+    assert symbols[0]["detail"] == "block down(c, s=2)"
+    assert symbols[1]["selectionRange"]["start"] == {"line": 2, "character": 8}
+
+    # hover on a block call: its signature, then the instance: 16x16x16 after the maxpool, 32x8x8 after the
+    # stride-2 conv, 3*3*16*32 weights (no bias) + 2*32 batch norm = 4,672 parameters
+    hover = request("textDocument/hover", 3, row.index("down(") + 1)["result"]["contents"]["value"]
+    assert hover.startswith("`block down(c, s=2)`") and "32x8x8" in hover and "4,672 params" in hover
+
+    # formatting through cnndsl fmt: one edit, the whole document, what `cnndsl fmt` writes
+    from cnndsl.tools.fmt import format_text
+
+    messy = AUTHOR.replace("stem: conv3-{width}", "stem:conv3-{ width }")
+    _change(client, uri, messy, 6)
+    edits = client.request("textDocument/formatting", {"textDocument": {"uri": uri},
+                                                       "options": {"tabSize": 4, "insertSpaces": True}})["result"]
+    assert len(edits) == 1 and edits[0]["newText"] == format_text(messy) == AUTHOR
+    assert edits[0]["range"]["start"] == {"line": 0, "character": 0}
+
+
+@pytest.mark.slow
+def test_the_vscode_package_builds(tmp_path):
+    """editors/ packaged with @vscode/vsce from the npm registry: the .vsix holds the client, its dependencies and
+    the grammar that the op registry generates today."""
+    import shutil
+    import zipfile
+
+    from cnndsl.tools.editors import GRAMMAR_FILE, textmate_grammar
+
+    if not (shutil.which("npm") and shutil.which("npx") and shutil.which("node")):
+        pytest.skip("node and npm are not installed")
+    editors = Path(__file__).resolve().parent.parent / "editors"
+    work = tmp_path / "editors"
+    shutil.copytree(editors, work, ignore=shutil.ignore_patterns("node_modules", "*.vsix"))
+    install = subprocess.run(["npm", "install", "--omit=dev", "--no-audit", "--no-fund"], cwd=work,
+                             capture_output=True, text=True, timeout=600, check=False)
+    if install.returncode and any(w in install.stderr for w in ("ENOTFOUND", "EAI_AGAIN", "ECONNREFUSED", "ETIMEDOUT")):
+        pytest.skip(f"npm cannot reach the registry: {install.stderr.strip().splitlines()[-1]}")
+    assert install.returncode == 0, install.stderr
+    package = subprocess.run(["npx", "--yes", "@vscode/vsce", "package", "--allow-missing-repository", "--skip-license",
+                              "-o", str(tmp_path / "cnndsl.vsix")], cwd=work, capture_output=True, text=True,
+                             timeout=600, check=False)
+    assert package.returncode == 0, package.stdout + package.stderr
+    with zipfile.ZipFile(tmp_path / "cnndsl.vsix") as vsix:
+        names = set(vsix.namelist())
+        assert vsix.read(f"extension/{GRAMMAR_FILE}").decode("utf-8") == textmate_grammar()
+        manifest = json.loads(vsix.read("extension/package.json"))
+        assert f"extension/{manifest['main'].removeprefix('./')}" in names
+        assert "extension/node_modules/vscode-languageclient/package.json" in names
+    assert manifest["contributes"]["grammars"][0]["path"] == f"./{GRAMMAR_FILE}"
+
+
+def test_use_paths_parameters_and_short_forms_without_a_server(tmp_path):
+    from cnndsl.front.loader import zoo_files
+    from cnndsl.tools.lsp import Document
+
+    (tmp_path / "mine.cnn").write_text("block b(c): conv3-{c}\n")
+    doc = Document('use "', str(tmp_path / "n.cnn"))
+    labels = [i["label"] for i in doc.complete(0, 5)]
+    assert labels[0] == "mine.cnn" and set(zoo_files()) <= set(labels)
+    text = "network n(w=8, unit=b): input 3x8x8\n    conv3x3(c=w, s=1) unit(w)\nnetwork m = n(4)\n"
+    doc = Document(text, str(tmp_path / "n.cnn"))
+    # a parameter used in the body -> its declaration; `conv3x3(` completes conv's arguments
+    assert doc.definition(1, text.splitlines()[1].index("unit") + 1).start == (0, 15)
+    labels = [i["label"] for i in doc.complete(1, text.splitlines()[1].index("(") + 1)]
+    assert labels[:4] == ["c=", "k=", "s=", "p="] and "w" in labels
+    # a derived network's base -> the base's `network` line
+    assert doc.definition(2, text.splitlines()[2].index("= n") + 2).start == (0, 8)
+    # the words that name nothing go nowhere
+    assert doc.definition(1, 6) is None and doc.references(1, 6) == []

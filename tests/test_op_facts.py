@@ -29,6 +29,8 @@ NOT_AN_OP = {
     ("tools/cli.py", "input"),  # the --input option and the `list` table's column
     ("tools/onnx_export.py", "input"),  # the ONNX graph input's name
     ("search/supernet.py", "input"),  # the input shape's key in a supernet folder's space.json
+    ("tools/fmt.py", "add"), ("tools/fmt.py", "mul"),  # the grammar's rules for + and * in expressions
+    ("tools/fmt.py", "input"),  # the grammar's rule for a network's input
 }
 
 

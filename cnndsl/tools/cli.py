@@ -331,6 +331,9 @@ def parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_lsp)
     sp = sub.add_parser("list", help="the networks in the zoo with their sizes")
     sp.set_defaults(func=cmd_list)
+    from cnndsl.tools.fmt import add_parser as add_fmt
+
+    add_fmt(sub)
     return p
 
 
