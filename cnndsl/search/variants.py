@@ -421,7 +421,9 @@ class Variant:
     network: str
     choices: dict[str, int]
     options: dict[str, str]
-    source: str
+    #: The concrete source (see :attr:`source`), or what writes it when first read: most members of a search
+    #: are scored from their IR and never written out.
+    _source: str | Callable[[], str] = field(repr=False, compare=False)
     network_obj: Network | None = field(default=None, repr=False)
     error: str | None = None
     arch_hash: str | None = None
@@ -429,6 +431,13 @@ class Variant:
     #: A member of a NAS-Bench-201 space (:mod:`cnndsl.search.nb201`): its cell's arch string and benchmark index.
     nb201_arch: str | None = None
     nb201_index: int | None = None
+
+    @property
+    def source(self) -> str:
+        """The member's concrete ``.cnn`` text (:meth:`Space.source`)."""
+        if callable(self._source):
+            self._source = self._source()
+        return self._source
 
     @property
     def valid(self) -> bool:
@@ -454,9 +463,9 @@ class Variant:
                 **bench, "arch_hash": self.arch_hash, "params": self.params, "macs": self.macs,
                 "activations": self.activations, "error": self.error, "source": self.source}
 
-    def _bench(self, points: dict[str, ChoicePoint]) -> Variant:
-        """Fill in the NAS-Bench-201 fields when the space (its ``points``) is NAS-Bench-201's."""
-        edges = nb201.edge_options(points)
+    def _bench(self, edges: list | None) -> Variant:
+        """Fill in the NAS-Bench-201 fields when the space is NAS-Bench-201's (``edges``: its
+        :func:`~cnndsl.search.nb201.edge_options`, None for another space)."""
         cell = nb201.cell_from_choices(edges, self.choices) if edges else None
         if cell is not None:
             self.nb201_arch, self.nb201_index = nb201.arch_str(cell), nb201.index_of(cell)
@@ -484,6 +493,7 @@ class Space:
         self.points: dict[str, ChoicePoint] = {
             k: ChoicePoint(k, _option_texts(n), k in walk.branches, n) for k, n in walk.nodes.items()}
         self._count: int | float | None = None
+        self._edges: tuple[int, list | None] | None = None  # (points seen, nb201 edges)
 
     @classmethod
     def open(cls, spec: str, **kwargs) -> Space:
@@ -538,8 +548,15 @@ class Space:
             if k not in self.points:
                 self.points[k] = ChoicePoint(k, _option_texts(node), isinstance(node.options[0], ast.Seq), node)
         options = {k: _value_text(i, self.points[k]) for k, i in choices.items()}
-        return Variant(self.label, self.network, choices, options, self.source(choices, net), net, error)._bench(
-            self.points)
+        return Variant(self.label, self.network, choices, options, lambda: self.source(choices, net), net,
+                       error)._bench(self._nb201_edges())
+
+    def _nb201_edges(self) -> list | None:
+        """:func:`~cnndsl.search.nb201.edge_options` of the choice points found so far (worked out again only when
+        a member reaches one more)."""
+        if self._edges is None or self._edges[0] != len(self.points):
+            self._edges = (len(self.points), nb201.edge_options(self.points))
+        return self._edges[1]
 
     # -- concrete source
     def source(self, choices: dict[str, int], net: Network | None = None) -> str:
