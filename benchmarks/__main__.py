@@ -28,6 +28,7 @@ BENCHES = [  # module, the Python to run it with
     ("jax_compile", "CNNDSL_JAX_PYTHON"),
     ("jax_vs_torch", "CNNDSL_JAX_PYTHON"),
     ("vs_torchvision", "CNNDSL_TORCHVISION_PYTHON"),
+    ("supernet", "CNNDSL_TORCHVISION_PYTHON"),
 ]
 
 

@@ -42,6 +42,16 @@ def _warm(supernet: Supernet, members: list[dict], x: torch.Tensor, steps: int =
         opt.step()
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """These models are tiny: on a shared machine torch's thread pool costs more than it gives (a 3x16x16 MBConv
+    step took 3 s on two threads under load, 0.05 s on one)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def resnet_cifar():
     space = Space.open("resnet_cifar", input_shape=(1, 8, 8))
@@ -246,3 +256,159 @@ def test_train_search_best_end_to_end_on_digits(tmp_path, capsys):
     assert main(["supernet", "eval", str(run), "--sample", "2"]) == 0
     assert len((run / "eval.csv").read_text().splitlines()) == 3
     assert "best: trial" in capsys.readouterr().out
+    _check_pareto_search(run)
+
+
+def _check_pareto_search(run):
+    """`--objectives accuracy,params`: pareto.csv holds exactly the first-seen scored members that no other
+    beats in both (checked pair by pair here), each with its member's source beside it."""
+    import csv
+
+    from cnndsl.tools.cli import main
+
+    assert main(["supernet", "search", str(run), "--trials", "10", "--population", "4", "--tournament", "3",
+                 "--objectives", "accuracy,params", "--seed", "1"]) == 0
+    rows = list(csv.DictReader((run / "search.csv").open()))
+    seen = [(int(r["trial"]), float(r["accuracy"]), int(r["params"])) for r in rows
+            if r["accuracy"] and not r["duplicate_of"]]
+
+    def beaten(a):
+        return any(b[1] >= a[1] and b[2] <= a[2] and (b[1] > a[1] or b[2] < a[2]) for b in seen)
+    pareto = list(csv.DictReader((run / "pareto.csv").open()))
+    assert [int(r["trial"]) for r in pareto] == [a[0] for a in seen if not beaten(a)]
+    for r in pareto:
+        assert cnndsl.load(str(run / r["source"])).params == int(r["params"])
+    assert main(["supernet", "search", str(run), "--objectives", "accuracy,latency"]) != 0
+
+
+# ----------------------------------------------------------------------------- the MBConv space
+
+#: One block's options: kernel 3/5/7, expansion 3/4/6, SE off or on.
+MB_BLOCK = 3 * 3 * 2
+#: A stage: two blocks, then a choice of none, a third, or a third and a fourth.
+MB_STAGE = MB_BLOCK ** 2 * (1 + MB_BLOCK * (1 + MB_BLOCK))
+
+
+def _largest(space: Space) -> dict:
+    """Every choice at its last option: kernel 7, expansion 6, SE on, four blocks a stage."""
+    return {k: len(p.node.options) - 1 for k, p in space.points.items()}
+
+
+@pytest.fixture(scope="module")
+def mbconv():
+    space = Space.open("mbconv_space", input_shape=(3, 16, 16))
+    members = [_largest(space), *(v.choices for v in space.sample(3, seed=5))]
+    return Supernet(space, member_layers, members), members
+
+
+def test_mbconv_space_counts_as_the_arithmetic_says():
+    """18 options a block (3 kernels x 3 expansions x SE off/on), 2 to 4 blocks in each of 3 stages."""
+    space = Space.open("mbconv_space")
+    assert MB_STAGE == 111_132
+    assert space.count() == MB_STAGE ** 3 == 1_372_515_920_491_968
+    assert len(space.points) == 3 * (4 * 3 + 2)  # per stage: 4 blocks' 3 choices, and the 2 depth choices
+    first = space.member({})
+    assert first.valid and sum(1 for n in first.network_obj.graph.nodes() if n.op == "add") == 3  # one a stage
+
+
+def test_mbconv_paths_equal_extracted_models(mbconv):
+    supernet, members = mbconv
+    torch.manual_seed(4)
+    x = torch.randn(3, 3, 16, 16)
+    _warm(supernet, members, x, steps=1)
+    supernet.recalibrate(members[1], [x[:2], x[1:]])
+    for choices in members:
+        assert _agree(supernet, choices, x) < 1e-4
+
+
+def test_mbconv_every_tensor_shares_by_slicing(mbconv):
+    """Kernels, expansions (the depthwise conv included), SE widths and depths all slice one tensor a place:
+    the pool is exactly the largest member (every option at its largest), by the IR's own count."""
+    supernet, members = mbconv
+    places = {}
+    for key in supernet.keys.values():
+        head = key.partition("|")[0]
+        places.setdefault(head, set()).add(key)
+    assert all(len(keys) == 1 for keys in places.values())
+    assert sum(p.numel() for p in supernet.parameters()) == supernet.space.member(members[0]).params
+    largest = {key for key, _, _ in supernet.path(members[0]).entries.values()}
+    for choices in members[1:]:  # every member's tensors are slices of the largest member's
+        assert {key for key, _, _ in supernet.path(choices).entries.values()} <= largest
+
+
+def test_mbconv_slices_depthwise_se_and_projection_as_ofa_does(mbconv):
+    supernet, members = mbconv
+    space = supernet.space
+    small = {k: 0 for k in space.points}  # kernel 3, expansion 3, no SE, two blocks a stage
+    at = {k: tuple(map(int, k.rsplit(":", 2)[1:])) for k in space.points}  # a choice point is file:line:col
+    line = min(line for line, _ in at.values())  # the first block: its kernel, expansion and SE
+    k1, e1, se1 = sorted((k for k in at if at[k][0] == line), key=at.get)
+    mid = {**small, k1: 1, e1: 1, se1: 1}  # 5x5, expansion 4, SE on
+    _, s = supernet.extract(small)
+    _, b = supernet.extract(members[0])
+    _, m = supernet.extract(mid)
+    dw = "features.1.block.1.0.weight"
+    assert s[dw].shape == (48, 1, 3, 3) and b[dw].shape == (96, 1, 7, 7) and m[dw].shape == (64, 1, 5, 5)
+    assert torch.equal(s[dw], b[dw][:48, :, 2:5, 2:5]) and torch.equal(m[dw], b[dw][:64, :, 1:6, 1:6])
+    fc1 = "features.1.block.2.fc1.weight"  # SE squeezes to make_divisible(e // 4): 16 of 64, 24 of 96
+    assert m[fc1].shape == (16, 64, 1, 1) and torch.equal(m[fc1], b[fc1][:16, :64])
+    # the projection is one tensor with SE on or off, though it is block.3 after an SE and block.2 without
+    assert torch.equal(s["features.1.block.2.0.weight"], b["features.1.block.3.0.weight"][:, :48])
+
+
+@pytest.mark.slow
+def test_mbconv_many_members_at_full_size_equal_extracted_models():
+    """Twelve sampled members at the space's own 3x32x32, after SPOS steps and each member's BN recalibration."""
+    space = Space.open("mbconv_space")
+    members = [_largest(space), *(v.choices for v in space.sample(12, seed=11))]
+    supernet = Supernet(space, member_layers, members)
+    torch.manual_seed(5)
+    x = torch.randn(4, 3, 32, 32)
+    _warm(supernet, members, x, steps=2)
+    for choices in members:
+        supernet.recalibrate(choices, [x[:2], x[2:]])
+        assert _agree(supernet, choices, x) < 1e-4
+
+
+def test_kendall_tau_matches_hand_counts_and_scipy():
+    from cnndsl.search.supernet import kendall_tau
+
+    assert kendall_tau([1, 2, 3, 4, 5], [3, 1, 2, 5, 4]) == pytest.approx(0.4)  # 7 concordant, 3 discordant
+    # with ties: 4 concordant pairs, none discordant; 5 of 6 pairs apart in each: 4 / sqrt(5 * 5)
+    assert kendall_tau([1, 2, 2, 3], [1, 3, 2, 3]) == pytest.approx(0.8)
+    assert kendall_tau([1, 2, 3], [3, 2, 1]) == -1.0
+    stats = pytest.importorskip("scipy.stats")
+    rng = random.Random(0)
+    for _ in range(5):
+        a = [rng.randrange(4) for _ in range(9)]
+        b = [rng.random() for _ in range(9)]
+        assert kendall_tau(a, b) == pytest.approx(stats.kendalltau(a, b).statistic)
+
+
+def test_supernet_source_runs_members_as_the_supernet_does(tmp_path):
+    """`cnndsl supernet source`: the pool table, each member's slices and the runner, run with torch alone (and
+    the member's own model, built from the source it records), give the supernet's own path on its own pool."""
+    import importlib.util
+
+    from cnndsl.tools.cli import main
+
+    space_file = tmp_path / "k.cnn"
+    space_file.write_text(KERNEL_SPACE)
+    out = tmp_path / "supernet_k.py"
+    assert main(["supernet", "source", str(space_file), "-o", str(out)]) == 0
+    spec = importlib.util.spec_from_file_location("supernet_k", out)
+    generated = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generated)
+    supernet = cnndsl.build_supernet(Space.open(str(space_file)))
+    x = torch.randn(3, 1, 8, 8)
+    _warm(supernet, [m["choices"] for m in generated.MEMBERS], x, steps=1)
+    runner = generated.Supernet()
+    runner.load_pool(supernet.pool_state()[0])
+    assert len(generated.MEMBERS) == 6 and set(generated.POOL) == set(supernet.keys)
+    supernet.eval()
+    runner.eval()
+    for i, member in enumerate(generated.MEMBERS):
+        (tmp_path / f"m{i}.cnn").write_text(member["source"])
+        model = cnndsl.build_torch(str(tmp_path / f"m{i}.cnn"))
+        with torch.no_grad():
+            assert torch.equal(runner(x, i, model), supernet(x, member["choices"]))

@@ -8,19 +8,23 @@ and runs each member on slices of them. This module decides the keys, from the I
   among the places entering that option under the same parent, so an option's layers have one place whatever
   the other choices make of the numbering around them (NAS-Bench-201's unlabelled ``rcb`` instances are
   numbered on through the cell, and a ``skip`` edge takes no number). Every other numbered segment (``conv3``,
-  ``layer1.2``) becomes its rank among its siblings with the same stem (``conv#1``, ``layer#0.#2``).
+  ``layer1.2``) becomes its stem, the text that made it (``file:line:col``) and its rank among its siblings with
+  the same stem made by the same text (``conv#0@s.cnn:3:5``, ``layer#0@s.cnn:4:9.#1@s.cnn:4:30``): a layer
+  keeps its place when an optional step before it (``se(...) x{has_se}``, a repeat chosen shorter) is absent
+  and takes no number.
 * A tensor's **pool key** is its place, its name in the layer (``weight``, ``running_mean``), the op and the op's
   arguments, less those that only size the tensor (the op's ``sizing`` fact, :class:`cnndsl.ir.ops.Op`): a
   conv's ``c``, ``k`` and its padding, an fc's ``c``. Members whose layer has the same key share one tensor, the
   largest, each taking its slice: the leading channels, and for a kernel the centred window of its spatial axes
-  (Once-for-All's elastic width and kernel). An op without ``sizing`` adds the tensor's shape to its key, so
-  each size is a candidate of its own.
+  (Once-for-All's elastic width and kernel). A depthwise conv (as many groups as input and output channels)
+  keys its groups as ``'depthwise'``, so it slices too (Once-for-All's elastic expansion). An op without
+  ``sizing`` adds the tensor's shape to its key, so each size is a candidate of its own.
 
 >>> from cnndsl.search.variants import Space
 >>> space = Space.open("nb201", input_shape=(1, 8, 8), params={"n": 1})
 >>> layers = member_layers(space.member({}).network_obj, space.points)
 >>> layers["cell1.rcb1.conv1"].place
-'cell#0.<nb201.cnn:16:18=0>0.conv#0'
+'cell#0@nb201.cnn:29:26.<nb201.cnn:16:18=0>0.conv#0@nb201.cnn:12:45'
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import re
 from dataclasses import dataclass
 
 from cnndsl.ir.network import Network
+from cnndsl.search.pareto import front
 
 _NUMBERED = re.compile(r"^(.*?)(\d+)$")
 
@@ -75,6 +80,14 @@ def _option_of(span, options) -> tuple[str, int] | None:
     return best and (best[0], best[1])
 
 
+def _written_at(span) -> str:
+    """``@file:line:col`` of the text that made a layer or scope (the file's base name, so that a place does not
+    depend on where the space was opened from); empty where it has no span."""
+    if span is None:
+        return ""
+    return f"@{span.source.name.replace(chr(92), '/').rpartition('/')[2]}:{span.line}:{span.col}"
+
+
 def places(network: Network, points) -> dict[str, str]:
     """The place (see the module's docstring) of every layer of ``network``, a member of a space whose choice
     points are ``points`` (``Space.points``), by layer name."""
@@ -98,14 +111,16 @@ def places(network: Network, points) -> dict[str, str]:
                 span = scope.span if scope is not None else None
             option = _option_of(span, options)
             segment = parts[j - 1]
+            where = ""
             if option is not None and option != ctx:
                 marker, ctx = f"<{option[0]}={option[1]}>", option
             else:
                 m = _NUMBERED.match(segment)
                 marker = f"{m.group(1)}#" if m else None
+                where = _written_at(span)
             if marker is not None:
-                rank = ranks.setdefault((parent, marker), {})
-                segment = f"{marker}{rank.setdefault(prefix, len(rank))}"
+                rank = ranks.setdefault((parent, marker, where), {})
+                segment = f"{marker}{rank.setdefault(prefix, len(rank))}{where}"
             canon[prefix] = (f"{parent}.{segment}" if parent else segment, ctx)
         out[node.name] = canon[node.name][0]
     return out
@@ -117,14 +132,49 @@ def _args_text(args: dict, left_out: frozenset[str]) -> str:
 
 def member_layers(network: Network, points) -> dict[str, Layer]:
     """Every layer of a member ``network`` as the supernet sees it (:class:`Layer`), by layer name."""
+    graph = network.graph
     where = places(network, points)
     layers = {}
-    for node in network.graph.nodes():
+    for node in graph.nodes():
         left_out = node.opdef.sizing  # the arguments that only size its tensors (None: not sliced)
         centred = tuple(sorted({a for w in node.opdef.weights for a in w.spatial_axes}))  # a kernel's window
+        args = node.args
+        if left_out is not None and _depthwise(graph, node):
+            args = {**args, "groups": "depthwise"}  # (c, 1, k, k): the leading c' channels are the c'-wide one
         layers[node.name] = Layer(node.name, where[node.name], node.op,
-                                  _args_text(node.args, left_out or frozenset()), left_out is not None, centred)
+                                  _args_text(args, left_out or frozenset()), left_out is not None, centred)
     return layers
+
+
+def _depthwise(graph, node) -> bool:
+    """Whether ``node`` (of a sliced op) is depthwise: as many groups as input and output channels, more than one,
+    so that its weight has one channel a group and its leading channels are the narrower depthwise layer's."""
+    groups = node.args.get("groups", 1)
+    if not isinstance(groups, int) or groups < 2 or node.args.get("c") != groups:
+        return False
+    operands = graph.inputs_of(node.name)
+    shape = graph.node(operands[0]).shape if operands else None
+    return bool(shape) and shape[0] == groups
+
+
+def kendall_tau(a, b) -> float:
+    """Kendall's tau-b of two scorings of the same members (ties in either count for neither order): the number
+    of pairs both put in the same order, less those they put in opposite orders, over the geometric mean of the
+    pairs each tells apart. 1 is the same ranking, -1 the reverse; nan when either scoring ties every pair.
+
+    >>> kendall_tau([1, 2, 3, 4, 5], [3, 1, 2, 5, 4])  # 7 pairs agree, 3 disagree
+    0.4
+    """
+    if len(a) != len(b):
+        raise ValueError(f"two scorings of {len(a)} and {len(b)} members")
+    agree = apart_a = apart_b = 0
+    for i in range(len(a)):
+        for j in range(i + 1, len(a)):
+            da, db = (a[j] > a[i]) - (a[j] < a[i]), (b[j] > b[i]) - (b[j] < b[i])
+            agree += da * db
+            apart_a += da != 0
+            apart_b += db != 0
+    return agree / (apart_a * apart_b) ** 0.5 if apart_a and apart_b else float("nan")
 
 
 # ----------------------------------------------------------------------------- the command line
@@ -280,13 +330,17 @@ def _write_csv(path, rows: list[dict]) -> None:
 
 
 def evolve(space, evaluate, trials: int, *, sampler: str = "evolution", population: int = 10, tournament: int = 3,
-           seed: int = 0) -> list[tuple[dict, float | None, int | None]]:
+           seed: int = 0, directions: tuple[str, ...] | None = None) -> list[tuple[dict, object, int | None]]:
     """Regularised evolution (Real et al. 2019) or random search over ``space`` with ``evaluate(choices) ->
     (score or None, member)``: ``trials`` members, each ``(choices, score, duplicate_of)`` in trial order.
 
     The population is the last ``population`` trials; past it, each trial mutates one choice of the best of
     ``tournament`` of them drawn at random (a score of None, a member over a limit, loses to any). A member seen
     before reuses its score (``duplicate_of`` its first trial) and still counts as a trial.
+
+    With ``directions`` (``"maximize"`` or ``"minimize"`` per objective), a score is a tuple of objective values
+    and the parent is drawn uniformly from the tournament's first front (non-dominated sorting,
+    :mod:`cnndsl.search.pareto`), as ``cnndsl search --sampler evolution`` does with several objectives.
     """
     import random
     from collections import deque
@@ -300,7 +354,14 @@ def evolve(space, evaluate, trials: int, *, sampler: str = "evolution", populati
             choices = next(iter(space.sample(1, seed=rng.randrange(2 ** 31)))).choices
         else:
             drawn = rng.sample(list(alive), min(tournament, len(alive)))
-            parent = max(drawn, key=lambda h: -1.0 if h[1] is None else h[1])
+            if directions is None:
+                parent = max(drawn, key=lambda h: -1.0 if h[1] is None else h[1])
+            else:
+                complete = [h for h in drawn if h[1] is not None]
+                if complete:  # a tie in the first front is broken at random
+                    parent = complete[rng.choice(front([h[1] for h in complete], directions))]
+                else:
+                    parent = rng.choice(drawn)
             choices = space.mutation(parent[0], rng)
         key = tuple(sorted(choices.items()))
         if key in seen:
@@ -319,32 +380,95 @@ def _limits(args):
     return Limits(max_params=args.max_params, max_macs=args.max_macs)
 
 
+#: The objectives of ``supernet search --objectives``: inherited accuracy, and the member's figures from the IR.
+OBJECTIVES = {"accuracy": "maximize", "params": "minimize", "macs": "minimize"}
+PARETO_FILE = "pareto.csv"
+
+
+def parse_objectives(text: str) -> tuple[str, ...]:
+    """``"accuracy,params"`` as a tuple of distinct known objectives, accuracy among them."""
+    from cnndsl.errors import CnnArgumentError
+
+    names = tuple(n.strip() for n in text.split(","))
+    known = ", ".join(OBJECTIVES)
+    bad = [n for n in names if n not in OBJECTIVES]
+    if bad or len(set(names)) != len(names) or "accuracy" not in names:
+        what = f"unknown objective {bad[0]!r}" if bad else ("an objective named twice" if len(set(names)) !=
+                                                            len(names) else "no accuracy among the objectives")
+        raise CnnArgumentError(f"--objectives {text!r}: {what}", None,
+                               f"a comma-separated list of {known}, with accuracy (the supernet scores it)")
+    return names
+
+
+def _values(objectives: tuple[str, ...], accuracy: float, member) -> tuple:
+    figures = {"accuracy": accuracy, "params": member.params, "macs": member.macs}
+    return tuple(figures[o] for o in objectives)
+
+
 def cmd_search(args) -> int:
     from pathlib import Path
 
     from cnndsl.files import write_atomic
     from cnndsl.weights import save_weights
 
+    objectives = parse_objectives(args.objectives)
+    directions = tuple(OBJECTIVES[o] for o in objectives)
+    at = objectives.index("accuracy")
     supernet, record, _ = _load_supernet(args.dir)
     evaluate, calibration = _evaluator(supernet, record, args, _limits(args))
-    history = evolve(supernet.space, evaluate, args.trials, sampler=args.sampler, population=args.population,
-                     tournament=args.tournament, seed=args.seed)
-    rows = [_row(t, acc, supernet.path(c).variant, dup) for t, (c, acc, dup) in enumerate(history)]
+
+    def scored(choices):
+        accuracy, member = evaluate(choices)
+        if accuracy is None or len(objectives) == 1:
+            return accuracy, member
+        return _values(objectives, accuracy, member), member
+    history = evolve(supernet.space, scored, args.trials, sampler=args.sampler, population=args.population,
+                     tournament=args.tournament, seed=args.seed, directions=directions if len(objectives) > 1 else None)
+    points = [(t, c, s if len(objectives) > 1 else (s,)) for t, (c, s, dup) in enumerate(history)
+              if s is not None and dup is None]  # complete, first seen: (trial, choices, objective values)
+    rows = [_row(t, None if s is None else (s if len(objectives) == 1 else s[at]), supernet.path(c).variant, dup)
+            for t, (c, s, dup) in enumerate(history)]
     folder = Path(args.dir)
     _write_csv(folder / SEARCH_FILE, rows)
-    scored = [(acc, -supernet.path(c).variant.params, -t, c) for t, (c, acc, dup) in enumerate(history)
-              if acc is not None and dup is None]
-    if not scored:
+    if not points:
         print(f"no member within the limits in {args.trials} trials; wrote {folder / SEARCH_FILE}")
         return 1
-    accuracy, _, neg_trial, best = max(scored, key=lambda s: s[:3])  # then fewer parameters, the earlier trial
+    wrote = [folder / "best.cnn", folder / "best.safetensors", folder / SEARCH_FILE]
+    if len(objectives) > 1:
+        wrote.append(_write_pareto(folder, supernet, objectives, directions, points))
+
+    def rank(p):  # the first objective, then the next ones, then fewer parameters, then the earlier trial
+        signed = tuple(v if d == "maximize" else -v for v, d in zip(p[2], directions, strict=True))
+        return (*signed, -supernet.path(p[1]).variant.params, -p[0])
+    trial, best, values = max(points, key=rank)
     supernet.recalibrate(best, calibration)  # the statistics the best was scored with
     network, state = supernet.extract(best)
     write_atomic(folder / "best.cnn", supernet.source(best))
     save_weights(folder / "best.safetensors", network, state)
-    print(f"best: trial {-neg_trial}, inherited accuracy {accuracy:.4f}, {network.params:,} parameters; wrote "
-          f"{folder / 'best.cnn'}, {folder / 'best.safetensors'} and {folder / SEARCH_FILE}")
+    print(f"best: trial {trial}, inherited accuracy {values[at]:.4f}, {network.params:,} parameters; wrote "
+          f"{', '.join(str(w) for w in wrote[:-1])} and {wrote[-1]}")
     return 0
+
+
+def _write_pareto(folder, supernet, objectives, directions, points):
+    """``pareto.csv``: the non-dominated first-seen members in trial order, each member's source in
+    ``pareto/trial_NNNNN.cnn``."""
+    import json
+
+    from cnndsl.files import write_atomic
+
+    rows = []
+    for i in sorted(front([p[2] for p in points], directions)):
+        trial, choices, values = points[i]
+        member = supernet.path(choices).variant
+        source = f"pareto/trial_{trial:05d}.cnn"
+        (folder / "pareto").mkdir(exist_ok=True)
+        write_atomic(folder / source, member.source)
+        accuracy = values[objectives.index("accuracy")]
+        rows.append({"trial": trial, "accuracy": f"{accuracy:.6f}", "params": member.params, "macs": member.macs,
+                     "source": source, "choices": json.dumps(choices, sort_keys=True)})
+    _write_csv(folder / PARETO_FILE, rows)
+    return folder / PARETO_FILE
 
 
 def cmd_eval(args) -> int:
@@ -366,6 +490,25 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_source(args, params: dict) -> int:
+    """``cnndsl supernet source SPACE``: the supernet's readable PyTorch source (the pool table, the members'
+    slices, a runner), to ``-o FILE`` or standard output."""
+    from cnndsl.backends.supernet_torch import Supernet, supernet_source
+    from cnndsl.files import write_atomic
+    from cnndsl.search.variants import Space
+
+    space = Space.open(args.space, input_shape=args.input, params=params)
+    supernet = Supernet(space, member_layers, sample=args.sizing, seed=args.seed)
+    members = [p.variant.choices for p in supernet._paths.values()][:args.members]  # the sizing members, in order
+    text = supernet_source(supernet, members, space.label)
+    if args.output is None:
+        print(text, end="")
+    else:
+        write_atomic(args.output, text)
+        print(f"wrote {args.output}: {len(supernet.keys)} tensors, {len(members)} members")
+    return 0
+
+
 def _positive(text: str) -> int:
     import argparse
 
@@ -379,10 +522,10 @@ def _positive(text: str) -> int:
 
 
 def add_parser(sub, shape, parse_params) -> None:
-    """Register ``cnndsl supernet train | search | eval`` on the CLI's subparsers."""
+    """Register ``cnndsl supernet train | search | eval | source`` on the CLI's subparsers."""
     h = "one-shot NAS: train a space's weight-sharing supernet, search it, evaluate its members"
     sp = sub.add_parser("supernet", help=h, description=h)
-    actions = sp.add_subparsers(dest="action", required=True, metavar="{train,search,eval}")
+    actions = sp.add_subparsers(dest="action", required=True, metavar="{train,search,eval,source}")
 
     def common(p) -> None:
         p.add_argument("--seed", type=int, default=0, help="seed of the draws (default 0)")
@@ -415,6 +558,9 @@ def add_parser(sub, shape, parse_params) -> None:
     s.add_argument("--sampler", choices=SAMPLERS, default="evolution")
     s.add_argument("--population", type=_positive, default=10, metavar="P", help="evolution's population (default 10)")
     s.add_argument("--tournament", type=_positive, default=3, metavar="S", help="evolution's tournament (default 3)")
+    s.add_argument("--objectives", default="accuracy", metavar="LIST",
+                   help=f"comma-separated, accuracy among them: {', '.join(OBJECTIVES)} (default accuracy); with "
+                   "several, a Pareto front in pareto.csv")
     judged(s)
     s.set_defaults(func=cmd_search)
 
@@ -423,3 +569,15 @@ def add_parser(sub, shape, parse_params) -> None:
     e.add_argument("--sample", type=_positive, default=10, metavar="K", help="members (default 10)")
     judged(e)
     e.set_defaults(func=cmd_eval)
+
+    o = actions.add_parser("source", help="the readable PyTorch source of SPACE's supernet: its pool table, its "
+                           "members' slices and a runner")
+    o.add_argument("space", metavar="SPACE")
+    o.add_argument("-o", "--output", metavar="FILE", help="write it to FILE (default: standard output)")
+    o.add_argument("--input", type=shape, metavar="CxHxW", help="override the input size of every member")
+    o.add_argument("--param", "-p", action="append", metavar="NAME=VALUE", help="set a network parameter")
+    o.add_argument("--sizing", type=_positive, default=64, metavar="N",
+                   help="random members that size the shared tensors of a space of over 256 members (default 64)")
+    o.add_argument("--members", type=_positive, metavar="K", help="write the first K sizing members (default all)")
+    o.add_argument("--seed", type=int, default=0, help="seed of the sizing draws (default 0)")
+    o.set_defaults(func=lambda args: cmd_source(args, parse_params(args.param)))
