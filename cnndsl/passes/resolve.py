@@ -28,7 +28,6 @@ import difflib
 import itertools
 import math
 import re
-from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -354,7 +353,7 @@ class NameScope:
     def __init__(self, prefix: str, sequential: bool):
         self.prefix = prefix
         self.sequential = sequential
-        self.counters: Counter[str] = Counter()
+        self.counters: dict[str, int] = {}  # (a plain dict: a Counter costs more to make than a scope uses)
         self.position = 0
 
     def full(self, name: str) -> str:
@@ -366,8 +365,8 @@ class NameScope:
         elif self.sequential:
             name = str(self.position)
         else:
-            self.counters[base] += 1
-            name = f"{base}{self.counters[base]}"
+            n = self.counters[base] = self.counters.get(base, 0) + 1
+            name = f"{base}{n}"
         if self.sequential:
             self.position += 1
         return self.full(name)
@@ -1269,6 +1268,8 @@ class Resolver:
                 hint = f"write the kernel size as {b}K or {b}KxL, e.g. {b}3-64 or {b}1x7-64"
             if re.match(r"^[A-Za-z]+[0-9]+-[A-Za-z]", name):
                 hint = f"write the number in braces: {name.split('-')[0]}-{{{name.split('-', 1)[1]}}}"
+            elif op is None:
+                hint = _plugins_hint(name, hint)
             raise CnnNameError(f"unknown layer or block '{name}'", call.name_span, hint)
         if call.kernel is not None:
             if kernel is not None:
@@ -1480,7 +1481,11 @@ class Resolver:
             built = len(sub.g) - 1  # the layers resolve made, as a flat build counts them towards MAX_NODES
             sub.g.output = out
             warnings: list = []
-            for run in (infer_shapes, resolve_shortcuts, infer_shapes, count, check):
+            infer_shapes(sub.g, warnings, self.limits)
+            if any(node.op == "shortcut" for node in sub.g.nodes()):  # rewritten: its shapes are inferred again
+                resolve_shortcuts(sub.g, warnings, self.limits)
+                infer_shapes(sub.g, warnings, self.limits)
+            for run in (count, check):
                 run(sub.g, warnings, self.limits)
         except CnnDslError:
             if self.building:  # let the outermost fragment build fail: it alone is built again, flat
@@ -1561,17 +1566,17 @@ class Sizer:
         self.blocks = blocks
         self.memo: dict[tuple, tuple[object, int]] = {}  # (id of a step or call, values) -> (it, its size)
 
-    def _key(self, syntax, env: dict[str, Any]) -> tuple | None:
-        """The values of ``env`` that ``syntax`` (a step or a call) can read, as a memo key (None: unhashable).
-
-        A size depends on those alone (a block's body is sized from the values its arguments bind), so a step
-        sized once is known for every member of a search whose choices it does not read."""
-        key = tuple(env.get(n, UNKNOWN) for n in _reads(syntax))
+    def _find(self, syntax, env: dict[str, Any]) -> tuple[tuple | None, int | None]:
+        """The memo key of ``syntax`` (a step or a call) under ``env`` (None: unhashable values) and its size if
+        known. The key holds the values of ``env`` that it can read: a size depends on those alone (a block's
+        body is sized from the values its arguments bind), so a step sized once is known for every member of a
+        search whose choices it does not read."""
+        key = (id(syntax), tuple(env.get(n, UNKNOWN) for n in _reads(syntax)))
         try:
-            hash(key)
+            found = self.memo.get(key)
         except TypeError:
-            return None
-        return key
+            return None, None
+        return key, None if found is None else found[1]
 
     def forget_if_full(self) -> None:
         if len(self.memo) > self.MAX_MEMO:
@@ -1584,13 +1589,12 @@ class Sizer:
         if depth >= MAX_NESTED:  # resolve stops here with its own error
             return 1
         if isinstance(term, ast.Call):
-            key = self._key(term, env)
-            memo = (id(term), key)
-            if key is not None and memo in self.memo:
-                return self.memo[memo][1]
+            key, size = self._find(term, env)
+            if size is not None:
+                return size
             size = self._call(term, env, depth, active)
             if key is not None:
-                self.memo[memo] = (term, size)  # the term is kept alive, so its id is not reused
+                self.memo[key] = (term, size)  # the term is kept alive, so its id is not reused
             return size
         if isinstance(term, ast.Group):
             return self.seq(term.seq, env, depth + 1, active)
@@ -1616,15 +1620,14 @@ class Sizer:
 
     def step(self, step: ast.Step, env: dict[str, Any], depth: int, active: tuple[str, ...] = ()) -> int:
         """The step's lower bound, its repeat count included."""
-        key = self._key(step, env)
-        memo = (id(step), key)
-        if key is not None and memo in self.memo:
-            return self.memo[memo][1]
+        key, size = self._find(step, env)
+        if size is not None:
+            return size
         count = known_value(step.repeat, env) if step.repeat is not None else 1
         count = int(count) if isinstance(count, int) and count >= 0 else 1  # x{false} is absent
         size = self.term(step.term, env, depth, active) * count
         if key is not None:
-            self.memo[memo] = (step, size)
+            self.memo[key] = (step, size)
         return size
 
     def _table(self, t: ast.Table, env: dict[str, Any], depth: int, active: tuple[str, ...]) -> int:
@@ -1738,6 +1741,25 @@ def _prefixes(name: str) -> Iterator[str]:
     parts = name.split(".")
     for i in range(1, len(parts)):
         yield ".".join(parts[:i])
+
+
+def _plugins_hint(name: str, hint: str | None) -> str | None:
+    """``hint`` for an unknown layer, with the installed plugins that could define it (read from the packages'
+    metadata, not imported: loading one runs its code, so only ``--plugins NAME`` does)."""
+    from cnndsl.ops import installed_plugins  # only for this error: it reads every installed package's metadata
+
+    installed = installed_plugins()
+    if not installed:
+        return hint
+    base = _SHORTHAND.match(name)
+    same = [(n, d) for n, d in installed if n in (name, base and base["base"])]
+    if same:
+        n, d = same[0]
+        return f"the installed plugin '{n}' ({d}) may define it: load it with --plugins {n} (this runs its code)"
+    shown = 8  # plugins named in the hint
+    listed = ", ".join(f"{n} ({d})" for n, d in installed[:shown])
+    more = f" and {len(installed) - shown} more" if len(installed) > shown else ""
+    return (f"{hint}; or " if hint else "") + f"installed plugins, loaded with --plugins NAME: {listed}{more}"
 
 
 def _suggest(word: str, choices) -> str | None:
