@@ -30,8 +30,8 @@ def fold_state_dict(g: Graph, state: Mapping[str, Any]) -> dict[str, Any]:
     keep = {n.name for n in g.nodes()}
     out: dict[str, Any] = {}
     for key, value in state.items():
-        owner = key if key in keep else key.rsplit(".", 1)[0]  # a bare parameter (a layer scale) is its layer
-        if owner in keep and owner not in folded:
+        owner = _owner(key, keep)
+        if owner is not None and owner not in folded:
             out[key] = value
     for conv, (bn, eps, had_bias) in folded.items():
         weight = state[f"{conv}.weight"]
@@ -48,3 +48,14 @@ def fold_state_dict(g: Graph, state: Mapping[str, Any]) -> dict[str, Any]:
         out[f"{conv}.weight"] = weight * scale.reshape(-1, *([1] * (weight.dim() - 1)))
         out[f"{conv}.bias"] = bias
     return out
+
+
+def _owner(key: str, layers: set[str]) -> str | None:
+    """The layer a ``state_dict`` key belongs to: the longest prefix of it (the key itself for a bare parameter,
+    a layer scale) that is a layer. A plugin op's module may hold tensors deeper (``cbam1.fc1.weight``)."""
+    while True:
+        if key in layers:
+            return key
+        if "." not in key:
+            return None
+        key = key.rsplit(".", 1)[0]

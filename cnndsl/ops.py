@@ -22,7 +22,8 @@ from __future__ import annotations
 import ast
 import keyword
 import re
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterable
 from importlib import import_module, metadata
 from pathlib import Path
 from typing import Any
@@ -50,8 +51,9 @@ from cnndsl.ir.ops import (
 )
 
 __all__ = ["API_VERSION", "ENTRY_POINT_GROUP", "REQUIRED", "CnnPluginError", "Emit", "Family", "Fans", "FlatOrder",
-           "Op", "Saved", "Weight", "allow_plugins", "as_bool", "as_float", "as_int", "as_pair", "load_plugin",
-           "lookup", "plugin_ops", "plugins_allowed", "register", "unregister"]
+           "Op", "Saved", "Weight", "allow_plugins", "as_bool", "as_float", "as_int", "as_pair", "installed_plugins",
+           "load_plugin", "load_plugins", "lookup", "plugin_ops", "plugin_sources", "plugins_allowed", "register",
+           "unregister"]
 
 #: The version of this API. A plugin op declares the one it was written for (``api_version = 1``).
 API_VERSION = 1
@@ -70,6 +72,10 @@ _OP_NAME = re.compile(r"[a-z][a-z0-9_]*")
 _SPELLING = re.compile(r"[a-z][a-z0-9_]*(-[a-z][a-z0-9_]*)*")
 _MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 _DERIVED = ("in_channels", "in_features")
+#: The prefix of the module a ``use "x.py"`` plugin file runs as (:func:`cnndsl.front.loader.import_plugin_file`).
+_FILE_MODULE = "cnndsl_plugin_"
+#: What :func:`load_plugin` loaded in this process, in order (its arguments, a ``.py`` file's as an absolute path).
+_LOADED: list[str] = []
 
 
 class CnnPluginError(CnnDslError):
@@ -238,23 +244,70 @@ def load_plugin(name: str, span: Span | None = None) -> None:
             loaded = points[0].load()
             if callable(loaded) and not isinstance(loaded, type):
                 loaded()
-            return
-        if name.endswith(".py"):
+        elif name.endswith(".py"):
+            path = Path(name).resolve()
             with allow_plugins():
-                import_plugin_file(Path(name).resolve(), span)
-            return
-        if not _MODULE.fullmatch(name):
+                import_plugin_file(path, span)
+            name = str(path)
+        elif not _MODULE.fullmatch(name):
             raise CnnPluginError(f"'{name}' is neither an installed cnndsl.ops plugin, a .py file nor a module name",
                                  span, _installed_hint())
-        import_module(name)
+        else:
+            import_module(name)
     except CnnDslError:
         raise
     except ModuleNotFoundError as e:
         raise CnnPluginError(f"cannot load plugin '{name}': {e}", span, _installed_hint()) from None
     except Exception as e:  # the plugin's own code failed: say which plugin, keep the cause
         raise CnnPluginError(f"plugin '{name}' failed to load: {type(e).__name__}: {e}", span) from e
+    if name not in _LOADED:
+        _LOADED.append(name)
+
+
+def plugin_sources() -> tuple[str, ...]:
+    """What a fresh process passes to :func:`load_plugins` to register the plugin ops this one has: the plugins
+    :func:`load_plugin` loaded here, in order, then the file (``use "x.py"``) or module (a plain import) of every
+    other plugin op. An op defined in ``__main__`` has no source a fresh process can load.
+
+    A worker process that the parent starts fresh (``train --nproc``, ``search --workers``: spawned, not forked)
+    loads these before it builds a model; the parent has run each of them already, so nothing new runs."""
+    out = list(_LOADED)
+    for op in plugin_ops():
+        module = sys.modules.get(type(op).__module__)
+        if module is None or module.__name__ == "__main__":
+            continue
+        source = getattr(module, "__file__", None) if module.__name__.startswith(_FILE_MODULE) else module.__name__
+        if source and source not in out:
+            out.append(source)
+    return tuple(out)
+
+
+def load_plugins(sources: Iterable[str], needed: Iterable[str] = ()) -> None:
+    """Load the plugins ``sources`` names (:func:`plugin_sources` of the process that starts this one) unless
+    loaded already, then check that the ops ``needed`` are registered: a :class:`CnnPluginError` names those that
+    are not (an op registered from ``__main__``, or in a function no import runs)."""
+    for source in sources:
+        if source in _LOADED or source in sys.modules:
+            continue
+        load_plugin(source)
+    missing = [name for name in needed if lookup(name) is None]
+    if missing:
+        raise CnnPluginError(f"plugin op{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))} cannot "
+                             "be loaded in a worker process", None,
+                             "register it at the top level of a plugin module or .py file (--plugins NAME), "
+                             "which a worker process can load again")
+
+
+def installed_plugins() -> list[tuple[str, str]]:
+    """The installed packages' ``cnndsl.ops`` entry points as ``(name, distribution)``, by name, read from their
+    metadata: none is imported (``--plugins NAME`` loads one)."""
+    found: dict[str, str] = {}
+    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        dist = getattr(ep, "dist", None)
+        found.setdefault(ep.name, dist.metadata["Name"] if dist is not None else ep.value.split(":")[0])
+    return sorted(found.items())
 
 
 def _installed_hint() -> str:
-    names = sorted({ep.name for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)})
+    names = [name for name, _ in installed_plugins()]
     return f"installed plugins: {', '.join(names)}" if names else "no package installs a cnndsl.ops entry point"

@@ -396,3 +396,345 @@ def test_cbam_installed_in_a_fresh_venv_through_its_entry_point(tmp_path):
     bare = subprocess.run([str(python), "-m", "cnndsl", "check", str(net)], capture_output=True, text=True,
                           cwd=tmp_path, check=False)
     assert bare.returncode == 1 and "unknown layer or block 'cbam'" in bare.stderr  # not loaded unless asked
+    assert "the installed plugin 'cbam' (cnndsl-cbam) may define it: load it with --plugins cbam" in bare.stderr
+
+
+# ----------------------------------------------------------------------------- the untested paths: ONNX, search, LSP,
+# ----------------------------------------------------------------------------- workers, the hint at an unknown layer
+
+
+@pytest.mark.parametrize("inference", [False, True], ids=["train-build", "inference-build"])
+def test_cbam_exports_to_onnx_and_onnxruntime_matches_torch(cbam, tmp_path, inference):
+    """``export --onnx`` of a network with CBAM (torch.onnx of the generated model), run by onnxruntime's own
+    kernels against the PyTorch model on the same weights, to 1e-4 of the output's scale (as tests/test_onnx.py);
+    the inference build folds the batch norms around the plugin op and keeps it."""
+    torch = pytest.importorskip("torch")
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    source = tmp_path / "stages.cnn"
+    source.write_text(STAGES, encoding="utf-8")
+    out = tmp_path / "stages.onnx"
+    flags = ["--inference"] if inference else []
+    assert main(["export", str(source), "--onnx", str(out), *flags, "--plugins", "cnndsl_cbam"]) == 0
+    onnx.checker.check_model(str(out), full_check=True)
+    net = cnndsl.load(str(source))
+    torch.manual_seed(0)  # the weights the export drew (its seed=0)
+    model = cnndsl.build_torch(net).eval()
+    gen = torch.Generator().manual_seed(5)
+    if inference:  # batch-norm statistics away from the identity, so that folding them changes the weights
+        with torch.no_grad():
+            for key, value in model.state_dict().items():
+                if key.endswith("running_mean"):
+                    value.copy_(0.1 * torch.randn(value.shape, generator=gen))
+                elif key.endswith("running_var"):
+                    value.copy_(torch.rand(value.shape, generator=gen) + 0.5)
+        data = __import__("cnndsl.tools.onnx_export", fromlist=["to_onnx"]).to_onnx(
+            net, inference=True, state_dict=model.state_dict())
+    else:
+        data = out.read_bytes()
+    assert "Sigmoid" in {n.op_type for n in onnx.load_from_string(data).graph.node}  # CBAM's gates
+    x = torch.randn(3, *net.input_shape, generator=gen)
+    with torch.no_grad():
+        want = model(x).numpy()
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 2
+    (got,) = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})
+    scale = float(np.abs(want).max())
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * scale)
+
+
+SPACE = """block unit(c): conv3-{c} bn relu choice< cbam({4|8}) | identity >
+network t: input 3x8x8  unit(8) unit(16) gap fc: fc-2
+"""
+
+
+def _flat_params(a: str) -> int:
+    """The parameters of the member whose choice is ``a``, from the network written out by hand."""
+    return cnndsl.loads(f"network t: input 3x8x8  conv3-8 bn relu {a} conv3-16 bn relu {a} gap fc: fc-2").params
+
+
+def test_search_over_a_choice_of_the_plugin_op(cbam, tmp_path, capsys):
+    """``search`` (an Optuna study, the IR's params as its objective: nothing trains) over a space whose choice holds
+    the plugin op; every trial's parameters are those of its member written out by hand, and ``variants --count``
+    counts the plugin's options."""
+    pytest.importorskip("optuna")
+    space = tmp_path / "space.cnn"
+    space.write_text(SPACE, encoding="utf-8")
+    assert main(["variants", str(space), "--count", "--plugins", "cnndsl_cbam"]) == 0
+    assert capsys.readouterr().out.split()[0] == "3"
+    out = tmp_path / "search"
+    assert main(["search", str(space), "--objectives", "params", "--trials", "6", "--sampler", "random", "--seed", "1",
+                 "--out", str(out), "--plugins", "cnndsl_cbam"]) == 0
+    import csv
+
+    rows = list(csv.DictReader((out / "results.csv").open(encoding="utf-8")))
+    assert len(rows) == 6 and {r["state"] for r in rows} == {"complete"}
+    expected = {a: _flat_params(a) for a in ("cbam(4)", "cbam(8)", "identity")}
+    for r in rows:
+        choices = json.loads(r["choices"])
+        width = [v for v in choices.values() if v.isdigit()]  # the reduction chosen, where cbam was
+        a = "identity" if "identity" in choices.values() else f"cbam({width[0]})"
+        assert int(r["params"]) == expected[a], r
+    assert {int(r["params"]) for r in rows} != {expected["identity"]}  # the plugin op was chosen at least once
+    best = cnndsl.load(str(out / "best.cnn"))
+    assert best.params == min(expected.values())
+
+
+TWICE_FILE = """\
+from cnndsl import ops
+
+
+class Twice(ops.Op):
+    api_version = 1
+    name = "twice"
+    doc = "twice: x + x"
+    writable = True
+    family = ops.Family.MERGE
+    paper_kind = None
+    saves = ops.Saved.NOTHING
+    flat_order = ops.FlatOrder.KEEPS
+    torch_module = True
+    overwritable = False
+    commutative = False
+    foldable = False
+    fold_target = False
+    weights = ()
+    torch_emit = ops.Emit("Twice", source="class Twice(nn.Module):\\n    def forward(self, x):\\n        return x + x\\n")
+    jax_emit = None
+    flax_emit = None
+
+    def infer(self, x, args, span, warn=None):
+        return x
+
+    def count_params(self, xs, args):
+        return 0
+
+    def count_macs(self, xs, args, out):
+        return 0
+
+    def short_form(self, args):
+        return "twice"
+
+
+ops.register(Twice)
+"""
+
+
+@pytest.mark.slow
+def test_search_workers_load_the_plugin_too(registry, tmp_path):
+    """``search --workers 2`` over a space that ``use``s a plugin file: the spawned worker starts without the
+    parent's plugins and loads them (cnndsl.ops.plugin_sources), so it opens the space and checks its members
+    as the parent does."""
+    pytest.importorskip("optuna")
+    (tmp_path / "twice_op.py").write_text(TWICE_FILE, encoding="utf-8")
+    space = tmp_path / "space.cnn"
+    space.write_text('use "twice_op.py"\nnetwork t: input 4x6x6  conv3-{4|8} choice< twice | identity > gap fc: fc-2\n',
+                     encoding="utf-8")
+    out = tmp_path / "search"
+    assert main(["search", str(space), "--objectives", "params", "--trials", "8", "--sampler", "random", "--seed", "2",
+                 "--workers", "2", "--out", str(out), "--allow-plugins"]) == 0
+    import csv
+
+    rows = list(csv.DictReader((out / "results.csv").open(encoding="utf-8")))
+    assert len(rows) == 8 and {r["state"] for r in rows} == {"complete"}, rows
+    assert len({r["worker"] for r in rows}) == 2  # both workers ran trials
+
+
+LSP_DOC = "network t: input 3x8x8\n  conv3-8 relu cbam(4)\n  cbam(k=4) gap fc: fc-2\n"
+
+
+def _lsp_client(*flags: str):
+    """tests/test_lsp.py's client, talking to ``cnndsl lsp FLAGS`` with the example package importable."""
+    pytest.importorskip("pygls")
+    import os
+    import threading
+
+    from test_lsp import Client
+
+    class PluginClient(Client):
+        def __init__(self):
+            env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(EXAMPLE), os.environ.get("PYTHONPATH", "")])}
+            self.proc = subprocess.Popen([sys.executable, "-m", "cnndsl", "lsp", *flags], stdin=subprocess.PIPE,
+                                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+            self.next_id = 0
+            self.messages = []
+            self.cond = threading.Condition()
+            threading.Thread(target=self._read, daemon=True).start()
+
+    client = PluginClient()
+    client.request("initialize", {"processId": None, "rootUri": None, "capabilities": {}})
+    client.send("initialized", {}, request=False)
+    return client
+
+
+def _lsp_close(client) -> None:
+    client.request("shutdown", None)
+    client.send("exit", None, request=False)
+    try:
+        client.proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        client.proc.kill()
+
+
+def _lsp_text(client, uri: str, text: str, version: int) -> list[dict]:
+    if version == 1:
+        client.send("textDocument/didOpen", {"textDocument": {"uri": uri, "languageId": "cnn", "version": 1,
+                                                             "text": text}}, request=False)
+    else:
+        client.send("textDocument/didChange", {"textDocument": {"uri": uri, "version": version},
+                                               "contentChanges": [{"text": text}]}, request=False)
+    return client.diagnostics(uri, version)["diagnostics"]
+
+
+def test_lsp_with_plugins_gives_the_plugin_ops_diagnostics_and_hovers(tmp_path):
+    """``cnndsl lsp --plugins cnndsl_cbam``: a bad argument of the plugin op is a diagnostic at the layer; once fixed,
+    hovering the layer shows its short form, shape and the parameters counted by hand; the flag also allows
+    ``use "x.py"``."""
+    (tmp_path / "myops.py").write_text("from cnndsl.ops import Op  # registers nothing\n", encoding="utf-8")
+    uri = (tmp_path / "t.cnn").as_uri()
+    client = _lsp_client("--plugins", "cnndsl_cbam")
+    try:
+        (bad,) = _lsp_text(client, uri, LSP_DOC, 1)
+        assert bad["message"].startswith("'cbam' needs an odd k, got 4") and bad["severity"] == 1
+        assert bad["range"] == {"start": {"line": 2, "character": 2}, "end": {"line": 2, "character": 11}}
+        assert _lsp_text(client, uri, 'use "myops.py"\n' + LSP_DOC.replace("cbam(k=4) ", ""), 2) == []
+        hover = client.request("textDocument/hover", {"textDocument": {"uri": uri},
+                                                      "position": {"line": 2, "character": 16}})["result"]
+        value = hover["contents"]["value"]
+        hidden = 8 // 4
+        assert "**cbam1** `cbam r=4`" in value and "8x8x8" in value
+        assert f"{2 * 8 * hidden + hidden + 8 + 2 * 7 * 7} params" in value
+    finally:
+        _lsp_close(client)
+
+
+def test_lsp_without_plugins_refuses_use_at_the_use_naming_the_flag(tmp_path):
+    (tmp_path / "marker.py").write_text("open(__file__ + '.ran', 'w').close()\n", encoding="utf-8")
+    uri = (tmp_path / "t.cnn").as_uri()
+    client = _lsp_client()
+    try:
+        (d,) = _lsp_text(client, uri, 'use "marker.py"\n' + LSP_DOC, 1)
+        assert d["range"] == {"start": {"line": 0, "character": 0}, "end": {"line": 0, "character": 15}}
+        assert d["message"].startswith('`use "marker.py"` loads a plugin, which is not allowed here')
+        assert "--allow-plugins" in d["message"] and "--plugins" in d["message"]
+        (d,) = _lsp_text(client, uri, LSP_DOC.replace("cbam(k=4) ", ""), 2)  # the op is not there unloaded
+        assert d["message"].startswith("unknown layer or block 'cbam'")
+    finally:
+        _lsp_close(client)
+    assert not (tmp_path / "marker.py.ran").exists()
+
+
+def _fake_distribution(root: Path, points: dict[str, str]) -> None:
+    """An installed package as importlib.metadata finds it (a *.dist-info with its entry points) in ``root``, and
+    the modules it names, each leaving a mark if imported."""
+    info = root / "fake_ops-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: fake-ops\nVersion: 1.0\n", encoding="utf-8")
+    (info / "entry_points.txt").write_text(
+        "[cnndsl.ops]\n" + "".join(f"{name} = {module}\n" for name, module in points.items()), encoding="utf-8")
+    for module in points.values():
+        (root / f"{module}.py").write_text("open(__file__ + '.ran', 'w').close()\n", encoding="utf-8")
+
+
+def test_unknown_layer_names_the_installed_plugins_without_importing_them(tmp_path, monkeypatch):
+    with pytest.raises(CnnDslError) as e:
+        cnndsl.loads("network t: input 3x8x8  conv3-8 coordatt")
+    assert e.value.hint is None or "--plugins" not in e.value.hint  # nothing installed here: no plugin hint
+    _fake_distribution(tmp_path, {"coordatt": "fake_coordatt", "deform": "fake_deform"})
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert ("coordatt", "fake-ops") in ops.installed_plugins()
+    with pytest.raises(CnnDslError, match="unknown layer or block 'coordatt'") as e:  # the plugin's own name
+        cnndsl.loads("network t: input 3x8x8\n  conv3-8 coordatt")
+    assert (e.value.line, e.value.col) == (2, 11)
+    assert e.value.hint == ("the installed plugin 'coordatt' (fake-ops) may define it: load it with --plugins "
+                            "coordatt (this runs its code)")
+    with pytest.raises(CnnDslError) as e:  # another name: every installed plugin, after the spelling hint
+        cnndsl.loads("network t: input 3x8x8  conv3-8 relux")
+    assert e.value.hint == ("did you mean 'relu'? or an op of an installed plugin, loaded with --plugins NAME: "
+                            "coordatt (fake-ops), deform (fake-ops)")
+    with pytest.raises(CnnDslError) as e:
+        cnndsl.loads("network t: input 3x8x8  conv3-8 zqxw")
+    assert e.value.hint == ("an op of an installed plugin? load it with --plugins NAME: coordatt (fake-ops), "
+                            "deform (fake-ops)")
+    with pytest.raises(CnnDslError) as e:  # a known op's kernel spelling keeps its own hint
+        cnndsl.loads("network t: input 3x8x8  conv3-8 relu2")
+    assert "--plugins" not in (e.value.hint or "")
+    assert not list(tmp_path.glob("*.ran"))  # neither module was imported
+
+
+def test_plugin_sources_load_the_same_ops_in_a_fresh_process(cbam, tmp_path):
+    """What a spawned worker (``train --nproc``, ``search --workers``) is given: the plugins this process loaded
+    (``use "x.py"`` files too), which a fresh interpreter loads to have the same ops; an op it cannot load is a
+    clear error."""
+    plugin = tmp_path / "myops.py"
+    plugin.write_text(textwrap.dedent("""\
+        from cnndsl.ops import Emit, Family, FlatOrder, Op, Saved, register
+        @register
+        class Twice(Op):
+            api_version = 1
+            name = "twice_from_file"
+            doc = "x + x"
+            writable, family, paper_kind, saves = True, Family.MERGE, None, Saved.NOTHING
+            flat_order, torch_module, overwritable, commutative = FlatOrder.KEEPS, True, False, False
+            foldable, fold_target, weights = False, False, ()
+            torch_emit = Emit("Twice", source="class Twice(nn.Module):\\n    def forward(self, x):\\n        return 2 * x\\n")
+            jax_emit = flax_emit = None
+            def infer(self, x, args, span, warn=None):
+                return x
+            def count_params(self, xs, args):
+                return 0
+            def count_macs(self, xs, args, out):
+                return 0
+            def short_form(self, args):
+                return "twice"
+        """), encoding="utf-8")
+    (tmp_path / "net.cnn").write_text('use "myops.py"\nnetwork t: input 3x8x8  conv3-4 twice_from_file cbam(2)\n',
+                                      encoding="utf-8")
+    try:
+        net = cnndsl.load(str(tmp_path / "net.cnn"), allow_plugins=True)
+        sources = ops.plugin_sources()
+        assert "cnndsl_cbam" in sources and str(plugin.resolve()) in sources
+        needed = sorted({n.op for n in net.graph.nodes() if n.opdef.plugin})
+        assert needed == ["cbam", "twice_from_file"]
+        probe = ("import sys, json; from cnndsl import ops; args = json.loads(sys.argv[1]); ops.load_plugins(*args); "
+                 "print(sorted(op.name for op in ops.plugin_ops()))")
+        env = {**__import__("os").environ, "PYTHONPATH": str(EXAMPLE)}
+        done = subprocess.run([sys.executable, "-c", probe, json.dumps([sources, needed])], capture_output=True,
+                              text=True, env=env, check=False, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == "['cbam', 'twice_from_file']"
+    finally:
+        ops.unregister("twice_from_file")
+    with pytest.raises(ops.CnnPluginError, match="plugin op 'nowhere' cannot be loaded in a worker process") as e:
+        ops.load_plugins(sources, ["cbam", "nowhere"])
+    assert "top level of a plugin module" in e.value.hint
+
+
+@pytest.mark.slow
+def test_train_nproc_2_loads_the_plugin_in_every_worker(cbam, tmp_path):
+    """``train --nproc 2`` with a plugin op: torchrun's elastic launcher spawns fresh processes, which load the
+    plugins of the launching one (cnndsl.ops.plugin_sources) before they build the model. Against one process on
+    the same seed and global batch (no batch norm, so only the order of float32 sums differs, as in
+    tests/test_train_cli.py): the same loss and accuracy, weights within 1e-5."""
+    torch = pytest.importorskip("torch")
+    import os
+
+    from cnndsl.weights import load_weights
+
+    text = "network tiny: input 1x8x8  conv3-4 relu cbam(2, k=3) flatten fc-10\n"
+    (tmp_path / "tiny.cnn").write_text(text, encoding="utf-8")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(EXAMPLE), str(EXAMPLE.parents[1])])}
+    for n in (1, 2):
+        done = subprocess.run([sys.executable, "-m", "cnndsl", "train", "tiny.cnn", "--epochs", "1", "--nproc", str(n),
+                               "--device", "cpu", "--out", f"n{n}", "--plugins", "cnndsl_cbam"], capture_output=True,
+                              text=True, env=env, timeout=300, check=False, cwd=tmp_path)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "Traceback" not in done.stderr and done.stdout.splitlines()[-1].startswith("test accuracy: ")
+    net = cnndsl.loads(text)
+    one, two = (load_weights(tmp_path / f"n{n}" / "weights.safetensors", net) for n in (1, 2))
+    assert any(".fc1." in k for k in one)
+    for k in one:
+        torch.testing.assert_close(two[k], one[k], rtol=0, atol=1e-5)
+    a, b = (json.loads((tmp_path / f"n{n}" / "metrics.json").read_text()) for n in (1, 2))
+    assert a["test_accuracy"] == b["test_accuracy"] and b["settings"]["nproc"] == 2
+    assert a["epochs"][0]["loss"] == pytest.approx(b["epochs"][0]["loss"], rel=1e-6)

@@ -1759,7 +1759,9 @@ def _plugins_hint(name: str, hint: str | None) -> str | None:
     shown = 8  # plugins named in the hint
     listed = ", ".join(f"{n} ({d})" for n, d in installed[:shown])
     more = f" and {len(installed) - shown} more" if len(installed) > shown else ""
-    return (f"{hint}; or " if hint else "") + f"installed plugins, loaded with --plugins NAME: {listed}{more}"
+    if hint:
+        return f"{hint} or an op of an installed plugin, loaded with --plugins NAME: {listed}{more}"
+    return f"an op of an installed plugin? load it with --plugins NAME: {listed}{more}"
 
 
 def _suggest(word: str, choices) -> str | None:

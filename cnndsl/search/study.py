@@ -743,11 +743,19 @@ def run_trials(study, space: Space, cfg: SearchConfig, n: int, on_done=None, wor
             on_done()
 
 
-def _worker(cfg: SearchConfig, n: int, worker: int) -> None:
-    """A worker process's body: quiet Optuna, run its share of the trials, report a mistake cleanly."""
+def _worker(cfg: SearchConfig, n: int, worker: int, plugins: tuple[str, ...] = ()) -> None:
+    """A worker process's body: quiet Optuna, load the parent's plugins (``cnndsl.ops.plugin_sources``: a spawned
+    process starts without them), run its share of the trials, report a mistake cleanly."""
     _optuna().logging.set_verbosity(_optuna().logging.WARNING)
     try:
-        space = cfg.open_space()
+        if plugins:
+            from cnndsl.ops import allow_plugins, load_plugins
+
+            with allow_plugins(True):  # the parent was allowed to load them: the space's `use "x.py"` too
+                load_plugins(plugins)
+                space = cfg.open_space()
+        else:
+            space = cfg.open_space()
         run_trials(_load_study(cfg, worker, space), space, cfg, n, worker=worker)
     except CnnDslError as e:
         print(e, file=sys.stderr)
@@ -948,7 +956,10 @@ def _run_workers(cfg: SearchConfig, trials: int, workers: int, bar, study, space
 
     ctx = multiprocessing.get_context("spawn")  # a fork would copy torch's thread pools half-made
     shares = [trials // workers + (i < trials % workers) for i in range(workers)]
-    procs = [ctx.Process(target=_worker, args=(cfg, n, i), name=f"cnndsl-search-{i}")
+    from cnndsl.ops import plugin_sources
+
+    plugins = plugin_sources()
+    procs = [ctx.Process(target=_worker, args=(cfg, n, i, plugins), name=f"cnndsl-search-{i}")
              for i, n in enumerate(shares) if n and i]
     for proc in procs:
         proc.start()

@@ -23,6 +23,7 @@ from cnndsl.backends.torch import build as build_torch
 from cnndsl.errors import CnnDslError
 from cnndsl.files import write_atomic
 from cnndsl.ir.network import Network
+from cnndsl.ops import load_plugins, plugin_sources
 from cnndsl.progress import progress
 from cnndsl.report.expand import expand
 from cnndsl.train.data import (  # noqa: F401 - the data helpers, shared with the JAX path, are part of this API too
@@ -303,8 +304,10 @@ def _launch(network: Network, x, y, names: list[str], run: dict) -> float:
     # what `torchrun --standalone --nproc-per-node N` sets up: one node, a c10d rendezvous on a free local port
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=run["nproc"], run_id=str(uuid.uuid4()),
                           rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0)
+    # the workers are spawned, not forked: they load the plugins this process has (cnndsl.ops) before they build
+    plugins = (plugin_sources(), sorted({n.op for n in network.graph.nodes() if n.opdef.plugin}))
     try:
-        results = elastic_launch(config, _worker)(network, x, y, names, run)
+        results = elastic_launch(config, _worker)(network, x, y, names, run, plugins)
     except ChildFailedError as e:
         raise CnnDslError(f"a training process failed: {e}", None) from None
     failed = next((r for r in results.values() if isinstance(r, tuple)), None)
@@ -313,15 +316,20 @@ def _launch(network: Network, x, y, names: list[str], run: dict) -> float:
     return results[0]
 
 
-def _worker(network: Network, x, y, names: list[str], run: dict):
-    """One process of a data-parallel run: join the process group (nccl on CUDA, each process on its GPU
-    ``LOCAL_RANK``; gloo on the CPU), train, and return the accuracy.
+def _worker(network: Network, x, y, names: list[str], run: dict, plugins: tuple = ((), ())):
+    """One process of a data-parallel run: load the parent's plugins (``plugins``: its
+    :func:`cnndsl.ops.plugin_sources` and the plugin ops the network uses), join the process group (nccl on CUDA,
+    each process on its GPU ``LOCAL_RANK``; gloo on the CPU), train, and return the accuracy.
 
     A :class:`CnnDslError` comes back as its ``(message, None, hint)`` for the launching process to raise.
     """
     import torch
     import torch.distributed as dist
 
+    try:
+        load_plugins(*plugins)
+    except CnnDslError as e:
+        return (e.message, None, e.hint)
     if run["device"] == "cuda":
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
     dist.init_process_group("nccl" if run["device"] == "cuda" else "gloo")
