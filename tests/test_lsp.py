@@ -401,3 +401,39 @@ def test_use_paths_parameters_and_short_forms_without_a_server(tmp_path):
     assert doc.definition(2, text.splitlines()[2].index("= n") + 2).start == (0, 8)
     # the words that name nothing go nowhere
     assert doc.definition(1, 6) is None and doc.references(1, 6) == []
+
+
+def test_hover_on_a_label_and_an_at_label(client, tmp_path):
+    """A label (`layer1:`) or `@label` shows what it names: its shape, layers, params and MACs per network. The
+    counts are torchvision's: resnet50's layer1 and layer2 hold 215,808 and 1,219,584 parameters, resnet18's
+    layer1 147,968 (`sum(p.numel() for p in resnet50().layer1.parameters())`)."""
+    path = Path(__file__).resolve().parent.parent / "networks" / "resnet.cnn"
+    text = path.read_text(encoding="utf-8")
+    assert _open(client, path.as_uri(), text) == []
+    lines = text.splitlines()
+
+    def hover(uri, line, character):
+        result = client.request("textDocument/hover", {"textDocument": {"uri": uri},
+                                                       "position": {"line": line, "character": character}})["result"]
+        return result and result["contents"]["value"]
+
+    row = next(i for i, line in enumerate(lines) if "layer2: [" in line)
+    value = hover(path.as_uri(), row, lines[row].index("layer2:") + 3)
+    assert "**layer2** `sequence` → `512x28x28`" in value and "1,219,584 params" in value and "resnet50" in value
+    value = hover(path.as_uri(), row, lines[row].index("layer1:") + 6)  # on the `:` too
+    entries = {e.rsplit(" (", 1)[1]: e for e in value.split("\n\n") if " (" in e}
+    assert "215,808 params" in next(e for nets, e in entries.items() if "resnet50" in nets)
+    assert "147,968 params" in entries["resnet18)"] and "64x56x56" in entries["resnet18)"]
+    row = next(i for i, line in enumerate(lines) if "conv1: conv7-64/2" in line)
+    assert "9,408 params" in hover(path.as_uri(), row, lines[row].index("conv1:") + 1)  # a labelled layer
+
+    doc = ("network t: input 3x8x8\n  body: [conv3-4 relu conv3-4]\n  concat< @body | conv1-2 >\n"
+           "  for i in (1) (2): stage{i}: conv3-{i}\n  gap fc-2\n")
+    uri = (tmp_path / "t.cnn").as_uri()
+    assert _open(client, uri, doc) == []
+    # `@body`: the group it names, 3 layers, (3*3*3*4 + 4) + (3*3*4*4 + 4) = 112 + 148 = 260 parameters
+    assert hover(uri, 2, doc.splitlines()[2].index("@body") + 2) == \
+        hover(uri, 1, 3) == "**body** `sequence` → `4x8x8` · 3 layers · 260 params · 16.13KMACs (t)"
+    # a label template names one thing a row: conv3-1 on the concat's 4 + 2 channels, conv3-2 on its 1
+    value = hover(uri, 3, doc.splitlines()[3].index("stage{i}") + 2)
+    assert "**stage1** `conv3-1` → `1x8x8` · 55 params" in value and "**stage2** `conv3-2` → `2x8x8` · 20 params" in value

@@ -14,11 +14,12 @@ The layout:
 - a line breaks only where a step, a branch, a table row, an argument or a header part may end; where the
   author broke a line there it stays broken (and a one- or two-space gap between steps on a line is kept),
   and a line longer than :data:`WIDTH` is broken at the outermost such place that makes it fit;
-- a continuation line inside ``[ ]`` or ``( )`` lines up after the bracket; inside ``name< >`` a branch's
-  ``|`` lines up under the ``<`` and a branch's next line two columns further;
-- a table (``for a, b in (..) (..): STEP``) written over several lines, or too long for one, is laid out in
-  columns: the ``for`` starts a line, one row a line under the first, numbers right-aligned, and the step on
-  its own line four columns in;
+- a continuation line is indented 4 from the line that opens its bracket or combinator, unless the author lined
+  it up on the bracket (after ``[``/``(``; ``|`` under a ``<``, a branch's next line two further) and that still
+  fits the width;
+- a table's rows fill their lines (the author's breaks kept), continuing 4 in from their line, its step 4 in from
+  where its ``for`` starts a line; a table written (or coming out) one row a line is put in columns, numbers
+  right-aligned;
 - comments stay where they were, on their own line or after the code of theirs.
 
 >>> print(format_text("network t:input 3x8x8  conv3-4/2 ( p = 1 ) relu  fc-{2*5}"), end="")
@@ -42,12 +43,11 @@ from cnndsl.errors import CnnDslError
 #: The longest line the formatter makes (where a break can make it shorter), as ruff's line length.
 WIDTH = 120
 INDENT = 4
-#: A bracket opened past this column continues at its line's indentation + 4 rather than lined up on it.
-HANG = 48
 #: How many places the formatter may keep a space written inside a word-like run before it gives up.
 MAX_RETRIES = 32
-#: A table whose rows, written on one line, are longer than this is laid out in columns.
-TABLE_ROWS_WIDTH = 60
+#: How many times the layout is redone with a decision changed (an alignment too wide, a table gone in columns).
+MAX_RELAYOUTS = 64
+ALIGN, HANG = "align", "hang"
 
 
 class FormatterBug(CnnDslError):
@@ -122,6 +122,8 @@ def _separator(rule: str, left, right) -> str:
     if rule == "combinator":
         if rt == "<" or rk == "args":
             return GLUE
+        if lt == "<":
+            return SOFT  # `residual<` ending a line, its branches 4 in from that line (the zoo's MBConv blocks)
         return SOFT if rt == "|" else SPACE
     if rule == "rows":
         return SOFT
@@ -147,17 +149,15 @@ def _separator(rule: str, left, right) -> str:
 
 @dataclass
 class _Ctx:
-    """An open construct whose continuation lines line up on it."""
+    """An open construct whose continuation lines are indented from it."""
 
-    kind: str  # "top" (indent 4), "bracket" (after it), "comb" (| under <), "rows" (under the first row), "table",
-    # "with" (after `with `)
+    kind: str  # "top" (indent 4), "bracket", "comb" (`name< >`), "rows" (a table's), "columns" (a table's, one row
+    # a line), "table", "with" (after `with `)
     col: int = 0  # the column it is anchored at, known when its token is placed
     line_indent: int = 0  # the indentation of the line it opened on
-
-    @property
-    def hangs(self) -> bool:
-        """A bracket opened far to the right: its continuation lines are indented from its line, not lined up."""
-        return self.kind in ("bracket", "comb") and self.col > HANG
+    key: tuple[int, int] = (0, 0)  # (the item it is anchored at, which of that item's contexts)
+    mode: str = HANG  # ALIGN: lined up on the anchor, as the author wrote it; HANG: 4 in from `line_indent`
+    base: int = 0  # a table's: the column its `for` starts a line at (or would); its step is 4 further in
 
 
 @dataclass
@@ -251,9 +251,13 @@ def _is_number(x) -> bool:
 class _Walker:
     """Turns the tree into a :class:`_Stream` of tokens with their separators and contexts."""
 
-    def __init__(self, text: str, spaced: frozenset[int] = frozenset()):
+    def __init__(self, text: str, spaced: frozenset[int] = frozenset(), columns: frozenset[int] = frozenset(),
+                 broken: frozenset[int] = frozenset()):
         self.text = text
         self.out = _Stream(text, spaced)
+        self.columns = columns  # tables (by the offset of their first row) to lay out in columns
+        self.broken = broken  # tables in columns too wide after their `in`: the first row starts a line too
+        self.tables: list[tuple[int, bool, list[int]]] = []  # (that offset, in columns, each row's first item)
 
     def walk(self, node) -> None:
         if isinstance(node, Token):
@@ -299,7 +303,8 @@ class _Walker:
 
     def rule_table(self, node) -> None:
         rows = next((c for c in node.children if isinstance(c, Tree) and c.data == "rows"), None)
-        columns = rows is not None and len(rows.children) >= 2 and self._columns(rows)
+        columns = rows is not None and len(rows.children) >= 2 and (
+            _first_token(rows).start_pos in self.columns or self._columns(rows))
         if columns:
             self.out.pending_force = self.out.pending_sep in (STEP, SOFT)
         self.out.push("table")
@@ -312,6 +317,9 @@ class _Walker:
                 if columns and _text(prev) == ":":
                     self.out.pending_force = True
             if c is rows:
+                if columns:  # the first row may start a line (where the columns are too wide after `in`)
+                    self.out.pending_sep = SOFT
+                    self.out.pending_force = _first_token(rows).start_pos in self.broken
                 self._rows(c, columns)
             else:
                 self.walk(c)
@@ -319,18 +327,21 @@ class _Walker:
         self.out.pop()
 
     def _columns(self, rows: Tree) -> bool:
-        start, end = _first_token(rows).start_pos, _last_token(rows).end_pos
-        return "\n" in self.text[start:end] or len(" ".join(_flat(r) for r in rows.children)) > TABLE_ROWS_WIDTH
+        """The author wrote the table one row a line."""
+        return all(_starts_line(self.text, _first_token(r)) for r in rows.children[1:])
 
     def _rows(self, rows: Tree, columns: bool) -> None:
         cells = [[c for c in r.children if isinstance(c, Tree)] for r in rows.children]
         ncol = max(len(r) for r in cells)
         widths = [max((len(_flat(r[j])) for r in cells if j < len(r)), default=0) for j in range(ncol)]
         numeric = [all(_is_number(r[j]) for r in cells if j < len(r)) for j in range(ncol)]
-        self.out.push("rows")
+        self.out.push("columns" if columns else "rows")
+        starts: list[int] = []
+        self.tables.append((_first_token(rows).start_pos, columns, starts))
         for k, row in enumerate(rows.children):
+            starts.append(len(self.out.items))
             if k:
-                self.out.pending_sep = SOFT if columns else SPACE
+                self.out.pending_sep = SOFT
                 self.out.pending_force = columns
             pad: dict[int, int] = {}
             if columns:
@@ -348,43 +359,93 @@ class _Walker:
 # ----------------------------------------------------------------------------- layout
 
 
-def _layout(text: str, items: list[_Item], comments: list[Token], width: int) -> str:
+def _starts_line(text: str, tok: Token) -> bool:
+    """``tok`` is the first thing on its line of ``text``."""
+    return not text[tok.start_pos - (tok.column - 1):tok.start_pos].strip()
+
+
+def _modes(text: str, items: list[_Item], hang: frozenset[tuple[int, int]]) -> dict[tuple[int, int], str]:
+    """Which brackets, combinators and table rows keep the author's alignment: those whose first line written
+    inside them starts lined up on them (after a ``[``, ``|`` under a ``<``, a row under the first row), unless
+    ``hang`` says that alignment went past the width. The others hang: 4 columns in from the line they open on."""
+    modes: dict[tuple[int, int], str] = {}
+    stack: list[tuple[tuple[int, int], str, int]] = []
+    for i, item in enumerate(items):
+        if stack and _starts_line(text, item.tok) and stack[-1][0] not in modes and stack[-1][1] != "columns":
+            key, kind, col = stack[-1]
+            at = item.tok.column - 1
+            aligned = (kind == "bracket" and at == col + 1 or kind == "rows" and at == col
+                       or kind == "comb" and at == (col if str(item.tok) == "|" else col + 2))
+            modes[key] = ALIGN if aligned and key not in hang else HANG
+        for k, kind in enumerate(item.pushes):
+            stack.append(((i, k), kind, item.tok.column - 1))
+            if kind == "columns":
+                modes[i, k] = ALIGN  # rows one a line line up whatever was written (too wide: see _format_once)
+        del stack[len(stack) - item.pops:]
+    return modes
+
+
+@dataclass
+class _Laid:
+    text: str
+    too_wide: set[tuple[int, int]]  # aligned contexts a line too long was indented by (the innermost of each)
+    line_starts: set[int]  # the items that begin a line
+
+
+def _layout(text: str, items: list[_Item], comments: list[Token], width: int,
+            modes: dict[tuple[int, int], str]) -> _Laid:
     lines: list[str] = []
     cur = ""  # the line being built
+    cur_align: tuple[int, int] | None = None  # the innermost aligned context the line being built is indented by
+    too_wide: set[tuple[int, int]] = set()
+    line_starts: set[int] = set()
     stack: list[_Ctx] = []
     at_comment = 0
+    breaks_here = [False] * len(items)  # a break the author wrote (or the layout forces) before the item
+    for i, item in enumerate(items):
+        before = text[items[i - 1].tok.end_pos:item.tok.start_pos] if i else ""
+        breaks_here[i] = item.force or item.sep in (TOP, SOFT, STEP) and "\n" in before
 
     def indent_for(item: _Item) -> int:
         if item.sep == TOP or not stack:
             return 0
         top = stack[-1]
-        if top.hangs:
-            return top.line_indent + INDENT
         if top.kind == "top":
             return INDENT
-        if top.kind == "table":
-            return top.col + INDENT
-        if top.kind == "comb":
-            return top.col if str(item.tok) == "|" else top.col + 2
-        if top.kind == "rows":
-            return top.col
         if top.kind == "with":
             return top.col + len("with ")
+        if top.kind == "table":
+            return top.base + INDENT
+        if top.mode == HANG:
+            return top.line_indent + INDENT
+        if top.kind == "comb":
+            return top.col if str(item.tok) == "|" else top.col + 2
+        if top.kind in ("rows", "columns"):
+            return top.col
         return top.col + 1
 
     def newline(blank: bool) -> None:
-        nonlocal cur
+        nonlocal cur, cur_align
         if cur.strip():
             lines.append(cur.rstrip())
+            if len(lines[-1]) > width and cur_align is not None and not cur.lstrip().startswith("#"):
+                too_wide.add(cur_align)
         if blank and lines and lines[-1] != "":
             lines.append("")
-        cur = ""
+        cur, cur_align = "", None
+
+    def start_line(item: _Item) -> None:
+        nonlocal cur, cur_align
+        cur = " " * indent_for(item)
+        cur_align = next((c.key for c in reversed(stack) if c.mode == ALIGN), None)
 
     def chunk(i: int) -> int:
-        """The width from item ``i`` to the next place a line may break at the same depth or outside it."""
+        """The width from item ``i`` to the next place a line may break at the same depth or outside it, or
+        must break at any depth."""
         w, depth = len(items[i].tok), items[i].depth
-        for it in items[i + 1:]:
-            if it.sep in (TOP, SOFT, STEP) and it.depth <= depth or it.force:
+        for j in range(i + 1, len(items)):
+            it = items[j]
+            if it.sep in (TOP, SOFT, STEP) and it.depth <= depth or breaks_here[j]:
                 break
             w += it.gap + len(it.tok)
         return w
@@ -396,7 +457,6 @@ def _layout(text: str, items: list[_Item], comments: list[Token], width: int) ->
         while at_comment < len(comments) and comments[at_comment].start_pos < tok.start_pos:
             mine.append(comments[at_comment])
             at_comment += 1
-        gap_text = text[prev_end:tok.start_pos]
         broke = False
         pos = prev_end
         for c in mine:
@@ -405,31 +465,38 @@ def _layout(text: str, items: list[_Item], comments: list[Token], width: int) ->
                 cur = cur.rstrip() + "  " + str(c).rstrip()
             else:
                 newline(before.count("\n") >= 2)
-                cur = " " * indent_for(item) + str(c).rstrip()
+                start_line(item)
+                cur += str(c).rstrip()
             newline(False)
             broke, pos = True, c.end_pos
         after = text[pos:tok.start_pos]
         blank = after.count("\n") >= 2
         if i == 0 and not broke:
             cur = ""
+            line_starts.add(i)
         elif broke:
             if blank:
                 newline(True)
-            cur = " " * indent_for(item)
+            start_line(item)
+            line_starts.add(i)
         elif item.sep == TOP:
             newline(blank)
-        elif item.force or item.sep in (SOFT, STEP) and "\n" in gap_text:
+            line_starts.add(i)
+        elif breaks_here[i]:
             newline(blank)
-            cur = " " * indent_for(item)
+            start_line(item)
+            line_starts.add(i)
         elif item.sep in (SOFT, STEP) and len(cur) + item.gap + chunk(i) > width and indent_for(item) < len(cur):
             newline(False)
-            cur = " " * indent_for(item)
+            start_line(item)
+            line_starts.add(i)
         else:
             cur += " " * item.gap
-        stack.extend(_Ctx(kind, len(cur), len(cur) - len(cur.lstrip())) for kind in item.pushes)
+        base = indent_for(item) if "table" in item.pushes else 0
+        for k, kind in enumerate(item.pushes):
+            stack.append(_Ctx(kind, len(cur), len(cur) - len(cur.lstrip()), (i, k), modes.get((i, k), HANG), base))
         cur += str(tok)
-        for _ in range(item.pops):
-            stack.pop()
+        del stack[len(stack) - item.pops:]
         prev_end = tok.end_pos
     pos = prev_end
     for c in comments[at_comment:]:
@@ -445,7 +512,30 @@ def _layout(text: str, items: list[_Item], comments: list[Token], width: int) ->
         lines.pop()
     while lines and lines[0] == "":
         lines.pop(0)
-    return "\n".join(lines) + "\n" if lines else ""
+    return _Laid("\n".join(lines) + "\n" if lines else "", too_wide, line_starts)
+
+
+def _format_once(text: str, tree: Tree, comments: list[Token], spaced: frozenset[int], width: int) -> str:
+    """The layout of ``text``, redone until its decisions hold: an alignment that makes a line too long hangs
+    instead, and a table that came out one row a line is put in columns (as it would be when formatted again)."""
+    hang: set[tuple[int, int]] = set()
+    columns: set[int] = set()
+    broken: set[int] = set()
+    laid = None
+    for _ in range(MAX_RELAYOUTS):
+        walker = _Walker(text, spaced, frozenset(columns), frozenset(broken))
+        walker.walk(tree)
+        items = walker.out.items
+        laid = _layout(text, items, comments, width, _modes(text, items, frozenset(hang)))
+        more_columns = {key for key, cols, starts in walker.tables
+                        if not cols and len(starts) >= 2 and all(s in laid.line_starts for s in starts[1:])}
+        if laid.too_wide <= hang and more_columns <= columns:
+            break
+        # an alignment too wide hangs; a table's columns too wide start on the line after its `in`
+        broken |= {key for key, cols, starts in walker.tables if cols and (starts[0], 0) in laid.too_wide}
+        hang |= laid.too_wide
+        columns |= more_columns
+    return laid.text
 
 
 def _tokens(tree: Tree) -> list[tuple[str, str]]:
@@ -464,9 +554,7 @@ def format_text(text: str, filename: str = "<string>", width: int = WIDTH) -> st
     want = _tokens(tree)
     spaced: set[int] = set()
     for _ in range(MAX_RETRIES):
-        walker = _Walker(text, frozenset(spaced))
-        walker.walk(tree)
-        out = _layout(text, walker.out.items, comments, width)
+        out = _format_once(text, tree, comments, frozenset(spaced), width)
         again, again_comments = _parse(out)
         if [str(c).rstrip() for c in again_comments] != [str(c).rstrip() for c in comments]:
             break

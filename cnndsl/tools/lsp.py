@@ -51,19 +51,22 @@ class Analysis:
     networks: list[Network] = field(default_factory=list)
     filename: str = ""
 
-    def hover(self, line: int, character: int) -> str | None:
-        """Markdown for the 0-based position, or None when no layer or scope is there."""
+    def hover(self, line: int, character: int, named: re.Pattern | None = None) -> str | None:
+        """Markdown for the 0-based position, or None when no layer or scope is there. With ``named`` (a label's
+        pattern), only the layers and scopes of that name whose text holds the position, the largest of them."""
         hits = []  # (span size, kind, network, item)
         for net in self.networks:
             for node in net.graph.nodes():
-                if not isinstance(node.opdef, Input) and _contains(node.span, self.filename, line, character):
+                if not isinstance(node.opdef, Input) and _contains(node.span, self.filename, line, character) \
+                        and (named is None or named.search(node.name)):
                     hits.append((_size(node.span), "node", net, node))
             for sc in net.graph.scopes.values():
-                if _contains(sc.span, self.filename, line, character):
+                if _contains(sc.span, self.filename, line, character) and (named is None or named.search(sc.name)):
                     hits.append((_size(sc.span), "scope", net, sc))
         if not hits:
             return None
-        smallest = min(h[0] for h in hits)
+        pick = max if named is not None else min  # a label names the whole of what it labels
+        smallest = pick(h[0] for h in hits)
         best = [h for h in hits if h[0] == smallest]
         grouped: dict[str, list[str]] = {}  # one line per instance, the networks it appears in
         for _, kind, net, item in best:
@@ -418,6 +421,29 @@ class Document:
                 if getattr(net, "base", None) == name:
                     out.append(_location(_base_span(self.text, net)))
         return out
+
+    def label_at(self, line: int, character: int) -> tuple[tuple[int, int], re.Pattern] | None:
+        """For a label (``layer1:``) or an ``@label`` at the 0-based position: where the step it labels starts
+        (0-based) and a pattern for the names that label gives (``block{i}-{j}`` any ``block1-0``), or None."""
+        from cnndsl.front.syntax import Step, Template
+
+        body = getattr(self.item_at(line), "body", None)
+        if body is None:
+            return None
+        found = self.word_at(line, character)
+        target = found[0][1:].split(".")[0] if found is not None and found[0].startswith("@") else None
+        pos = (line + 1, character + 1)
+        for step in _walk(body, Step):
+            if step.label is None or step.label_span is None:
+                continue
+            name = step.label.text() if isinstance(step.label, Template) else step.label
+            here = step.label_span.line == pos[0] and step.label_span.col <= pos[1] <= step.label_span.end_col
+            if here or target is not None and name == target:
+                term = step.term.span
+                parts = re.split(r"(\{[^{}]*\})", name)
+                pattern = "".join("[^.]+" if p.startswith("{") else re.escape(p) for p in parts)
+                return (term.line - 1, term.col - 1), re.compile(rf"(^|\.){pattern}$")
+        return None
 
     def _label_named(self, line: int, word: str) -> bool:
         return any(name == word for name, _ in _labels(getattr(self.item_at(line), "body", None)))
@@ -867,6 +893,9 @@ def server():
         block = doc.block_hover(params.position.line, params.position.character) if doc else None
         if block is not None:  # a block call: its signature, then the instances' shapes and totals
             text = block + ("\n\n" + text if text else "")
+        label = doc.label_at(params.position.line, params.position.character) if doc and block is None else None
+        if label is not None:  # `layer1:` or `@layer1`: what the label names, its shape, layers, params and MACs
+            text = analysis.hover(*label[0], named=label[1]) or text
         if text is None:
             return None
         return lsp.Hover(contents=lsp.MarkupContent(kind=lsp.MarkupKind.Markdown, value=text))

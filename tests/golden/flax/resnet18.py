@@ -83,7 +83,7 @@ class BasicDownsample(nnx.Module):
 
 
 class Resnet18(nnx.Module):
-    """Network 'resnet18' (resnet.cnn:6)."""
+    """Network 'resnet18' (resnet.cnn:7)."""
 
     def __init__(self, *, rngs: nnx.Rngs) -> None:
         self.conv1 = nnx.Conv(3, 64, (7, 7), strides=2, padding=3, use_bias=False, kernel_init=HE_NORMAL, rngs=rngs)
@@ -95,14 +95,14 @@ class Resnet18(nnx.Module):
         self.fc = nnx.Linear(512, 1000, kernel_init=_uniform(512 ** -0.5), bias_init=_uniform(512 ** -0.5), rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = self.conv1(x)  # resnet.cnn:7 -> 112x112x64
-        x = self.bn1(x)  # resnet.cnn:7 -> 112x112x64
-        x = nnx.relu(x)  # resnet.cnn:7 -> 112x112x64
-        x = _max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1)))  # resnet.cnn:7 -> 56x56x64
-        x = self.layer1(x)  # resnet.cnn:8 -> 56x56x64
-        x = self.layer2(x)  # resnet.cnn:8 -> 28x28x128
-        x = self.layer3(x)  # resnet.cnn:9 -> 14x14x256
-        x = self.layer4(x)  # resnet.cnn:10 -> 7x7x512
+        x = self.conv1(x)  # resnet.cnn:8 -> 112x112x64
+        x = self.bn1(x)  # resnet.cnn:8 -> 112x112x64
+        x = nnx.relu(x)  # resnet.cnn:8 -> 112x112x64
+        x = _max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1)))  # resnet.cnn:8 -> 56x56x64
+        x = self.layer1(x)  # resnet.cnn:9 -> 56x56x64
+        x = self.layer2(x)  # resnet.cnn:9 -> 28x28x128
+        x = self.layer3(x)  # resnet.cnn:10 -> 14x14x256
+        x = self.layer4(x)  # resnet.cnn:11 -> 7x7x512
         x = x.mean((1, 2), keepdims=True)  # resnet.cnn:11 -> 1x1x512
         x = x.reshape(x.shape[0], -1)
         x = self.fc(x)  # resnet.cnn:11 -> 1000

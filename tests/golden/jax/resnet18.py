@@ -194,24 +194,24 @@ def apply(variables, x, *, train=False, rng=None):
     """The forward pass of resnet18: 1000 per example."""
     params, stats = variables["params"], variables["batch_stats"]
     new_stats = {}
-    x = _conv(x, params["conv1"], (2, 2), ((3, 3), (3, 3)))  # resnet.cnn:7 -> 112x112x64
-    # resnet.cnn:7 -> 112x112x64
+    x = _conv(x, params["conv1"], (2, 2), ((3, 3), (3, 3)))  # resnet.cnn:8 -> 112x112x64
+    # resnet.cnn:8 -> 112x112x64
     x, new_stats["bn1"] = _batch_norm(x, params["bn1"], stats["bn1"], train, momentum=0.1, eps=1e-05)
-    x = jax.nn.relu(x)  # resnet.cnn:7 -> 112x112x64
-    x = _max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1)))  # resnet.cnn:7 -> 56x56x64
-    # resnet.cnn:8 -> 56x56x64
+    x = jax.nn.relu(x)  # resnet.cnn:8 -> 112x112x64
+    x = _max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1)))  # resnet.cnn:8 -> 56x56x64
+    # resnet.cnn:9 -> 56x56x64
     new_stats["layer1"] = {}
     x, new_stats["layer1"]["0"] = basic(params["layer1"]["0"], stats["layer1"]["0"], x, train=train)
     x, new_stats["layer1"]["1"] = basic(params["layer1"]["1"], stats["layer1"]["1"], x, train=train)
-    # resnet.cnn:8 -> 28x28x128
+    # resnet.cnn:9 -> 28x28x128
     new_stats["layer2"] = {}
     x, new_stats["layer2"]["0"] = basic_downsample(params["layer2"]["0"], stats["layer2"]["0"], x, train=train)
     x, new_stats["layer2"]["1"] = basic(params["layer2"]["1"], stats["layer2"]["1"], x, train=train)
-    # resnet.cnn:9 -> 14x14x256
+    # resnet.cnn:10 -> 14x14x256
     new_stats["layer3"] = {}
     x, new_stats["layer3"]["0"] = basic_downsample(params["layer3"]["0"], stats["layer3"]["0"], x, train=train)
     x, new_stats["layer3"]["1"] = basic(params["layer3"]["1"], stats["layer3"]["1"], x, train=train)
-    # resnet.cnn:10 -> 7x7x512
+    # resnet.cnn:11 -> 7x7x512
     new_stats["layer4"] = {}
     x, new_stats["layer4"]["0"] = basic_downsample(params["layer4"]["0"], stats["layer4"]["0"], x, train=train)
     x, new_stats["layer4"]["1"] = basic(params["layer4"]["1"], stats["layer4"]["1"], x, train=train)

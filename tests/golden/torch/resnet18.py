@@ -59,7 +59,7 @@ class BasicDownsample(nn.Module):
 
 
 class Resnet18(nn.Module):
-    """Network 'resnet18' (resnet.cnn:6)."""
+    """Network 'resnet18' (resnet.cnn:7)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -88,14 +88,14 @@ class Resnet18(nn.Module):
         self.reset_parameters()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.conv1(x)  # resnet.cnn:7 -> 64x112x112
-        x = self.bn1(x)  # resnet.cnn:7 -> 64x112x112
-        x = self.relu(x)  # resnet.cnn:7 -> 64x112x112
-        x = self.maxpool(x)  # resnet.cnn:7 -> 64x56x56
-        x = self.layer1(x)  # resnet.cnn:8 -> 64x56x56
-        x = self.layer2(x)  # resnet.cnn:8 -> 128x28x28
-        x = self.layer3(x)  # resnet.cnn:9 -> 256x14x14
-        x = self.layer4(x)  # resnet.cnn:10 -> 512x7x7
+        x = self.conv1(x)  # resnet.cnn:8 -> 64x112x112
+        x = self.bn1(x)  # resnet.cnn:8 -> 64x112x112
+        x = self.relu(x)  # resnet.cnn:8 -> 64x112x112
+        x = self.maxpool(x)  # resnet.cnn:8 -> 64x56x56
+        x = self.layer1(x)  # resnet.cnn:9 -> 64x56x56
+        x = self.layer2(x)  # resnet.cnn:9 -> 128x28x28
+        x = self.layer3(x)  # resnet.cnn:10 -> 256x14x14
+        x = self.layer4(x)  # resnet.cnn:11 -> 512x7x7
         x = self.avgpool(x)  # resnet.cnn:11 -> 512x1x1
         x = torch.flatten(x, 1)
         x = self.fc(x)  # resnet.cnn:11 -> 1000
