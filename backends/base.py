@@ -97,9 +97,12 @@ def string_literal(text: str) -> str:
 
 
 def check_source(source: str, backend: str) -> str:
-    """``source`` if it parses as Python; otherwise a :class:`CompilerBug`, so that nothing is written or run."""
+    """``source`` if it parses as Python; otherwise a :class:`CompilerBug`, so that nothing is written or run.
+
+    Compiled rather than ``ast.parse``d: the same parser and a stricter check (the compiler's own, such as
+    ``return`` outside a function), without building the Python objects of the tree, which took most of the time."""
     try:
-        ast.parse(source)
+        compile(source, "<generated>", "exec", dont_inherit=True)
     except (SyntaxError, ValueError) as e:
         raise CompilerBug(f"the {backend} backend generated code that does not parse ({e})", None,
                           "this is a bug in cnndsl; please report it with the .cnn file") from None

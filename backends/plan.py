@@ -29,8 +29,9 @@ from __future__ import annotations
 
 import heapq
 from dataclasses import dataclass, field
+from functools import cached_property
 from types import MappingProxyType
-from typing import Any
+from typing import Any, NamedTuple
 
 from cnndsl.errors import CnnDslError, Span
 from cnndsl.ir.graph import Graph, Node
@@ -136,7 +137,7 @@ class Plan:
     def cls(self, class_id: str) -> ClassPlan:
         return self.root if class_id == "" else self._by_id[class_id]
 
-    @property
+    @cached_property
     def _by_id(self) -> dict[str, ClassPlan]:
         return {c.id: c for c in self.classes}
 
@@ -151,13 +152,14 @@ def _prod(shape) -> int:
     return out
 
 
-def layer_args(graph: Graph, node: Node) -> tuple[tuple[str, Any], ...]:
+def layer_args(graph: Graph, node: Node, operands: list[str] | None = None) -> tuple[tuple[str, Any], ...]:
     """The numbers a printer needs for one layer: the IR's arguments and what follows from the shapes
     (input channels or features, ceil mode's extra bottom/right padding, centre-crop windows).
     A pool keeps ``ceil`` beside its ``ceil_extra``: PyTorch prints the mode, the JAX printers the padding. A batch
-    norm carries ``frozen`` (``freeze(...)``: the JAX printers keep its statistics; PyTorch's ``train`` does)."""
+    norm carries ``frozen`` (``freeze(...)``: the JAX printers keep its statistics; PyTorch's ``train`` does).
+    ``operands`` are the node's (``graph.inputs_of``), where the caller has them."""
     a = node.args
-    ins = [graph.node(s).shape for s in graph.inputs_of(node.name)]
+    ins = [graph.node(s).shape for s in (graph.inputs_of(node.name) if operands is None else operands)]
     op = node.op
     if op == "conv":
         return (("in_channels", ins[0][0]), ("c", a["c"]), ("k", a["k"]), ("s", a["s"]), ("p", a["p"]),
@@ -225,7 +227,7 @@ def collapse(v: Any) -> Any:
     if not _same(first, first):  # a NaN equals nothing, itself included
         return v
     for x in v[1:]:
-        if not _same(collapse(x) if isinstance(x, tuple) else x, first):
+        if x is not first and not _same(collapse(x) if isinstance(x, tuple) else x, first):  # collapse is idempotent
             return v
     return first
 
@@ -272,6 +274,23 @@ def camel(name: str) -> str:
 # ----------------------------------------------------------------------------- the planner
 
 
+class _DraftStep(NamedTuple):
+    """A :class:`Step` (its fields, in its order) as a draft holds it: a draft is made for every instance and most
+    are only compared with the first, so its steps are plain tuples; the class's own steps are made in ``_finish``."""
+
+    kind: str
+    output: str
+    inputs: tuple[str, ...]
+    attr: str
+    op: str | None = None
+    child: str | None = None
+    children: tuple[str, ...] = ()
+    args: tuple[tuple[str, Any], ...] = ()
+    span: Span | None = None
+    shape: tuple[int | None, ...] = ()
+    aux: bool = False
+
+
 @dataclass
 class _Draft:
     """A scope's class before sharing: its steps hold plain values."""
@@ -280,19 +299,20 @@ class _Draft:
     kind: str
     is_block: bool
     block_args: dict
-    steps: list[Step]
+    steps: list[_DraftStep]
     inputs: tuple[str, ...]
     output: str
     aux_outputs: tuple[str, ...]
     in_channels: int | None
     span: Span | None
     in_shape: tuple[int, ...] | None
+    flat: list[tuple[Any, ...]] = field(default_factory=list)  # per step, its arguments' values collapsed
 
     def signature(self) -> tuple:
         return (self.kind, self.is_block, self.inputs, self.output, tuple(
             (s.kind, s.output, s.inputs, s.attr, s.op, s.child, s.children,
-             tuple((k, _form(collapse(v) if isinstance(v, tuple) else v)) for k, v in s.args), s.aux, len(s.shape))
-            for s in self.steps))
+             tuple((k, _form(v)) for (k, _), v in zip(s.args, flat)), s.aux, len(s.shape))
+            for s, flat in zip(self.steps, self.flat)))
 
 
 class Planner:
@@ -303,41 +323,66 @@ class Planner:
         self.nodes = list(graph.nodes())
         self.outputs = set(graph.outputs)
         self.operands = {n.name: graph.inputs_of(n.name) for n in self.nodes}
-        self.readers = {n.name: graph.readers(n.name) for n in self.nodes}
-        self.children = self._scope_tree()
-        self.members: dict[str, list[Node]] = {}
+        self.first: dict[str, int] = {}  # scope -> the least graph order of its layers (every scope is a key)
+        self.with_input: set[str] = set()  # the scopes that hold an input
+        scopes_of: dict[str, list[str]] = {}  # layer -> the scopes it is in, outermost first
+        chains: dict[str, list[str]] = {"": []}  # a layer's parent scope -> the scopes it is in
+        children: dict[str, dict[str, None]] = {"": {}}  # Graph.scope_tree, dicts as ordered sets
         for n in self.nodes:
-            prefix = ""
-            for part in n.name.split(".")[:-1]:
-                prefix = f"{prefix}.{part}" if prefix else part
-                self.members.setdefault(prefix, []).append(n)
-        self.boundaries: dict[str, tuple[list[str], list[str]]] = {}
+            parent = n.name.rpartition(".")[0]
+            chain = chains.get(parent)
+            if chain is None:
+                parts = parent.split(".")
+                chain = chains[parent] = [".".join(parts[:i]) for i in range(1, len(parts) + 1)]
+                for above, scope in zip(["", *chain], chain):
+                    children.setdefault(above, {})[scope] = None
+            children.setdefault(parent, {})[n.name] = None
+            for prefix in chain:
+                if n.order < self.first.get(prefix, n.order + 1):
+                    self.first[prefix] = n.order
+            scopes_of[n.name] = chain
+            if n.op == "input":
+                self.with_input.update(chain)
+        self.children = {scope: list(kids) for scope, kids in children.items()}  # as Graph.scope_tree() gives it
+        self.boundaries = self._boundaries(scopes_of)
         self.kinds: dict[str, str] = {}
         self.class_of: dict[str, str] = {}  # scope -> class id
         self.instances: dict[str, Instance] = {}
         self.classes: list[ClassPlan] = []
         self.variants: dict[str, list[_Draft]] = {}  # block kind -> the first draft of each of its classes
 
-    def _scope_tree(self) -> dict[str, list[str]]:
-        return self.g.scope_tree()
+    def _boundaries(self, scopes_of: dict[str, list[str]]) -> dict[str, tuple[list[str], list[str]]]:
+        """Every scope's :meth:`boundary`, from the edges that cross it (a scan of each scope's members would visit
+        a layer once per scope it is in): an edge enters the scopes of its reader that its source is not in, and
+        leaves the scopes of its source that its reader is not in."""
+        ins: dict[str, set[str]] = {s: set() for s in self.first}
+        outs: dict[str, set[str]] = {s: set() for s in self.first}
+        for dst, srcs in self.operands.items():
+            inner = scopes_of[dst]
+            for src in set(srcs):
+                outer = scopes_of[src]
+                if outer is inner:  # one parent (the chains are shared): no scope between them
+                    continue
+                common = 0  # the scopes both are in: a common prefix of the two chains
+                while common < len(inner) and common < len(outer) and inner[common] == outer[common]:
+                    common += 1
+                for s in inner[common:]:
+                    ins[s].add(src)
+                for s in outer[common:]:
+                    outs[s].add(src)
+        for name in self.outputs:
+            for s in scopes_of[name]:
+                outs[s].add(name)
+        return {s: (sorted(ins[s]), sorted(outs[s])) for s in self.first}
 
     def boundary(self, scope: str) -> tuple[list[str], list[str]]:
         """The outside values a scope reads, and its values read outside it (or returned), sorted."""
-        if scope not in self.boundaries:
-            members = self.members.get(scope, [])
-            inside = {n.name for n in members}
-            ins, outs = set(), []
-            for n in members:
-                ins.update(self.operands[n.name])
-                if n.name in self.outputs or not self.readers[n.name] <= inside:
-                    outs.append(n.name)
-            self.boundaries[scope] = (sorted(ins - inside), sorted(outs))
-        ins, outs = self.boundaries[scope]
+        ins, outs = self.boundaries.get(scope, ([], []))
         return list(ins), list(outs)
 
     def _classify(self, scope: str) -> str:
         ins, outs = self.boundary(scope)
-        if len(ins) != 1 or len(outs) != 1 or any(n.op == "input" for n in self.members.get(scope, [])):
+        if len(ins) != 1 or len(outs) != 1 or scope in self.with_input:
             return "inline"
         kids = self.children[scope]
         local = [k.rsplit(".", 1)[-1] for k in kids]
@@ -345,10 +390,11 @@ class Planner:
             prev = ins[0]
             for i, kid in enumerate(kids):
                 k_in, k_out = self.boundary(kid)
-                readers = self.readers[k_out[0]]
+                readers = self.g.readers(k_out[0])
                 last = i == len(kids) - 1
-                if k_in != [prev] or not last and (k_out[0] in self.outputs or not readers <= {
-                        n.name for n in self.members[kids[i + 1]]}):
+                inside_next = f"{kids[i + 1]}." if not last else ""  # the prefix of the next child's layers
+                if k_in != [prev] or not last and (k_out[0] in self.outputs or not all(
+                        r.startswith(inside_next) for r in readers)):
                     break
                 prev = k_out[0]
             else:
@@ -362,7 +408,7 @@ class Planner:
             if s in self.g:
                 raise CnnDslError(f"'{s}' names both a layer and a group of layers", self.g.node(s).span)
             self.kinds[s] = self._classify(s)
-        first = {s: min(n.order for n in self.members[s]) for s in scopes}
+        first = self.first
         height: dict[str, int] = {}
         for s in scopes:
             height[s] = max((height[k] for k in self.children[s] if k in height), default=0) + (
@@ -407,13 +453,14 @@ class Planner:
         if not scope and self.g.aux_outputs:
             needed = self.g.ancestors([self.g.output])
             steps = [s for s, _ in steps if s.output in needed] + [
-                Step(**{**s.__dict__, "aux": True}) for s, _ in steps if s.output not in needed]
+                s._replace(aux=True) for s, _ in steps if s.output not in needed]
         else:
             steps = [s for s, _ in steps]
         return _Draft(scope, kind, is_block, block_args, steps, inputs, key(output), tuple(map(key, aux_outputs)),
-                      in_shape[0] if in_shape else None, span, in_shape)
+                      in_shape[0] if in_shape else None, span, in_shape,
+                      [tuple(collapse(v) if isinstance(v, tuple) else v for _, v in s.args) for s in steps])
 
-    def _collect(self, scope: str, key) -> list[tuple[Step, int]]:
+    def _collect(self, scope: str, key) -> list[tuple[_DraftStep, int]]:
         """The steps of ``scope``'s forward (an inline child's layers included), with their graph order."""
         out = []
         for kid in self.children[scope]:
@@ -421,38 +468,49 @@ class Planner:
                 node = self.g.node(kid)
                 if node.op == "input":
                     continue
-                out.append((Step("layer", key(kid), tuple(map(key, self.operands[kid])), key(kid), op=node.op,
-                                 args=layer_args(self.g, node), span=node.span, shape=node.shape), node.order))
+                name, operands = key(kid), self.operands[kid]
+                out.append((_DraftStep("layer", name, tuple(map(key, operands)), name, op=node.op,
+                                       args=layer_args(self.g, node, operands), span=node.span, shape=node.shape),
+                            node.order))
                 continue
             kind = self.kinds[kid]
             if kind == "inline":
                 out += self._collect_inline(kid, key)
                 continue
             ins, outs = self.boundary(kid)
-            order = min(n.order for n in self.members[kid])
+            order = self.first[kid]
             sc = self.g.scopes.get(kid)
             span = sc.span if sc is not None else None
             exit_ = self.g.node(outs[0])
             if kind == "class":
                 inst = self.instances[kid]
-                out.append((Step("call", key(outs[0]), (key(ins[0]),), key(kid), child=inst.cls, args=inst.args,
+                out.append((_DraftStep("call", key(outs[0]), (key(ins[0]),), key(kid), child=inst.cls, args=inst.args,
                                  span=span or exit_.span, shape=exit_.shape), order))
             else:
                 kids = self.children[kid]
                 args = tuple((f"{i}.{p}", v) for i, k in enumerate(kids) for p, v in self.instances[k].args)
-                out.append((Step("sequence", key(outs[0]), (key(ins[0]),), key(kid),
+                out.append((_DraftStep("sequence", key(outs[0]), (key(ins[0]),), key(kid),
                                  children=tuple(self.instances[k].cls for k in kids), args=args,
                                  span=span or exit_.span, shape=exit_.shape), order))
         return out
 
-    def _collect_inline(self, scope: str, key) -> list[tuple[Step, int]]:
+    def _collect_inline(self, scope: str, key) -> list[tuple[_DraftStep, int]]:
         return self._collect(scope, key)
 
     @staticmethod
-    def _toposort(steps: list[tuple[Step, int]]) -> list[tuple[Step, int]]:
+    def _toposort(steps: list[tuple[_DraftStep, int]]) -> list[tuple[_DraftStep, int]]:
         """The steps in data-flow order, the one first in the graph whenever several are ready (Kahn's algorithm
-        over a heap of graph orders)."""
+        over a heap of graph orders). Where graph order is a data-flow order it is that order (the heap's pick at
+        every turn), which one pass checks."""
         producer = {s.output: i for i, (s, _) in enumerate(steps)}
+        by_order = sorted(range(len(steps)), key=lambda i: steps[i][1])  # ties by position, as in the heap
+        done: set[str] = set()
+        for i in by_order:  # graph order is mostly data-flow order already, and then it is the answer
+            if any(src in producer and src not in done for src in steps[i][0].inputs):
+                break
+            done.add(steps[i][0].output)
+        else:
+            return [steps[i] for i in by_order]
         waiting = [0] * len(steps)
         readers: list[list[int]] = [[] for _ in steps]
         for i, (s, _) in enumerate(steps):
@@ -463,7 +521,7 @@ class Planner:
                     readers[j].append(i)
         ready = [(order, i) for i, (_, order) in enumerate(steps) if not waiting[i]]
         heapq.heapify(ready)
-        out: list[tuple[Step, int]] = []
+        out: list[tuple[_DraftStep, int]] = []
         while ready:
             _, i = heapq.heappop(ready)
             out.append(steps[i])
@@ -514,17 +572,26 @@ class Planner:
                     values[j].append((pname, v))
             return keys[key]
 
-        def resolve(vals: list[Any], hint: str, arg: str) -> Any:
-            flat = [collapse(v) if isinstance(v, tuple) else v for v in vals]
-            if all(_same(v, flat[0]) for v in flat):
-                return vals[0]
+        def hint(step: _DraftStep, arg: str) -> str:
+            local = step.attr.rsplit(".", 1)[-1]
+            arg_hint = arg.replace(".", "_")
+            if local.isdigit():  # an element of a numbered sequence: named after its op, or the argument alone
+                return f"{step.op}_{arg_hint}" if step.op else arg_hint
+            return f"{local}_{arg_hint}"
+
+        def resolve(i: int, j: int, arg: str) -> Any:
+            """Step ``i``'s argument ``j``: its value where the members agree, else a :class:`Ref`."""
+            flat = [m.flat[i][j] for m in members]
+            first = flat[0]
+            if all(v is first for v in flat) and _same(first, first) or all(_same(v, first) for v in flat):
+                return rep.steps[i].args[j][1]
+            vals = [m.steps[i].args[j][1] for m in members]
             for p in rep.block_args:
                 pv = [m.block_args.get(p) for m in members]
                 if all(_same(v, collapse(q)) for v, q in zip(flat, pv)):
                     like = None if isinstance(pv[0], tuple) else vals[0]  # a scalar parameter fills a pair
                     return Ref(add(("block", p), p, "block", pv), 1, like)
-                ints = all(isinstance(q, int) and not isinstance(q, bool) for q in pv + flat)
-                if ints and pv[0]:
+                if pv[0] and all(isinstance(q, int) and not isinstance(q, bool) for q in pv + flat):
                     k = flat[0] // pv[0]
                     if k > 1 and all(v == k * q for v, q in zip(flat, pv)):
                         return Ref(add(("block", p), p, "block", pv), k, vals[0])
@@ -533,23 +600,17 @@ class Planner:
                            1, vals[0])
             if arg in words:  # the block's word (`p=same`) as the numbers it stands for, under its name
                 return Ref(add(("word", arg, *map(_key, vals)), arg, "word", vals), 1, None)
-            return Ref(add(("derived", *map(_key, vals)), hint, "derived", vals), 1, None)  # the values in full
+            return Ref(add(("derived", *map(_key, vals)), hint(rep.steps[i], arg), "derived", vals), 1,
+                       None)  # the values in full
 
         steps = []
         for i, step in enumerate(rep.steps):
-            args = []
-            for j, (arg, v) in enumerate(step.args):
-                vals = [m.steps[i].args[j][1] for m in members]
-                local = step.attr.rsplit(".", 1)[-1]
-                arg_hint = arg.replace(".", "_")
-                if local.isdigit():  # an element of a numbered sequence: named after its op, or the argument alone
-                    hint = f"{step.op}_{arg_hint}" if step.op else arg_hint
-                else:
-                    hint = f"{local}_{arg_hint}"
-                args.append((arg, resolve(vals, hint, arg)))
+            args = [(arg, resolve(i, j, arg)) for j, (arg, _) in enumerate(step.args)]
             shapes = [m.steps[i].shape for m in members]
-            shape = tuple(d if all(s[k] == d for s in shapes) else None for k, d in enumerate(step.shape))
-            steps.append(Step(**{**step.__dict__, "args": tuple(args), "shape": shape}))
+            shape = step.shape
+            if any(s != shape for s in shapes):  # a dimension the instances differ in is None
+                shape = tuple(d if all(s[k] == d for s in shapes) else None for k, d in enumerate(step.shape))
+            steps.append(Step(*step._replace(args=tuple(args), shape=shape)))
         for m, vals in zip(members, values):
             self.instances[m.scope] = Instance(m.scope, class_id, tuple(vals))
             self.class_of[m.scope] = class_id

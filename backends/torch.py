@@ -251,10 +251,11 @@ class TorchEmitter(Emitter):
         Only the parts of a name that become attributes count: the scopes it sits in, and the layer itself
         when it is a module. An input or an inline layer (``concat``, ``add``) may be called anything.
         """
+        allowed: set[str] = set()  # the parts already checked (many layers share their scopes' names)
         for n in self.g.nodes():
             parts = n.name.split(".")
             for part in parts if n.opdef.torch_module or n.opdef.weights else parts[:-1]:
-                if part.isdigit():
+                if part in allowed or part.isdigit():
                     continue
                 if part.startswith("_"):
                     why = "names starting with '_' belong to nn.Module's internals"
@@ -263,6 +264,7 @@ class TorchEmitter(Emitter):
                 elif keyword.iskeyword(part):
                     why = "it is a Python keyword"
                 else:
+                    allowed.add(part)
                     continue
                 raise CnnDslError(f"'{part}' cannot name a layer in PyTorch ({why})", n.span,
                                   "pick another label: a label is the module's attribute and its state_dict key")

@@ -2,16 +2,22 @@
 
 Counts and outside oracles, no clock: the scan for the helpers a PyTorch module uses against Python's own
 tokenizer, ``collapse`` against its recursive definition, and how often a backend reads ``Network.graph``
-(a property: the first read expands the shared parts, each one is a call). Speed itself is measured by ``python -m benchmarks``.
+(a property: the first read expands the shared parts, each one is a call); the planner's scope tree and
+boundaries against the graph's own, its data-flow order against the definition, and the check of generated
+code (compiled, no longer ``ast.parse``d) against what Python refuses. Speed itself is measured by
+``python -m benchmarks``.
 """
 
+import dataclasses
 import math
 
 import pytest
 from cnndsl.backends import flax as flax_backend
 from cnndsl.backends import jax as jax_backend
 from cnndsl.backends import torch as torch_backend
-from cnndsl.backends.plan import _same, collapse
+from cnndsl.backends.base import CompilerBug, check_source
+from cnndsl.backends.plan import Planner, Step, _same, collapse
+from cnndsl.backends.plan import _DraftStep as DraftStep
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -101,3 +107,59 @@ def test_a_backend_flattens_the_graph_once(generate):
     counting = _CountingNet(net)
     assert generate(counting) == generate(net)
     assert counting.graph_reads == 1
+
+
+@pytest.mark.parametrize("name", sorted(zoo_index()))
+def test_the_planners_scopes_are_the_graphs(name):
+    """The planner works out the scope tree and every scope's boundary in one pass over the layers and the edges;
+    the graph's own methods (a walk of the names, a scan of each scope's members) give the same."""
+    graph = cnndsl.load(name).graph
+    planner = Planner(graph)
+    assert planner.children == graph.scope_tree()
+    for scope in planner.children:
+        if scope:
+            assert planner.boundary(scope) == graph.scope_boundary(scope), scope
+
+
+def _toposort_by_definition(steps):
+    """Data-flow order that takes, whenever several steps are ready, the first in the graph (then by position)."""
+    producer = {s.output: i for i, (s, _) in enumerate(steps)}
+    needs = [{producer[src] for src in s.inputs if src in producer} for s, _ in steps]
+    done: set[int] = set()
+    out = []
+    while len(out) < len(steps):
+        i = min((i for i in range(len(steps)) if i not in done and needs[i] <= done), key=lambda i: (steps[i][1], i))
+        done.add(i)
+        out.append(steps[i])
+    return out
+
+
+@st.composite
+def _step_lists(draw):
+    """Steps of a forward: each reads some earlier outputs (or outside values), with graph orders that may tie
+    and may disagree with the data flow."""
+    n = draw(st.integers(0, 8))
+    steps = []
+    for i in range(n):
+        reads = draw(st.lists(st.integers(-2, i - 1), max_size=3))
+        inputs = tuple(f"v{j}" if j >= 0 else f"outside{j}" for j in reads)
+        steps.append((DraftStep("layer", f"v{i}", inputs, f"v{i}"), draw(st.integers(0, 5))))
+    return draw(st.permutations(steps))
+
+
+@given(_step_lists())
+def test_toposort_is_the_heap_order(steps):
+    assert Planner._toposort(steps) == _toposort_by_definition(steps)
+
+
+def test_a_draft_step_has_the_fields_of_a_step():
+    """A draft's steps become the plan's ``Step`` s field by field, in order."""
+    assert DraftStep._fields == tuple(f.name for f in dataclasses.fields(Step))
+    assert DraftStep._field_defaults == {f.name: f.default for f in dataclasses.fields(Step)
+                                         if f.default is not dataclasses.MISSING}
+
+
+@pytest.mark.parametrize("source", ["def f(:\n    pass\n", "return 1\n", "x = 1\0\n", "def f():\n    nonlocal x\n"])
+def test_check_source_refuses_what_python_refuses(source):
+    with pytest.raises(CompilerBug):
+        check_source(source, "PyTorch")
