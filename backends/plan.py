@@ -28,10 +28,11 @@ printer turns into an identifier through its own :class:`~cnndsl.backends.base.N
 from __future__ import annotations
 
 import heapq
-from dataclasses import dataclass, field
+from collections import namedtuple
+from dataclasses import MISSING, dataclass, field, fields
 from functools import cached_property
 from types import MappingProxyType
-from typing import Any, NamedTuple
+from typing import Any
 
 from cnndsl.errors import CnnDslError, Span
 from cnndsl.ir.graph import Graph, Node
@@ -274,21 +275,11 @@ def camel(name: str) -> str:
 # ----------------------------------------------------------------------------- the planner
 
 
-class _DraftStep(NamedTuple):
-    """A :class:`Step` (its fields, in its order) as a draft holds it: a draft is made for every instance and most
-    are only compared with the first, so its steps are plain tuples; the class's own steps are made in ``_finish``."""
-
-    kind: str
-    output: str
-    inputs: tuple[str, ...]
-    attr: str
-    op: str | None = None
-    child: str | None = None
-    children: tuple[str, ...] = ()
-    args: tuple[tuple[str, Any], ...] = ()
-    span: Span | None = None
-    shape: tuple[int | None, ...] = ()
-    aux: bool = False
+#: A :class:`Step` (its fields, in its order, with its defaults) as a draft holds it: a draft is made for every
+#: instance and most are only compared with the first, so its steps are plain tuples; the class's own steps are
+#: made in ``_finish``.
+_DraftStep = namedtuple("_DraftStep", [f.name for f in fields(Step)],
+                        defaults=[f.default for f in fields(Step) if f.default is not MISSING])
 
 
 @dataclass

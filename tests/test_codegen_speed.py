@@ -8,7 +8,6 @@ code (compiled, no longer ``ast.parse``d) against what Python refuses. Speed its
 ``python -m benchmarks``.
 """
 
-import dataclasses
 import math
 
 import pytest
@@ -16,7 +15,7 @@ from cnndsl.backends import flax as flax_backend
 from cnndsl.backends import jax as jax_backend
 from cnndsl.backends import torch as torch_backend
 from cnndsl.backends.base import CompilerBug, check_source
-from cnndsl.backends.plan import Planner, Step, _same, collapse
+from cnndsl.backends.plan import Planner, _same, collapse
 from cnndsl.backends.plan import _DraftStep as DraftStep
 from hypothesis import given
 from hypothesis import strategies as st
@@ -150,13 +149,6 @@ def _step_lists(draw):
 @given(_step_lists())
 def test_toposort_is_the_heap_order(steps):
     assert Planner._toposort(steps) == _toposort_by_definition(steps)
-
-
-def test_a_draft_step_has_the_fields_of_a_step():
-    """A draft's steps become the plan's ``Step`` s field by field, in order."""
-    assert DraftStep._fields == tuple(f.name for f in dataclasses.fields(Step))
-    assert DraftStep._field_defaults == {f.name: f.default for f in dataclasses.fields(Step)
-                                         if f.default is not dataclasses.MISSING}
 
 
 @pytest.mark.parametrize("source", ["def f(:\n    pass\n", "return 1\n", "x = 1\0\n", "def f():\n    nonlocal x\n"])
