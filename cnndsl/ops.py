@@ -74,8 +74,9 @@ _MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 _DERIVED = ("in_channels", "in_features")
 #: The prefix of the module a ``use "x.py"`` plugin file runs as (:func:`cnndsl.front.loader.import_plugin_file`).
 _FILE_MODULE = "cnndsl_plugin_"
-#: What :func:`load_plugin` loaded in this process, in order (its arguments, a ``.py`` file's as an absolute path).
-_LOADED: list[str] = []
+#: What :func:`load_plugin` loaded in this process, in order (its arguments, a ``.py`` file's as an absolute path),
+#: each with the plugin ops it registered (or, loaded before, those its module holds).
+_LOADED: dict[str, frozenset[str]] = {}
 
 
 class CnnPluginError(CnnDslError):
@@ -238,6 +239,8 @@ def load_plugin(name: str, span: Span | None = None) -> None:
 
     An entry point names a module (importing it registers its ops) or a function (called with no arguments).
     """
+    before = {op.name for op in plugin_ops()}
+    module_name = None
     try:
         points = [ep for ep in metadata.entry_points(group=ENTRY_POINT_GROUP) if ep.name == name]
         if points:
@@ -253,25 +256,29 @@ def load_plugin(name: str, span: Span | None = None) -> None:
             raise CnnPluginError(f"'{name}' is neither an installed cnndsl.ops plugin, a .py file nor a module name",
                                  span, _installed_hint())
         else:
-            import_module(name)
+            module_name = import_module(name).__name__
     except CnnDslError:
         raise
     except ModuleNotFoundError as e:
         raise CnnPluginError(f"cannot load plugin '{name}': {e}", span, _installed_hint()) from None
     except Exception as e:  # the plugin's own code failed: say which plugin, keep the cause
         raise CnnPluginError(f"plugin '{name}' failed to load: {type(e).__name__}: {e}", span) from e
-    if name not in _LOADED:
-        _LOADED.append(name)
+    ops = {op.name for op in plugin_ops()} - before
+    if not ops and module_name is not None:  # imported before: the ops its module (or a submodule) registered
+        ops = {op.name for op in plugin_ops()
+               if type(op).__module__ == module_name or type(op).__module__.startswith(module_name + ".")}
+    _LOADED[name] = _LOADED.get(name, frozenset()) | frozenset(ops)
 
 
 def plugin_sources() -> tuple[str, ...]:
     """What a fresh process passes to :func:`load_plugins` to register the plugin ops this one has: the plugins
-    :func:`load_plugin` loaded here, in order, then the file (``use "x.py"``) or module (a plain import) of every
+    :func:`load_plugin` loaded here whose ops are still registered, in order, then the file (``use "x.py"``) or module (a plain import) of every
     other plugin op. An op defined in ``__main__`` has no source a fresh process can load.
 
     A worker process that the parent starts fresh (``train --nproc``, ``search --workers``: spawned, not forked)
     loads these before it builds a model; the parent has run each of them already, so nothing new runs."""
-    out = list(_LOADED)
+    registered = {op.name for op in plugin_ops()}
+    out = [source for source, ops in _LOADED.items() if ops & registered]  # not those whose ops are unregistered
     for op in plugin_ops():
         module = sys.modules.get(type(op).__module__)
         if module is None or module.__name__ == "__main__":
