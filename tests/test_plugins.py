@@ -480,44 +480,28 @@ def test_search_over_a_choice_of_the_plugin_op(cbam, tmp_path, capsys):
     assert best.params == min(expected.values())
 
 
-TWICE_FILE = """\
-from cnndsl import ops
-
-
-class Twice(ops.Op):
-    api_version = 1
-    name = "twice"
-    doc = "twice: x + x"
-    writable = True
-    family = ops.Family.MERGE
-    paper_kind = None
-    saves = ops.Saved.NOTHING
-    flat_order = ops.FlatOrder.KEEPS
-    torch_module = True
-    overwritable = False
-    commutative = False
-    foldable = False
-    fold_target = False
-    weights = ()
-    torch_emit = ops.Emit("Twice", source="class Twice(nn.Module):\\n    def forward(self, x):\\n        return x + x\\n")
-    jax_emit = None
-    flax_emit = None
-
-    def infer(self, x, args, span, warn=None):
-        return x
-
-    def count_params(self, xs, args):
-        return 0
-
-    def count_macs(self, xs, args, out):
-        return 0
-
-    def short_form(self, args):
-        return "twice"
-
-
-ops.register(Twice)
-"""
+#: A plugin file (``use "myops.py"``) registering ``twice_from_file``, a channel-keeping op with no weights.
+TWICE_FILE = textwrap.dedent("""\
+        from cnndsl.ops import Emit, Family, FlatOrder, Op, Saved, register
+        @register
+        class Twice(Op):
+            api_version = 1
+            name = "twice_from_file"
+            doc = "x + x"
+            writable, family, paper_kind, saves = True, Family.MERGE, None, Saved.NOTHING
+            flat_order, torch_module, overwritable, commutative = FlatOrder.KEEPS, True, False, False
+            foldable, fold_target, weights = False, False, ()
+            torch_emit = Emit("Twice", source="class Twice(nn.Module):\\n    def forward(self, x):\\n        return 2 * x\\n")
+            jax_emit = flax_emit = None
+            def infer(self, x, args, span, warn=None):
+                return x
+            def count_params(self, xs, args):
+                return 0
+            def count_macs(self, xs, args, out):
+                return 0
+            def short_form(self, args):
+                return "twice"
+    """)
 
 
 @pytest.mark.slow
@@ -528,7 +512,8 @@ def test_search_workers_load_the_plugin_too(registry, tmp_path):
     pytest.importorskip("optuna")
     (tmp_path / "twice_op.py").write_text(TWICE_FILE, encoding="utf-8")
     space = tmp_path / "space.cnn"
-    space.write_text('use "twice_op.py"\nnetwork t: input 4x6x6  conv3-{4|8} choice< twice | identity > gap fc: fc-2\n',
+    space.write_text('use "twice_op.py"\nnetwork t: input 4x6x6  conv3-{4|8} choice< twice_from_file | identity > gap '
+                     'fc: fc-2\n',
                      encoding="utf-8")
     out = tmp_path / "search"
     assert main(["search", str(space), "--objectives", "params", "--trials", "8", "--sampler", "random", "--seed", "2",
@@ -667,27 +652,7 @@ def test_plugin_sources_load_the_same_ops_in_a_fresh_process(cbam, tmp_path):
     (``use "x.py"`` files too), which a fresh interpreter loads to have the same ops; an op it cannot load is a
     clear error."""
     plugin = tmp_path / "myops.py"
-    plugin.write_text(textwrap.dedent("""\
-        from cnndsl.ops import Emit, Family, FlatOrder, Op, Saved, register
-        @register
-        class Twice(Op):
-            api_version = 1
-            name = "twice_from_file"
-            doc = "x + x"
-            writable, family, paper_kind, saves = True, Family.MERGE, None, Saved.NOTHING
-            flat_order, torch_module, overwritable, commutative = FlatOrder.KEEPS, True, False, False
-            foldable, fold_target, weights = False, False, ()
-            torch_emit = Emit("Twice", source="class Twice(nn.Module):\\n    def forward(self, x):\\n        return 2 * x\\n")
-            jax_emit = flax_emit = None
-            def infer(self, x, args, span, warn=None):
-                return x
-            def count_params(self, xs, args):
-                return 0
-            def count_macs(self, xs, args, out):
-                return 0
-            def short_form(self, args):
-                return "twice"
-        """), encoding="utf-8")
+    plugin.write_text(TWICE_FILE, encoding="utf-8")
     (tmp_path / "net.cnn").write_text('use "myops.py"\nnetwork t: input 3x8x8  conv3-4 twice_from_file cbam(2)\n',
                                       encoding="utf-8")
     try:
