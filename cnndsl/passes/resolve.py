@@ -669,8 +669,8 @@ class Resolver:
         self._nest(seq.span)
         self._spend(1, seq.span)
         steps = seq.steps
-        self._check_size(steps, frame)
-        following = self._following(steps, frame)
+        self._check_size(seq, frame)
+        following = self._following(seq, frame)
         for step, nxt in zip(steps, following):
             last = nxt is None
             nxt_act = then_act if last else self._is_activation(nxt, frame)
@@ -679,10 +679,17 @@ class Resolver:
         return flow
 
     @staticmethod
-    def _following(steps: tuple[ast.Step, ...], frame: Frame) -> list[ast.Step | None]:
+    def _following(seq: ast.Seq, frame: Frame) -> list[ast.Step | None]:
         """For each step, the next step that builds something (None for the last): a step repeated ``x0`` is
         skipped, so a layer before an absent activation keeps its default one, and one before absent steps
-        only is the sequence's last. A count not known before building (a choice) counts as present."""
+        only is the sequence's last. A count not known before building (a choice) counts as present.
+
+        Where every count is written as a number (or absent) the answer is a fact of the text: it is kept on
+        the sequence, as the syntax facts are (:func:`_facts`)."""
+        found = seq.__dict__.get("_cnndsl_following")
+        if found is not None:
+            return found
+        steps = seq.steps
         out: list[ast.Step | None] = []
         nxt = None
         for step in reversed(steps):
@@ -691,16 +698,23 @@ class Resolver:
                 known_value(step.repeat, frame.env) if step.repeat is not None else 1
             if not _is_zero(count):
                 nxt = step
-        return out[::-1]
+        out.reverse()
+        if all(step.repeat is None or isinstance(step.repeat, ast.Num) for step in steps):
+            object.__setattr__(seq, "_cnndsl_following", out)  # a frozen dataclass: kept beside its fields
+        return out
 
-    def _check_size(self, steps: tuple[ast.Step, ...], frame: Frame) -> None:
+    def _check_size(self, seq: ast.Seq, frame: Frame) -> None:
         """Refuse, before building any of it, a sequence of steps that adds up to too many layers.
 
         A repeat, a group or a block instance too large on its own is left to the checks inside it,
-        which say why.
+        which say why. The sequence's total is the sizer's (one lookup for a sequence sized before); the
+        steps are sized one by one only when it is over the budget, to say which step crosses it.
         """
         budget = MAX_NODES - len(self.g)
         env = frame.sizing_env()
+        if self.sizer.total(seq, env, self.depth) <= budget:
+            return
+        steps = seq.steps
         sizes = [self.sizer.step(step, env, self.depth) for step in steps]
         if sum(sizes) <= budget or any(size > budget and (step.repeat is not None
                                                            or isinstance(step.term, (ast.Group, ast.Table))
@@ -848,7 +862,7 @@ class Resolver:
             if label is not None:
                 name = scope.child("seq", label)
                 self.g.scopes[name] = Scope(name, "sequence", span=term.span)
-                out = self._seq(term.seq, flow, NameScope(name, sequential=True), frame, tail, then_act)
+                out = self._group(term, name, flow, frame, tail, then_act)
                 frame.labels[name] = out
                 return out
             return self._seq(term.seq, flow, scope, frame, tail, then_act)
@@ -982,10 +996,13 @@ class Resolver:
 
     def _chosen(self, c: ast.Combinator) -> ast.Group:
         """``choice< A | B | ... >``: the branch the ``choose`` hook picks (the first by default), as a group."""
-        if c.args:
-            raise CnnArgumentError("choice<...> takes no arguments", c.span, "choice< conv3-64 | maxpool >")
-        index = self.choose(ast.Choice(tuple(c.branches), c.span)) if self.choose else 0
-        return ast.Group(c.branches[index], c.span)
+        facts = c.__dict__.get("_cnndsl_choice")
+        if facts is None:  # the choice point and its branches as groups: facts of the text, made once
+            if c.args:
+                raise CnnArgumentError("choice<...> takes no arguments", c.span, "choice< conv3-64 | maxpool >")
+            facts = (ast.Choice(tuple(c.branches), c.span), tuple(ast.Group(b, c.span) for b in c.branches))
+            object.__setattr__(c, "_cnndsl_choice", facts)  # a frozen dataclass: kept beside its fields
+        return facts[1][self.choose(facts[0]) if self.choose else 0]
 
     def _combinator(self, c: ast.Combinator, label, flow, scope: NameScope, frame: Frame, tail) -> str:
         kind = c.name.lower()
@@ -1362,6 +1379,33 @@ class Resolver:
         frame.labels[inst] = out
         return out
 
+    def _group(self, term: ast.Group, name: str, flow: str, frame: Frame, tail: bool, then_act: bool) -> str:
+        """A labelled group ``name: [ ... ]``, a numbered scope: shared through the memo like a block instance
+        where it is self-contained (see :func:`_group_key`), so the members of a search that agree on what a stage
+        reads (``layer3: [bottleneck(4 * base, 2) bottleneck(4 * base) x{n3 - 1}]``) mount one fragment."""
+        def body(r: Resolver) -> str:
+            fresh = frame if r is self else replace(frame, labels={}, columns={})
+            return r._seq(term.seq, flow, NameScope(name, sequential=True), fresh, tail, then_act)
+
+        key = None
+        if self.store is not None and flow != ZERO and _self_contained(term):
+            try:
+                shape = self._shape(flow)
+            except CnnDslError:
+                shape = None
+            if shape is not None and (len(self.g) + self.sizer.total(term.seq, frame.sizing_env(), self.depth)
+                                      <= MAX_NODES):  # else built flat, which says where the limit is crossed
+                key = _group_key(term, frame, shape, tail, then_act, self.depth, self.limits)
+        if key is None:
+            return body(self)
+        seen = self.store.shared("groups", dict)  # a group is shared from its second build on: a network built
+        if key not in seen and key not in self.store.entries:  # once (a plain load) pays nothing for it
+            if len(seen) > MAX_BINDINGS:
+                seen.clear()
+            seen[key] = True
+            return body(self)
+        return self._shared("", name, frame, flow, tail, then_act, body, term.span, lambda: None, key)
+
     # -- shared instances (cnndsl.passes.memo)
     def _prepared(self, frame: Frame, call: ast.Call, block: ast.Block, flow: str) -> tuple[dict, tuple | None]:
         """Where this instance's bound arguments are kept, and under what key (None: not kept, the memo is off or
@@ -1610,6 +1654,16 @@ class Sizer:
                 break
         return total
 
+    def total(self, seq: ast.Seq, env: dict[str, Any], depth: int) -> int:
+        """:meth:`seq`, kept for each set of the values it reads (a sequence of a search's members is sized once)."""
+        key, size = self._find(seq, env)
+        if size is not None:
+            return size
+        size = self.seq(seq, env, depth)
+        if key is not None:
+            self.memo[key] = (seq, size)  # the sequence is kept alive, so its id is not reused
+        return size
+
     def seq(self, seq: ast.Seq, env: dict[str, Any], depth: int, active: tuple[str, ...] = ()) -> int:
         total = 0
         for step in seq.steps:
@@ -1794,6 +1848,37 @@ MAX_BINDINGS = 100_000
 
 #: What :meth:`Resolver._fragment` returns for an instance whose build on its own failed.
 _FAILED: Any = object()
+
+
+def _self_contained(term: ast.Group) -> bool:
+    """Whether a group's layers depend on nothing around it but the values it reads and its input: no label
+    inside (the steps after the group could refer to it), no ``@reference`` (to a point outside it) and no
+    ``in.c`` (the enclosing block's input). A fact of the text, kept on the group."""
+    found = term.__dict__.get("_cnndsl_self_contained")
+    if found is None:
+        found = not any((isinstance(x, ast.Step) and x.label is not None) or isinstance(x, (ast.Ref, ast.Field))
+                        for x in _syntax_nodes(term.seq))
+        object.__setattr__(term, "_cnndsl_self_contained", found)  # a frozen dataclass: kept beside its fields
+    return found
+
+
+def _group_key(term: ast.Group, frame: Frame, shape: tuple[int, ...], tail: bool, then_act: bool, depth: int,
+               limits) -> tuple | None:
+    """What a self-contained group's fragment depends on, but the choices it reaches (None: a value is not
+    hashable): the values of the names it reads, the per-op defaults in force, its input's shape and where it sits.
+    The group is named by its place in the text (syntax lives as long as its library, as the memo's store does)."""
+    if frame.defaults_key is None:
+        inner = {op: values_key(vals) for op, vals in frame.defaults.items()}
+        frame.defaults_key = (None if None in inner.values() else values_key(inner),)
+    if frame.defaults_key[0] is None:
+        return None
+    key = (("group", id(term)), tuple(frame.env.get(n, UNKNOWN) for n in _reads(term.seq)), frame.defaults_key,
+           shape, tail, then_act, depth, len(frame.blocks_active), limits)
+    try:
+        hash(key)
+    except TypeError:
+        return None
+    return key
 
 
 def _fragment_key(block: str, inner: Frame, shape: tuple[int, ...], tail: bool, then_act: bool, depth: int,

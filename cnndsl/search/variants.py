@@ -188,7 +188,10 @@ class _Chooser:
         self.reached: dict[str, ast.Choice] = {}
 
     def __call__(self, node: ast.Choice) -> int | float:
-        key = choice_key(node.span)
+        key = node.__dict__.get("_cnndsl_key")
+        if key is None:  # a fact of the text, kept on the (immutable) syntax node
+            key = choice_key(node.span)
+            object.__setattr__(node, "_cnndsl_key", key)
         if key not in self.reached:
             self.reached[key] = node
             if key not in self.assignment:
