@@ -24,8 +24,15 @@ from cnndsl.ir.ops import OPS
 from cnndsl.passes.limits import SizeLimits, check_shape
 
 
-def infer_shapes(g: Graph, warnings: list[CnnDslWarning] | None = None, limits: SizeLimits | None = None) -> Graph:
-    """Give every node its shape; with ``limits``, refuse the first layer whose output is over them."""
+def infer_shapes(g: Graph, warnings: list[CnnDslWarning] | None = None, limits: SizeLimits | None = None, *,
+                 again: bool = False) -> Graph:
+    """Give every node its shape; with ``limits``, refuse the first layer whose output is over them.
+
+    ``again=True`` after a rewrite of a graph whose shapes were inferred (``resolve_shortcuts``): only the
+    layers without a shape, and those reading a layer whose shape was given or changed in this run, are
+    inferred. Resolve's fragments use it; a rewrite that changes a layer's arguments in place needs the full pass.
+    """
+    redone: set[str] = set()
     seen = {(w.message, str(w.span)) for w in warnings or ()}  # the pipeline runs this pass twice
 
     def warn(w: CnnDslWarning) -> None:
@@ -43,7 +50,11 @@ def infer_shapes(g: Graph, warnings: list[CnnDslWarning] | None = None, limits: 
                 warn(w)
             continue
         else:
-            xs = [g.node(src).shape for src in g.inputs_of(node.name)]
+            srcs = g.inputs_of(node.name)
+            if again and node.shape is not None and not any(src in redone for src in srcs):
+                continue
+            before = node.shape
+            xs = [g.node(src).shape for src in srcs]
             if any(x is None for x in xs):  # after a training-only layer that does not fit
                 node.shape = None
                 continue
@@ -59,6 +70,8 @@ def infer_shapes(g: Graph, warnings: list[CnnDslWarning] | None = None, limits: 
                 continue
             except CnnDslError as e:  # a bad argument only the shapes show
                 raise g.noted(e, node.name) from None
+            if again and node.shape != before:
+                redone.add(node.name)
         if limits is not None:
             try:
                 check_shape(node, limits)

@@ -1528,7 +1528,7 @@ class Resolver:
             infer_shapes(sub.g, warnings, self.limits)
             if any(node.op == "shortcut" for node in sub.g.nodes()):  # rewritten: its shapes are inferred again
                 resolve_shortcuts(sub.g, warnings, self.limits)
-                infer_shapes(sub.g, warnings, self.limits)
+                infer_shapes(sub.g, warnings, self.limits, again=True)  # the layers it made, those after them
             for run in (count, check):
                 run(sub.g, warnings, self.limits)
         except CnnDslError:
