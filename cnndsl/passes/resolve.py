@@ -1187,6 +1187,57 @@ class Resolver:
                 raise CnnArgumentError(f"'{name}' is a block: pass its arguments in parentheses", call.span,
                                        f"{name}(...)")
             return self._instance(name, call, label, flow, scope, frame, tail, then_act)
+        op, args, act, explicit_act = self._layer(name, call, frame)
+        if isinstance(op, Zero) and args["prune"]:  # `zero(prune=true)` is `none`: a zero flow, its layers pruned
+            if label is not None:
+                frame.labels[scope.full(label)] = ZERO
+            self.zeroed = True
+            return ZERO
+        if act in (None, "none", False):
+            act = None
+        if act is not None and not explicit_act and (tail or then_act):
+            act = None
+        node = self._add_node(scope.child(op.name, label), op.name, dict(args), call.span, [flow])
+        if label is not None:
+            frame.labels[node] = node
+        if act is not None:
+            actop = lookup(str(act))
+            if actop is None or not actop.activation:
+                raise CnnArgumentError(f"'{act}' is not an activation", call.span,
+                                       f"act= takes {', '.join(activation_words())} or none")
+            return self._add_node(scope.child(actop.name, None), actop.name, actop.normalize({}, call.span),
+                                  call.span, [node])
+        return node
+
+    def _layer(self, name: str, call: ast.Call, frame: Frame) -> tuple[Any, dict, Any, bool]:
+        """A layer's op, its normalised arguments, its activation and whether the call gave that itself.
+
+        With the memo on, a call without a choice is worked out once for each set of the values it reads and the
+        per-op defaults in force (:meth:`_defaults_key`): a search's members, and the instances of a block that
+        differ in other arguments, share it (``bn`` and ``relu`` read nothing). A call that reads ``in.c`` is
+        not kept: its value is a point of one build's graph."""
+        key = None
+        if self.store is not None and not _holds_choice(call):
+            reads = _reads(call)
+            defaults = self._defaults_key(frame)
+            if defaults is not None and INPUT not in reads:
+                key = (id(call), tuple(frame.env.get(n, UNKNOWN) for n in reads), defaults)
+                kept = self.store.shared("layers", dict)
+                try:
+                    found = kept.get(key)
+                except TypeError:  # a value that cannot be a key
+                    found = key = None
+                if found is not None and lookup(found[0].name) is found[0]:  # (a plugin's op may be replaced)
+                    return found
+        found = self._layer_args(name, call, frame)
+        if key is not None:
+            if len(kept) > MAX_BINDINGS:
+                kept.clear()
+            kept[key] = found
+        return found
+
+    def _layer_args(self, name: str, call: ast.Call, frame: Frame) -> tuple[Any, dict, Any, bool]:
+        """:meth:`_layer`, worked out from the call."""
         op, kernel = self._op_for(name, call, frame)
         given: dict[str, Any] = {}
         kf, cf, sf = op.shorthand
@@ -1246,27 +1297,7 @@ class Resolver:
                     act = v
             elif k not in given:
                 given[k] = v
-        args = op.normalize(given, call.span)
-        if isinstance(op, Zero) and args["prune"]:  # `zero(prune=true)` is `none`: a zero flow, its layers pruned
-            if label is not None:
-                frame.labels[scope.full(label)] = ZERO
-            self.zeroed = True
-            return ZERO
-        if act in (None, "none", False):
-            act = None
-        if act is not None and not explicit_act and (tail or then_act):
-            act = None
-        node = self._add_node(scope.child(op.name, label), op.name, args, call.span, [flow])
-        if label is not None:
-            frame.labels[node] = node
-        if act is not None:
-            actop = lookup(str(act))
-            if actop is None or not actop.activation:
-                raise CnnArgumentError(f"'{act}' is not an activation", call.span,
-                                       f"act= takes {', '.join(activation_words())} or none")
-            return self._add_node(scope.child(actop.name, None), actop.name, actop.normalize({}, call.span),
-                                  call.span, [node])
-        return node
+        return op, op.normalize(given, call.span), act, explicit_act
 
     def _op_for(self, name: str, call: ast.Call, frame: Frame):
         op = lookup(name)
@@ -1423,10 +1454,7 @@ class Resolver:
             return frame.prepared, None
         if _holds_choice(call) or _signature_chooses(block):
             return frame.prepared, (id(call), shape)
-        if frame.defaults_key is None:
-            inner = {op: values_key(vals) for op, vals in frame.defaults.items()}
-            frame.defaults_key = (None if None in inner.values() else values_key(inner),)
-        if frame.defaults_key[0] is None:
+        if self._defaults_key(frame) is None:
             return frame.prepared, (id(call), shape)
         reads = _reads(call)
         values = tuple(frame.env.get(n, UNKNOWN) for n in reads if n != INPUT)
@@ -1442,6 +1470,14 @@ class Resolver:
         except TypeError:
             return frame.prepared, (id(call), shape)
         return self.store.shared("bindings", dict), key
+
+    @staticmethod
+    def _defaults_key(frame: Frame) -> tuple | None:
+        """The per-op defaults in force as a hashable value, made once a frame (None: a value is not hashable)."""
+        if frame.defaults_key is None:
+            inner = {op: values_key(vals) for op, vals in frame.defaults.items()}
+            frame.defaults_key = (None if None in inner.values() else values_key(inner),)
+        return frame.defaults_key[0]
 
     def _decide(self, choice: ast.Choice) -> int | float:
         return self.choose(choice) if self.choose else 0
@@ -1867,10 +1903,7 @@ def _group_key(term: ast.Group, frame: Frame, shape: tuple[int, ...], tail: bool
     """What a self-contained group's fragment depends on, but the choices it reaches (None: a value is not
     hashable): the values of the names it reads, the per-op defaults in force, its input's shape and where it sits.
     The group is named by its place in the text (syntax lives as long as its library, as the memo's store does)."""
-    if frame.defaults_key is None:
-        inner = {op: values_key(vals) for op, vals in frame.defaults.items()}
-        frame.defaults_key = (None if None in inner.values() else values_key(inner),)
-    if frame.defaults_key[0] is None:
+    if Resolver._defaults_key(frame) is None:
         return None
     key = (("group", id(term)), tuple(frame.env.get(n, UNKNOWN) for n in _reads(term.seq)), frame.defaults_key,
            shape, tail, then_act, depth, len(frame.blocks_active), limits)
