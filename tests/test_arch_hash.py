@@ -16,6 +16,7 @@ false merge and no false split.
 
 import collections
 import itertools
+import json
 import os
 import random
 import subprocess
@@ -265,12 +266,20 @@ def iso_classes(graphs: list) -> list[int]:
 
 
 def _check_space(members) -> tuple[int, int]:
-    """(members, architectures) of valid members, after asserting zero false merges and splits in both hashes."""
-    graphs = [v.network_obj.graph for v in members if v.valid]
+    """(members, architectures) of valid members, after asserting zero false merges and splits in both hashes, from
+    the members' plans (mounted fragments, hashed first: reading the flat graph expands them) and flat graphs."""
+    nets = [v.network_obj for v in members if v.valid]
+    plan_registry = HashRegistry()
+    from_plans = [(arch_hash(n.plan), plan_registry.hash(n.plan)[0]) for n in nets]
+    assert any(n.plan.mounted for n in nets)
+    graphs = [n.graph for n in nets]
     truth = iso_classes([_multigraph(g) for g in graphs])
     registry = HashRegistry()
-    assert _errors(truth, [arch_hash(g) for g in graphs]) == (0, 0)
+    hashes = [arch_hash(g) for g in graphs]
+    assert _errors(truth, hashes) == (0, 0)
     assert _errors(truth, [registry.hash(g)[0] for g in graphs]) == (0, 0)
+    assert _errors(truth, [h for _, h in from_plans]) == (0, 0)
+    assert [h for h, _ in from_plans] == hashes  # the pieces of the fragments are the flat graph's pieces
     return len(graphs), len(set(truth))
 
 
@@ -328,3 +337,59 @@ def test_hash_is_the_same_under_any_hash_seed():
     runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                            env={**os.environ, "PYTHONHASHSEED": seed}).stdout for seed in ("0", "1")]
     assert runs[0] == runs[1] and len(runs[0].splitlines()) == len(sources) + 1
+
+
+# ----------------------------------------------------------------------------- values kept
+
+#: Hashes the committed implementation gave before the per-fragment caching (issue 15, commit adfc421): weights
+#: files carry them (``cnndsl.arch_hash``), so the cheaper hash must give them exactly. A network in series
+#: (resnet50, densenet121, mobilenet_v2), with a parallel part holding mounts (unet, deeplabv3, lraspp), hashed
+#: whole (aux heads: googlenet, inception_v3).
+KEPT = {
+    "resnet50": "70799b733658265aebd20f1d",
+    "densenet121": "d82a48a0d5fc9e50d125682b",
+    "mobilenet_v2": "d2658b29fc5faad20b9c5af3",
+    "unet": "e23ccb64eade0da2898567bb",
+    "deeplabv3_resnet50": "706a97e0da711b753bc01f5d",
+    "lraspp_mobilenet_v3_large": "c4dc58ba4122e4d2303f5bc7",
+    "googlenet": "4f7613cf284743718f76d5cd",
+    "inception_v3": "0aad33717b33da458cd80dd8",
+}
+
+
+def test_hashes_are_those_saved_before():
+    from cnndsl.search.arch_hash import whole_graph_hash
+
+    registry = HashRegistry()
+    for name, kept in KEPT.items():
+        plan = cnndsl.load(name).plan
+        assert (arch_hash(plan), registry.hash(plan)) == (kept, (kept, False)), name
+    assert whole_graph_hash(cnndsl.load("resnet18").plan) == "4c264fa9405185b29496145b"
+    first = [v.arch_hash for v in cnndsl.variants("nb201", limit=3)]
+    assert first == ["7e3cbd555c089a04bc7ff7c0", "548f0fbc5fffd7c1e394e458", "3c1d95cfd91bb02e05279a5d"]
+
+
+class _Shown:
+    """An argument value that JSON writes with ``str`` and whose ``repr`` is the default (it names an address)."""
+
+    def __init__(self, text: str):
+        self.text = text
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def test_a_label_is_its_json_whatever_was_labelled_before():
+    """Labels are memoised: values equal in Python but written differently in JSON (1, 1.0, True; a tuple and a
+    list) must each keep their own label, in any order, and so must objects JSON writes with ``str``."""
+    from cnndsl.search.arch_hash import _label
+
+    values = [1, 1.0, True, 0, 0.0, False, None, (1, 1), [1, 1], ((1, 1), (0, 0)), "a<b", "same", {"k": 1}, 1e-5]
+    rng = random.Random(5)
+    for _ in range(300):
+        args = {k: rng.choice(values) for k in rng.sample(["c", "k", "scale", "bias", "p"], rng.randint(0, 4))}
+        assert _label("conv", args) == "conv" + json.dumps(args, sort_keys=True, default=str, separators=(",", ":"))
+    for i in range(50):  # a new object may take a freed one's address, so its repr: its label must still be its own
+        shown = _Shown(f"v{i}")
+        assert _label("conv", {"mode": shown}) == f'conv{{"mode":"v{i}"}}'
+        del shown

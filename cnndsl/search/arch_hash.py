@@ -33,6 +33,13 @@ it; only a piece that holds mounts inside a parallel part is expanded to be hash
 repeated piece hash (not a whole network's), and only when the pieces are not one shared object. Networks
 with several inputs or outputs (aux heads) are hashed whole, as above. A layer is a cut layer exactly when no
 edge jumps over it in a topological order (the paths from the input cross every position).
+
+**Cost.** What the hash works out of a fragment is kept in its ``derived`` dict (:class:`_Facts`, as long as the
+fragment lives): its pieces, their hashes joined, and, once a piece holding it is expanded, its layers expanded
+and contracted. A member then costs one pass over its own plan (no graph is built: positions and lists), one
+look-up per fragment in series (the registry keeps each fragment's confirmed hashes by the object), and the
+Weisfeiler-Lehman sweeps of the pieces its new fragments hold. Labels and one-layer pieces' hashes are memoised
+by value (bounded, started over when full), never by an object's id.
 """
 
 from __future__ import annotations
@@ -50,9 +57,30 @@ from cnndsl.ir.ops import OPS, Identity
 #: Ops that pass their input through unchanged: contracted before hashing.
 IDENTITY_OPS = frozenset({Identity.name})
 
+_ENCODER = json.JSONEncoder(sort_keys=True, default=str, separators=(",", ":"))
+#: Value-keyed memos of the hot path, each started over past this many entries (never keyed by an object's id).
+_MEMO_LIMIT = 1 << 14
+_LABELS: dict[tuple[str, str], str] = {}  # (op, repr(args)) -> label
+_SIMPLE: dict[str, str] = {}  # a one-layer piece's text -> its hash
+
 
 def _label(op: str, args: dict) -> str:
-    return op + json.dumps(args, sort_keys=True, default=str, separators=(",", ":"))
+    """The op and its arguments as sorted JSON (a node's label).
+
+    Memoised on the arguments' ``repr``, which tells ``1``, ``1.0`` and ``True`` apart as JSON does (equality
+    would not); a ``repr`` with a ``<`` in it (an object's default one, which an address reused later could
+    repeat) is encoded every time.
+    """
+    text = repr(args)
+    key = (op, text)
+    label = _LABELS.get(key)
+    if label is None:
+        label = op + _ENCODER.encode(args)
+        if "<" not in text:
+            if len(_LABELS) >= _MEMO_LIMIT:
+                _LABELS.clear()
+            _LABELS[key] = label
+    return label
 
 
 def canonical_graph(graph: Graph) -> tuple[nx.DiGraph, list[str]]:
@@ -76,15 +104,20 @@ def canonical_graph(graph: Graph) -> tuple[nx.DiGraph, list[str]]:
     return g, outputs
 
 
-def _operands(op: str, args: dict, srcs: list[str]) -> list[tuple[str, int]]:
+def _operands(op: str, args: dict, srcs: list) -> list[tuple]:
     """A layer's ``(operand, position)`` pairs: position 0 throughout for an op whose operands commute."""
+    if len(srcs) == 1:
+        return [(srcs[0], 0)]
     commutative = OPS[op].commutes(args)
     return [(src, 0 if commutative else port) for port, src in enumerate(srcs)]
 
 
-def _grouped(operands: list[tuple[str, int]]) -> list[tuple[tuple[int, ...], str]]:
+def _grouped(operands: list[tuple]) -> list[tuple[tuple[int, ...], object]]:
     """Each operand once, with the sorted tuple of the positions it fills (an edge's ``port``)."""
-    ports: dict[str, list[int]] = {}
+    if len(operands) == 1:
+        src, port = operands[0]
+        return [((port,), src)]
+    ports: dict = {}
     for src, port in operands:
         ports.setdefault(src, []).append(port)
     return [(tuple(sorted(where)), src) for src, where in ports.items()]
@@ -115,25 +148,57 @@ def refine(order: list[str], labels: dict[str, str], ins: dict[str, list[tuple[t
     where: dict[str, list[int]] = defaultdict(list)
     for i, o in enumerate(outputs):
         where[o].append(i)
-    outs: dict[str, list[tuple[tuple, str]]] = {n: [] for n in order}
-    for n in order:
-        for port, src in ins[n]:
-            outs[src].append((port, n))
-    colour = {n: f"{labels[n]}@{where[n]}" for n in order}
-    sweeps = ((order, ins, "<"), (order[::-1], outs, ">"))
+    index = {n: i for i, n in enumerate(order)}
+    found = _wl([labels[n] for n in order], [[(port, index[m]) for port, m in ins[n]] for n in order],
+                [str(where[n]) for n in order])
+    return dict(zip(order, found, strict=True))
+
+
+_FIRST = (0,)  # the port of an operand read once, first (or in a sum)
+
+
+def _wl(labels: list[str], ins: list, where: list[str] | None = None) -> list[str]:
+    """:func:`refine` over nodes ``0 .. n-1`` in topological order: ``ins[i]`` holds ``(port, j)`` pairs, ``j < i``,
+    ``where[i]`` the text of node ``i``'s output positions (``[]`` for all when None).
+
+    A node's text in a sweep is its colour, the sweep's mark and the sorted list of its neighbours' ``(port,
+    colour)`` pairs as Python prints it. A neighbour's colour there is always a digest (the sweep recoloured it
+    already), which prints as ``'...'``, so a node with one neighbour writes that list itself.
+    """
+    outs: list[list] = [[] for _ in labels]
+    for i, pairs in enumerate(ins):
+        for port, j in pairs:
+            outs[j].append((port, i))
+    colour = [f"{label}@[]" for label in labels] if where is None else \
+        [f"{label}@{w}" for label, w in zip(labels, where, strict=True)]
+    blake = hashlib.blake2b
+    n = len(labels)
+    forward, backward = range(n), range(n - 1, -1, -1)
     classes, k = 0, 0
     while True:
-        nodes, adjacent, mark = sweeps[k % 2]
-        for n in nodes:  # the neighbours on this side, already recoloured in this sweep
-            colour[n] = _digest(f"{colour[n]}{mark}{sorted((port, colour[m]) for port, m in adjacent[n])}")
-        now = len(set(colour.values()))
+        nodes, adjacent, mark = (backward, outs, ">") if k & 1 else (forward, ins, "<")
+        for i in nodes:  # the neighbours on this side, already recoloured in this sweep
+            adj = adjacent[i]
+            if len(adj) == 1:
+                port, j = adj[0]
+                if port == _FIRST:
+                    text = f"{colour[i]}{mark}[((0,), '{colour[j]}')]"
+                else:
+                    text = f"{colour[i]}{mark}[({port!r}, '{colour[j]}')]"
+            elif adj:
+                text = f"{colour[i]}{mark}{sorted([(port, colour[j]) for port, j in adj])}"
+            else:
+                text = f"{colour[i]}{mark}[]"
+            colour[i] = blake(text.encode(), digest_size=12).hexdigest()
+        now = len(set(colour))
         if k and now == classes:
             return colour
         classes, k = now, k + 1
 
 
-def _fold(colour: dict[str, str]) -> str:
-    return _digest(",".join(sorted(colour.values())))
+def _fold(colour) -> str:
+    """The hash of a colouring: its colours (a dict's values, or a list) as a sorted multiset."""
+    return _digest(",".join(sorted(colour.values() if isinstance(colour, dict) else colour)))
 
 
 def graph_hash(g: nx.DiGraph, outputs: list[str]) -> str:
@@ -143,11 +208,12 @@ def graph_hash(g: nx.DiGraph, outputs: list[str]) -> str:
 
 def arch_hash(graph: Graph) -> str:
     """The architecture hash of a checked network's graph, flat or with mounted fragments (24 hex digits)."""
-    series = pieces(graph)
+    series = _top(graph)
     if series is None:
         return whole_graph_hash(graph)
-    head, parts = series
-    return _series_digest(head, [p.hash for p in parts])
+    head, items = series
+    return _series_digest(head, [it if it.__class__ is str else it.ids if it.__class__ is _Facts else it.hash
+                                 for it in items])
 
 
 def whole_graph_hash(graph: Graph) -> str:
@@ -158,183 +224,273 @@ def whole_graph_hash(graph: Graph) -> str:
 
 
 def _series_digest(head: str, ids: list[str]) -> str:
+    """The hash of a series of pieces: ``ids`` are their hashes, or runs of them joined by commas (never empty)."""
     return _digest("series:" + head + "|" + ",".join(ids))
 
 
 class Piece:
     """A piece of a network between two consecutive cut layers: a DAG from a bare source to its sink.
 
-    ``graph`` is its canonical graph (the source labelled ``<source>``) and ``hash`` the Weisfeiler-Lehman hash
-    of it. A piece of one layer reading the source is *simple*: its hash is that layer's label and operand
-    ports, which say all there is to say of it (no graph is kept, and no hash of it needs confirming)."""
+    Its nodes are ``0 .. n-1`` in a topological order, 0 the source (labelled ``<source>``): ``labels[i]`` and
+    ``ins[i]``, the ``(port, operand)`` pairs of node ``i``; ``colours`` are the nodes' Weisfeiler-Lehman colours
+    and ``hash`` the hash of them. A piece of one layer reading the source is *simple*: its hash is that layer's
+    label and operand ports, which say all there is to say of it (no graph is kept, and no hash of it needs
+    confirming)."""
 
-    __slots__ = ("_graph", "colours", "hash", "ins", "labels", "order", "simple")
+    __slots__ = ("_graph", "colours", "hash", "ins", "labels", "simple")
 
-    def __init__(self, order: list[str] | None = None, labels: dict[str, str] | None = None,
-                 ins: dict[str, list[tuple[tuple, str]]] | None = None, simple: str | None = None):
-        self.order, self.labels, self.ins = order, labels, ins
+    def __init__(self, labels: list[str] | None = None, ins: list[list[tuple[tuple, int]]] | None = None,
+                 simple: str | None = None):
+        self.labels, self.ins = labels, ins
         self._graph: nx.DiGraph | None = None
         self.simple = simple is not None
-        self.colours = None if simple is not None else refine(order, labels, ins, [])
-        self.hash = _digest(simple) if simple is not None else _fold(self.colours)
+        self.colours = None if simple is not None else _wl(labels, ins)
+        self.hash = _simple_hash(simple) if simple is not None else _fold(self.colours)
 
     @property
     def graph(self) -> nx.DiGraph:
         """The piece as a networkx graph (made for the isomorphism check only)."""
         if self._graph is None:
             g = nx.DiGraph()
-            for n in self.order:
-                g.add_node(n, label=self.labels[n])
+            for n, label in enumerate(self.labels):
+                g.add_node(n, label=label)
                 for port, src in self.ins[n]:
                     g.add_edge(src, n, port=port)
             self._graph = g
         return self._graph
 
+    @classmethod
+    def known(cls, h: str) -> Piece:
+        """A simple piece of hash ``h``."""
+        p = cls.__new__(cls)
+        p.labels = p.ins = p.colours = p._graph = None
+        p.simple, p.hash = True, h
+        return p
+
+
+def _simple_hash(text: str) -> str:
+    """The hash of a one-layer piece, from its text (label and ports)."""
+    h = _SIMPLE.get(text)
+    if h is None:
+        if len(_SIMPLE) >= _MEMO_LIMIT:
+            _SIMPLE.clear()
+        h = _SIMPLE[text] = _digest(text)
+    return h
+
 
 _SOURCE = "<source>"
 
 
-class _Plan:
-    """One level of a plan (a network's mounted graph, or a fragment's layers) with identity layers contracted:
-    ``order`` topological, ``ins[n]`` the (operand, port) pairs, ``label[n]``, ``mounts[n]`` = (prefix, fragment)."""
+class _Level:
+    """One level of a plan (a network's mounted graph, or a fragment's own layers) with identity layers and
+    identity fragments contracted: positions ``0 .. n-1`` in topological order, 0 the source. ``labels[i]`` (None
+    for a mount), ``ins[i]`` its ``(operand position, port)`` pairs, ``mounts[i]`` the mounted fragment's
+    :class:`_Facts` or None, ``sink`` the output's position; ``chain`` when every layer reads the one before it
+    once (then every position is a cut)."""
 
-    def __init__(self):
-        self.order: list[str] = []
-        self.ins: dict[str, list[tuple[str, int]]] = {}
-        self.label: dict[str, str] = {}
-        self.mounts: dict[str, tuple] = {}
-        self.alias: dict[str, str] = {}
+    __slots__ = ("chain", "ins", "labels", "mounts", "sink")
+
+    def __init__(self, rows: list, source: str, output: str):
+        """``rows``: (node, its operands' names), in topological order, after ``source``."""
+        at = {source: 0}
+        labels: list[str | None] = [_SOURCE]
+        ins: list = [()]
+        mounts: list[_Facts | None] = [None]
+        chain, last = True, 0  # last: the position of the latest layer kept
+        for node, srcs in rows:
+            name, op = node.name, node.op
+            if op == MOUNT:
+                frag = node.meta["mount"][1]
+                derived = frag.derived
+                facts = derived["arch_hash"] if "arch_hash" in derived else _facts(frag)
+                src = at[srcs[0]]
+                if facts.series is None:  # the fragment is the identity: contracted
+                    at[name] = src
+                    continue
+                labels.append(None)
+                mounts.append(facts)
+                ins.append(((src, 0),))
+            elif len(srcs) == 1:
+                src = at[srcs[0]]
+                if op in IDENTITY_OPS:
+                    at[name] = src
+                    continue
+                labels.append(_label(op, node.args))
+                mounts.append(None)
+                ins.append(((src, 0),))
+            else:
+                labels.append(_label(op, node.args))
+                mounts.append(None)
+                ins.append(_operands(op, node.args, [at[x] for x in srcs]))
+                src = -1
+            if src != last:
+                chain = False
+            last += 1
+            at[name] = last
+        self.labels, self.ins, self.mounts, self.chain, self.sink = labels, ins, mounts, chain, at[output]
+
+    def cuts(self) -> list[int] | None:
+        """The cut positions from the source to the sink (both included), in order; None if a layer is not between
+        them (the sink is not last, or a layer leads to no later one)."""
+        n = len(self.ins)
+        if self.sink != n - 1:
+            return None
+        if self.chain:
+            return list(range(n))
+        reach = [0] * n  # reach[i]: the furthest position reading position i
+        for j, operands in enumerate(self.ins):
+            for i, _ in operands:
+                reach[i] = j  # j grows, so the last one is the furthest
+        if 0 in reach[:-1]:
+            return None  # a layer that no later layer reads: not a two-terminal network
+        furthest = list(itertools.accumulate(reach, max))  # furthest[i]: the furthest an edge from i or before goes
+        return [0, *(i for i in range(1, n) if furthest[i - 1] <= i)]
+
+    def series(self, cuts: list[int]) -> list:
+        """The pieces between consecutive cuts, in order: a one-layer piece's hash (a str), a fragment in series
+        (its :class:`_Facts`), or an expanded :class:`Piece`."""
+        labels, ins, mounts = self.labels, self.ins, self.mounts
+        if self.chain:  # one layer or fragment reading the one before: the simple pieces' ports are (0,)
+            return [mounts[v] or _one_hash(labels[v]) for v in range(1, len(ins))]
+        out: list = []
+        for u, v in itertools.pairwise(cuts):
+            if v != u + 1:
+                out.append(self.expand(u, v))
+            elif mounts[v] is not None:
+                out.append(mounts[v])
+            else:  # one layer reading the source (an edge from the source, however many operands)
+                operands = ins[v]
+                out.append(_one_hash(labels[v]) if len(operands) == 1 else
+                           _simple_hash(f"{labels[v]}<{tuple(sorted(port for _, port in operands))}"))
+        return out
+
+    def expand(self, u: int, v: int) -> Piece:
+        """The piece from position ``u`` (bare) to ``v``: mounts expanded, each operand once with its ports."""
+        labels, ins = [_SOURCE], [()]
+        at = {u: 0}
+        for e in range(u + 1, v + 1):
+            facts = self.mounts[e]
+            if facts is None:
+                labels.append(self.labels[e])
+                operands = self.ins[e]
+                if len(operands) == 1:
+                    ins.append((((operands[0][1],), at[operands[0][0]]),))
+                else:
+                    ins.append(_grouped([(at[i], port) for i, port in operands]))
+                at[e] = len(labels) - 1
+            else:
+                at[e] = _splice(facts.flat(), at[self.ins[e][0][0]], labels, ins)
+        return Piece(labels, ins)
 
 
-def _level(items, source: str) -> _Plan:
-    """The contracted plan of ``items``: (name, op, args, operands, mount) in topological order, ``source`` first."""
-    plan = _Plan()
-    plan.order.append(source)
-    plan.label[source] = _SOURCE
-    for name, op, args, srcs, mount in items:
-        srcs = [plan.alias.get(x, x) for x in srcs]
-        if mount is not None:
-            out = _fragment_series(mount[1])
-            if out is None:  # the fragment is the identity: contracted
-                plan.alias[name] = srcs[0]
-                continue
-            plan.mounts[name] = mount
-            plan.label[name] = "<mount>"
-            plan.ins[name] = [(srcs[0], 0)]
-        elif op in IDENTITY_OPS and len(srcs) == 1:
-            plan.alias[name] = srcs[0]
-            continue
-        else:
-            plan.label[name] = _label(op, args)
-            plan.ins[name] = _operands(op, args, srcs)
-        plan.order.append(name)
-    return plan
+_ONE: dict[str, str] = {}  # a layer's label -> the hash of the piece that is that layer reading the source once
 
 
-def _cuts(plan: _Plan, sink: str) -> list[str] | None:
-    """The cut layers of a plan from its source to ``sink`` (both included), in order; None if a layer is not
-    between them (it does not lead to the sink)."""
-    position = {n: i for i, n in enumerate(plan.order)}
-    if position.get(sink) != len(plan.order) - 1:
+def _one_hash(label: str) -> str:
+    h = _ONE.get(label)
+    if h is None:
+        if len(_ONE) >= _MEMO_LIMIT:
+            _ONE.clear()
+        h = _ONE[label] = _simple_hash(f"{label}<(0,)")
+    return h
+
+
+def _splice(flat: tuple[list[str], list, int], src: int, labels: list[str], ins: list) -> int:
+    """Append a fragment's expanded layers (its :meth:`_Facts.flat`) reading ``src``; returns its output's index."""
+    layers, operands, output = flat
+    base = len(labels)
+    labels.extend(layers)
+    ins.extend([[(port, src if i < 0 else base + i) for port, i in pairs] for pairs in operands])
+    return src if output < 0 else base + output
+
+
+class _Facts:
+    """What the hash keeps of one fragment (in ``Fragment.derived``, so it lives as long as the fragment):
+    ``series``, its pieces from input to output as :meth:`_Level.series` gives them (None when it is the
+    identity); ``pieces``, those one by one, nested fragments' included (a one-layer piece as its hash); ``ids``,
+    their hashes joined; and, when a piece holding it is expanded, :meth:`flat`."""
+
+    __slots__ = ("_flat", "ids", "nodes", "output", "pieces", "series")
+
+    def __init__(self, frag):
+        self.nodes, self.output = frag.nodes, frag.output
+        self._flat = None
+        self.series: list | None = None
+        self.pieces: list[Piece | str] = []
+        self.ids = ""
+        level = _Level(frag.nodes, FLOW, frag.output)  # a fragment's layers are in topological order
+        if level.sink == 0:
+            return
+        cuts = level.cuts()
+        if cuts is None:
+            raise AssertionError(f"fragment {frag.output}: not a two-terminal graph")
+        self.series = level.series(cuts)
+        for it in self.series:
+            if it.__class__ is _Facts:
+                self.pieces.extend(it.pieces)
+            else:
+                self.pieces.append(it)
+        self.ids = ",".join([p if p.__class__ is str else p.hash for p in self.pieces])
+
+    def flat(self) -> tuple[list[str], list, int]:
+        """The fragment's layers expanded (nested fragments' included), identity layers contracted: their labels,
+        their ``(port, operand)`` pairs (an operand ``-1`` is the fragment's input) and its output's index (-1 when
+        it is the input)."""
+        if self._flat is None:
+            labels: list[str] = []
+            ins: list = []
+            at = {FLOW: -1}
+            for node, srcs in self.nodes:
+                if node.op == MOUNT:
+                    at[node.name] = _splice(_facts(node.meta["mount"][1]).flat(), at[srcs[0]], labels, ins)
+                    continue
+                operands = [at[s] for s in srcs]
+                if node.op in IDENTITY_OPS and len(operands) == 1:
+                    at[node.name] = operands[0]
+                    continue
+                labels.append(_label(node.op, node.args))
+                ins.append(_grouped(_operands(node.op, node.args, operands)))
+                at[node.name] = len(labels) - 1
+            self._flat = (labels, ins, at[self.output])
+        return self._flat
+
+
+def _facts(frag) -> _Facts:
+    facts = frag.derived.get("arch_hash")
+    if facts is None:
+        facts = frag.derived["arch_hash"] = _Facts(frag)
+    return facts
+
+
+def _top(graph: Graph) -> tuple[str, list] | None:
+    """The network's input label and its series (as :meth:`_Level.series` gives it), or None when it is not one
+    input to one output."""
+    if len(graph.inputs) != 1 or graph.aux_outputs or graph.output is None:
         return None
-    reach = [0] * len(plan.order)  # reach[i]: the furthest position an edge from before i goes to
-    for n in plan.order[1:]:
-        j = position[n]
-        for src, _ in plan.ins[n]:
-            i = position[src]
-            reach[i] = max(reach[i], j)
-    cuts, furthest = [], 0
-    for i, n in enumerate(plan.order):
-        if furthest <= i:
-            cuts.append(n)
-        furthest = max(furthest, reach[i])
-    if any(reach[i] == 0 for i in range(len(plan.order) - 1)):
-        return None  # a layer that no later layer reads: not a two-terminal network
-    return cuts
-
-
-def _series(plan: _Plan, sink: str) -> list[Piece] | None:
-    cuts = _cuts(plan, sink)
-    if cuts is None:
-        return None
-    position = {n: i for i, n in enumerate(plan.order)}
-    out: list[Piece] = []
-    for u, v in itertools.pairwise(cuts):
-        inside = plan.order[position[u] + 1:position[v] + 1]
-        if len(inside) == 1 and v in plan.mounts:
-            out.extend(_fragment_series(plan.mounts[v][1]))
-        elif len(inside) == 1:  # one layer reading the source (an edge from the source, however many operands)
-            out.append(Piece(simple=f"{plan.label[v]}<{tuple(sorted(port for _, port in plan.ins[v]))}"))
-        else:
-            out.append(Piece(*_piece_graph(plan, u, inside)))
-    return out
-
-
-def _piece_graph(plan: _Plan, source: str, inside: list[str]) -> tuple[list[str], dict, dict]:
-    """A piece's topological order, labels and operands: ``source`` bare, the layers ``inside`` (mounts expanded,
-    identity layers contracted), each operand once with the tuple of the ports it fills."""
-    order, labels, ins = [source], {source: _SOURCE}, {source: []}
-    alias: dict[str, str] = {}  # a contracted layer -> what it passes on
-    for n in inside:
-        srcs = [(alias.get(x, x), port) for x, port in plan.ins[n]]
-        if n not in plan.mounts:
-            _add(order, labels, ins, n, plan.label[n], srcs)
-            continue
-        prefix, frag = plan.mounts[n]
-        layers: list = []
-        frag.emit(prefix, srcs[0][0], layers)
-        for node, operands in layers:
-            operands = [alias.get(x, x) for x in operands]
-            if node.op in IDENTITY_OPS and len(operands) == 1:
-                alias[node.name] = operands[0]
-                continue
-            _add(order, labels, ins, node.name, _label(node.op, node.args), _operands(node.op, node.args, operands))
-        out = f"{prefix}.{frag.output}"
-        if out in alias:
-            alias[n] = alias[out]
-    return order, labels, ins
-
-
-def _add(order: list[str], labels: dict, ins: dict, n: str, label: str, srcs: list[tuple[str, int]]) -> None:
-    order.append(n)
-    labels[n] = label
-    ins[n] = _grouped(srcs)
-
-
-def _fragment_series(frag) -> list[Piece] | None:
-    """The pieces of a fragment from its input to its output (cached on it); None when it is the identity."""
-    if "series" in frag.derived:
-        return frag.derived["series"]
-    plan = _level([(node.name, node.op, node.args, srcs, node.meta["mount"] if node.op == MOUNT else None)
-                   for node, srcs in frag.nodes], FLOW)  # a fragment's layers are in topological order
-    sink = plan.alias.get(frag.output, frag.output)
-    result = None if sink == FLOW else _series(plan, sink)
-    if result is None and sink != FLOW:
-        raise AssertionError(f"fragment {frag.output}: not a two-terminal graph")
-    frag.derived["series"] = result
-    return result
+    source = graph.node(graph.inputs[0])
+    inputs_of = graph.inputs_of
+    level = _Level([(n, inputs_of(n.name)) for n in graph.nodes() if n is not source], source.name, graph.output)
+    head = _label(source.op, source.args)
+    if level.sink == 0:
+        return head, []
+    cuts = level.cuts()
+    return None if cuts is None else (head, level.series(cuts))
 
 
 def pieces(graph: Graph) -> tuple[str, list[Piece]] | None:
     """The network's input label and its pieces in order, or None when it is not one input to one output."""
-    if len(graph.inputs) != 1 or graph.aux_outputs or graph.output is None:
+    series = _top(graph)
+    if series is None:
         return None
-    items = []
-    source = graph.node(graph.inputs[0])
-    for node in graph.nodes():
-        if node is not source:
-            items.append((node.name, node.op, node.args, graph.inputs_of(node.name),
-                          node.meta["mount"] if node.op == MOUNT else None))
-    plan = _level(items, source.name)
-    sink = plan.alias.get(graph.output, graph.output)
-    head = _label(source.op, source.args)
-    if sink == source.name:
-        return head, []
-    series = _series(plan, sink)
-    return None if series is None else (head, series)
+    head, items = series
+    out: list[Piece] = []
+    for it in items:
+        for p in (it.pieces if it.__class__ is _Facts else (it,)):
+            out.append(Piece.known(p) if p.__class__ is str else p)
+    return head, out
 
 
-def _same(a: tuple[nx.DiGraph, dict[str, str]], b: tuple[nx.DiGraph, dict[str, str]]) -> bool:
+def _same(a: tuple[nx.DiGraph, dict], b: tuple[nx.DiGraph, dict]) -> bool:
     """Whether two canonical graphs, each with its colours, are isomorphic (labels, outputs and ports kept).
 
     An isomorphism keeps the colours, which hold the labels and output positions, so only nodes of one
@@ -365,38 +521,52 @@ class HashRegistry:
     pieces that had it (unless it is one of them: a shared fragment's), and one isomorphic to none of them (a
     true collision) gets the hash with a ``-2``, ``-3``, ... suffix; the network's hash is made of the confirmed
     ones. A network hashed whole is confirmed the same way. ``confirmations`` counts the isomorphism checks run,
-    ``collisions`` the true collisions found.
+    ``collisions`` the true collisions found. A fragment's confirmed hashes are kept with it, so a member costs
+    one look-up per fragment in series.
     """
 
     def __init__(self) -> None:
         self._seen: dict[str, list[tuple[nx.DiGraph, dict[str, str]]]] = {}
         self._pieces: dict[str, list[Piece]] = {}
-        self._known: dict[int, tuple[Piece, str]] = {}  # id of a piece seen -> (it, its confirmed hash)
+        self._known: dict[Piece, str] = {}  # a piece seen (by identity) -> its confirmed hash
+        self._runs: dict[_Facts, str] = {}  # a fragment's facts seen (by identity) -> its pieces' confirmed hashes
         self._networks: set[str] = set()
         self.collisions = 0
         self.confirmations = 0
 
     def hash(self, graph: Graph) -> tuple[str, bool]:
         """The network's hash and whether an identical architecture was seen before."""
-        series = pieces(graph)
+        series = _top(graph)
         if series is None:
             return self._whole(graph.flatten())
-        head, parts = series
-        h = _series_digest(head, [self._piece(p) for p in parts])
+        head, items = series
+        runs = self._runs
+        ids = []
+        for it in items:
+            if it.__class__ is str:
+                ids.append(it)
+            elif it.__class__ is _Facts:
+                ids.append(runs[it] if it in runs else self._run(it))
+            else:
+                ids.append(self._piece(it))
+        h = _series_digest(head, ids)
         seen = h in self._networks
         self._networks.add(h)
         return h, seen
 
+    def _run(self, facts: _Facts) -> str:
+        joined = self._runs[facts] = ",".join([p if p.__class__ is str else self._piece(p) for p in facts.pieces])
+        return joined
+
     def _piece(self, p: Piece) -> str:
         if p.simple:
             return p.hash
-        known = self._known.get(id(p))
-        if known is not None and known[0] is p:
-            return known[1]
+        if p in self._known:
+            return self._known[p]
         alike = self._pieces.setdefault(p.hash, [])
         for i, other in enumerate(alike):
             self.confirmations += 1
-            if _same((p.graph, p.colours), (other.graph, other.colours)):
+            if _same((p.graph, dict(enumerate(p.colours))), (other.graph, dict(enumerate(other.colours)))):
                 h = p.hash if i == 0 else f"{p.hash}-{i + 1}"
                 break
         else:
@@ -404,7 +574,7 @@ class HashRegistry:
                 self.collisions += 1
             alike.append(p)
             h = p.hash if len(alike) == 1 else f"{p.hash}-{len(alike)}"
-        self._known[id(p)] = (p, h)
+        self._known[p] = h
         return h
 
     def _whole(self, graph: Graph) -> tuple[str, bool]:
