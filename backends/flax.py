@@ -47,7 +47,7 @@ from cnndsl.backends.jax_weights import (
     tree_get,
     tree_put,
 )
-from cnndsl.backends.plan import ClassPlan, Plan, Ref, Step, collapse, make_plan
+from cnndsl.backends.plan import ClassPlan, Plan, Ref, Step, collapse, expand, make_plan
 
 from cnndsl.ir.network import Network
 from cnndsl.ir.ops import OPS, Family, Fans, Op
@@ -450,10 +450,11 @@ class FlaxPrinter(Emitter):
     backend = "Flax"
 
     def __init__(self, net: Network):
-        super().__init__(net.graph)
+        graph, fragments = expand(net)  # the emitter's one read of the network's graph
+        super().__init__(graph)
         self.net = net
         self.check_supported()
-        self.plan: Plan = make_plan(self.graph)  # the emitter's one read of net.graph
+        self.plan: Plan = make_plan(graph, fragments)
         self.channel_major = flattens_channel_major(self.graph)
         self.globals = Namespace(MODULE_GLOBALS)
         self.plugins = PluginNames(self.graph, "flax_emit", self.globals, "Flax")  # before any class takes a name

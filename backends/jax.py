@@ -61,7 +61,7 @@ from cnndsl.backends.base import (
     write_helpers,
 )
 from cnndsl.backends.jax_weights import flattens_channel_major
-from cnndsl.backends.plan import ClassPlan, Plan, Ref, Step, collapse, make_plan
+from cnndsl.backends.plan import ClassPlan, Plan, Ref, Step, collapse, expand, make_plan
 
 from cnndsl.ir.network import Network
 from cnndsl.ir.ops import OPS, Family, Fans
@@ -1077,11 +1077,12 @@ class JaxEmitter(Emitter):
     backend = "JAX"
 
     def __init__(self, net: Network, scan_min_run: int | None = SCAN_MIN_RUN):
-        super().__init__(net.graph)
+        graph, fragments = expand(net)  # the emitter's one read of the network's graph
+        super().__init__(graph)
         self.net = net
         self.scan_min_run = scan_min_run  # None: a call per block (a loop over a long run), never a scan
         self.check_supported()
-        self.plan: Plan = make_plan(self.graph)  # the emitter's one read of net.graph
+        self.plan: Plan = make_plan(graph, fragments)
         self.channel_major = flattens_channel_major(self.graph)
         self.globals = Namespace(MODULE_GLOBALS | LOCALS)  # a function never takes a local's name
         self.plugins = PluginNames(self.graph, "jax_emit", self.globals, "JAX")  # before any function takes a name

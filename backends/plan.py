@@ -29,13 +29,14 @@ from __future__ import annotations
 
 import heapq
 from collections import namedtuple
+from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from functools import cached_property
 from types import MappingProxyType
 from typing import Any
 
 from cnndsl.errors import CnnDslError, Span
-from cnndsl.ir.graph import Graph, Node
+from cnndsl.ir.graph import Fragment, Graph, Node
 
 #: The key of a class's one outside input in its steps (no IR name can take it).
 ENTRY = "<in>"
@@ -298,19 +299,23 @@ class _Draft:
     span: Span | None
     in_shape: tuple[int, ...] | None
     flat: list[tuple[Any, ...]] = field(default_factory=list)  # per step, its arguments' values collapsed
+    steps_signature: tuple | None = None  # the steps' part of :meth:`signature`, once worked out
 
     def signature(self) -> tuple:
-        return (self.kind, self.is_block, self.inputs, self.output, tuple(
-            (s.kind, s.output, s.inputs, s.attr, s.op, s.child, s.children,
-             tuple((k, _form(v)) for (k, _), v in zip(s.args, flat)), s.aux, len(s.shape))
-            for s, flat in zip(self.steps, self.flat)))
+        if self.steps_signature is None:
+            self.steps_signature = tuple(
+                (s.kind, s.output, s.inputs, s.attr, s.op, s.child, s.children,
+                 tuple((k, _form(v)) for (k, _), v in zip(s.args, flat)), s.aux, len(s.shape))
+                for s, flat in zip(self.steps, self.flat))
+        return (self.kind, self.is_block, self.inputs, self.output, self.steps_signature)
 
 
 class Planner:
     """Builds the :class:`Plan` of a checked graph (see the module docstring)."""
 
-    def __init__(self, graph: Graph):
+    def __init__(self, graph: Graph, fragments: Mapping[str, Fragment] | None = None):
         self.g = graph
+        self.fragments = fragments or {}  # block instance -> the fragment it was expanded from (Graph.flatten)
         self.nodes = list(graph.nodes())
         self.outputs = set(graph.outputs)
         self.operands = {n.name: graph.inputs_of(n.name) for n in self.nodes}
@@ -319,21 +324,28 @@ class Planner:
         scopes_of: dict[str, list[str]] = {}  # layer -> the scopes it is in, outermost first
         chains: dict[str, list[str]] = {"": []}  # a layer's parent scope -> the scopes it is in
         children: dict[str, dict[str, None]] = {"": {}}  # Graph.scope_tree, dicts as ordered sets
+        least: dict[str, int] = {}  # parent scope -> the least graph order of its own layers
         for n in self.nodes:
-            parent = n.name.rpartition(".")[0]
+            name = n.name
+            parent = name.rpartition(".")[0]
             chain = chains.get(parent)
             if chain is None:
                 parts = parent.split(".")
                 chain = chains[parent] = [".".join(parts[:i]) for i in range(1, len(parts) + 1)]
                 for above, scope in zip(["", *chain], chain):
                     children.setdefault(above, {})[scope] = None
-            children.setdefault(parent, {})[n.name] = None
-            for prefix in chain:
-                if n.order < self.first.get(prefix, n.order + 1):
-                    self.first[prefix] = n.order
-            scopes_of[n.name] = chain
+                children.setdefault(parent, {})
+            lo = least.get(parent)
+            if lo is None or n.order < lo:
+                least[parent] = n.order
+            children[parent][name] = None
+            scopes_of[name] = chain
             if n.op == "input":
                 self.with_input.update(chain)
+        for parent, order in least.items():  # a scope's first layer is the least of its parents' (once a parent)
+            for prefix in chains[parent]:
+                if order < self.first.get(prefix, order + 1):
+                    self.first[prefix] = order
         self.children = {scope: list(kids) for scope, kids in children.items()}  # as Graph.scope_tree() gives it
         self.boundaries = self._boundaries(scopes_of)
         self.kinds: dict[str, str] = {}
@@ -406,7 +418,8 @@ class Planner:
                 self.kinds[s] == "class")
         for h in sorted({height[s] for s in scopes if self.kinds[s] == "class"}):
             level = sorted((s for s in scopes if self.kinds[s] == "class" and height[s] == h), key=first.get)
-            self._share([self._draft(s) for s in level])
+            drafted: dict[Fragment, _Draft] = {}  # a fragment -> the draft of its first instance here
+            self._share([self._draft(s, drafted) for s in level])
         root = self._draft("")
         root_plan = self._finish(root.kind, [root], class_id="", name=camel(self.g.name))
         return Plan(self.g.name, root_plan, tuple(self.classes), MappingProxyType(dict(self.instances)),
@@ -414,7 +427,9 @@ class Planner:
                     self.g.init_fc, MappingProxyType({s: tuple(kids) for s, kids in self.children.items()}))
 
     # -- drafts
-    def _draft(self, scope: str) -> _Draft:
+    def _draft(self, scope: str, drafted: dict[Fragment, _Draft] | None = None) -> _Draft:
+        """The draft of ``scope``. An instance of a fragment that ``drafted`` holds takes that draft's steps (see
+        :meth:`_same_steps`) instead of collecting its layers; a new one is added there."""
         sc = self.g.scopes.get(scope) if scope else None
         if sc is not None and sc.kind == "block":
             kind, is_block, block_args = sc.block, True, dict(sc.args)
@@ -439,6 +454,11 @@ class Planner:
         def key(name: str) -> str:
             return entry.get(name) or (name[len(scope) + 1:] if scope else name)
 
+        frag = self._same_steps(scope, output) if drafted is not None else None
+        like = drafted.get(frag) if frag is not None else None
+        if like is not None:
+            return _Draft(scope, kind, is_block, block_args, like.steps, inputs, key(output), (),
+                          in_shape[0] if in_shape else None, span, in_shape, like.flat, like.steps_signature)
         raw = self._collect(scope, key)
         steps = self._toposort(raw)
         if not scope and self.g.aux_outputs:
@@ -447,9 +467,28 @@ class Planner:
                 s._replace(aux=True) for s, _ in steps if s.output not in needed]
         else:
             steps = [s for s, _ in steps]
-        return _Draft(scope, kind, is_block, block_args, steps, inputs, key(output), tuple(map(key, aux_outputs)),
-                      in_shape[0] if in_shape else None, span, in_shape,
-                      [tuple(collapse(v) if isinstance(v, tuple) else v for _, v in s.args) for s in steps])
+        draft = _Draft(scope, kind, is_block, block_args, steps, inputs, key(output), tuple(map(key, aux_outputs)),
+                       in_shape[0] if in_shape else None, span, in_shape,
+                       [tuple(collapse(v) if isinstance(v, tuple) else v for _, v in s.args) for s in steps])
+        if frag is not None:
+            draft.signature()  # worked out once, for every instance that takes these steps
+            drafted[frag] = draft
+        return draft
+
+    def _same_steps(self, scope: str, exit_: str) -> Fragment | None:
+        """The fragment whose instances' drafts have the same steps as ``scope``'s, or None where it has none.
+
+        Two instances of one fragment hold the same layers under their own prefixes, with the same arguments, spans
+        and shapes, in the same relative order, and the instances nested in them are of the same fragments again
+        (so of the same classes, with the same arguments). Their steps differ only where something outside reads
+        them: a class scope reads one outside value and is read through its exit only (its boundary), so what is
+        left is its exit, which a batch norm's ``zero_init`` looks past (its consumers). Such an exit keeps the
+        scope's own draft.
+        """
+        frag = self.fragments.get(scope)
+        if frag is None or exit_ != f"{scope}.{frag.output}" or self.g.node(exit_).op == "bn":
+            return None
+        return frag
 
     def _collect(self, scope: str, key) -> list[tuple[_DraftStep, int]]:
         """The steps of ``scope``'s forward (an inline child's layers included), with their graph order."""
@@ -609,6 +648,18 @@ class Planner:
                          rep.aux_outputs, tuple(m.scope for m in members), rep.span, rep.in_shape)
 
 
-def make_plan(graph: Graph) -> Plan:
-    """The :class:`Plan` of a checked graph (a :class:`cnndsl.Network`'s ``.graph``)."""
-    return Planner(graph).plan()
+def make_plan(graph: Graph, fragments: Mapping[str, Fragment] | None = None) -> Plan:
+    """The :class:`Plan` of a checked graph (a :class:`cnndsl.Network`'s ``.graph``); ``fragments`` (from
+    :func:`expand`) lets it plan the steps of each fragment's instances once."""
+    return Planner(graph, fragments).plan()
+
+
+def expand(net) -> tuple[Graph, dict[str, Fragment]]:
+    """The layer-by-layer graph of a :class:`cnndsl.Network` (or of a graph), and the fragment each block instance
+    was expanded from where this call expands them (a network read for the first time): :func:`make_plan`'s
+    arguments. The network's graph is read once (a read of ``Network.graph`` is a call)."""
+    built = getattr(net, "plan", None)
+    if isinstance(built, Graph) and built.mounted:
+        fragments: dict[str, Fragment] = {}
+        return built.flatten(fragments), fragments
+    return getattr(net, "graph", net), {}

@@ -43,6 +43,7 @@ import tokenize
 import types
 from collections import Counter
 from dataclasses import replace
+from functools import cached_property
 from typing import Any
 
 from cnndsl.backends.base import (
@@ -61,7 +62,7 @@ from cnndsl.backends.base import (
     string_literal,
 )
 from cnndsl.backends.jax import WIDTH, _wrap
-from cnndsl.backends.plan import ENTRY, ClassPlan, Ref, Step, collapse, make_plan
+from cnndsl.backends.plan import ENTRY, ClassPlan, Ref, Step, collapse, expand, make_plan
 from cnndsl.backends.torch_weights import fold_state_dict
 
 from cnndsl.errors import CnnDslError
@@ -216,13 +217,13 @@ class TorchEmitter(Emitter):
 
     backend = "PyTorch"
 
-    def __init__(self, graph: Graph, features: tuple[str, ...] = ()):
+    def __init__(self, graph: Graph, features: tuple[str, ...] = (), fragments=None):
         super().__init__(graph)
         self.g = graph
         self.features = tuple(features)  # layers whose outputs the network returns, as a list (timm's features_only)
         self._check_names()
         self.check_supported()
-        self.plan = make_plan(graph)
+        self.plan = make_plan(graph, fragments)  # fragments: see plan.expand
         self.scopes = self.plan.scope_children
         self._callable: dict[str, bool] = {}  # class id -> whether an instance is called as one step
         # module-level names: the imports, the helpers, the network's class, then the block classes
@@ -712,10 +713,16 @@ class ClassPrinter:
                 out += self.member_steps(self.e.open_step(s))
         return out
 
+    @cached_property
+    def own_member_steps(self) -> list[Step]:
+        """:meth:`member_steps` of the class's own steps: read by :meth:`members` and by every later variant of the
+        block (:meth:`variant_note`), worked out once."""
+        return self.member_steps(self.cls.steps)
+
     def members(self) -> list[str]:
         """The lines of ``__init__`` that build the members, in the order of the graph (the state_dict's)."""
         tree: dict[str, Any] = {}
-        for s in self.member_steps(self.cls.steps):
+        for s in self.own_member_steps:
             *path, leaf = s.attr.split(".")
             node = tree
             for part in path:
@@ -890,7 +897,7 @@ class ClassPrinter:
             return ", ".join(shown) if len(shown) <= 3 else f"{shown[0]} to {shown[-1]} ({len(shown)} in all)"
 
         def tops(p: ClassPrinter) -> list[str]:
-            return list(dict.fromkeys(s.attr.split(".")[0] for s in p.member_steps(p.cls.steps)))
+            return list(dict.fromkeys(s.attr.split(".")[0] for s in p.own_member_steps))
 
         base, mine = tops(first), tops(self)
         extra, missing = [a for a in mine if a not in base], [a for a in base if a not in mine]
@@ -1239,8 +1246,8 @@ def generate(net, features: tuple[str, ...] = ()) -> tuple[str, str]:
     ``features`` (layer names, :mod:`cnndsl.passes.features`) makes ``forward`` return their outputs, a list.
     The source is parsed before it is returned: code that is not valid Python is a :class:`CompilerBug`.
     """
-    graph = getattr(net, "graph", net)  # one read: a Network's graph is flattened anew on every read
-    emitter = TorchEmitter(graph, features)
+    graph, fragments = expand(net)  # one read of the network's graph
+    emitter = TorchEmitter(graph, features, fragments)
     return check_source(emitter.generate(), "PyTorch"), emitter.class_name
 
 

@@ -3,9 +3,10 @@
 Counts and outside oracles, no clock: the scan for the helpers a PyTorch module uses against Python's own
 tokenizer, ``collapse`` against its recursive definition, and how often a backend reads ``Network.graph``
 (a property: the first read expands the shared parts, each one is a call); the planner's scope tree and
-boundaries against the graph's own, its data-flow order against the definition, and the check of generated
-code (compiled, no longer ``ast.parse``d) against what Python refuses. Speed itself is measured by
-``python -m benchmarks``.
+boundaries against the graph's own, its data-flow order against the definition, the plan made once per
+fragment (each instance's steps taken from the first instance of its fragment) against the plan made from the
+layers alone, and the check of generated code (compiled, no longer ``ast.parse``d) against what Python refuses.
+Speed itself is measured by ``python -m benchmarks``.
 """
 
 import math
@@ -15,7 +16,7 @@ from cnndsl.backends import flax as flax_backend
 from cnndsl.backends import jax as jax_backend
 from cnndsl.backends import torch as torch_backend
 from cnndsl.backends.base import CompilerBug, check_source
-from cnndsl.backends.plan import Planner, _same, collapse
+from cnndsl.backends.plan import Planner, _same, collapse, expand, make_plan
 from cnndsl.backends.plan import _DraftStep as DraftStep
 from hypothesis import given
 from hypothesis import strategies as st
@@ -84,7 +85,8 @@ def test_collapse_and_same_follow_their_definitions(a, b):
 
 
 class _CountingNet:
-    """A network that counts the reads of its ``graph``."""
+    """A network that counts the reads of its ``graph`` and of its ``plan`` (the graph as built, which a backend
+    expands itself to learn where each block instance came from)."""
 
     def __init__(self, net):
         self._net = net
@@ -95,6 +97,11 @@ class _CountingNet:
         self.graph_reads += 1
         return self._net.graph
 
+    @property
+    def plan(self):
+        self.graph_reads += 1
+        return self._net.plan
+
     def __getattr__(self, name):
         return getattr(self._net, name)
 
@@ -102,10 +109,58 @@ class _CountingNet:
 @pytest.mark.parametrize("generate", [lambda n: torch_backend.generate(n)[0], jax_backend.generate,
                                       flax_backend.compile_flax], ids=["torch", "jax", "flax"])
 def test_a_backend_flattens_the_graph_once(generate):
+    """Once, and the first generation (which plans each fragment once) gives what the second (from the graph
+    already flat) gives."""
     net = cnndsl.load("resnet18")
     counting = _CountingNet(net)
     assert generate(counting) == generate(net)
     assert counting.graph_reads == 1
+
+
+def _count_collected(monkeypatch) -> list[int]:
+    """A counter of the layers the planner turns into steps (the scopes it collects, their direct members)."""
+    counted = [0]
+    collect = Planner._collect
+
+    def counting(self, scope, key):
+        counted[0] += len(self.children[scope])
+        return collect(self, scope, key)
+
+    monkeypatch.setattr(Planner, "_collect", counting)
+    return counted
+
+
+@pytest.mark.parametrize("name", sorted(zoo_index()))
+def test_planning_each_fragment_once_gives_the_flat_plan(name, monkeypatch):
+    """The plan from the fragments the graph was expanded from equals the plan from its layers alone; the
+    fragments' record (Graph.flatten) names exactly the layers each instance holds, and the topological order
+    flatten keeps is the one the graph works out."""
+    graph, fragments = expand(cnndsl.load(name))
+    assert [n.name for n in graph.nodes()] == graph._kahn()  # the order flatten keeps is the heap's
+    members: dict[str, set[str]] = {}
+    for node in graph.nodes():
+        parts = node.name.split(".")
+        for i in range(1, len(parts)):
+            members.setdefault(".".join(parts[:i]), set()).add(".".join(parts[i:]))
+    for scope, frag in fragments.items():
+        assert members[scope] == set(frag.names), scope
+    counted = _count_collected(monkeypatch)
+    shared = make_plan(graph, fragments)
+    with_fragments, counted[0] = counted[0], 0
+    assert shared == make_plan(graph)
+    assert with_fragments <= counted[0]
+
+
+def test_a_repeated_block_is_planned_once_per_kind(monkeypatch):
+    """ResNet-152's 50 bottlenecks are 8 fragments (per stage, its first block and the repeated one): the planner
+    collects the layers of those 8 (103 members against 523 from the layers alone), not of all 50."""
+    graph, fragments = expand(cnndsl.load("resnet152"))
+    counted = _count_collected(monkeypatch)
+    make_plan(graph, fragments)
+    with_fragments, counted[0] = counted[0], 0
+    make_plan(graph)
+    assert len(fragments) >= 50 and len(set(fragments.values())) <= 12  # 8 today; the memo may share more
+    assert with_fragments * 4 < counted[0]
 
 
 @pytest.mark.parametrize("name", sorted(zoo_index()))

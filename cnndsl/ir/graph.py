@@ -279,13 +279,18 @@ class Graph:
                 i = name.rfind(".", 0, i)
         return None
 
-    def flatten(self) -> Graph:
+    def flatten(self, instances: dict[str, Fragment] | None = None) -> Graph:
         """Expand every mount into the layers it stands for, in place (and return the graph).
 
         The layers take their instance's place in the topological order, and their orders are renumbered in
         that sequence, so names, the topological order, scopes and edges are those a build without mounts makes
         (tests/test_memo.py): scopes in the order resolve made them, then those the passes made
         (:attr:`late_scopes`) in the order of the layers they hold.
+
+        ``instances``, where given, receives the fragment each block instance this call expands came from
+        (its scope -> the :class:`Fragment`, nested instances included): what the caller may take as equal
+        between two instances without reading their layers (the code generators plan each fragment once).
+        Returned rather than kept: the graph's later changes would leave a kept record behind.
         """
         if not self._mounts:
             return self
@@ -303,8 +308,13 @@ class Graph:
             if node.op == MOUNT:
                 prefix, frag = node.meta["mount"]
                 frag.emit(prefix, srcs[0], nodes)
+                if instances is not None:
+                    self._note_instances(prefix, frag, instances)
             else:
                 nodes.append((node, srcs))
+        if instances:
+            self._forget_mixed(instances, [node.meta["mount"][0] if node.op == MOUNT else node.name
+                                           for node in self._nodes.values()])
         self._nodes, self._in, self._out = {}, {}, {}
         self._mounts, self._mounted, self._counter = {}, 0, 0
         for node, _ in nodes:
@@ -316,13 +326,34 @@ class Graph:
             for port, src in enumerate(srcs):
                 self._link(src, node.name, port)
         self._changed()
+        # The expansion is a topological order numbered in sequence, so it is the one Kahn's heap would pick.
+        self._topo = [node.name for node, _ in nodes]
         if late:
-            position = {name: i for i, name in enumerate(self._topological_order())}
+            position = {name: i for i, name in enumerate(self._topo)}
             late.sort(key=lambda sc: position.get(f"{sc.name}.0", len(position)))
             scopes.update((sc.name, sc) for sc in late)
         self.scopes = scopes
         self.late_scopes = [sc.name for sc in late]
         return self
+
+    @staticmethod
+    def _note_instances(prefix: str, frag: Fragment, out: dict[str, Fragment]) -> None:
+        """Record ``frag`` as the instance at ``prefix``, and each fragment it mounts at its own scope."""
+        out[prefix] = frag
+        for node, _ in frag.nodes:
+            if node.op == MOUNT:
+                rel, sub = node.meta["mount"]
+                Graph._note_instances(f"{prefix}.{rel}", sub, out)
+
+    @staticmethod
+    def _forget_mixed(instances: dict[str, Fragment], outside: list[str]) -> None:
+        """Drop the instances that also hold something from ``outside`` their fragments (a layer a pass named into
+        the instance's scope, or another mount's prefix): their layers are no longer their fragment's alone."""
+        for name in outside:
+            i = name.find(".")
+            while i > 0:
+                instances.pop(name[:i], None)
+                i = name.find(".", i + 1)
 
     # -- reading
     def __contains__(self, name: str) -> bool:
