@@ -789,12 +789,24 @@ class Resolver:
         if label is not None:
             name = scope.child("seq", label)
             self._claim(name, step.label_span or step.span)
-            inner = NameScope(name, sequential=True)
             self.g.scopes[name] = Scope(name, "sequence", span=step.span)
         else:
-            inner, name = scope, None
+            name = None
         if isinstance(step.term, ast.Ref):
             raise CnnArgumentError("a reference cannot be repeated", step.span)
+        if name is None:
+            return self._copies(step, n, flow, scope, frame, tail, then_act)
+
+        def body(r: Resolver) -> str:
+            fresh = frame if r is self else replace(frame, labels={}, columns={})
+            return r._copies(step, n, flow, NameScope(name, sequential=True), fresh, tail, then_act)
+
+        flow = self._scoped(step, step.term, (n,), name, flow, frame, tail, then_act, body, lambda: at_least)
+        frame.labels[name] = flow
+        return flow
+
+    def _copies(self, step: ast.Step, n: int, flow, inner: NameScope, frame: Frame, tail: bool, then_act: bool) -> str:
+        """The ``n`` copies of a repeated step, one after the other."""
         for i in range(n):
             before, spent = len(self.g), self.work
             self.generation += 1
@@ -802,8 +814,6 @@ class Resolver:
                               then_act if i == n - 1 else self._is_activation(step, frame), step)
             if i == 0:
                 self._projected(n, before, spent, step.span, "repeating this")
-        if name is not None:
-            frame.labels[name] = flow
         return flow
 
     def _projected(self, n: int, before: int, spent: int, span: Span | None, what: str) -> None:
@@ -1411,31 +1421,40 @@ class Resolver:
         return out
 
     def _group(self, term: ast.Group, name: str, flow: str, frame: Frame, tail: bool, then_act: bool) -> str:
-        """A labelled group ``name: [ ... ]``, a numbered scope: shared through the memo like a block instance
-        where it is self-contained (see :func:`_group_key`), so the members of a search that agree on what a stage
-        reads (``layer3: [bottleneck(4 * base, 2) bottleneck(4 * base) x{n3 - 1}]``) mount one fragment."""
+        """A labelled group ``name: [ ... ]``, a numbered scope: shared through the memo (:meth:`_scoped`), so the
+        members of a search that agree on what a stage reads (``layer3: [bottleneck(4 * base, 2) bottleneck(4 *
+        base) x{n3 - 1}]``) mount one fragment."""
         def body(r: Resolver) -> str:
             fresh = frame if r is self else replace(frame, labels={}, columns={})
             return r._seq(term.seq, flow, NameScope(name, sequential=True), fresh, tail, then_act)
 
+        return self._scoped(term, term.seq, (), name, flow, frame, tail, then_act, body,
+                            lambda: self.sizer.total(term.seq, frame.sizing_env(), self.depth))
+
+    def _scoped(self, owner, syntax, extra: tuple, name: str, flow: str, frame: Frame, tail: bool, then_act: bool,
+                body: Callable[[Resolver], str], size: Callable[[], int]) -> str:
+        """A labelled scope (a group, or a labelled repeat ``layer1: bottleneck(64) x3``) built by ``body``: shared
+        through the memo like a block instance where ``syntax``, what it builds, is self-contained (see
+        :func:`_self_contained`), keyed by the values it reads and ``extra`` (a repeat's count). A scope is shared
+        from its second build on, so a network built once (a plain load) pays nothing for it; ``size()`` is the
+        sizer's bound on the layers it builds (over the limit it is built flat, which says where)."""
         key = None
-        if self.store is not None and flow != ZERO and _self_contained(term):
+        if self.store is not None and flow != ZERO and _self_contained(owner, syntax):
             try:
                 shape = self._shape(flow)
             except CnnDslError:
                 shape = None
-            if shape is not None and (len(self.g) + self.sizer.total(term.seq, frame.sizing_env(), self.depth)
-                                      <= MAX_NODES):  # else built flat, which says where the limit is crossed
-                key = _group_key(term, frame, shape, tail, then_act, self.depth, self.limits)
+            if shape is not None and len(self.g) + size() <= MAX_NODES:
+                key = _scope_key(owner, syntax, extra, frame, shape, tail, then_act, self.depth, self.limits)
         if key is None:
             return body(self)
-        seen = self.store.shared("groups", dict)  # a group is shared from its second build on: a network built
-        if key not in seen and key not in self.store.entries:  # once (a plain load) pays nothing for it
+        seen = self.store.shared("scopes", dict)
+        if key not in seen and key not in self.store.entries:
             if len(seen) > MAX_BINDINGS:
                 seen.clear()
             seen[key] = True
             return body(self)
-        return self._shared("", name, frame, flow, tail, then_act, body, term.span, lambda: None, key)
+        return self._shared("", name, frame, flow, tail, then_act, body, owner.span, lambda: None, key)
 
     # -- shared instances (cnndsl.passes.memo)
     def _prepared(self, frame: Frame, call: ast.Call, block: ast.Block, flow: str) -> tuple[dict, tuple | None]:
@@ -1886,27 +1905,28 @@ MAX_BINDINGS = 100_000
 _FAILED: Any = object()
 
 
-def _self_contained(term: ast.Group) -> bool:
-    """Whether a group's layers depend on nothing around it but the values it reads and its input: no label
-    inside (the steps after the group could refer to it), no ``@reference`` (to a point outside it) and no
-    ``in.c`` (the enclosing block's input). A fact of the text, kept on the group."""
-    found = term.__dict__.get("_cnndsl_self_contained")
+def _self_contained(owner, syntax) -> bool:
+    """Whether what a labelled scope builds (``syntax``) depends on nothing around it but the values it reads and
+    its input: no label inside (the steps after it could refer to one), no ``@reference`` (to a point outside it)
+    and no ``in.c`` (the enclosing block's input). A fact of the text, kept on ``owner`` (the group or step)."""
+    found = owner.__dict__.get("_cnndsl_self_contained")
     if found is None:
         found = not any((isinstance(x, ast.Step) and x.label is not None) or isinstance(x, (ast.Ref, ast.Field))
-                        for x in _syntax_nodes(term.seq))
-        object.__setattr__(term, "_cnndsl_self_contained", found)  # a frozen dataclass: kept beside its fields
+                        for x in _syntax_nodes(syntax))
+        object.__setattr__(owner, "_cnndsl_self_contained", found)  # a frozen dataclass: kept beside its fields
     return found
 
 
-def _group_key(term: ast.Group, frame: Frame, shape: tuple[int, ...], tail: bool, then_act: bool, depth: int,
-               limits) -> tuple | None:
-    """What a self-contained group's fragment depends on, but the choices it reaches (None: a value is not
-    hashable): the values of the names it reads, the per-op defaults in force, its input's shape and where it sits.
-    The group is named by its place in the text (syntax lives as long as its library, as the memo's store does)."""
+def _scope_key(owner, syntax, extra: tuple, frame: Frame, shape: tuple[int, ...], tail: bool, then_act: bool,
+               depth: int, limits) -> tuple | None:
+    """What a self-contained scope's fragment depends on, but the choices it reaches (None: a value is not
+    hashable): the values of the names it reads, ``extra``, the per-op defaults in force, its input's shape and
+    where it sits. The scope is named by its place in the text (syntax lives as long as its library, as the
+    memo's store does)."""
     if Resolver._defaults_key(frame) is None:
         return None
-    key = (("group", id(term)), tuple(frame.env.get(n, UNKNOWN) for n in _reads(term.seq)), frame.defaults_key,
-           shape, tail, then_act, depth, len(frame.blocks_active), limits)
+    key = (("scope", id(owner)), tuple(frame.env.get(n, UNKNOWN) for n in _reads(syntax)), extra,
+           frame.defaults_key, shape, tail, then_act, depth, len(frame.blocks_active), limits)
     try:
         hash(key)
     except TypeError:
