@@ -29,9 +29,9 @@ network w: input 3x8x8
 class Client:
     """A minimal LSP client over a subprocess's stdin and stdout."""
 
-    def __init__(self):
-        self.proc = subprocess.Popen([sys.executable, "-m", "cnndsl", "lsp"], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    def __init__(self, *flags: str, env: dict[str, str] | None = None):
+        self.proc = subprocess.Popen([sys.executable, "-m", "cnndsl", "lsp", *flags], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
         self.next_id = 0
         self.messages: list[dict] = []
         self.cond = threading.Condition()
@@ -75,6 +75,19 @@ class Client:
         rid = self.send(method, params)
         return self.wait_for(lambda m: m.get("id") == rid and "method" not in m)
 
+    def initialize(self) -> dict:
+        init = self.request("initialize", {"processId": None, "rootUri": None, "capabilities": {}})
+        self.send("initialized", {}, request=False)
+        return init
+
+    def close(self) -> None:
+        self.request("shutdown", None)
+        self.send("exit", None, request=False)
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
     def diagnostics(self, uri, version):
         return self.wait_for(lambda m: m.get("method") == "textDocument/publishDiagnostics"
                              and m["params"]["uri"] == uri and m["params"].get("version") == version)["params"]
@@ -83,16 +96,9 @@ class Client:
 @pytest.fixture
 def client():
     c = Client()
-    init = c.request("initialize", {"processId": None, "rootUri": None, "capabilities": {}})
-    assert init["result"]["capabilities"]["hoverProvider"]
-    c.send("initialized", {}, request=False)
+    assert c.initialize()["result"]["capabilities"]["hoverProvider"]
     yield c
-    c.request("shutdown", None)
-    c.send("exit", None, request=False)
-    try:
-        c.proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        c.proc.kill()
+    c.close()
 
 
 def test_diagnostics_as_you_type_and_hover(client, tmp_path):

@@ -532,33 +532,13 @@ def _lsp_client(*flags: str):
     """tests/test_lsp.py's client, talking to ``cnndsl lsp FLAGS`` with the example package importable."""
     pytest.importorskip("pygls")
     import os
-    import threading
 
     from test_lsp import Client
 
-    class PluginClient(Client):
-        def __init__(self):
-            env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(EXAMPLE), os.environ.get("PYTHONPATH", "")])}
-            self.proc = subprocess.Popen([sys.executable, "-m", "cnndsl", "lsp", *flags], stdin=subprocess.PIPE,
-                                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
-            self.next_id = 0
-            self.messages = []
-            self.cond = threading.Condition()
-            threading.Thread(target=self._read, daemon=True).start()
-
-    client = PluginClient()
-    client.request("initialize", {"processId": None, "rootUri": None, "capabilities": {}})
-    client.send("initialized", {}, request=False)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(EXAMPLE), os.environ.get("PYTHONPATH", "")])}
+    client = Client(*flags, env=env)
+    client.initialize()
     return client
-
-
-def _lsp_close(client) -> None:
-    client.request("shutdown", None)
-    client.send("exit", None, request=False)
-    try:
-        client.proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        client.proc.kill()
 
 
 def _lsp_text(client, uri: str, text: str, version: int) -> list[dict]:
@@ -590,7 +570,7 @@ def test_lsp_with_plugins_gives_the_plugin_ops_diagnostics_and_hovers(tmp_path):
         assert "**cbam1** `cbam r=4`" in value and "8x8x8" in value
         assert f"{2 * 8 * hidden + hidden + 8 + 2 * 7 * 7} params" in value
     finally:
-        _lsp_close(client)
+        client.close()
 
 
 def test_lsp_without_plugins_refuses_use_at_the_use_naming_the_flag(tmp_path):
@@ -605,7 +585,7 @@ def test_lsp_without_plugins_refuses_use_at_the_use_naming_the_flag(tmp_path):
         (d,) = _lsp_text(client, uri, LSP_DOC.replace("cbam(k=4) ", ""), 2)  # the op is not there unloaded
         assert d["message"].startswith("unknown layer or block 'cbam'")
     finally:
-        _lsp_close(client)
+        client.close()
     assert not (tmp_path / "marker.py.ran").exists()
 
 

@@ -684,23 +684,22 @@ class Resolver:
         skipped, so a layer before an absent activation keeps its default one, and one before absent steps
         only is the sequence's last. A count not known before building (a choice) counts as present.
 
-        Where every count is written as a number (or absent) the answer is a fact of the text: it is kept on
-        the sequence, as the syntax facts are (:func:`_facts`)."""
-        found = seq.__dict__.get("_cnndsl_following")
-        if found is not None:
+        Where every count is written as a number (or absent) the answer is a fact of the text, kept on the
+        sequence (:func:`_kept`)."""
+        found = seq.__dict__.get("_cnndsl_following")  # (a sequence has a step: the list is never empty)
+        if found:
             return found
-        steps = seq.steps
         out: list[ast.Step | None] = []
         nxt = None
-        for step in reversed(steps):
+        for step in reversed(seq.steps):
             out.append(nxt)
             count = step.repeat.value if isinstance(step.repeat, ast.Num) else \
                 known_value(step.repeat, frame.env) if step.repeat is not None else 1
             if not _is_zero(count):
                 nxt = step
         out.reverse()
-        if all(step.repeat is None or isinstance(step.repeat, ast.Num) for step in steps):
-            object.__setattr__(seq, "_cnndsl_following", out)  # a frozen dataclass: kept beside its fields
+        if all(step.repeat is None or isinstance(step.repeat, ast.Num) for step in seq.steps):
+            return _kept(seq, "_cnndsl_following", lambda: out)
         return out
 
     def _check_size(self, seq: ast.Seq, frame: Frame) -> None:
@@ -1006,13 +1005,11 @@ class Resolver:
 
     def _chosen(self, c: ast.Combinator) -> ast.Group:
         """``choice< A | B | ... >``: the branch the ``choose`` hook picks (the first by default), as a group."""
-        facts = c.__dict__.get("_cnndsl_choice")
-        if facts is None:  # the choice point and its branches as groups: facts of the text, made once
-            if c.args:
-                raise CnnArgumentError("choice<...> takes no arguments", c.span, "choice< conv3-64 | maxpool >")
-            facts = (ast.Choice(tuple(c.branches), c.span), tuple(ast.Group(b, c.span) for b in c.branches))
-            object.__setattr__(c, "_cnndsl_choice", facts)  # a frozen dataclass: kept beside its fields
-        return facts[1][self.choose(facts[0]) if self.choose else 0]
+        if c.args:
+            raise CnnArgumentError("choice<...> takes no arguments", c.span, "choice< conv3-64 | maxpool >")
+        point, branches = c.__dict__.get("_cnndsl_choice") or _kept(c, "_cnndsl_choice", lambda: (
+            ast.Choice(tuple(c.branches), c.span), tuple(ast.Group(b, c.span) for b in c.branches)))
+        return branches[self.choose(point) if self.choose else 0]
 
     def _combinator(self, c: ast.Combinator, label, flow, scope: NameScope, frame: Frame, tail) -> str:
         kind = c.name.lower()
@@ -1909,12 +1906,9 @@ def _self_contained(owner, syntax) -> bool:
     """Whether what a labelled scope builds (``syntax``) depends on nothing around it but the values it reads and
     its input: no label inside (the steps after it could refer to one), no ``@reference`` (to a point outside it)
     and no ``in.c`` (the enclosing block's input). A fact of the text, kept on ``owner`` (the group or step)."""
-    found = owner.__dict__.get("_cnndsl_self_contained")
-    if found is None:
-        found = not any((isinstance(x, ast.Step) and x.label is not None) or isinstance(x, (ast.Ref, ast.Field))
-                        for x in _syntax_nodes(syntax))
-        object.__setattr__(owner, "_cnndsl_self_contained", found)  # a frozen dataclass: kept beside its fields
-    return found
+    return _kept(owner, "_cnndsl_self_contained", lambda: not any(
+        (isinstance(x, ast.Step) and x.label is not None) or isinstance(x, (ast.Ref, ast.Field))
+        for x in _syntax_nodes(syntax)))
 
 
 def _scope_key(owner, syntax, extra: tuple, frame: Frame, shape: tuple[int, ...], tail: bool, then_act: bool,
@@ -1984,15 +1978,26 @@ def _syntax_nodes(syntax) -> Iterator[Any]:
             todo.extend(getattr(x, f) for f in x.__dataclass_fields__)
 
 
-def _facts(syntax, owner=None, slot: str = "_cnndsl_facts") -> tuple[tuple[str, ...], bool]:
-    """The names a piece of syntax may read from its scope, sorted, and whether it holds a choice. They are facts
-    of the parsed text, worked out once and kept on ``owner`` (the node itself by default) under ``slot``, so every
-    build and every member of a search reads them back: syntax is immutable, and a node lives as long as its
-    library."""
-    owner = syntax if owner is None else owner
+def _kept(owner, slot: str, make: Callable[[], Any]) -> Any:
+    """A fact of the parsed text, ``make()`` the first time, then kept on the syntax node ``owner`` under ``slot``,
+    so every build and every member of a search reads it back: syntax is immutable, and a node lives as long as
+    its library. (A frozen dataclass: the fact is a cache beside its fields, not one of them.)"""
     found = owner.__dict__.get(slot)
-    if found is not None:
-        return found
+    if found is None:
+        found = make()
+        object.__setattr__(owner, slot, found)
+    return found
+
+
+def _facts(syntax, owner=None, slot: str = "_cnndsl_facts") -> tuple[tuple[str, ...], bool]:
+    """The names a piece of syntax may read from its scope, sorted, and whether it holds a choice, kept on
+    ``owner`` (the node itself by default) under ``slot`` (:func:`_kept`)."""
+    owner = syntax if owner is None else owner
+    return owner.__dict__.get(slot) or _kept(owner, slot, lambda: _scan(syntax))  # (the pair is never empty)
+
+
+def _scan(syntax) -> tuple[tuple[str, ...], bool]:
+    """:func:`_facts`, worked out from the syntax."""
     names, choice = set(), False
     for x in _syntax_nodes(syntax):
         if isinstance(x, (ast.Var, ast.Call)):
@@ -2001,9 +2006,7 @@ def _facts(syntax, owner=None, slot: str = "_cnndsl_facts") -> tuple[tuple[str, 
             names.add(INPUT)
         elif isinstance(x, ast.Choice):
             choice = True
-    found = (tuple(sorted(names)), choice)
-    object.__setattr__(owner, slot, found)  # a frozen dataclass: a cache beside its fields, not one of them
-    return found
+    return tuple(sorted(names)), choice
 
 
 def _reads(syntax) -> tuple[str, ...]:
