@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import platform
 import statistics
@@ -34,8 +35,25 @@ class Row:
 HEADER = ["section", "measurement", "cnndsl", "reference", "speed ratio", "note"]
 
 
-def side_by_side(fns: dict[str, Callable[[], object]], reps: int, warmup: int = 1) -> dict[str, float]:
-    """Median seconds of each function, the functions alternating within each repetition."""
+def timed(fn: Callable[[], object]) -> float:
+    """Seconds of one call, as timeit takes them: garbage collected before and the collector off during the
+    call, so that neither side pays for a collection of what the other (or an earlier repetition) left."""
+    gc.collect()
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        t = time.perf_counter()
+        fn()
+        return time.perf_counter() - t
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def side_by_side(fns: dict[str, Callable[[], object]], reps: int, warmup: int = 1,
+                 inner: dict[str, int] | None = None) -> dict[str, float]:
+    """Median seconds of each function, the functions alternating within each repetition; ``inner[k]`` times
+    function ``k`` that many times a repetition (a cheap side measured more often than a slow reference)."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
@@ -43,9 +61,8 @@ def side_by_side(fns: dict[str, Callable[[], object]], reps: int, warmup: int = 
     for i in range(reps):
         keys = list(fns) if i % 2 == 0 else list(reversed(list(fns)))  # neither always runs first
         for k in keys:
-            t = time.perf_counter()
-            fns[k]()
-            times[k].append(time.perf_counter() - t)
+            for _ in range((inner or {}).get(k, 1)):
+                times[k].append(timed(fns[k]))
     return {k: statistics.median(v) for k, v in times.items()}
 
 

@@ -13,18 +13,12 @@ from __future__ import annotations
 
 import statistics
 import sys
-import time
 
-from .common import QUICK, THREADS, Row, fvcore_count, ms, side_by_side, table
+from .common import QUICK, THREADS, Row, fvcore_count, ms, side_by_side, table, timed
 
 
 def _best(fn, reps: int) -> float:
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    return statistics.median(timed(fn) for _ in range(reps))
 
 
 def run() -> list[Row]:
@@ -127,7 +121,8 @@ def cost_model() -> list[Row]:
         t = side_by_side({"cold": keep("cold", lambda name=name: _load(name, True)),
                           "warm": keep("warm", lambda name=name: _load(name, False)),
                           "theirs": keep("theirs", lambda lib=lib, ctor=ctor, size=size: _reference(lib, ctor, size))},
-                         1 if QUICK else 3, warmup=0 if QUICK and i else 1)  # QUICK: only the first warms up
+                         1 if QUICK else 3, warmup=0 if QUICK and i else 1,  # QUICK: only the first warms up
+                         inner={"cold": 1 if QUICK else 7, "warm": 1 if QUICK else 7})
         ours = out["cold"]
         agree = "agree" if out["theirs"] == ours == out["warm"] else (
             f"differ: cnndsl {ours[0]:,} / {ours[1]:,} vs fvcore {out['theirs'][0]:,} / {out['theirs'][1]:,}")

@@ -53,8 +53,11 @@ def randomise_bn(model) -> None:
 
 
 # Two float64 copies and their state_dicts: ConvNeXt-L and RegNetY-128GF (198M and 645M parameters) would take
-# 6 and 20 GiB, so they run with --runslow.
-BIG = {"convnext_large", "regnet_y_128gf"}
+# 6 and 20 GiB, so they run with --runslow, as do the other networks over 100M parameters (3-5 s each, whose
+# layers the smaller members of their families fold alike); vgg11_bn stays, the VGG stack with batch norms.
+BIG = {"convnext_large", "regnet_y_128gf", "efficientnet_v2_l", "regnet_x_32gf", "regnet_y_32gf",
+       "wide_resnet101_2", "vgg", "vgg_bn", "vgg11", "vgg11_lrn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn",
+       "vgg16_c", "vgg19", "vgg19_bn"}
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in BIG else n for n in zoo_names()])

@@ -471,6 +471,25 @@ def test_off_builds_nothing_shared():
         assert memo_stats() == {"hits": 0, "misses": 0, "inlined": 0, "fragments": 0}
 
 
+def test_clearing_the_memo_leaves_nothing_behind():
+    """A long run that empties the memo between loads (a benchmark's cold loads, a test suite) holds no more
+    objects after many rounds than after a few: each store is dropped whole, and its library watched once."""
+    import gc
+
+    def live_after(rounds: int) -> int:
+        for _ in range(rounds):
+            clear_memo()
+            cnndsl.load("resnet18")
+        gc.collect()
+        return len(gc.get_objects())
+
+    with memo(True):
+        live_after(3)
+        few = live_after(3)
+        many = live_after(30)
+    assert many - few < 30, (few, many)
+
+
 def test_switch_returns_the_previous_setting():
     with memo(True):
         assert set_memo(False) is True

@@ -140,5 +140,14 @@ def store(library) -> Store:
     found = _stores.get(key)
     if found is None:
         found = _stores[key] = Store()
-        weakref.finalize(library, _stores.pop, key, None)
+        if key not in _watched:  # one finalizer a library: a store made again after clear_memo reuses it
+            _watched[key] = weakref.finalize(library, _forget, key)
     return found
+
+
+_watched: dict[int, weakref.finalize] = {}  # id of a library -> the finalizer that drops its store
+
+
+def _forget(key: int) -> None:
+    _stores.pop(key, None)
+    _watched.pop(key, None)
