@@ -82,6 +82,8 @@ def _escape(char: str) -> str:
 def comment_text(text: str) -> str:
     """``text`` made safe to follow ``#``: every character that is not printable (a newline, a carriage
     return, a form feed, a NUL, U+2028) is written as its backslash escape, so the comment cannot end early."""
+    if text.isprintable():  # the common case: nothing to escape
+        return text
     return "".join(c if c.isprintable() else _escape(c) for c in text)
 
 
@@ -194,10 +196,13 @@ class Emitter:
         return callable(getattr(self, f"emit_{op}", None))
 
     def check_supported(self) -> None:
-        """Raise :class:`Unsupported` for the first node no ``emit_<op>`` method handles."""
+        """Raise :class:`Unsupported` for the first node no ``emit_<op>`` method handles (each op asked once)."""
+        supported: set[str] = set()
         for node in self.graph.nodes():
-            if not self.supports(node.op):
-                self.unsupported(node)
+            if node.op not in supported:
+                if not self.supports(node.op):
+                    self.unsupported(node)
+                supported.add(node.op)
 
     def dispatch(self, node: Node) -> Any:
         if not self.supports(node.op):

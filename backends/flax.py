@@ -47,7 +47,7 @@ from cnndsl.backends.jax_weights import (
     tree_get,
     tree_put,
 )
-from cnndsl.backends.plan import ClassPlan, Plan, Ref, Step, collapse, expand, make_plan
+from cnndsl.backends.plan import ClassPlan, Plan, Ref, Step, collapse, element_args, expand, make_plan
 
 from cnndsl.ir.network import Network
 from cnndsl.ir.ops import OPS, Family, Fans, Op
@@ -176,8 +176,7 @@ class _ClassPrinter(NhwcLayerCode):
             return self.call(step.child, step.args)
         if step.kind == "sequence":
             items = []
-            for i, child in enumerate(step.children):
-                args = tuple((k.split(".", 1)[1], v) for k, v in step.args if k.split(".", 1)[0] == str(i))
+            for child, args in zip(step.children, element_args(step)):
                 items.append(self.call(child, args))
             return "nnx.Sequential(" + ", ".join(items) + ")"
         if OPS[step.op].plugin:  # its flax_emit class, built with its keywords (cnndsl.ops)

@@ -61,7 +61,7 @@ from cnndsl.backends.base import (
     write_helpers,
 )
 from cnndsl.backends.jax_weights import flattens_channel_major
-from cnndsl.backends.plan import ClassPlan, Plan, Ref, Step, collapse, expand, make_plan
+from cnndsl.backends.plan import ClassPlan, Plan, Ref, Step, collapse, element_args, expand, make_plan
 
 from cnndsl.ir.network import Network
 from cnndsl.ir.ops import OPS, Family, Fans
@@ -745,8 +745,7 @@ class _ClassPrinter(NhwcLayerCode):
         """A sequence's elements as maximal runs of the same class built with the same arguments:
         (start, stop, class, args)."""
         out: list[tuple[int, int, str, tuple]] = []
-        for i, child in enumerate(step.children):
-            args = tuple((k.split(".", 1)[1], v) for k, v in step.args if k.split(".", 1)[0] == str(i))
+        for i, (child, args) in enumerate(zip(step.children, element_args(step))):
             if out and out[-1][2] == child and out[-1][3] == args:
                 out[-1] = (out[-1][0], i + 1, child, args)
             else:

@@ -234,6 +234,10 @@ def collapse(v: Any) -> Any:
     return first
 
 
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
 def _same(a: Any, b: Any) -> bool:
     """Equal and of one kind: a bool is not a number (``True`` is not ``1``), an int and a float may be equal."""
     if type(a) is type(b):
@@ -299,15 +303,8 @@ class _Draft:
     span: Span | None
     in_shape: tuple[int, ...] | None
     flat: list[tuple[Any, ...]] = field(default_factory=list)  # per step, its arguments' values collapsed
-    steps_signature: tuple | None = None  # the steps' part of :meth:`signature`, once worked out
-
-    def signature(self) -> tuple:
-        if self.steps_signature is None:
-            self.steps_signature = tuple(
-                (s.kind, s.output, s.inputs, s.attr, s.op, s.child, s.children,
-                 tuple((k, _form(v)) for (k, _), v in zip(s.args, flat)), s.aux, len(s.shape))
-                for s, flat in zip(self.steps, self.flat))
-        return (self.kind, self.is_block, self.inputs, self.output, self.steps_signature)
+    origin: int = 0  # the drafts of one origin hold the same steps (the first instance's, see Planner._draft)
+    steps_id: int | None = None  # the steps' part of Planner._signature, once worked out (equal parts, equal ids)
 
 
 class Planner:
@@ -353,6 +350,9 @@ class Planner:
         self.instances: dict[str, Instance] = {}
         self.classes: list[ClassPlan] = []
         self.variants: dict[str, list[_Draft]] = {}  # block kind -> the first draft of each of its classes
+        self.zero_init = graph.init is not None and graph.zero_init_residual  # a bn's zero_init reads its consumers
+        self.origins = 0  # the drafts made from layers so far
+        self.steps_ids: dict[tuple, int] = {}  # the steps' part of a signature -> its number
 
     def _boundaries(self, scopes_of: dict[str, list[str]]) -> dict[str, tuple[list[str], list[str]]]:
         """Every scope's :meth:`boundary`, from the edges that cross it (a scan of each scope's members would visit
@@ -418,7 +418,7 @@ class Planner:
                 self.kinds[s] == "class")
         for h in sorted({height[s] for s in scopes if self.kinds[s] == "class"}):
             level = sorted((s for s in scopes if self.kinds[s] == "class" and height[s] == h), key=first.get)
-            drafted: dict[Fragment, _Draft] = {}  # a fragment -> the draft of its first instance here
+            drafted: dict[tuple[Fragment, str], _Draft] = {}  # (fragment, scope in it) -> its first instance's draft
             self._share([self._draft(s, drafted) for s in level])
         root = self._draft("")
         root_plan = self._finish(root.kind, [root], class_id="", name=camel(self.g.name))
@@ -427,7 +427,7 @@ class Planner:
                     self.g.init_fc, MappingProxyType({s: tuple(kids) for s, kids in self.children.items()}))
 
     # -- drafts
-    def _draft(self, scope: str, drafted: dict[Fragment, _Draft] | None = None) -> _Draft:
+    def _draft(self, scope: str, drafted: dict[tuple[Fragment, str], _Draft] | None = None) -> _Draft:
         """The draft of ``scope``. An instance of a fragment that ``drafted`` holds takes that draft's steps (see
         :meth:`_same_steps`) instead of collecting its layers; a new one is added there."""
         sc = self.g.scopes.get(scope) if scope else None
@@ -458,7 +458,7 @@ class Planner:
         like = drafted.get(frag) if frag is not None else None
         if like is not None:
             return _Draft(scope, kind, is_block, block_args, like.steps, inputs, key(output), (),
-                          in_shape[0] if in_shape else None, span, in_shape, like.flat, like.steps_signature)
+                          in_shape[0] if in_shape else None, span, in_shape, like.flat, like.origin, like.steps_id)
         raw = self._collect(scope, key)
         steps = self._toposort(raw)
         if not scope and self.g.aux_outputs:
@@ -469,26 +469,48 @@ class Planner:
             steps = [s for s, _ in steps]
         draft = _Draft(scope, kind, is_block, block_args, steps, inputs, key(output), tuple(map(key, aux_outputs)),
                        in_shape[0] if in_shape else None, span, in_shape,
-                       [tuple(collapse(v) if isinstance(v, tuple) else v for _, v in s.args) for s in steps])
+                       [tuple(collapse(v) if isinstance(v, tuple) else v for _, v in s.args) for s in steps],
+                       self.origins)
+        self.origins += 1
         if frag is not None:
-            draft.signature()  # worked out once, for every instance that takes these steps
+            self._signature(draft)  # worked out once, for every instance that takes these steps
             drafted[frag] = draft
         return draft
 
-    def _same_steps(self, scope: str, exit_: str) -> Fragment | None:
-        """The fragment whose instances' drafts have the same steps as ``scope``'s, or None where it has none.
+    def _signature(self, d: _Draft) -> tuple:
+        """What two drafts that share a class agree on: their structure and the forms of their numbers."""
+        if d.steps_id is None:
+            steps = tuple((s.kind, s.output, s.inputs, s.attr, s.op, s.child, s.children,
+                           tuple((k, _form(v)) for (k, _), v in zip(s.args, flat)), s.aux, len(s.shape))
+                          for s, flat in zip(d.steps, d.flat))
+            d.steps_id = self.steps_ids.setdefault(steps, len(self.steps_ids))
+        return (d.kind, d.is_block, d.inputs, d.output, d.steps_id)
+
+    def _same_steps(self, scope: str, exit_: str) -> tuple[Fragment, str] | None:
+        """The fragment, and the scope inside it (``""`` for the fragment's own), whose instances' drafts have the same
+        steps as ``scope``'s; None where ``scope`` is in no fragment's instance.
 
         Two instances of one fragment hold the same layers under their own prefixes, with the same arguments, spans
         and shapes, in the same relative order, and the instances nested in them are of the same fragments again
-        (so of the same classes, with the same arguments). Their steps differ only where something outside reads
-        them: a class scope reads one outside value and is read through its exit only (its boundary), so what is
-        left is its exit, which a batch norm's ``zero_init`` looks past (its consumers). Such an exit keeps the
-        scope's own draft.
+        (so of the same classes, with the same arguments); so do two scopes at one place inside them (a labelled
+        group in a block). Their steps differ only where something outside reads them: a class scope reads one
+        outside value and is read through its exit only (its boundary), so what is left is its exit, which a batch
+        norm's ``zero_init`` looks past (its consumers) where the network zero-initialises residual branches. Such
+        an exit keeps the scope's own draft.
         """
-        frag = self.fragments.get(scope)
-        if frag is None or exit_ != f"{scope}.{frag.output}" or self.g.node(exit_).op == "bn":
+        frag, rel = self.fragments.get(scope), ""
+        if frag is None:  # a scope inside an instance: the innermost instance around it
+            i = scope.rfind(".")
+            while i > 0 and frag is None:
+                frag, rel = self.fragments.get(scope[:i]), scope[i + 1:]
+                i = scope.rfind(".", 0, i)
+            if frag is None:
+                return None
+        elif exit_ != f"{scope}.{frag.output}":
             return None
-        return frag
+        if self.zero_init and self.g.node(exit_).op == "bn":
+            return None
+        return frag, rel
 
     def _collect(self, scope: str, key) -> list[tuple[_DraftStep, int]]:
         """The steps of ``scope``'s forward (an inline child's layers included), with their graph order."""
@@ -567,7 +589,7 @@ class Planner:
     def _share(self, drafts: list[_Draft]) -> None:
         groups: dict[tuple, list[_Draft]] = {}
         for d in drafts:
-            groups.setdefault(d.signature(), []).append(d)
+            groups.setdefault(self._signature(d), []).append(d)
         for members in groups.values():
             kind = members[0].kind
             variants = self.variants.setdefault(kind, [])
@@ -580,14 +602,32 @@ class Planner:
             self.classes.append(self._finish(kind, members, class_id=members[0].scope, name=name))
 
     def _finish(self, kind: str, members: list[_Draft], class_id: str, name: str) -> ClassPlan:
+        """The class of ``members``: its steps, the numbers its members differ in as parameters, their arguments.
+
+        Every decision reads each member's steps, block arguments and input channels alone, so members of one origin
+        (the same steps) with the same block arguments and input channels decide alike: one of each decides
+        (``distinct``), and the others take its arguments."""
         rep = members[0]
+        distinct: list[_Draft] = []
+        which: dict[tuple, int] = {}  # (origin, input channels, block arguments) -> its index in distinct
+        of_member: list[int] = []
+        for m in members:
+            facts = (m.origin, m.in_channels, repr(tuple(m.block_args.items())))  # repr: True, 1 and 1.0 differ
+            at = which.setdefault(facts, len(distinct))
+            if at == len(distinct):
+                distinct.append(m)
+            of_member.append(at)
         params: list[Param] = []
         keys: dict[tuple, str] = {}
-        values: list[list[tuple[str, Any]]] = [[] for _ in members]
+        values: list[list[tuple[str, Any]]] = [[] for _ in distinct]
         used: set[str] = set()
 
         block_names = set(rep.block_args)  # a derived hint never takes a block's own name
-        words = {p for p in block_names if all(isinstance(m.block_args.get(p), str) for m in members)}
+        words = {p for p in block_names if all(isinstance(m.block_args.get(p), str) for m in distinct)}
+        block = []  # per block parameter: its values, collapsed, and whether they are all integers
+        for p in rep.block_args:
+            pv = [m.block_args.get(p) for m in distinct]
+            block.append((p, pv, [collapse(q) for q in pv], all(_is_int(q) for q in pv)))
 
         def add(key: tuple, hint: str, origin: str, vals: list[Any]) -> str:
             if key not in keys:
@@ -611,22 +651,22 @@ class Planner:
 
         def resolve(i: int, j: int, arg: str) -> Any:
             """Step ``i``'s argument ``j``: its value where the members agree, else a :class:`Ref`."""
-            flat = [m.flat[i][j] for m in members]
+            flat = [m.flat[i][j] for m in distinct]
             first = flat[0]
             if all(v is first for v in flat) and _same(first, first) or all(_same(v, first) for v in flat):
                 return rep.steps[i].args[j][1]
-            vals = [m.steps[i].args[j][1] for m in members]
-            for p in rep.block_args:
-                pv = [m.block_args.get(p) for m in members]
-                if all(_same(v, collapse(q)) for v, q in zip(flat, pv)):
+            vals = [m.steps[i].args[j][1] for m in distinct]
+            ints = None  # whether the values are all integers, once asked
+            for p, pv, collapsed, pv_ints in block:
+                if all(_same(v, q) for v, q in zip(flat, collapsed)):
                     like = None if isinstance(pv[0], tuple) else vals[0]  # a scalar parameter fills a pair
                     return Ref(add(("block", p), p, "block", pv), 1, like)
-                if pv[0] and all(isinstance(q, int) and not isinstance(q, bool) for q in pv + flat):
+                if pv[0] and pv_ints and (ints if ints is not None else (ints := all(map(_is_int, flat)))):
                     k = flat[0] // pv[0]
                     if k > 1 and all(v == k * q for v, q in zip(flat, pv)):
                         return Ref(add(("block", p), p, "block", pv), k, vals[0])
-            if all(m.in_channels is not None and _same(v, m.in_channels) for v, m in zip(flat, members)):
-                return Ref(add(("in_channels",), "in_channels", "in_channels", [m.in_channels for m in members]),
+            if all(m.in_channels is not None and _same(v, m.in_channels) for v, m in zip(flat, distinct)):
+                return Ref(add(("in_channels",), "in_channels", "in_channels", [m.in_channels for m in distinct]),
                            1, vals[0])
             if arg in words:  # the block's word (`p=same`) as the numbers it stands for, under its name
                 return Ref(add(("word", arg, *map(_key, vals)), arg, "word", vals), 1, None)
@@ -635,17 +675,30 @@ class Planner:
 
         steps = []
         for i, step in enumerate(rep.steps):
+            if len(distinct) == 1 and all(_same(v, v) for v in rep.flat[i]):  # one kind of member: every value its own
+                steps.append(Step(*step))
+                continue
             args = [(arg, resolve(i, j, arg)) for j, (arg, _) in enumerate(step.args)]
-            shapes = [m.steps[i].shape for m in members]
+            shapes = [m.steps[i].shape for m in distinct]
             shape = step.shape
             if any(s != shape for s in shapes):  # a dimension the instances differ in is None
                 shape = tuple(d if all(s[k] == d for s in shapes) else None for k, d in enumerate(step.shape))
             steps.append(Step(*step._replace(args=tuple(args), shape=shape)))
-        for m, vals in zip(members, values):
-            self.instances[m.scope] = Instance(m.scope, class_id, tuple(vals))
+        args_of = [tuple(vals) for vals in values]
+        for m, at in zip(members, of_member):
+            self.instances[m.scope] = Instance(m.scope, class_id, args_of[at])
             self.class_of[m.scope] = class_id
         return ClassPlan(class_id, name, kind, rep.is_block, tuple(params), tuple(steps), rep.inputs, rep.output,
                          rep.aux_outputs, tuple(m.scope for m in members), rep.span, rep.in_shape)
+
+
+def element_args(step: Step) -> list[tuple[tuple[str, Any], ...]]:
+    """A sequence step's arguments (``"<i>.<param>"``) split by element: element i's ``(param, value)`` pairs."""
+    out: list[list[tuple[str, Any]]] = [[] for _ in step.children]
+    for k, v in step.args:
+        i, _, param = k.partition(".")
+        out[int(i)].append((param, v))
+    return [tuple(a) for a in out]
 
 
 def make_plan(graph: Graph, fragments: Mapping[str, Fragment] | None = None) -> Plan:

@@ -42,7 +42,6 @@ import threading
 import tokenize
 import types
 from collections import Counter
-from dataclasses import replace
 from functools import cached_property
 from typing import Any
 
@@ -62,7 +61,7 @@ from cnndsl.backends.base import (
     string_literal,
 )
 from cnndsl.backends.jax import WIDTH, _wrap
-from cnndsl.backends.plan import ENTRY, ClassPlan, Ref, Step, collapse, expand, make_plan
+from cnndsl.backends.plan import ENTRY, ClassPlan, Ref, Step, collapse, element_args, expand, make_plan
 from cnndsl.backends.torch_weights import fold_state_dict
 
 from cnndsl.errors import CnnDslError
@@ -226,6 +225,7 @@ class TorchEmitter(Emitter):
         self.plan = make_plan(graph, fragments)  # fragments: see plan.expand
         self.scopes = self.plan.scope_children
         self._callable: dict[str, bool] = {}  # class id -> whether an instance is called as one step
+        self._layouts: dict[str, str] = {}  # class id -> its class_layout
         # module-level names: the imports, the helpers, the network's class, then the block classes
         self.globals = Namespace(MODULE_GLOBALS | set(HELPERS))
         self.plugins = PluginNames(graph, "torch_emit", self.globals, "PyTorch")  # before any class takes a name
@@ -253,9 +253,13 @@ class TorchEmitter(Emitter):
         when it is a module. An input or an inline layer (``concat``, ``add``) may be called anything.
         """
         allowed: set[str] = set()  # the parts already checked (many layers share their scopes' names)
+        checked = {""}  # the scopes whose every part is allowed (many layers share their scope)
         for n in self.g.nodes():
-            parts = n.name.split(".")
-            for part in parts if n.opdef.torch_module or n.opdef.weights else parts[:-1]:
+            scope, _, last = n.name.rpartition(".")
+            parts = [] if scope in checked else scope.split(".")
+            if n.opdef.torch_module or n.opdef.weights:
+                parts.append(last)
+            for part in parts:
                 if part in allowed or part.isdigit():
                     continue
                 if part.startswith("_"):
@@ -269,6 +273,7 @@ class TorchEmitter(Emitter):
                     continue
                 raise CnnDslError(f"'{part}' cannot name a layer in PyTorch ({why})", n.span,
                                   "pick another label: a label is the module's attribute and its state_dict key")
+            checked.add(scope)
 
     # -- structure: how each scope is held (functions of the plan)
     def is_module(self, step: Step) -> bool:
@@ -279,7 +284,13 @@ class TorchEmitter(Emitter):
         """How an instance of ``cls`` holds its members: ``"class"`` (a generated class: its members have
         names), ``"sequential"`` (numbered 0..n-1: an nn.Sequential, reached by index), ``"ordered"``
         (numbered with gaps, or names that are not identifiers, chaining: an nn.Sequential over an OrderedDict)
-        or ``"dict"`` (numbered with gaps, not chaining: an nn.ModuleDict)."""
+        or ``"dict"`` (numbered with gaps, not chaining: an nn.ModuleDict). Worked out once a class."""
+        layout = self._layouts.get(cls.id)
+        if layout is None:
+            layout = self._layouts[cls.id] = self._class_layout(cls)
+        return layout
+
+    def _class_layout(self, cls: ClassPlan) -> str:
         keys = list(dict.fromkeys(s.attr.split(".")[0] for s in cls.steps if self.is_module(s)))
         if cls.id == "" or not keys or all(k.isidentifier() for k in keys):
             return "class"
@@ -359,13 +370,14 @@ class TorchEmitter(Emitter):
         call per element."""
         if step.kind == "sequence":
             out, prev = [], step.inputs[0]
+            by_element = element_args(step)
             for i, child in enumerate(step.children):
                 cls = self.plan.cls(child)
                 attr = f"{step.attr}.{i}"
                 last = i == len(step.children) - 1
                 output = step.output if last else f"{attr}.{cls.output}"
                 shape = step.shape if last else next(s.shape for s in cls.steps if s.output == cls.output)
-                args = tuple((k.split(".", 1)[1], v) for k, v in step.args if k.split(".", 1)[0] == str(i))
+                args = by_element[i]
                 out.append(Step("call", output, (prev,), attr, child=child, args=args, span=step.span, shape=shape,
                                 aux=step.aux))
                 prev = output
@@ -376,8 +388,9 @@ class TorchEmitter(Emitter):
         def key(k: str) -> str:
             return step.inputs[0] if k == ENTRY else f"{step.attr}.{k}"
 
-        return [replace(s, output=key(s.output), inputs=tuple(map(key, s.inputs)), attr=f"{step.attr}.{s.attr}",
-                        args=tuple((n, substitute(v, env)) for n, v in s.args), aux=step.aux or s.aux)
+        return [Step(s.kind, key(s.output), tuple(map(key, s.inputs)), f"{step.attr}.{s.attr}", s.op, s.child,
+                     s.children, tuple((n, substitute(v, env)) for n, v in s.args), s.span, s.shape,
+                     step.aux or s.aux)
                 for s in cls.steps]
 
     def child_access(self, acc: str, scope: str, part: str) -> str:

@@ -163,6 +163,55 @@ def test_a_repeated_block_is_planned_once_per_kind(monkeypatch):
     assert with_fragments * 4 < counted[0]
 
 
+def _place(scope: str, fragments) -> tuple | None:
+    """The fragment of the innermost instance around (or at) ``scope``, and ``scope``'s place in it."""
+    parts = scope.split(".")
+    for i in range(len(parts), 0, -1):
+        frag = fragments.get(".".join(parts[:i]))
+        if frag is not None:
+            return id(frag), ".".join(parts[i:])
+    return None
+
+
+@pytest.mark.parametrize("name", ["efficientnet_b0", "mobilenet_v3_large", "inception_v3", "regnet_y_400mf"])
+def test_a_scope_is_collected_once_per_place_in_a_fragment(name, monkeypatch):
+    """The planner collects the layers of one scope per fragment and place in it (the fragment's own scope, or a
+    group inside it): two instances of EfficientNet's MBConv with one fragment, whose exit is a batch norm, or two
+    ``block`` groups at one place in RegNet's units, are collected once. The plan is the flat plan (above)."""
+    graph, fragments = expand(cnndsl.load(name))
+    collected: list[str] = []
+    collect = Planner._collect
+
+    def recording(self, scope, key):
+        collected.append(scope)
+        return collect(self, scope, key)
+
+    monkeypatch.setattr(Planner, "_collect", recording)
+    plan = make_plan(graph, fragments)
+    classes = [s for s, kind in plan.scope_kinds.items() if kind == "class"]  # the scopes drafted
+    in_instances = [p for p in (_place(s, fragments) for s in classes) if p is not None]
+    placed = [p for p in (_place(s, fragments) for s in collected if s in classes) if p is not None]
+    assert sorted(placed) == sorted(set(in_instances)) and len(placed) < len(in_instances)
+
+
+ZERO_INIT_NET = """
+    block cbn(c) with conv(bias=false): conv3-{c} bn
+    network t with init(kaiming, zero_init_residual=true): input 4x8x8
+        relu cbn(4) relu cbn(4) residual< relu cbn(4) > residual< relu cbn(4) > gap fc-3
+"""
+
+
+def test_a_zero_initialised_exit_is_planned_as_the_flat_plan():
+    """Where the network zero-initialises its residual branches, a block whose exit is a batch norm that an add reads
+    is planned from its own layers (the batch norm's ``zero_init`` looks outside the block): the fragments' plan
+    is the flat plan, and the instances before an add are the ones built with ``zero_init``."""
+    graph, fragments = expand(cnndsl.loads(ZERO_INIT_NET))
+    plan = make_plan(graph, fragments)
+    assert plan == make_plan(graph)
+    zeroed = {scope: dict(inst.args) for scope, inst in plan.instances.items() if inst.scope.startswith("cbn")}
+    assert [any(args.values()) for _, args in sorted(zeroed.items())] == [False, False, True, True]
+
+
 @pytest.mark.parametrize("name", sorted(zoo_index()))
 def test_the_planners_scopes_are_the_graphs(name):
     """The planner works out the scope tree and every scope's boundary in one pass over the layers and the edges;

@@ -525,3 +525,46 @@ def test_output_does_not_depend_on_the_hash_seed():
         flat = cnndsl.load("resnet50")
         expected = cnndsl.compile(flat, "torch") * 2 + repr(flat.graph.signature()) + repr(list(flat.graph.scopes))
     assert runs[0].decode() == expected
+
+
+# ----------------------------------------------------------------------------- 6. the cold path's shortcuts
+# A cold load takes a few shortcuts that must change nothing: a graph built layer by layer, nothing rewired, takes
+# its stored order as its topological order without running Kahn's algorithm; a bare word is one interned Symbol.
+
+
+@pytest.mark.parametrize("name", ["resnet152", "inception_v4", "densenet121", "googlenet_torchvision", "unet"])
+def test_topological_order_is_networkx_lexicographic_order(name):
+    import networkx as nx
+
+    net = cnndsl.load(name)
+    for g in (net.plan, net.graph):  # the plan (mounts), then the flat graph (shortcut projections rewired in)
+        view = g.to_networkx()
+        want = list(nx.lexicographical_topological_sort(view, key=lambda n, g=g: (g.node(n).order, n)))
+        assert [n.name for n in g.nodes()] == want
+
+
+def test_topological_order_after_a_rewire_reads_the_edges():
+    from cnndsl.ir.graph import Graph
+
+    g = Graph("t")
+    g.add("x", "input", {"shape": (4, 8, 8)}, None, [])
+    g.add("a", "relu", {}, None, ["x"])
+    g.add("b", "relu", {}, None, ["x"])
+    g.add("c", "relu", {}, None, ["x"])
+    assert [n.name for n in g.nodes()] == ["x", "a", "b", "c"]  # as stored
+    g.rewire("a", 0, "c")  # a now reads a later layer: the stored order is no longer a topological one
+    assert [n.name for n in g.nodes()] == ["x", "b", "c", "a"]
+
+
+def test_a_word_is_one_symbol():
+    import copy
+    import pickle
+
+    from cnndsl.passes.resolve import Symbol
+
+    word = Symbol("proj")
+    assert Symbol("proj") is word and word == Symbol("proj") and word != Symbol("pad")
+    assert {word: 1}[Symbol("proj")] == 1
+    assert copy.deepcopy(word) is word and pickle.loads(pickle.dumps(word)) is word
+    with pytest.raises(AttributeError):
+        word.name = "pad"

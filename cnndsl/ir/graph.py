@@ -383,15 +383,32 @@ class Graph:
         """Nodes in a deterministic topological order (source order where free)."""
         if self._topo is None:
             self._topo = self._topological_order()
-        for name in self._topo:
-            yield self._nodes[name]
+        return map(self._nodes.__getitem__, self._topo)  # (lazy, as a generator, without a Python-level step a node)
 
     def _topological_order(self) -> list[str]:
         """Kahn's algorithm, always taking the ready node that came first in the source (then by name)."""
+        if self._in_order():
+            return list(self._nodes)
         order = self._kahn()
         if len(order) != len(self._nodes):
             self.verify()  # reports the cycle
         return order
+
+    def _in_order(self) -> bool:
+        """Whether the nodes, as stored, come in strictly increasing ``order`` and every edge goes from an earlier
+        node to a later one: Kahn's order is then the stored one (the first node left is always ready), which
+        is what a graph built layer by layer, with nothing rewired, is. A loop without a call a node."""
+        nodes, last = self._nodes, -1
+        for node in nodes.values():
+            if node.order <= last:
+                return False
+            last = node.order
+        for dst, ports in self._in.items():
+            at = nodes[dst].order
+            for port in ports:
+                if nodes[ports[port]].order >= at:
+                    return False
+        return True
 
     def _kahn(self) -> list[str]:
         """The deterministic topological order; shorter than the graph when there is a cycle."""
@@ -505,15 +522,16 @@ class Graph:
             raise CnnDslError(f"the network has a cycle through '{cycle[0][0]}'",
                               self._nodes[cycle[0][0]].span)
         for node in self._nodes.values():
-            ports = sorted(self._in[node.name])
-            if ports != list(range(len(ports))):
-                raise AssertionError(f"{node.name}: operand ports {ports} are not contiguous")
+            ins = self._in[node.name]
+            n = len(ins)
+            if (0 not in ins) if n == 1 else (n > 1 and sorted(ins) != list(range(n))):  # (one port: no sort)
+                raise AssertionError(f"{node.name}: operand ports {sorted(ins)} are not contiguous")
             if node.op == MOUNT:  # a checked fragment, reading one value
                 continue
             op = OPS[node.op]
-            if len(ports) < op.min_inputs or (op.max_inputs is not None and len(ports) > op.max_inputs):
+            if n < op.min_inputs or (op.max_inputs is not None and n > op.max_inputs):
                 raise CnnDslError(f"'{node.op}' takes {op.min_inputs}"
-                                  f"{'' if op.max_inputs == op.min_inputs else '+'} inputs, got {len(ports)}",
+                                  f"{'' if op.max_inputs == op.min_inputs else '+'} inputs, got {n}",
                                   node.span)
         for out in self.outputs:
             assert out in self._nodes, f"output {out} is not a node"

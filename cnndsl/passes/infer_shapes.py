@@ -55,7 +55,7 @@ def infer_shapes(g: Graph, warnings: list[CnnDslWarning] | None = None, limits: 
                 continue
             before = node.shape
             xs = [g.node(src).shape for src in srcs]
-            if any(x is None for x in xs):  # after a training-only layer that does not fit
+            if None in xs:  # after a training-only layer that does not fit
                 node.shape = None
                 continue
             try:

@@ -112,15 +112,19 @@ def _refuse(message: str, span: Span | None, which: str, limit: int) -> CnnLimit
 def check_shape(node, limits: SizeLimits) -> None:
     """A layer's output shape: each spatial size at most ``limits.spatial``, its values at most ``limits.tensor``."""
     shape = node.shape
-    what, does = ("the input", "is") if node.op == "input" else (f"'{node.name}'", "outputs")
-    shown = "x".join(map(str, shape))
-    if len(shape) == 3 and max(shape[1:]) > limits.spatial:
+    spatial = limits.spatial
+    if len(shape) == 3 and (shape[1] > spatial or shape[2] > spatial):
         side = "high" if shape[1] >= shape[2] else "wide"
-        raise _refuse(f"{what} {does} {shown}: {max(shape[1:]):,} pixels {side}", node.span, "spatial",
-                      limits.spatial)
+        raise _refuse(f"{_outputs(node)}: {max(shape[1:]):,} pixels {side}", node.span, "spatial", spatial)
     values = math.prod(shape)
     if values > limits.tensor:
-        raise _refuse(f"{what} {does} {shown}: {values:,} values", node.span, "tensor", limits.tensor)
+        raise _refuse(f"{_outputs(node)}: {values:,} values", node.span, "tensor", limits.tensor)
+
+
+def _outputs(node) -> str:
+    """What a refusal of a layer's shape starts with: ``'conv1' outputs 64x9000x9000`` (made only to refuse)."""
+    what, does = ("the input", "is") if node.op == "input" else (f"'{node.name}'", "outputs")
+    return f"{what} {does} {'x'.join(map(str, node.shape))}"
 
 
 @dataclass

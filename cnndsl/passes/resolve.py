@@ -28,9 +28,10 @@ import difflib
 import itertools
 import math
 import re
+import weakref
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
-from typing import Any
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Any, Self
 
 from cnndsl.errors import CnnArgumentError, CnnDslError, CnnLimitError, CnnNameError, CnnShapeError, Span
 from cnndsl.front import syntax as ast
@@ -63,11 +64,38 @@ _OPERAND_EXAMPLES = {"scale": "scale< gap conv1-16 relu conv1-64 sigmoid > multi
                      "resize": "resize(bilinear)< @input > resizes to the input's height and width"}
 
 
-@dataclass(frozen=True)
 class Symbol:
-    """A bare word used as a value: a block name passed as an argument, ``same``, ``proj``."""
+    """A bare word used as a value: a block name passed as an argument, ``same``, ``proj``.
 
+    Immutable and interned, one object a word while any is alive, so it compares and hashes by identity, in C:
+    the memo's keys hold words (``act=swish``, a block passed as an argument) and hash them at every lookup.
+    """
+
+    __slots__ = ("__weakref__", "name")
     name: str
+
+    def __new__(cls, name: str) -> Self:
+        found = _SYMBOLS.get(name)
+        if found is None:
+            found = object.__new__(cls)
+            object.__setattr__(found, "name", name)
+            _SYMBOLS[name] = found
+        return found
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        raise AttributeError(f"cannot assign to field '{key}' of a Symbol")
+
+    def __delattr__(self, key: str) -> None:
+        raise AttributeError(f"cannot delete field '{key}' of a Symbol")
+
+    def __reduce__(self):  # a copy or an unpickled word is the interned one
+        return Symbol, (self.name,)
+
+    def __repr__(self) -> str:
+        return f"Symbol(name={self.name!r})"
+
+
+_SYMBOLS: weakref.WeakValueDictionary[str, Symbol] = weakref.WeakValueDictionary()
 
 
 # ----------------------------------------------------------------------------- expressions
@@ -96,37 +124,40 @@ def evaluate(expr: ast.Expr, env: dict[str, Any], choose: Callable[[ast.Choice],
     >>> evaluate(value.body.steps[0].term.channels, {"c": 24})
     8
     """
-    if isinstance(expr, ast.Num):
+    t = type(expr)  # (compared by identity: isinstance a kind would be most of the work of a small expression)
+    if t not in _EXPRESSIONS:  # a subclass (a float range is a choice)
+        t = next((k for k in _EXPRESSIONS if isinstance(expr, k)), t)
+    if t is ast.Num:
         return expr.value
-    if isinstance(expr, ast.Str):
+    if t is ast.Str:
         return expr.value
-    if isinstance(expr, ast.Var):
+    if t is ast.Var:
         if expr.name in env:
             return env[expr.name]
         if expr.name in ("true", "True"):
             return True
         if expr.name in ("false", "False"):
             return False
-        return Symbol(expr.name)
-    if isinstance(expr, ast.Tuple_):
-        return tuple(evaluate(e, env, choose) for e in expr.items)
-    if isinstance(expr, ast.Choice):
+        return expr.__dict__.get("_cnndsl_symbol") or _kept(expr, "_cnndsl_symbol", lambda: Symbol(expr.name))
+    if t is ast.Tuple_:
+        return tuple([evaluate(e, env, choose) for e in expr.items])
+    if t is ast.Choice:
         index = choose(expr) if choose else 0  # an index, or a float range's value
         return evaluate(expr.option(index), env, choose)
-    if isinstance(expr, ast.Neg):
+    if t is ast.Neg:
         v = evaluate(expr.operand, env, choose)
         _need_number(v, expr.operand.span)
         return -v
-    if isinstance(expr, ast.Not):
+    if t is ast.Not:
         return not _need_bool(evaluate(expr.operand, env, choose), expr.operand.span, "not")
-    if isinstance(expr, ast.IfElse):
+    if t is ast.IfElse:
         cond = _need_bool(evaluate(expr.cond, env, choose), expr.cond.span, "if")
         return evaluate(expr.then if cond else expr.other, env, choose)
-    if isinstance(expr, ast.FuncCall):
+    if t is ast.FuncCall:
         return _call_function(expr, env, choose)
-    if isinstance(expr, ast.Field):
+    if t is ast.Field:
         return _input_field(expr, env)
-    if isinstance(expr, ast.BinOp):
+    if t is ast.BinOp:
         if expr.op in ast.BOOLEAN:  # `false and x` is false and `true or x` true, without evaluating x
             a = _need_bool(evaluate(expr.left, env, choose), expr.left.span, expr.op)
             if a is (expr.op == "or"):
@@ -135,8 +166,10 @@ def evaluate(expr: ast.Expr, env: dict[str, Any], choose: Callable[[ast.Choice],
         a, b = evaluate(expr.left, env, choose), evaluate(expr.right, env, choose)
         if expr.op in ("==", "!="):
             return _equal(a, b) is (expr.op == "==")
-        _need_number(a, expr.left.span)
-        _need_number(b, expr.right.span)
+        if type(a) not in _NUMBERS:  # (a bool is no number)
+            _need_number(a, expr.left.span)
+        if type(b) not in _NUMBERS:
+            _need_number(b, expr.right.span)
         if expr.op in ast.COMPARISONS:
             return {"<": a < b, "<=": a <= b, ">": a > b, ">=": a >= b}[expr.op]
         if expr.op in ("/", "//", "%") and b == 0:
@@ -153,8 +186,16 @@ def evaluate(expr: ast.Expr, env: dict[str, Any], choose: Callable[[ast.Choice],
             r = a % b
         else:
             r = a // b if isinstance(a, int) and isinstance(b, int) and a % b == 0 else a / b
+        if type(r) is float or -MAX_NUMBER <= r <= MAX_NUMBER:  # (what _bounded lets through)
+            return r
         return _bounded(r, expr.span)
     raise AssertionError(expr)
+
+
+#: The kinds of expression, by their exact types (what :func:`evaluate` compares a node's type with).
+_EXPRESSIONS = frozenset({ast.Num, ast.Str, ast.Var, ast.Tuple_, ast.Choice, ast.Neg, ast.Not, ast.IfElse,
+                          ast.FuncCall, ast.Field, ast.BinOp})
+_NUMBERS = frozenset({int, float})
 
 
 def _bounded(r: Any, span: Span | None) -> Any:
@@ -337,6 +378,9 @@ def _count(most: int, least: int) -> str:
 
 def plain(v: Any) -> Any:
     """A value as an op argument: symbols become strings."""
+    t = type(v)
+    if t is int or t is str or t is float or t is bool:  # (most values: no call to tell)
+        return v
     if isinstance(v, Symbol):
         return v.name
     if isinstance(v, tuple):
@@ -389,6 +433,13 @@ class Frame:
     defaults_key: tuple | None = None  # ``defaults`` as a hashable value (made when first needed)
     _sizing: dict[str, Any] | None = field(default=None, repr=False)
 
+    def copy(self, **changes: Any) -> Frame:
+        """This frame with ``changes``, as ``dataclasses.replace`` makes it (the frame has no ``__post_init__``),
+        without its work a field: builds make a frame a block instance and a table row."""
+        new = object.__new__(Frame)
+        new.__dict__.update(self.__dict__, **changes)
+        return new
+
     def sizing_env(self) -> dict[str, Any]:
         """``env`` for the :class:`Sizer`, without the input point: each block instance starts from another
         point, which would defeat the sizer's memo, so a count read from ``in.c`` is not known to it."""
@@ -401,6 +452,7 @@ class Frame:
 _NAME_PART = re.compile(r"(?!x[0-9])[A-Za-z_][A-Za-z0-9_]*|[0-9]+")
 #: The keywords that start a declaration, and so end the steps before them: no name can start with one.
 _DECLARATIONS = ("block", "network", "use")
+_NAME_START = re.compile(r"[.-]")  # what ends a name's first part (split with maxsplit=1)
 _SHORTHAND = re.compile(r"^(?P<base>[A-Za-z_][A-Za-z_-]*?)(?P<k>[0-9]+(?:x[0-9]+)?)$")
 
 
@@ -732,7 +784,7 @@ class Resolver:
     def _claim(self, full: str, span: Span | None) -> None:
         """A label names one thing: using the same full name twice is a mistake, also when one label makes it
         twice (in two copies of a repeat, two rows of a table). ``choice<...>`` claims its label twice, at once."""
-        start = re.split(r"[.-]", full, maxsplit=1)[0]
+        start = _NAME_START.split(full, maxsplit=1)[0] if full.startswith(_DECLARATIONS) else ""
         if start in _DECLARATIONS:
             raise CnnNameError(f"the name '{full}' starts with the keyword '{start}'", span,
                                f"'{start}' starts a declaration, so `cnndsl expand` could not write this name back; "
@@ -797,7 +849,7 @@ class Resolver:
             return self._copies(step, n, flow, scope, frame, tail, then_act)
 
         def body(r: Resolver) -> str:
-            fresh = frame if r is self else replace(frame, labels={}, columns={})
+            fresh = frame if r is self else frame.copy(labels={}, columns={})
             return r._copies(step, n, flow, NameScope(name, sequential=True), fresh, tail, then_act)
 
         flow = self._scoped(step, step.term, (n,), name, flow, frame, tail, then_act, body, lambda: at_least)
@@ -860,14 +912,15 @@ class Resolver:
     def _term(self, term, label, flow, scope: NameScope, frame: Frame, tail, then_act, step: ast.Step) -> str:
         if label is not None:
             self._claim(scope.full(label), step.label_span or step.span)
-        if isinstance(term, ast.Table):
+        t = type(term)  # (each kind of term is a final class: compared by identity)
+        if t is ast.Table:
             return self._table(term, label, flow, scope, frame, tail, then_act)
-        if isinstance(term, ast.Ref):
+        if t is ast.Ref:
             target = self._lookup_label(self._name(term.name, frame), scope, frame, term.span)
             if label is not None:
                 frame.labels[scope.full(label)] = target
             return target
-        if isinstance(term, ast.Group):
+        if t is ast.Group:
             if label is not None:
                 name = scope.child("seq", label)
                 self.g.scopes[name] = Scope(name, "sequence", span=term.span)
@@ -875,13 +928,14 @@ class Resolver:
                 frame.labels[name] = out
                 return out
             return self._seq(term.seq, flow, scope, frame, tail, then_act)
-        if isinstance(term, ast.Combinator) and term.name.lower() == "choice":
-            return self._term(self._chosen(term), label, flow, scope, frame, tail, then_act, step)
-        if isinstance(term, ast.Combinator) and term.name.lower() == "seq":
-            return self._numbered(term, label, flow, scope, frame, tail, then_act)
-        if isinstance(term, ast.Combinator):
+        if t is ast.Combinator:
+            kind = term.name.lower()
+            if kind == "choice":
+                return self._term(self._chosen(term), label, flow, scope, frame, tail, then_act, step)
+            if kind == "seq":
+                return self._numbered(term, label, flow, scope, frame, tail, then_act)
             return self._combinator(term, label, flow, scope, frame, tail)
-        if isinstance(term, ast.Call) and term.name.lower() == "none" and term.name not in frame.env:
+        if t is ast.Call and term.name.lower() == "none" and term.name not in frame.env:
             if term.kernel is not None or term.channels is not None or term.stride is not None or term.args:
                 raise CnnArgumentError("`none` (a zero) takes no arguments", term.span)
             if label is not None:
@@ -945,7 +999,7 @@ class Resolver:
             before, spent = len(self.g), self.work
             self.generation += 1
             last = i == len(rows) - 1
-            flow = self._step(t.body, flow, inner, replace(frame, env=env, _sizing=None, prepared={}), tail and last,
+            flow = self._step(t.body, flow, inner, frame.copy(env=env, _sizing=None, prepared={}), tail and last,
                               then_act if last else body_act)
             if i == 0 and t.count is not None:
                 self._projected(len(rows), before, spent, t.span, "building this")
@@ -1228,7 +1282,7 @@ class Resolver:
             reads = _reads(call)
             defaults = self._defaults_key(frame)
             if defaults is not None and INPUT not in reads:
-                key = (id(call), tuple(frame.env.get(n, UNKNOWN) for n in reads), defaults)
+                key = (id(call), tuple(map(frame.env.get, reads, _UNKNOWNS)), defaults)
                 kept = self.store.shared("layers", dict)
                 try:
                     found = kept.get(key)
@@ -1393,7 +1447,7 @@ class Resolver:
                     and isinstance(only.term, ast.Combinator) and only.term.name.lower() == "seq")
 
         def body(r: Resolver) -> str:  # the instance's layers, built by ``r`` (this resolver, or a fragment's)
-            fresh = replace(inner, labels={}, columns={})  # a failed fragment build leaves no labels behind
+            fresh = inner.copy(labels={}, columns={})  # a failed fragment build leaves no labels behind
             if numbered:  # the instance is the nn.Sequential: block.0, block.1, ...
                 return r._numbered(only.term, None, flow, scope, fresh, tail, then_act, name=inst)
             return r._seq(block.body, flow, NameScope(inst, sequential=False), fresh, tail, then_act)
@@ -1404,11 +1458,11 @@ class Resolver:
             else:
                 key = None
                 if ready is not None:  # instances bound alike share the key too (the last copy may end the network)
-                    where = (tail, then_act, self.depth, len(frame.blocks_active), self.limits)
+                    where = (tail, then_act, self.depth, len(frame.blocks_active), self._limits_key())
                     key = keys.get(where)
                     if key is None:
                         key = keys[where] = _fragment_key(name, inner, ready[-1], tail, then_act, self.depth,
-                                                          self.limits)
+                                                          self._limits_key())
                 out = self._shared(name, inst, inner, flow, tail, then_act, body, call.span, sized, key)
         except CnnDslError as e:  # a mistake inside the instance: say which instance, as it unwinds
             if e.span is not call.span:  # (not one about the call itself, e.g. a block too large to build)
@@ -1422,7 +1476,7 @@ class Resolver:
         members of a search that agree on what a stage reads (``layer3: [bottleneck(4 * base, 2) bottleneck(4 *
         base) x{n3 - 1}]``) mount one fragment."""
         def body(r: Resolver) -> str:
-            fresh = frame if r is self else replace(frame, labels={}, columns={})
+            fresh = frame if r is self else frame.copy(labels={}, columns={})
             return r._seq(term.seq, flow, NameScope(name, sequential=True), fresh, tail, then_act)
 
         return self._scoped(term, term.seq, (), name, flow, frame, tail, then_act, body,
@@ -1442,7 +1496,7 @@ class Resolver:
             except CnnDslError:
                 shape = None
             if shape is not None and len(self.g) + size() <= MAX_NODES:
-                key = _scope_key(owner, syntax, extra, frame, shape, tail, then_act, self.depth, self.limits)
+                key = _scope_key(owner, syntax, extra, frame, shape, tail, then_act, self.depth, self._limits_key())
         if key is None:
             return body(self)
         seen = self.store.shared("scopes", dict)
@@ -1473,7 +1527,8 @@ class Resolver:
         if self._defaults_key(frame) is None:
             return frame.prepared, (id(call), shape)
         reads = _reads(call)
-        values = tuple(frame.env.get(n, UNKNOWN) for n in reads if n != INPUT)
+        values = (tuple(map(frame.env.get, reads, _UNKNOWNS)) if INPUT not in reads else
+                  tuple([frame.env.get(n, UNKNOWN) for n in reads if n != INPUT]))
         if INPUT in reads:  # in.c in the arguments: the shape of the input of the block around the call
             point = frame.env.get(INPUT)
             try:
@@ -1495,6 +1550,17 @@ class Resolver:
             frame.defaults_key = (None if None in inner.values() else values_key(inner),)
         return frame.defaults_key[0]
 
+    def _limits_key(self) -> Any:
+        """The size limits as part of a memo key: a SizeLimits's values, a tuple (whose hash is worked out in C, where
+        a frozen dataclass's is Python: keys are hashed at every lookup), made once for the limits last seen."""
+        global _LIMITS_KEPT
+        if _LIMITS_KEPT[0] is not self.limits:
+            limits = self.limits
+            part = (limits if not is_dataclass(limits) else
+                    (type(limits), *(getattr(limits, f.name) for f in fields(limits))))
+            _LIMITS_KEPT = (limits, part)
+        return _LIMITS_KEPT[1]
+
     def _decide(self, choice: ast.Choice) -> int | float:
         return self.choose(choice) if self.choose else 0
 
@@ -1513,7 +1579,7 @@ class Resolver:
         except CnnDslError:  # left for infer_shapes to report (or to leave out, on a training-only path)
             sized()
             return self._inline(body)
-        key = key or _fragment_key(block, inner, shape, tail, then_act, self.depth, self.limits)
+        key = key or _fragment_key(block, inner, shape, tail, then_act, self.depth, self._limits_key())
         if key is None:
             sized()
             return self._inline(body)
@@ -1532,7 +1598,7 @@ class Resolver:
             memo.count("hits")
         if (len(self.g) + frag.size > MAX_NODES or self.work + frag.work > MAX_WORK
                 or self.lookups + frag.lookups > MAX_LOOKUPS or len(inst) + 1 + frag.longest > MAX_NAME_LENGTH
-                or (frag.claims and re.split(r"[.-]", inst, maxsplit=1)[0] in _DECLARATIONS)):
+                or (frag.claims and _NAME_START.split(inst, maxsplit=1)[0] in _DECLARATIONS)):
             return self._inline(body)  # a flat build says where the limit is crossed
         self.work += frag.work
         self.lookups += frag.lookups
@@ -1555,7 +1621,7 @@ class Resolver:
         """The instance built on its own, from an input of ``shape``, through the per-layer passes; None when it
         cannot be shared (an aux head or a ``none`` inside, a layer read from outside it), :data:`_FAILED` on a
         mistake (a flat build then reports it where it would)."""
-        from cnndsl.passes import check, count, infer_shapes, resolve_shortcuts  # the passes after resolve
+        check, count, infer_shapes, resolve_shortcuts = _AFTER_RESOLVE or _after_resolve()
 
         decisions: list[tuple[ast.Choice, int | float]] = []
 
@@ -1621,6 +1687,9 @@ def _undecided(choice: ast.Choice) -> int:
 
 
 UNKNOWN = Symbol("<unknown>")  # a value the pre-check cannot know before building
+#: UNKNOWN for every name a key reads: ``tuple(map(env.get, names, _UNKNOWNS))`` is each name's value or UNKNOWN
+#: (as a generator of ``env.get(n, UNKNOWN)`` is, without a Python-level step a name).
+_UNKNOWNS = itertools.repeat(UNKNOWN)
 
 
 def known_value(expr: ast.Expr, env: dict[str, Any]) -> Any:
@@ -1667,7 +1736,8 @@ class Sizer:
         known. The key holds the values of ``env`` that it can read: a size depends on those alone (a block's
         body is sized from the values its arguments bind), so a step sized once is known for every member of a
         search whose choices it does not read."""
-        key = (id(syntax), tuple(env.get(n, UNKNOWN) for n in _reads(syntax)))
+        facts = syntax.__dict__.get("_cnndsl_facts") or _facts(syntax)  # (_reads, inline: the sizer's hot path)
+        key = (id(syntax), tuple(map(env.get, facts[0], _UNKNOWNS)))
         try:
             found = self.memo.get(key)
         except TypeError:
@@ -1680,11 +1750,12 @@ class Sizer:
 
     def term(self, term: ast.Term, env: dict[str, Any], depth: int, active: tuple[str, ...] = ()) -> int:
         """The lower bound of one term, inside ``depth`` sequences (resolve's count: it stops at ``MAX_NESTED``)."""
-        if isinstance(term, ast.Ref):
+        t = type(term)  # (each kind of term is a final class: compared by identity)
+        if t is ast.Ref:
             return 0
         if depth >= MAX_NESTED:  # resolve stops here with its own error
             return 1
-        if isinstance(term, ast.Call):
+        if t is ast.Call:
             key, size = self._find(term, env)
             if size is not None:
                 return size
@@ -1692,36 +1763,39 @@ class Sizer:
             if key is not None:
                 self.memo[key] = (term, size)  # the term is kept alive, so its id is not reused
             return size
-        if isinstance(term, ast.Group):
+        if t is ast.Group:
             return self.seq(term.seq, env, depth + 1, active)
-        if isinstance(term, ast.Table):
+        if t is ast.Table:
             return self._table(term, env, depth, active)
-        sizes = (self.seq(b, env, depth + 1, active) for b in term.branches)
         if term.name.lower() == "choice":  # one branch is taken
-            return min(sizes)
+            return min([self.seq(b, env, depth + 1, active) for b in term.branches])
         total = 0
-        for size in sizes:
-            total += size
+        for b in term.branches:  # (sized one by one: the sum stops once it is over)
+            total += self.seq(b, env, depth + 1, active)
             if total > MAX_NODES:
                 break
         return total
 
     def total(self, seq: ast.Seq, env: dict[str, Any], depth: int) -> int:
-        """:meth:`seq`, kept for each set of the values it reads (a sequence of a search's members is sized once)."""
+        """:meth:`seq`, for resolve's check of a sequence before it is built."""
+        return self.seq(seq, env, depth)
+
+    def seq(self, seq: ast.Seq, env: dict[str, Any], depth: int, active: tuple[str, ...] = ()) -> int:
+        """The steps' lower bounds added up (stopping once over ``MAX_NODES``), kept for each set of the values the
+        sequence reads, as a step's are: so resolve's check of a block body, a group or a branch, sized already
+        within the network's own check, is one lookup, not one a step (a sequence of a search's members is sized
+        once). The steps' sizes are kept under keys of their own values, so the sum is the one a sum of lookups
+        would give."""
         key, size = self._find(seq, env)
         if size is not None:
             return size
-        size = self.seq(seq, env, depth)
-        if key is not None:
-            self.memo[key] = (seq, size)  # the sequence is kept alive, so its id is not reused
-        return size
-
-    def seq(self, seq: ast.Seq, env: dict[str, Any], depth: int, active: tuple[str, ...] = ()) -> int:
         total = 0
         for step in seq.steps:
             total += self.step(step, env, depth, active)
             if total > MAX_NODES:
                 break
+        if key is not None:
+            self.memo[key] = (seq, total)  # the sequence is kept alive, so its id is not reused
         return total
 
     def step(self, step: ast.Step, env: dict[str, Any], depth: int, active: tuple[str, ...] = ()) -> int:
@@ -1895,8 +1969,24 @@ def resolve(library, network: str, choose: Callable[[ast.Choice], int] | None = 
                             "use fewer levels of blocks, brackets and branches") from None
 
 
+#: The size limits last made part of a memo key, and that part (:meth:`Resolver._limits_key`).
+_LIMITS_KEPT: tuple = (None, None)
+
 #: Bindings a library keeps for its builds (:meth:`Resolver._prepared`): past this many, they start over.
 MAX_BINDINGS = 100_000
+
+#: The passes a fragment goes through after resolve (check, count, infer_shapes, resolve_shortcuts), imported at the
+#: first fragment (they import this module), then kept.
+_AFTER_RESOLVE: tuple = ()
+
+
+def _after_resolve() -> tuple:
+    global _AFTER_RESOLVE
+    from cnndsl.passes import check, count, infer_shapes, resolve_shortcuts
+
+    _AFTER_RESOLVE = (check, count, infer_shapes, resolve_shortcuts)
+    return _AFTER_RESOLVE
+
 
 #: What :meth:`Resolver._fragment` returns for an instance whose build on its own failed.
 _FAILED: Any = object()
@@ -1919,7 +2009,7 @@ def _scope_key(owner, syntax, extra: tuple, frame: Frame, shape: tuple[int, ...]
     memo's store does)."""
     if Resolver._defaults_key(frame) is None:
         return None
-    key = (("scope", id(owner)), tuple(frame.env.get(n, UNKNOWN) for n in _reads(syntax)), extra,
+    key = (("scope", id(owner)), tuple(map(frame.env.get, _reads(syntax), _UNKNOWNS)), extra,
            frame.defaults_key, shape, tail, then_act, depth, len(frame.blocks_active), limits)
     try:
         hash(key)
@@ -1948,8 +2038,11 @@ def _as_fragment(sub: Resolver, flow: str, inst: str, out: str, built: int, warn
         if node.name == flow:
             continue
         srcs = sub.g.inputs_of(node.name)
-        if not node.name.startswith(inside) or any(s != flow and not s.startswith(inside) for s in srcs):
+        if not node.name.startswith(inside):
             return None
+        for s in srcs:
+            if s != flow and not s.startswith(inside):
+                return None
         node.name = node.name[cut:]
         if node.op == MOUNT:
             prefix, frag = node.meta["mount"]
@@ -1960,10 +2053,18 @@ def _as_fragment(sub: Resolver, flow: str, inst: str, out: str, built: int, warn
         params, macs, activations = params + node.params, macs + node.macs, activations + node.activations
         nodes.append((node, [FLOW if s == flow else s[cut:] for s in srcs]))
     late = set(sub.g.late_scopes)
-    scopes = [replace(sc, name=sc.name[cut:]) for name, sc in sub.g.scopes.items() if name not in late]
-    late_scopes = [replace(sub.g.scopes[name], name=name[cut:]) for name in sub.g.late_scopes]
+    scopes = [_renamed(sc, sc.name[cut:]) for name, sc in sub.g.scopes.items() if name not in late]
+    late_scopes = [_renamed(sub.g.scopes[name], name[cut:]) for name in sub.g.late_scopes]
     return Fragment(nodes, scopes, late_scopes, out[cut:], sub.g.node(out).shape, params, macs, activations, built,
                     longest, warnings, decisions, sub.work, sub.lookups, bool(sub.claimed))
+
+
+def _renamed(scope: Scope, name: str) -> Scope:
+    """``dataclasses.replace(scope, name=name)`` (a plain dataclass without ``__post_init__``), without its work a
+    field: a fragment renames each of its scopes."""
+    new = object.__new__(type(scope))
+    new.__dict__.update(scope.__dict__, name=name)
+    return new
 
 
 def _syntax_nodes(syntax) -> Iterator[Any]:
@@ -2013,12 +2114,12 @@ def _reads(syntax) -> tuple[str, ...]:
     """Every name a piece of syntax may read from its scope, sorted: its words (``Var``), the names it calls (a
     call may name a parameter holding a block), and :data:`INPUT` where it reads ``in.c``. A column or a label
     it binds itself may be among them: a key with more values than needed is still exact."""
-    return _facts(syntax)[0]
+    return (syntax.__dict__.get("_cnndsl_facts") or _facts(syntax))[0]
 
 
 def _holds_choice(syntax) -> bool:
     """Whether a piece of syntax holds a ``{a|b}`` choice or a float range (whose decision is a build's)."""
-    return _facts(syntax)[1]
+    return (syntax.__dict__.get("_cnndsl_facts") or _facts(syntax))[1]
 
 
 def _signature_chooses(block: ast.Block) -> bool:
