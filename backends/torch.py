@@ -100,6 +100,7 @@ TORCH_DEFAULTS: dict[str, dict[str, Any]] = {
     "Linear": {"bias": True},
     "BatchNorm1d": {"eps": 1e-5, "momentum": 0.1, "affine": True},
     "BatchNorm2d": {"eps": 1e-5, "momentum": 0.1, "affine": True},
+    "Dropout": {"inplace": False},
     "ReLU": {"inplace": False},
     "ReLU6": {"inplace": False},
     "SiLU": {"inplace": False},
@@ -429,9 +430,17 @@ class TorchEmitter(Emitter):
 
     def add_in_place(self, name: str) -> bool:
         """torchvision's ``out += identity``: no new tensor per residual block. Safe where nothing else reads
-        operand 0 and its producer's backward pass does not need its output."""
+        operand 0 and the op that made it is ``overwritable``. An op that does not materialize its output
+        (stochastic depth, dropout, identity: in eval mode the very tensor they got) is looked through to the
+        op that made it, as EfficientNet's and ConvNeXt's ``result = stochastic_depth(result); result +=
+        input``; in training stochastic depth and out-of-place dropout make a fresh tensor, safe alike."""
         srcs = self.g.inputs_of(name)
-        return len(set(srcs)) == len(srcs) and self.g.node(srcs[0]).opdef.overwritable and self.can_overwrite(srcs[0])
+        if len(set(srcs)) != len(srcs) or not self.can_overwrite(srcs[0]):
+            return False
+        made = srcs[0]
+        while not self.g.node(made).opdef.materializes:  # can_overwrite went this way: a one-input chain
+            made = self.g.inputs_of(made)[0]
+        return self.g.node(made).opdef.overwritable
 
     # -- the file
     def generate(self) -> str:
@@ -1057,7 +1066,7 @@ class ClassPrinter:
         return self.module("nn.Identity")
 
     def ctor_dropout(self, step):
-        return self.module("nn.Dropout", p=step.arg("p"))
+        return self.module("nn.Dropout", p=step.arg("p"), inplace=self.inplace(step))
 
     def ctor_bn(self, step):
         ctor = "nn.BatchNorm2d" if len(step.shape) == 3 else "nn.BatchNorm1d"

@@ -33,6 +33,7 @@ MODELS = {  # cnndsl zoo name -> (torchvision constructor and kwargs, input size
     "googlenet_torchvision": ("googlenet", {"aux_logits": True, "init_weights": False}, 224),
     "inception_v3": ("inception_v3", {"aux_logits": True, "init_weights": False}, 299),
     "efficientnet_b0": ("efficientnet_b0", {}, 224),
+    "convnext_tiny": ("convnext_tiny", {}, 224),
 }
 QUICK_MODELS = ("resnet50", "efficientnet_b0")
 #: torch.compile, inference and a training step: minutes per model and contender on 2 cores (efficientnet_b0's

@@ -110,7 +110,7 @@ class GooglenetTorchvision(nn.Module):
         self.aux1 = TvAux(in_channels=512)
         self.aux2 = TvAux(in_channels=528)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.dropout = nn.Dropout(p=0.2)
+        self.dropout = nn.Dropout(p=0.2, inplace=True)
         self.fc = nn.Linear(1024, 1000)
 
     def forward(self, x: torch.Tensor) -> GoogLeNetOutputs:
