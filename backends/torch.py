@@ -389,9 +389,9 @@ class TorchEmitter(Emitter):
         def key(k: str) -> str:
             return step.inputs[0] if k == ENTRY else f"{step.attr}.{k}"
 
-        return [Step(s.kind, key(s.output), tuple(map(key, s.inputs)), f"{step.attr}.{s.attr}", s.op, s.child,
-                     s.children, tuple((n, substitute(v, env)) for n, v in s.args), s.span, s.shape,
-                     step.aux or s.aux)
+        return [Step(s.kind, key(s.output), tuple(map(key, s.inputs)), f"{step.attr}.{s.attr}", op=s.op,
+                     child=s.child, children=s.children, args=tuple((n, substitute(v, env)) for n, v in s.args),
+                     span=s.span, shape=s.shape, aux=step.aux or s.aux)
                 for s in cls.steps]
 
     def child_access(self, acc: str, scope: str, part: str) -> str:

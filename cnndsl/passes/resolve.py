@@ -434,11 +434,8 @@ class Frame:
     _sizing: dict[str, Any] | None = field(default=None, repr=False)
 
     def copy(self, **changes: Any) -> Frame:
-        """This frame with ``changes``, as ``dataclasses.replace`` makes it (the frame has no ``__post_init__``),
-        without its work a field: builds make a frame a block instance and a table row."""
-        new = object.__new__(Frame)
-        new.__dict__.update(self.__dict__, **changes)
-        return new
+        """This frame with ``changes`` (:func:`_replaced`): builds make a frame a block instance and a table row."""
+        return _replaced(self, **changes)
 
     def sizing_env(self) -> dict[str, Any]:
         """``env`` for the :class:`Sizer`, without the input point: each block instance starts from another
@@ -1554,12 +1551,13 @@ class Resolver:
         """The size limits as part of a memo key: a SizeLimits's values, a tuple (whose hash is worked out in C, where
         a frozen dataclass's is Python: keys are hashed at every lookup), made once for the limits last seen."""
         global _LIMITS_KEPT
-        if _LIMITS_KEPT[0] is not self.limits:
+        kept = _LIMITS_KEPT  # read once: another thread may replace it in between
+        if kept[0] is not self.limits:
             limits = self.limits
             part = (limits if not is_dataclass(limits) else
                     (type(limits), *(getattr(limits, f.name) for f in fields(limits))))
-            _LIMITS_KEPT = (limits, part)
-        return _LIMITS_KEPT[1]
+            kept = _LIMITS_KEPT = (limits, part)
+        return kept[1]
 
     def _decide(self, choice: ast.Choice) -> int | float:
         return self.choose(choice) if self.choose else 0
@@ -2053,17 +2051,18 @@ def _as_fragment(sub: Resolver, flow: str, inst: str, out: str, built: int, warn
         params, macs, activations = params + node.params, macs + node.macs, activations + node.activations
         nodes.append((node, [FLOW if s == flow else s[cut:] for s in srcs]))
     late = set(sub.g.late_scopes)
-    scopes = [_renamed(sc, sc.name[cut:]) for name, sc in sub.g.scopes.items() if name not in late]
-    late_scopes = [_renamed(sub.g.scopes[name], name[cut:]) for name in sub.g.late_scopes]
+    scopes = [_replaced(sc, name=sc.name[cut:]) for name, sc in sub.g.scopes.items() if name not in late]
+    late_scopes = [_replaced(sub.g.scopes[name], name=name[cut:]) for name in sub.g.late_scopes]
     return Fragment(nodes, scopes, late_scopes, out[cut:], sub.g.node(out).shape, params, macs, activations, built,
                     longest, warnings, decisions, sub.work, sub.lookups, bool(sub.claimed))
 
 
-def _renamed(scope: Scope, name: str) -> Scope:
-    """``dataclasses.replace(scope, name=name)`` (a plain dataclass without ``__post_init__``), without its work a
-    field: a fragment renames each of its scopes."""
-    new = object.__new__(type(scope))
-    new.__dict__.update(scope.__dict__, name=name)
+def _replaced(obj: Any, **changes: Any) -> Any:
+    """``dataclasses.replace(obj, **changes)`` for a plain dataclass (no ``__post_init__``, no slots, no init-only
+    fields), without its work a field: a frame is copied for every block instance and table row, and a fragment
+    renames each of its scopes."""
+    new = object.__new__(type(obj))
+    new.__dict__.update(obj.__dict__, **changes)
     return new
 
 
