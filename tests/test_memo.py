@@ -161,6 +161,15 @@ block b1: conv1-3 b0
 block b2: relu b1 b1
 network t: input 3x8x8 b2
 """,
+    # 0, 0.0 and false are equal and hash alike, but are not the same argument: an instance built for one must
+    # not stand in for another (the flat build refuses `p=false`; a memo keyed by values alone built it as p=0)
+    "equal_values_of_other_types": """
+block b(p): dropout(p=p) relu
+network n: input 3x8x8 b(0) b(0.0) b(false)
+""",
+    "equal_values_of_other_types_in_a_group": """
+network n: input 3x8x8 for p, i in (0, 0) (0.0, 1) (false, 2): t{i}: [dropout(p=p) relu]
+""",
     # over the size limit (a tensor of 512x64x64 values is fine; the parameters are counted per instance)
     "many_wide_instances": """
 block b(c): conv3-{c}

@@ -1279,7 +1279,8 @@ class Resolver:
             reads = _reads(call)
             defaults = self._defaults_key(frame)
             if defaults is not None and INPUT not in reads:
-                key = (id(call), tuple(map(frame.env.get, reads, _UNKNOWNS)), defaults)
+                values = tuple(map(frame.env.get, reads, _UNKNOWNS))
+                key = (id(call), values, exact_types(values), defaults)
                 kept = self.store.shared("layers", dict)
                 try:
                     found = kept.get(key)
@@ -1532,7 +1533,7 @@ class Resolver:
                 values += (point.shape_of(point.node) if isinstance(point, InputPoint) else point,)
             except CnnDslError:
                 return frame.prepared, (id(call), shape)
-        key = (id(call), values, frame.defaults_key, shape)
+        key = (id(call), values, exact_types(values), frame.defaults_key, shape)
         try:
             hash(key)
         except TypeError:
@@ -1702,13 +1703,24 @@ def known_value(expr: ast.Expr, env: dict[str, Any]) -> Any:
 
 
 def values_key(env: dict[str, Any]) -> tuple | None:
-    """``env`` as a dictionary key (None when a value is not hashable)."""
-    key = tuple(env.items())
+    """``env`` as a dictionary key, its values' types in it (:func:`exact_types`); None when a value is not
+    hashable."""
+    key = (tuple(env.items()), exact_types(tuple(env.values())))
     try:
         hash(key)
     except TypeError:
         return None
     return key
+
+
+def exact_types(values: tuple) -> tuple:
+    """The type of each of ``values`` (of each element, inside a tuple), for a memo key that holds the values:
+    ``0``, ``0.0`` and ``False`` are equal and hash alike, so a key of the values alone would let what was built
+    for one stand in for another (``dropout(p=p)`` refuses ``p=false`` and builds ``p=0``)."""
+    types = tuple(map(type, values))
+    if tuple not in types:  # (the common case: a check in C)
+        return types
+    return tuple(exact_types(v) if type(v) is tuple else type(v) for v in values)
 
 
 class Sizer:
@@ -2007,8 +2019,9 @@ def _scope_key(owner, syntax, extra: tuple, frame: Frame, shape: tuple[int, ...]
     memo's store does)."""
     if Resolver._defaults_key(frame) is None:
         return None
-    key = (("scope", id(owner)), tuple(map(frame.env.get, _reads(syntax), _UNKNOWNS)), extra,
-           frame.defaults_key, shape, tail, then_act, depth, len(frame.blocks_active), limits)
+    values = tuple(map(frame.env.get, _reads(syntax), _UNKNOWNS))
+    key = (("scope", id(owner)), values, exact_types(values), extra, exact_types(extra), frame.defaults_key, shape,
+           tail, then_act, depth, len(frame.blocks_active), limits)
     try:
         hash(key)
     except TypeError:
@@ -2020,8 +2033,8 @@ def _fragment_key(block: str, inner: Frame, shape: tuple[int, ...], tail: bool, 
                   limits) -> tuple | None:
     """What an instance's fragment depends on, but the choices it reaches; None when a value is not hashable."""
     env = values_key({k: v for k, v in inner.env.items() if k != INPUT})
-    defaults = values_key({op: values_key(vals) for op, vals in inner.defaults.items()})
-    if env is None or defaults is None or any(v is None for _, v in defaults):
+    defaults = Resolver._defaults_key(inner)
+    if env is None or defaults is None:
         return None
     return (block, env, defaults, shape, tail, then_act, depth, len(inner.blocks_active), limits)
 
