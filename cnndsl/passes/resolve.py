@@ -1544,8 +1544,8 @@ class Resolver:
     def _defaults_key(frame: Frame) -> tuple | None:
         """The per-op defaults in force as a hashable value, made once a frame (None: a value is not hashable)."""
         if frame.defaults_key is None:
-            inner = {op: values_key(vals) for op, vals in frame.defaults.items()}
-            frame.defaults_key = (None if None in inner.values() else values_key(inner),)
+            inner = {op: values_key(vals) for op, vals in frame.defaults.items()}  # (each holds its types)
+            frame.defaults_key = (None if None in inner.values() else tuple(inner.items()),)
         return frame.defaults_key[0]
 
     def _limits_key(self) -> Any:
