@@ -24,6 +24,7 @@ import pytest
 import cnndsl
 from cnndsl import CnnDslError, Space
 from cnndsl.front.loader import zoo_index
+from cnndsl.passes.limits import raised
 from cnndsl.passes.resolve import clear_memo, memo_stats, set_memo
 from cnndsl.search.arch_hash import arch_hash
 
@@ -424,6 +425,151 @@ def test_space_members_are_the_flat_build(name, params):
             assert w[key] == ref[key], f"{name} member {i} ({ref['choices']}): {key} differs (memo on, warm)"
 
 
+#: Cell spaces at the edges of fragments with holes (cnndsl.passes.template): (text, whether fills happen).
+HOLES = {
+    # a fixed layer before the options, named by the counter they count too (`conv`): their names go on from it
+    "fixed_layer_counted_like_options_before_them": ("""
+block cell(k): conv1-{k}
+    add< choice< conv3-{k} | conv1-{k} | identity > | choice< conv3-{k} | maxpool3/1(p=1) | identity > >
+network n: input 4x8x8 cell(4) cell(4) conv1-8 cell(8)
+""", True),
+    # ... and after them: an option that counts otherwise moves it (conv3, conv2, conv1), so the template is
+    # given up at the first build that shows it, and no fill names it
+    "fixed_layer_counted_like_options_after_them": ("""
+block cell(k): add< choice< conv3-{k} | conv1-{k} | identity > | choice< conv3-{k} | maxpool3/1(p=1) | identity > >
+    conv1-{k}
+network n: input 4x8x8 cell(4) cell(4) conv1-8 cell(8)
+""", False),
+    # options that count the same word in the same scope (rcb1, rcb2, ...): renumbered in a fill
+    "options_counting_one_word": ("""
+block rcb(c, k): relu conv{k}-{c} bn
+block cell(c): n1: choice< rcb(c, 3) | rcb(c, 1) | identity >
+    add< @n1 choice< rcb(c, 3) | identity | avgpool3/1(p=1) > | choice< rcb(c, 1) | rcb(c, 3) | zero > >
+network n: input 4x8x8 cell(4) cell(4) cell(4)
+""", True),
+    # an option that is a reference (here to a fixed layer, and to another hole): which of the later reads of the
+    # value go through the hole the names do not tell, so no build with one is learnt from
+    "options_that_are_references": ("""
+block cell(c): a: conv1-{c} b: choice< @a | relu > add< @a | choice< @b | conv3-{c} | @a > >
+network n: input 4x8x8 cell(4) cell(4) cell(4)
+""", False),
+    # a fixed layer (f) read by one option of each hole: the member with the two that do not read it is an error
+    # ("never used"), which a fill from the options other builds taught must not hide (it is the one member
+    # whose options are all known before it is built)
+    "fixed_layer_read_only_by_options": ("""
+block cell(c): x: conv1-{c} f: conv1-{c} add< choice< relu | [@x relu] > | choice< [@f sigmoid] | [@x sigmoid] > >
+network n: input 4x8x8 cell(4) cell(4) cell(4)
+""", False),
+    # a label before the options that their counter reaches (relu2): the member with two relu options is a
+    # "duplicate name" error, also when both were learnt (each from a member with one); it is the one member
+    # whose options are all known before it is built
+    "option_named_like_a_label": ("""
+block cell(c): relu2: conv1-{c} add< choice< relu | identity > | choice< relu | sigmoid > >
+network n: input 4x8x8 cell(4) cell(4) cell(4)
+""", False),
+    # a choice inside an option: the branch asks two decisions, so no build is learnt from
+    "choice_inside_an_option": ("""
+block cell(c): choice< [conv1-{c} choice< relu | sigmoid >] | identity | conv3-{c} > bn
+network n: input 4x8x8 cell(4) cell(4) cell(4)
+""", False),
+    # options of other output shapes: the fixed layers after them change, so the template is given up
+    "options_of_other_shapes": ("""
+block cell(c): choice< conv3-{c} | conv3-{2 * c} | maxpool2/2 > bn relu
+network n: input 4x8x8 cell(4) cell(4)
+""", False),
+    # options in a numbered scope (their positions name the layers after them): not learnt
+    "options_in_a_numbered_scope": ("""
+block cell(c): seq< choice< [conv1-{c} relu] | identity | conv3-{c} > conv1-{c} >
+network n: input 4x8x8 cell(4) cell(4) cell(4)
+""", False),
+    # a value choice beside the holes: its decision is not a hole's, so no build is learnt from
+    "value_choice_beside_a_hole": ("""
+block cell(c): conv1-{c * {1|2}} choice< relu | identity > conv1-{c}
+network n: input 4x8x8 cell(4) cell(4)
+""", False),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOLES))
+def test_filled_members_are_the_flat_build(case, tmp_path):
+    """Every member of a cell space, twice over from one memo (so the second pass fills what the first learnt),
+    against the flat build: layers, names, scopes, counts, the generated PyTorch and the arch hash."""
+    text, fills = HOLES[case]
+    path = tmp_path / f"{case}.cnn"
+    path.write_text(text, encoding="utf-8")
+    with memo(False):
+        space = Space.open(str(path))
+        members = [v.choices for v in space.enumerate()]
+        reference = [member_outcome(space, choices) for choices in members]
+    assert len(members) > 2
+    with memo(True):
+        clear_memo()
+        space = Space.open(str(path))
+        for round_ in ("learning", "filling"):
+            for choices, ref in zip(members, reference):
+                assert_same(ref, member_outcome(space, choices), f"{case}, {choices}, {round_}")
+        filled = memo_stats()["filled"]
+    assert (filled > 0) == fills, f"{case}: {filled} fragments filled"
+
+
+def test_a_fill_that_would_move_a_fixed_name_is_built(tmp_path):
+    """Two holes whose options count `conv`, a fixed conv after both: builds (conv, identity) and (identity,
+    conv) name it conv2 alike, so both are learnt; (conv, conv) and (identity, identity) would name it conv3
+    and conv1, so they are built, not filled from those options."""
+    path = tmp_path / "cell.cnn"
+    path.write_text("block cell(k): choice< conv1-{k} | identity > choice< conv1-{k} | identity > conv3-{k}\n"
+                    "network n: input 4x8x8 cell(4) cell(4)\n", encoding="utf-8")
+    space = Space.open(str(path))
+    first, second = list(space.points)
+    order = [(0, 1), (1, 0), (0, 0), (1, 1)]
+    with memo(False):
+        reference = [member_outcome(space, {first: a, second: b}) for a, b in order]
+    with memo(True):
+        clear_memo()
+        space = Space.open(str(path))
+        for (a, b), ref in zip(order, reference):
+            assert_same(ref, member_outcome(space, {first: a, second: b}), f"({a}, {b})")
+        stats = memo_stats()
+    assert stats["filled"] == 0 and stats["misses"] >= 4, stats
+
+
+def test_a_fill_over_the_size_limits_is_built(tmp_path):
+    """(conv3, conv3) is over a parameter limit that (conv3, conv1) and (conv1, conv3) are not: filled from their
+    options it would pass, so it is built, and refused at the layer that crosses the limit."""
+    path = tmp_path / "cell.cnn"
+    path.write_text("block cell(c): choice< conv3-{c} | conv1-{c} > choice< conv3-{c} | conv1-{c} >\n"
+                    "network n: input 16x8x8 cell(16) relu\n", encoding="utf-8")
+    order = [(0, 1), (1, 0), (0, 0)]
+    outcomes = {}
+    for on in (False, True):
+        with memo(on), raised({"params": 3000}):
+            clear_memo()
+            space = Space.open(str(path))
+            first, second = list(space.points)
+            outcomes[on] = [member_outcome(space, {first: a, second: b}) for a, b in order]
+            filled = memo_stats()["filled"]
+    for (a, b), off, on in zip(order, outcomes[False], outcomes[True]):
+        assert_same(off, on, f"({a}, {b})")
+    assert outcomes[True][-1][0] == "member error" and filled == 0, (outcomes[True][-1], filled)
+
+
+def test_nb201_filled_members_are_the_flat_build():
+    """NAS-Bench-201 members drawn one after another (a search's order): most cells are filled from the template
+    the first builds taught, and each member is its flat build."""
+    seed = 7
+    with memo(False):
+        space = Space.open("nb201")
+        drawn = [v.choices for v in space.sample(40, seed=seed)]
+        reference = [member_outcome(space, choices) for choices in drawn]
+    with memo(True):
+        clear_memo()
+        space = Space.open("nb201")
+        for choices, ref in zip(drawn, reference):
+            assert_same(ref, member_outcome(space, choices), f"nb201 {choices}")
+        stats = memo_stats()
+    assert stats["filled"] > stats["misses"], stats  # 3 cells a member: after a few, cells are filled, not built
+
+
 # ----------------------------------------------------------------------------- 3. the error files
 
 
@@ -477,7 +623,7 @@ def test_off_builds_nothing_shared():
     with memo(False):
         clear_memo()
         cnndsl.load("resnet50")
-        assert memo_stats() == {"hits": 0, "misses": 0, "inlined": 0, "fragments": 0}
+        assert memo_stats() == {"hits": 0, "misses": 0, "filled": 0, "inlined": 0, "fragments": 0}
 
 
 def test_clearing_the_memo_leaves_nothing_behind():

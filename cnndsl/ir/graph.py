@@ -366,6 +366,15 @@ class Graph:
     def node(self, name: str) -> Node:
         return self._nodes[name]
 
+    @property
+    def stored(self) -> int:
+        """The nodes held (a mount is one): how many :meth:`add` has added, less those removed."""
+        return len(self._nodes)
+
+    def added(self) -> list[str]:
+        """The nodes' names in the order they were added (the topological order differs after a rewrite)."""
+        return list(self._nodes)
+
     def inputs_of(self, name: str) -> list[str]:
         """The node's operands, in port order."""
         ports = self._in[name]
@@ -374,6 +383,10 @@ class Graph:
     def readers(self, name: str) -> set[str]:
         """The layers reading the node (unordered: :meth:`consumers` gives them in source order, with ports)."""
         return {dst for dst, _ in self._out[name]}
+
+    def unread(self) -> list[str]:
+        """The nodes no layer reads (the outputs, and any input or layer left unused), in the order stored."""
+        return [name for name, readers in self._out.items() if not readers]
 
     def consumers(self, name: str) -> list[tuple[str, int]]:
         """``(consumer, port)`` pairs reading the node, in source order."""

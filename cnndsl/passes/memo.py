@@ -30,7 +30,7 @@ from cnndsl.ir.graph import Fragment
 MAX_FRAGMENTS = 5_000
 
 _enabled = os.environ.get("CNNDSL_NO_MEMO", "") in ("", "0")
-_stats = {"hits": 0, "misses": 0, "inlined": 0}
+_stats = {"hits": 0, "misses": 0, "filled": 0, "inlined": 0}
 _stores: dict[int, Store] = {}  # id of a library -> its store, dropped with the library (libraries are unhashable)
 
 
@@ -54,8 +54,9 @@ def clear_memo() -> None:
 
 def memo_stats() -> dict[str, int]:
     """Counters since the last :func:`clear_memo`: ``hits`` (instances mounted from a fragment), ``misses``
-    (fragments built), ``inlined`` (instances built flat: not shareable, e.g. an aux head or a ``none`` flow
-    inside, or over a limit) and ``fragments`` (kept now)."""
+    (fragments built), ``filled`` (fragments filled in from a template: :mod:`cnndsl.passes.template`),
+    ``inlined`` (instances built flat: not shareable, e.g. an aux head or a ``none`` flow inside, or over a
+    limit) and ``fragments`` (kept now)."""
     return {**_stats, "fragments": sum(len(s) for s in _stores.values())}
 
 

@@ -39,7 +39,7 @@ from cnndsl.front.syntax import MAX_NAME_LENGTH, MAX_NUMBER
 from cnndsl.ir.graph import FLOW, MOUNT, Fragment, Graph, Scope, instance_note
 from cnndsl.ir.ops import COMBINATORS, OPS, Zero, lookup, spellings
 from cnndsl.ir.vocabulary import activation_words, layer_words
-from cnndsl.passes import memo
+from cnndsl.passes import memo, template
 from cnndsl.passes.memo import clear_memo, memo_stats, set_memo  # noqa: F401  (the switch, re-exported)
 
 MAX_NODES = 100_000
@@ -470,6 +470,12 @@ class Resolver:
         self.limits = None  # the size limits the passes check (a SizeLimits), part of what a fragment depends on
         self.store = memo.store(library) if memo.enabled() else None  # shared block instances (cnndsl.passes.memo)
         self.building = False  # whether this resolver builds a fragment (see _fragment)
+        # While a fragment is built: its choice<...> terms resolved so far (template.Hole), and the decisions asked.
+        self.holes: list[template.Hole] | None = None
+        self.asked: list | None = None
+        # The fragments this build found under keys whose lookups ask choices (the copies of a repeated cell): this
+        # resolver's own, as each fragment build records the choices its lookups ask.
+        self.found: dict[tuple, Fragment] = {}
         # Lower bounds on what a step will build, before building it: one sizer for the library's builds when
         # they share instances (its memo of sizes is then shared too, and bounded), else one for this build.
         self.sizer = (Sizer(library.blocks) if self.store is None else
@@ -928,6 +934,8 @@ class Resolver:
         if t is ast.Combinator:
             kind = term.name.lower()
             if kind == "choice":
+                if self.holes is not None:
+                    return self._hole(term, label, flow, scope, frame, tail, then_act, step)
                 return self._term(self._chosen(term), label, flow, scope, frame, tail, then_act, step)
             if kind == "seq":
                 return self._numbered(term, label, flow, scope, frame, tail, then_act)
@@ -1061,6 +1069,26 @@ class Resolver:
         point, branches = c.__dict__.get("_cnndsl_choice") or _kept(c, "_cnndsl_choice", lambda: (
             ast.Choice(tuple(c.branches), c.span), tuple(ast.Group(b, c.span) for b in c.branches)))
         return branches[self.choose(point) if self.choose else 0]
+
+    def _hole(self, c: ast.Combinator, label, flow, scope: NameScope, frame: Frame, tail, then_act, step) -> str:
+        """``choice<...>`` in a fragment being built: the branch chosen, resolved as anywhere, and where the build
+        stood before and after it recorded (a hole of the instance's template, :mod:`cnndsl.passes.template`).
+        A choice inside the branch is not a hole of its own: the branch then asks two decisions, and the build
+        is not learnt from."""
+        g, holes = self.g, self.holes
+        hole = template.Hole(None, scope, flow, dict(scope.counters), (
+            g.stored, len(g.scopes), len(g), self.work, self.lookups, len(self.claimed), len(self.asked)))
+        branch = self._chosen(c)
+        hole.choice = c.__dict__["_cnndsl_choice"][0]
+        self.holes = None
+        try:
+            out = self._term(branch, label, flow, scope, frame, tail, then_act, step)
+        finally:
+            self.holes = holes
+        hole.end = (g.stored, len(g.scopes), len(g), self.work, self.lookups, len(self.claimed), len(self.asked))
+        hole.after, hole.out = dict(scope.counters), out
+        holes.append(hole)
+        return out
 
     def _combinator(self, c: ast.Combinator, label, flow, scope: NameScope, frame: Frame, tail) -> str:
         kind = c.name.lower()
@@ -1582,17 +1610,29 @@ class Resolver:
         if key is None:
             sized()
             return self._inline(body)
-        frag = self.store.find(key, self._decide)
+        frag = self.found.get(key)
+        if frag is None:
+            frag = self.store.find(key, self._decide)
+            if frag is not None and frag.decisions:  # a choice decides once a build: the copies need not ask again
+                self.found[key] = frag
         if frag is None or len(self.g) + frag.size > MAX_NODES:
             sized()
         if frag is None:
-            frag = self._fragment(flow, shape, inst, body)
-            if frag is None:
-                return self._inline(body)
-            if frag is _FAILED:  # built flat, its instances too: a mistake is reported as a flat build reports it
-                return self._inline(body, flat=True)
+            known = self.store.shared("templates", dict).get(key)
+            if known is not None and known is not template.DEAD:
+                frag = known.fill(self._decide, self.limits)
+            if frag is not None:
+                memo.count("filled")
+            else:
+                frag = self._fragment(flow, shape, inst, body, key)
+                if frag is None:
+                    return self._inline(body)
+                if frag is _FAILED:  # built flat, its instances too: a mistake is reported as a flat build reports it
+                    return self._inline(body, flat=True)
+                memo.count("misses")
             self.store.add(key, frag)
-            memo.count("misses")
+            if frag.decisions:
+                self.found[key] = frag
         else:
             memo.count("hits")
         if (len(self.g) + frag.size > MAX_NODES or self.work + frag.work > MAX_WORK
@@ -1615,8 +1655,8 @@ class Resolver:
         finally:
             self.store = store
 
-    def _fragment(self, flow: str, shape: tuple[int, ...], inst: str,
-                  body: Callable[[Resolver], str]) -> Fragment | None:
+    def _fragment(self, flow: str, shape: tuple[int, ...], inst: str, body: Callable[[Resolver], str],
+                  key: tuple | None = None) -> Fragment | None:
         """The instance built on its own, from an input of ``shape``, through the per-layer passes; None when it
         cannot be shared (an aux head or a ``none`` inside, a layer read from outside it), :data:`_FAILED` on a
         mistake (a flat build then reports it where it would)."""
@@ -1632,6 +1672,7 @@ class Resolver:
         sub = Resolver(self.lib, record, self.chain)
         sub.limits, sub.store, sub.sizer, sub.depth = self.limits, self.store, self.sizer, self.depth
         sub.building = True
+        sub.holes, sub.asked = [], decisions  # (a fragment's choice<...> terms: its template's holes)
         sub.g = Graph(self.g.name)
         sub.g.add(flow, "input", {"shape": shape}, None, [])
         sub.shapes = {flow: shape}
@@ -1652,7 +1693,14 @@ class Resolver:
             if self.building:  # let the outermost fragment build fail: it alone is built again, flat
                 raise
             return _FAILED
-        return _as_fragment(sub, flow, inst, out, built, warnings, decisions)
+        frag = _as_fragment(sub, flow, inst, out, built, warnings, decisions)
+        if frag is not None and sub.holes and key is not None:
+            templates = self.store.shared("templates", dict)
+            if len(templates) > MAX_BINDINGS:
+                templates.clear()
+            template.learn(templates, key, sub.holes, decisions, sub.g.added(), frag, inst, flow, len(sub.claimed),
+                           sub.work, sub.lookups)
+        return frag
 
     def _add_node(self, name: str, op: str, args: dict, span, inputs: list[str]) -> str:
         if len(self.g) >= MAX_NODES:
