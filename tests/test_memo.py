@@ -467,6 +467,17 @@ network n: input 4x8x8 cell(4) cell(4) cell(4)
 block cell(c): relu2: conv1-{c} add< choice< relu | identity > | choice< relu | sigmoid > >
 network n: input 4x8x8 cell(4) cell(4) cell(4)
 """, False),
+    # a reference from the top level into an instance: the top level is expanded as it is built, so it is no
+    # skeleton, and each member's top level is built
+    "reference_into_an_instance": ("""
+block cell(c): a: conv1-{c} add< choice< relu | sigmoid > | choice< conv3-{c} | identity > >
+network n: input 4x8x8 cell(4) cell(4) add< @cell1.a | identity > cell(4)
+""", True),
+    # a cell whose output is named by its option (conv1, relu1): the layers after it read the new name
+    "instance_output_named_by_its_option": ("""
+block cell(c): conv1-{c} choice< conv3-{c} | relu | maxpool3/1(p=1) >
+network n: input 4x8x8 cell(4) relu cell(4) add< @cell2 | identity > cell(4) gap
+""", False),
     # a choice inside an option: the branch asks two decisions, so no build is learnt from
     "choice_inside_an_option": ("""
 block cell(c): choice< [conv1-{c} choice< relu | sigmoid >] | identity | conv3-{c} > bn
@@ -568,6 +579,7 @@ def test_nb201_filled_members_are_the_flat_build():
             assert_same(ref, member_outcome(space, choices), f"nb201 {choices}")
         stats = memo_stats()
     assert stats["filled"] > stats["misses"], stats  # 3 cells a member: after a few, cells are filled, not built
+    assert stats["replayed"] > len(drawn) // 2, stats  # and most top levels are made from a skeleton
 
 
 # ----------------------------------------------------------------------------- 3. the error files
@@ -623,7 +635,7 @@ def test_off_builds_nothing_shared():
     with memo(False):
         clear_memo()
         cnndsl.load("resnet50")
-        assert memo_stats() == {"hits": 0, "misses": 0, "filled": 0, "inlined": 0, "fragments": 0}
+        assert memo_stats() == {"hits": 0, "misses": 0, "filled": 0, "inlined": 0, "replayed": 0, "fragments": 0}
 
 
 def test_clearing_the_memo_leaves_nothing_behind():

@@ -30,7 +30,7 @@ from cnndsl.ir.graph import Fragment
 MAX_FRAGMENTS = 5_000
 
 _enabled = os.environ.get("CNNDSL_NO_MEMO", "") in ("", "0")
-_stats = {"hits": 0, "misses": 0, "filled": 0, "inlined": 0}
+_stats = {"hits": 0, "misses": 0, "filled": 0, "inlined": 0, "replayed": 0}
 _stores: dict[int, Store] = {}  # id of a library -> its store, dropped with the library (libraries are unhashable)
 
 
@@ -56,7 +56,8 @@ def memo_stats() -> dict[str, int]:
     """Counters since the last :func:`clear_memo`: ``hits`` (instances mounted from a fragment), ``misses``
     (fragments built), ``filled`` (fragments filled in from a template: :mod:`cnndsl.passes.template`),
     ``inlined`` (instances built flat: not shareable, e.g. an aux head or a ``none`` flow inside, or over a
-    limit) and ``fragments`` (kept now)."""
+    limit), ``replayed`` (networks whose top level was made from an earlier build's skeleton:
+    :class:`cnndsl.passes.template.Skeleton`) and ``fragments`` (kept now)."""
     return {**_stats, "fragments": sum(len(s) for s in _stores.values())}
 
 

@@ -476,6 +476,11 @@ class Resolver:
         # The fragments this build found under keys whose lookups ask choices (the copies of a repeated cell): this
         # resolver's own, as each fragment build records the choices its lookups ask.
         self.found: dict[tuple, Fragment] = {}
+        # While a network's top level is built for its skeleton (template.Skeleton): the mounts made, by node, with
+        # their memo keys; lookups under way (a decision asked outside one makes the build no skeleton's).
+        self.mounts: dict[str, tuple] | None = None
+        self.looking = 0
+        self.asked_outside = False
         # Lower bounds on what a step will build, before building it: one sizer for the library's builds when
         # they share instances (its memo of sizes is then shared too, and bounded), else one for this build.
         self.sizer = (Sizer(library.blocks) if self.store is None else
@@ -492,6 +497,81 @@ class Resolver:
                                 f"(through '{name}')", span or decl.span, "derive from the base network directly")
         if isinstance(decl, ast.Derived):
             return self._derived(decl, overrides)
+        key = self._skeleton_key(name, overrides) if self.store is not None and not self.chain else None
+        if key is None:
+            return self._network(decl, overrides)
+        skeletons = self.store.shared("skeletons", dict)
+        known = skeletons.get(key)
+        if known is not None:
+            g = self._replayed(known)
+            if g is not None:
+                memo.count("replayed")
+                return g
+        choose = self.choose
+        if choose is not None:  # a decision asked outside a fragment's lookup may change the top level itself
+            def asked(choice: ast.Choice) -> int | float:
+                if not self.looking:
+                    self.asked_outside = True
+                return choose(choice)
+            self.choose = asked
+        self.mounts = {}
+        try:
+            g = self._network(decl, overrides)
+        finally:
+            self.choose = choose
+        if not self.asked_outside and not self.zeroed:
+            made = template.Skeleton.of(g, self.mounts, self.work, self.lookups)
+            if made is not None:
+                if len(skeletons) > MAX_BINDINGS:
+                    skeletons.clear()
+                skeletons[key] = made
+        return g
+
+    def _skeleton_key(self, name: str, overrides: dict[str, Any]) -> tuple | None:
+        """What a network's top level depends on, but the decisions its fragments ask (None: a value is not
+        hashable)."""
+        given = values_key(overrides)
+        if given is None:
+            return None
+        return (name, given, None if self.input_shape is None else tuple(self.input_shape), self._limits_key())
+
+    def _replayed(self, skeleton: template.Skeleton) -> Graph | None:
+        """The network's top level made from a skeleton an earlier build left: its layers again, and for each
+        instance whose fragment depends on decisions, the fragment this build's decisions find (or fill in).
+        None where a build must decide: a fragment not known yet, of another shape, or a limit in reach."""
+        g = self.g = Graph(skeleton.name, dict(skeleton.params))
+        g.init, g.zero_init_residual, g.init_fc = skeleton.init
+        g.inputs = list(skeleton.inputs)
+        renamed: dict[str, str] = {}
+        work, lookups = skeleton.work, skeleton.lookups
+        for entry in skeleton.entries:
+            srcs = [renamed.get(src, src) for src in entry.srcs]
+            if entry.frag is None:  # a layer
+                node = g.add(entry.name, entry.op, dict(entry.args), entry.span, srcs)
+                if entry.meta:
+                    node.meta = dict(entry.meta)
+                continue
+            frag = entry.frag
+            if frag.decisions:
+                frag = self._known(entry.key)
+                if frag is None or frag.shape != entry.frag.shape:
+                    return None
+                work += frag.work - entry.frag.work
+                lookups += frag.lookups - entry.frag.lookups
+                if not self._mountable(entry.prefix, frag) or work > MAX_WORK or lookups > MAX_LOOKUPS:
+                    return None
+            out = g.mount(entry.prefix, frag, srcs[0], entry.span)
+            if out != entry.name:
+                renamed[entry.name] = out
+        if len(g) > MAX_NODES:
+            return None
+        g.scopes = dict(skeleton.scopes)
+        g.output = renamed.get(skeleton.output, skeleton.output)
+        g.aux_outputs = [renamed.get(a, a) for a in skeleton.aux_outputs]
+        return g
+
+    def _network(self, decl: ast.Network, overrides: dict[str, Any]) -> Graph:
+        """A network declared with a body (not derived), built."""
         env = self._bind(decl.name, decl.params, (), overrides, {}, decl.span, "network")
         g = self.g = Graph(decl.name, {k: plain(v) for k, v in env.items()})
         for d in decl.defaults:  # `with init(kaiming)`: the weight initialisation of the generated code
@@ -1610,40 +1690,68 @@ class Resolver:
         if key is None:
             sized()
             return self._inline(body)
-        frag = self.found.get(key)
-        if frag is None:
-            frag = self.store.find(key, self._decide)
-            if frag is not None and frag.decisions:  # a choice decides once a build: the copies need not ask again
-                self.found[key] = frag
+        frag = self._known(key)
         if frag is None or len(self.g) + frag.size > MAX_NODES:
             sized()
         if frag is None:
-            known = self.store.shared("templates", dict).get(key)
-            if known is not None and known is not template.DEAD:
-                frag = known.fill(self._decide, self.limits)
-            if frag is not None:
-                memo.count("filled")
-            else:
+            self.looking += 1
+            try:
                 frag = self._fragment(flow, shape, inst, body, key)
-                if frag is None:
-                    return self._inline(body)
-                if frag is _FAILED:  # built flat, its instances too: a mistake is reported as a flat build reports it
-                    return self._inline(body, flat=True)
-                memo.count("misses")
-            self.store.add(key, frag)
-            if frag.decisions:
-                self.found[key] = frag
-        else:
-            memo.count("hits")
-        if (len(self.g) + frag.size > MAX_NODES or self.work + frag.work > MAX_WORK
-                or self.lookups + frag.lookups > MAX_LOOKUPS or len(inst) + 1 + frag.longest > MAX_NAME_LENGTH
-                or (frag.claims and _NAME_START.split(inst, maxsplit=1)[0] in _DECLARATIONS)):
+            finally:
+                self.looking -= 1
+            if frag is None:
+                return self._inline(body)
+            if frag is _FAILED:  # built flat, its instances too: a mistake is reported as a flat build reports it
+                return self._inline(body, flat=True)
+            memo.count("misses")
+            self._keep(key, frag)
+        if not self._mountable(inst, frag):
             return self._inline(body)  # a flat build says where the limit is crossed
         self.work += frag.work
         self.lookups += frag.lookups
         out = self.g.mount(inst, frag, flow, span)
         self.shapes[out] = frag.shape
+        if self.mounts is not None:
+            self.mounts[out] = key
         return out
+
+    def _known(self, key: tuple) -> Fragment | None:
+        """The fragment under ``key`` for this build's decisions: found in the memo, or filled in from the key's
+        template (:mod:`cnndsl.passes.template`) and kept; None when it must be built."""
+        frag = self.found.get(key)
+        if frag is not None:
+            memo.count("hits")
+            return frag
+        self.looking += 1
+        try:
+            frag = self.store.find(key, self._decide)
+            if frag is not None:
+                memo.count("hits")
+            else:
+                known = self.store.shared("templates", dict).get(key)
+                if known is None or known is template.DEAD:
+                    return None
+                frag = known.fill(self._decide, self.limits)
+                if frag is None:
+                    return None
+                memo.count("filled")
+                self.store.add(key, frag)
+        finally:
+            self.looking -= 1
+        if frag.decisions:  # a choice decides once a build: the copies of a repeat need not ask again
+            self.found[key] = frag
+        return frag
+
+    def _keep(self, key: tuple, frag: Fragment) -> None:
+        self.store.add(key, frag)
+        if frag.decisions:
+            self.found[key] = frag
+
+    def _mountable(self, inst: str, frag: Fragment) -> bool:
+        """Whether mounting ``frag`` at ``inst`` stays within the limits a flat build checks as it goes."""
+        return not (len(self.g) + frag.size > MAX_NODES or self.work + frag.work > MAX_WORK
+                    or self.lookups + frag.lookups > MAX_LOOKUPS or len(inst) + 1 + frag.longest > MAX_NAME_LENGTH
+                    or (frag.claims and _NAME_START.split(inst, maxsplit=1)[0] in _DECLARATIONS))
 
     def _inline(self, body: Callable[[Resolver], str], flat: bool = False) -> str:
         memo.count("inlined")

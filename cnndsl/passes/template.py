@@ -316,3 +316,61 @@ def _segment_key(segment: tuple[list, list]) -> tuple:
     nodes, scopes = segment
     return (tuple((node.name, node.op, repr(sorted(node.args.items())), node.shape, tuple(refs)) for node, refs in nodes),
             tuple(sc.name for sc in scopes))
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """One node of a network's top level as a build added it: a layer (``frag`` None), or a mounted instance."""
+
+    name: str
+    srcs: list[str]
+    span: Any
+    op: str = ""
+    args: dict = field(default_factory=dict)
+    meta: dict = field(default_factory=dict)
+    prefix: str = ""  # a mount's instance
+    key: tuple = ()  # the memo key its fragment was found under
+    frag: Fragment | None = None  # the fragment that build mounted
+
+
+class Skeleton:
+    """A network's top level as one build made it, for the next member of a search to make again.
+
+    A member of a cell space differs from the last one only inside the fragments it mounts (its cells), so
+    its top level (the stem, the stages' instances, the head) is the same sequence of layers and mounts. A
+    skeleton keeps that sequence; a build from it (``Resolver._replayed``) adds the layers again and mounts,
+    for each instance whose fragment depends on decisions, the fragment the new decisions find in the memo
+    or fill in, its output named after it. It is learnt only from a build that asked every decision inside
+    a fragment's lookup (a decision outside one, such as a repeat count, may change the top level itself)
+    and pruned nothing; a fragment that is not known yet, has another output shape, or brings a limit in
+    reach sends the member back to a build. The network-level passes then run over the graph as over any
+    build's."""
+
+    def __init__(self, g, entries: list[_Entry], work: int, lookups: int) -> None:
+        self.name, self.params = g.name, dict(g.params)
+        self.init = (g.init, g.zero_init_residual, g.init_fc)
+        self.inputs, self.output, self.aux_outputs = list(g.inputs), g.output, list(g.aux_outputs)
+        self.scopes = list(g.scopes.items())
+        self.entries = entries
+        self.work, self.lookups = work, lookups
+
+    @classmethod
+    def of(cls, g, mounts: dict[str, tuple], work: int, lookups: int) -> Skeleton | None:
+        """The skeleton of the top level ``g`` a build just made (``mounts``: its mounts' keys, by node), or None
+        where the graph was expanded while it was built."""
+        names = g.added()
+        if sum(g.node(name).op == MOUNT for name in names) != len(mounts):
+            return None  # expanded while it was built (a reference into an instance): its layers are no one's
+        entries = []
+        for name in names:
+            node = g.node(name)
+            srcs = g.inputs_of(name)
+            if node.op != MOUNT:
+                entries.append(_Entry(name, srcs, node.span, node.op, dict(node.args), dict(node.meta)))
+                continue
+            key = mounts.get(name)
+            if key is None:
+                return None
+            prefix, frag = node.meta["mount"]
+            entries.append(_Entry(name, srcs, node.span, prefix=prefix, key=key, frag=frag))
+        return cls(g, entries, work, lookups)
