@@ -502,7 +502,7 @@ class Resolver:
             return self._network(decl, overrides)
         skeletons = self.store.shared("skeletons", dict)
         known = skeletons.get(key)
-        if known is not None:
+        if known is not None and known.current():
             g = self._replayed(known)
             if g is not None:
                 memo.count("replayed")

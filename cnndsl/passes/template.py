@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cnndsl.ir.graph import FLOW, MOUNT, Fragment, Node, Scope
+from cnndsl.ir.ops import OPS
 
 #: A layer's operand as a template keeps it: ``(FLOW,)`` the instance's input, ``("fixed", name)`` a fixed layer,
 #: ``("own", name)`` a layer of the same option, ``("hole", i)`` the output of hole ``i``.
@@ -353,6 +354,12 @@ class Skeleton:
         self.scopes = list(g.scopes.items())
         self.entries = entries
         self.work, self.lookups = work, lookups
+        # The ops its layers were made with: a plugin op registered anew since is made by a build again.
+        self.ops = {entry.op: OPS.get(entry.op) for entry in entries if entry.frag is None}
+
+    def current(self) -> bool:
+        """Whether every op its layers were made with is still the one registered under its name."""
+        return all(OPS.get(name) is op for name, op in self.ops.items())
 
     @classmethod
     def of(cls, g, mounts: dict[str, tuple], work: int, lookups: int) -> Skeleton | None:
