@@ -35,9 +35,12 @@ class Row:
 HEADER = ["section", "measurement", "cnndsl", "reference", "speed ratio", "note"]
 
 
-def timed(fn: Callable[[], object]) -> float:
+def timed(fn: Callable[[], object], setup: Callable[[], object] | None = None) -> float:
     """Seconds of one call, as timeit takes them: garbage collected before and the collector off during the
-    call, so that neither side pays for a collection of what the other (or an earlier repetition) left."""
+    call, so that neither side pays for a collection of what the other (or an earlier repetition) left.
+    ``setup()`` runs first, untimed (emptying a cache: freeing what it held is not the call's work)."""
+    if setup is not None:
+        setup()
     gc.collect()
     enabled = gc.isenabled()
     gc.disable()
@@ -51,18 +54,22 @@ def timed(fn: Callable[[], object]) -> float:
 
 
 def side_by_side(fns: dict[str, Callable[[], object]], reps: int, warmup: int = 1,
-                 inner: dict[str, int] | None = None) -> dict[str, float]:
+                 inner: dict[str, int] | None = None,
+                 setup: dict[str, Callable[[], object]] | None = None) -> dict[str, float]:
     """Median seconds of each function, the functions alternating within each repetition; ``inner[k]`` times
-    function ``k`` that many times a repetition (a cheap side measured more often than a slow reference)."""
+    function ``k`` that many times a repetition (a cheap side measured more often than a slow reference), each
+    after ``setup[k]()`` (untimed, see :func:`timed`)."""
     for _ in range(warmup):
-        for fn in fns.values():
+        for k, fn in fns.items():
+            if setup and k in setup:
+                setup[k]()
             fn()
     times: dict[str, list[float]] = {k: [] for k in fns}
     for i in range(reps):
         keys = list(fns) if i % 2 == 0 else list(reversed(list(fns)))  # neither always runs first
         for k in keys:
             for _ in range((inner or {}).get(k, 1)):
-                times[k].append(timed(fns[k]))
+                times[k].append(timed(fns[k], (setup or {}).get(k)))
     return {k: statistics.median(v) for k, v in times.items()}
 
 
