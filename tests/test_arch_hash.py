@@ -318,6 +318,47 @@ def test_hash_is_exact_over_all_of_nb201():
     assert 1 < unique < members
 
 
+def _refined(labels: list[str], ins: list, where: list[str] | None = None) -> list[str]:
+    """The colour refinement as its docstring states it, every node's text the sorted list of its ``(port,
+    colour)`` pairs as Python prints it: what the hash's fast paths (a lone operand, operands all of port
+    ``(0,)``) must write byte for byte."""
+    import hashlib
+
+    n = len(labels)
+    outs = [[] for _ in range(n)]
+    for i, pairs in enumerate(ins):
+        for port, j in pairs:
+            outs[j].append((port, i))
+    colour = [f"{label}@{where[i] if where else []}" for i, label in enumerate(labels)]
+    classes, k = 0, 0
+    while True:
+        order, adjacent, mark = (range(n - 1, -1, -1), outs, ">") if k % 2 else (range(n), ins, "<")
+        for i in order:
+            text = f"{colour[i]}{mark}{sorted((port, colour[j]) for port, j in adjacent[i])}"
+            colour[i] = hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
+        if k and len(set(colour)) == classes:
+            return colour
+        classes, k = len(set(colour)), k + 1
+
+
+def test_the_refinement_writes_each_text_as_its_definition_does():
+    """Random DAGs with every kind of neighbourhood: none, one operand of port (0,) or another, several all of
+    port (0,) (a sum, a layer read by several), ports of repeated operands ((0, 0), (0, 2)) and of two digits,
+    whose order as text is not their order as tuples."""
+    from cnndsl.search.arch_hash import _wl
+
+    rng = random.Random(15)
+    ports = [(0,), (0,), (0,), (1,), (2,), (10,), (0, 0), (0, 2), (1, 10)]
+    for _ in range(400):
+        n = rng.randint(1, 14)
+        labels = [rng.choice(["conv", "relu", "add", "cat"]) for _ in range(n)]
+        ins = [()] + [tuple((rng.choice(ports), j) for j in rng.sample(range(i), rng.randint(1, min(4, i))))
+                      for i in range(1, n)]
+        where = [rng.choice(["[]", "[0]", "[1, 2]"]) for _ in range(n)]
+        assert _wl(labels, ins) == _refined(labels, ins)
+        assert _wl(labels, ins, where) == _refined(labels, ins, where)
+
+
 # ----------------------------------------------------------------------------- determinism
 
 _PRINT_HASHES = """

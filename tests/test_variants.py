@@ -288,3 +288,38 @@ def test_a_space_counted_by_enumeration_is_refused_once_past_the_limit(tmp_path,
     assert len(list(variants(space_from(tmp_path, text), limit=members - 1, keep_invalid=True))) == members - 1
     monkeypatch.setattr(variants_module, "MAX_ENUMERATED", members)
     assert len(list(variants(space_from(tmp_path, text), keep_invalid=True))) == members
+
+
+def test_check_refuses_exactly_the_graphs_with_an_unused_layer():
+    """A member whose layers do not all lead to an output is invalid, at the first such layer in topological order.
+    ``check`` tells the usual case (none unused) from the nodes no layer reads; the reference here is networkx's
+    reachability over the graph's public view, on random graphs with and without dangling branches."""
+    import random
+
+    from cnndsl.errors import CnnDslError
+    from cnndsl.ir.graph import Graph
+    from cnndsl.passes import check
+
+    rng = random.Random(15)
+    outcomes = set()
+    for _ in range(300):
+        g = Graph("t")
+        g.add("x", "input", {"shape": (4, 8, 8)}, None, [])
+        names = ["x"]
+        for i in range(rng.randint(1, 9)):
+            srcs = rng.sample(names, rng.randint(1, min(3, len(names))))
+            names.append(g.add(f"n{i}", "add" if len(srcs) > 1 else "relu", {}, None, srcs).name)
+        g.output = names[-1]
+        if rng.random() < 0.3 and len(names) > 2:
+            g.aux_outputs = [rng.choice(names[1:-1])]
+        view = g.to_networkx()
+        live = set(g.outputs).union(*(nx.ancestors(view, o) for o in g.outputs))
+        unused = [n.name for n in g.nodes() if n.name not in live and n.op != "input"]
+        try:
+            check(g)
+            outcome = None
+        except CnnDslError as e:
+            outcome = e.message
+        assert outcome == (f"the result of '{unused[0]}' is never used" if unused else None)
+        outcomes.add(outcome is None)
+    assert outcomes == {True, False}  # both kinds drawn

@@ -13,6 +13,8 @@ from cnndsl.ir.graph import Graph
 def check(g: Graph, warnings: list[CnnDslWarning] | None = None, limits=None) -> Graph:
     """Check the whole graph (``limits`` is not used here: ``infer_shapes`` and ``count`` check sizes)."""
     g.verify()
+    if _all_lead_to_outputs(g):
+        return g
     live = g.ancestors(g.outputs)
     for node in g.nodes():
         if node.name not in live and node.op != "input":
@@ -22,6 +24,14 @@ def check(g: Graph, warnings: list[CnnDslWarning] | None = None, limits=None) ->
                                       "every layer must lead to the output; label it and refer to it with @name, "
                                       "or put it inside aux<...> to make it an extra output"), node.name)
     return g
+
+
+def _all_lead_to_outputs(g: Graph) -> bool:
+    """Whether every layer leads to an output, seen from the nodes no layer reads: following the readers from any
+    layer ends at one of them, so when each is an output (or an input) no layer is left unused. The usual case,
+    told without walking the graph; a layer's own readers are not enough (a branch may end in a dangling one)."""
+    outputs = set(g.outputs)
+    return all(name in outputs or g.node(name).op == "input" for name in g.unread())
 
 
 def check_training(g: Graph) -> Graph:

@@ -19,6 +19,7 @@ from cnndsl.passes.limits import SizeLimits, Totals
 def count(g: Graph, warnings=None, limits: SizeLimits | None = None) -> Graph:
     """Count every node; with ``limits``, refuse the first layer that brings the totals over them."""
     totals = Totals(limits) if limits is not None else None
+    inputs_of, node_of = g.inputs_of, g.node
     for node in g.nodes():
         if node.op == MOUNT:  # a shared fragment, counted when it was built
             if totals is not None:
@@ -28,7 +29,7 @@ def count(g: Graph, warnings=None, limits: SizeLimits | None = None) -> Graph:
                     raise g.noted(e, e.layer) from None
             continue
         op = OPS[node.op]
-        xs = [g.node(src).shape for src in g.inputs_of(node.name)]
+        xs = [node_of(src).shape for src in inputs_of(node.name)]
         node.params = op.count_params(xs, node.args)
         node.macs = op.count_macs(xs, node.args, node.shape)
         node.activations = math.prod(node.shape) if op.materializes else 0

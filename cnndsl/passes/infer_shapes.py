@@ -42,24 +42,26 @@ def infer_shapes(g: Graph, warnings: list[CnnDslWarning] | None = None, limits: 
             warnings.append(w)
 
     training_only: set[str] | None = None  # what only the aux heads use: worked out at the first misfit
+    inputs_of, node_of = g.inputs_of, g.node
     for node in g.nodes():
-        if node.op == "input":
-            node.shape = tuple(node.args["shape"])
-        elif node.op == MOUNT:  # a shared fragment, checked when it was built: its shape and warnings are known
+        op = node.op
+        if op == MOUNT:  # a shared fragment, checked when it was built: its shape and warnings are known
             for w in node.meta["mount"][1].warnings:
                 warn(w)
             continue
+        if op == "input":
+            node.shape = tuple(node.args["shape"])
         else:
-            srcs = g.inputs_of(node.name)
-            if again and node.shape is not None and not any(src in redone for src in srcs):
+            srcs = inputs_of(node.name)
+            if again and node.shape is not None and not (redone and any(src in redone for src in srcs)):
                 continue
             before = node.shape
-            xs = [g.node(src).shape for src in srcs]
+            xs = [node_of(src).shape for src in srcs]
             if None in xs:  # after a training-only layer that does not fit
                 node.shape = None
                 continue
             try:
-                node.shape = OPS[node.op].infer_many(xs, node.args, node.span, warn)
+                node.shape = OPS[op].infer_many(xs, node.args, node.span, warn)
             except CnnShapeError as e:
                 if training_only is None:
                     training_only = g.ancestors(g.aux_outputs) - g.main_path()

@@ -112,15 +112,15 @@ def _operands(op: str, args: dict, srcs: list) -> list[tuple]:
     return [(src, 0 if commutative else port) for port, src in enumerate(srcs)]
 
 
-def _grouped(operands: list[tuple]) -> list[tuple[tuple[int, ...], object]]:
+def _grouped(operands: list[tuple]) -> tuple[tuple[tuple[int, ...], object], ...]:
     """Each operand once, with the sorted tuple of the positions it fills (an edge's ``port``)."""
     if len(operands) == 1:
         src, port = operands[0]
-        return [((port,), src)]
+        return (((port,), src),)
     ports: dict = {}
     for src, port in operands:
         ports.setdefault(src, []).append(port)
-    return [(tuple(sorted(where)), src) for src, where in ports.items()]
+    return tuple([(tuple(sorted(where)), src) for src, where in ports.items()])
 
 
 def _digest(text: str) -> str:
@@ -155,6 +155,18 @@ def refine(order: list[str], labels: dict[str, str], ins: dict[str, list[tuple[t
 
 
 _FIRST = (0,)  # the port of an operand read once, first (or in a sum)
+#: Copied for each colour: cheaper than a new hash object with its digest size (the same digests).
+_BLAKE = hashlib.blake2b(digest_size=12)
+
+
+def _sides(pairs: list) -> int | tuple | list:
+    """One node's neighbours on one side as :func:`_wl` reads them: the index of the one neighbour of port
+    ``(0,)``, the indices of several (or none) all of that port, or else the ``(port, index)`` pairs."""
+    if len(pairs) == 1 and pairs[0][0] == _FIRST:
+        return pairs[0][1]
+    if all(port == _FIRST for port, _ in pairs):
+        return tuple([j for _, j in pairs])
+    return list(pairs)
 
 
 def _wl(labels: list[str], ins: list, where: list[str] | None = None) -> list[str]:
@@ -163,33 +175,36 @@ def _wl(labels: list[str], ins: list, where: list[str] | None = None) -> list[st
 
     A node's text in a sweep is its colour, the sweep's mark and the sorted list of its neighbours' ``(port,
     colour)`` pairs as Python prints it. A neighbour's colour there is always a digest (the sweep recoloured it
-    already), which prints as ``'...'``, so a node with one neighbour writes that list itself.
+    already), which prints as ``'...'``; so where every port is ``(0,)`` the list sorts as the colours do and is
+    written from them, without the tuples.
     """
     outs: list[list] = [[] for _ in labels]
     for i, pairs in enumerate(ins):
         for port, j in pairs:
             outs[j].append((port, i))
+    before, after = ([pairs[0][1] if len(pairs) == 1 and pairs[0][0] == _FIRST else _sides(pairs) for pairs in side]
+                     for side in (ins, outs))
     colour = [f"{label}@[]" for label in labels] if where is None else \
         [f"{label}@{w}" for label, w in zip(labels, where, strict=True)]
-    blake = hashlib.blake2b
+    new = _BLAKE.copy
     n = len(labels)
     forward, backward = range(n), range(n - 1, -1, -1)
     classes, k = 0, 0
     while True:
-        nodes, adjacent, mark = (backward, outs, ">") if k & 1 else (forward, ins, "<")
+        nodes, adjacent, mark = (backward, after, ">") if k & 1 else (forward, before, "<")
+        one, several = f"{mark}[((0,), '", "'), ((0,), '"
         for i in nodes:  # the neighbours on this side, already recoloured in this sweep
             adj = adjacent[i]
-            if len(adj) == 1:
-                port, j = adj[0]
-                if port == _FIRST:
-                    text = f"{colour[i]}{mark}[((0,), '{colour[j]}')]"
-                else:
-                    text = f"{colour[i]}{mark}[({port!r}, '{colour[j]}')]"
-            elif adj:
-                text = f"{colour[i]}{mark}{sorted([(port, colour[j]) for port, j in adj])}"
+            if adj.__class__ is int:
+                text = f"{colour[i]}{one}{colour[adj]}')]"
+            elif adj.__class__ is tuple:
+                text = f"{colour[i]}{one}{several.join(sorted([colour[j] for j in adj]))}')]" if adj else \
+                    f"{colour[i]}{mark}[]"
             else:
-                text = f"{colour[i]}{mark}[]"
-            colour[i] = blake(text.encode(), digest_size=12).hexdigest()
+                text = f"{colour[i]}{mark}{sorted([(port, colour[j]) for port, j in adj])}"
+            digest = new()
+            digest.update(text.encode())
+            colour[i] = digest.hexdigest()
         now = len(set(colour))
         if k and now == classes:
             return colour
@@ -235,16 +250,17 @@ class Piece:
     ``ins[i]``, the ``(port, operand)`` pairs of node ``i``; ``colours`` are the nodes' Weisfeiler-Lehman colours
     and ``hash`` the hash of them. A piece of one layer reading the source is *simple*: its hash is that layer's
     label and operand ports, which say all there is to say of it (no graph is kept, and no hash of it needs
-    confirming)."""
+    confirming). Pieces live as long as their fragments, so they keep tuples, which the garbage collector stops
+    tracking (a search keeps thousands of pieces, and lists would make each of its full collections longer)."""
 
     __slots__ = ("_graph", "colours", "hash", "ins", "labels", "simple")
 
-    def __init__(self, labels: list[str] | None = None, ins: list[list[tuple[tuple, int]]] | None = None,
-                 simple: str | None = None):
+    def __init__(self, labels: tuple[str, ...] | None = None, ins: tuple[tuple[tuple[tuple, int], ...], ...] | None
+                 = None, simple: str | None = None):
         self.labels, self.ins = labels, ins
         self._graph: nx.DiGraph | None = None
         self.simple = simple is not None
-        self.colours = None if simple is not None else _wl(labels, ins)
+        self.colours = None if simple is not None else tuple(_wl(labels, ins))
         self.hash = _simple_hash(simple) if simple is not None else _fold(self.colours)
 
     @property
@@ -283,51 +299,46 @@ _SOURCE = "<source>"
 
 class _Level:
     """One level of a plan (a network's mounted graph, or a fragment's own layers) with identity layers and
-    identity fragments contracted: positions ``0 .. n-1`` in topological order, 0 the source. ``labels[i]`` (None
-    for a mount), ``ins[i]`` its ``(operand position, port)`` pairs, ``mounts[i]`` the mounted fragment's
-    :class:`_Facts` or None, ``sink`` the output's position; ``chain`` when every layer reads the one before it
-    once (then every position is a cut)."""
+    identity fragments contracted: positions ``0 .. n-1`` in topological order, 0 the source. ``items[i]`` is the
+    layer's label, or the mounted fragment's :class:`_Facts`; ``ins[i]`` its ``(operand position, port)`` pairs,
+    ``sink`` the output's position; ``chain`` when every layer reads the one before it once (then every position
+    is a cut)."""
 
-    __slots__ = ("chain", "ins", "labels", "mounts", "sink")
+    __slots__ = ("chain", "ins", "items", "sink")
 
     def __init__(self, rows: list, source: str, output: str):
         """``rows``: (node, its operands' names), in topological order, after ``source``."""
         at = {source: 0}
-        labels: list[str | None] = [_SOURCE]
+        items: list[str | _Facts] = [_SOURCE]
         ins: list = [()]
-        mounts: list[_Facts | None] = [None]
+        item, read = items.append, ins.append
         chain, last = True, 0  # last: the position of the latest layer kept
         for node, srcs in rows:
-            name, op = node.name, node.op
-            if op == MOUNT:
-                frag = node.meta["mount"][1]
-                derived = frag.derived
-                facts = derived["arch_hash"] if "arch_hash" in derived else _facts(frag)
-                src = at[srcs[0]]
-                if facts.series is None:  # the fragment is the identity: contracted
-                    at[name] = src
-                    continue
-                labels.append(None)
-                mounts.append(facts)
-                ins.append(((src, 0),))
-            elif len(srcs) == 1:
-                src = at[srcs[0]]
-                if op in IDENTITY_OPS:
-                    at[name] = src
-                    continue
-                labels.append(_label(op, node.args))
-                mounts.append(None)
-                ins.append(((src, 0),))
-            else:
-                labels.append(_label(op, node.args))
-                mounts.append(None)
-                ins.append(_operands(op, node.args, [at[x] for x in srcs]))
-                src = -1
-            if src != last:
+            op = node.op
+            if len(srcs) != 1:
+                item(_label(op, node.args))
+                read(_operands(op, node.args, [at[x] for x in srcs]))
                 chain = False
+            else:
+                src = at[srcs[0]]
+                if op == MOUNT:
+                    frag = node.meta["mount"][1]
+                    facts = frag.derived.get("arch_hash") or _facts(frag)
+                    if facts.series is None:  # the fragment is the identity: contracted
+                        at[node.name] = src
+                        continue
+                    item(facts)
+                elif op in IDENTITY_OPS:
+                    at[node.name] = src
+                    continue
+                else:
+                    item(_label(op, node.args))
+                read(((src, 0),))
+                if src != last:
+                    chain = False
             last += 1
-            at[name] = last
-        self.labels, self.ins, self.mounts, self.chain, self.sink = labels, ins, mounts, chain, at[output]
+            at[node.name] = last
+        self.items, self.ins, self.chain, self.sink = items, ins, chain, at[output]
 
     def cuts(self) -> list[int] | None:
         """The cut positions from the source to the sink (both included), in order; None if a layer is not between
@@ -349,38 +360,39 @@ class _Level:
     def series(self, cuts: list[int]) -> list:
         """The pieces between consecutive cuts, in order: a one-layer piece's hash (a str), a fragment in series
         (its :class:`_Facts`), or an expanded :class:`Piece`."""
-        labels, ins, mounts = self.labels, self.ins, self.mounts
+        items, ins = self.items, self.ins
         if self.chain:  # one layer or fragment reading the one before: the simple pieces' ports are (0,)
-            return [mounts[v] or _one_hash(labels[v]) for v in range(1, len(ins))]
+            return [it if it.__class__ is _Facts else _one_hash(it) for it in itertools.islice(items, 1, None)]
         out: list = []
         for u, v in itertools.pairwise(cuts):
+            it = items[v]
             if v != u + 1:
                 out.append(self.expand(u, v))
-            elif mounts[v] is not None:
-                out.append(mounts[v])
+            elif it.__class__ is _Facts:
+                out.append(it)
             else:  # one layer reading the source (an edge from the source, however many operands)
                 operands = ins[v]
-                out.append(_one_hash(labels[v]) if len(operands) == 1 else
-                           _simple_hash(f"{labels[v]}<{tuple(sorted(port for _, port in operands))}"))
+                out.append(_one_hash(it) if len(operands) == 1 else
+                           _simple_hash(f"{it}<{tuple(sorted(port for _, port in operands))}"))
         return out
 
     def expand(self, u: int, v: int) -> Piece:
         """The piece from position ``u`` (bare) to ``v``: mounts expanded, each operand once with its ports."""
         labels, ins = [_SOURCE], [()]
         at = {u: 0}
+        items = self.items
         for e in range(u + 1, v + 1):
-            facts = self.mounts[e]
-            if facts is None:
-                labels.append(self.labels[e])
-                operands = self.ins[e]
-                if len(operands) == 1:
-                    ins.append((((operands[0][1],), at[operands[0][0]]),))
-                else:
-                    ins.append(_grouped([(at[i], port) for i, port in operands]))
-                at[e] = len(labels) - 1
+            it, operands = items[e], self.ins[e]
+            if it.__class__ is _Facts:
+                at[e] = _splice(it.flat(), at[operands[0][0]], labels, ins)
+                continue
+            labels.append(it)
+            if len(operands) == 1:
+                ins.append((((operands[0][1],), at[operands[0][0]]),))
             else:
-                at[e] = _splice(facts.flat(), at[self.ins[e][0][0]], labels, ins)
-        return Piece(labels, ins)
+                ins.append(_grouped([(at[i], port) for i, port in operands]))
+            at[e] = len(labels) - 1
+        return Piece(tuple(labels), tuple(ins))
 
 
 _ONE: dict[str, str] = {}  # a layer's label -> the hash of the piece that is that layer reading the source once
@@ -395,12 +407,17 @@ def _one_hash(label: str) -> str:
     return h
 
 
-def _splice(flat: tuple[list[str], list, int], src: int, labels: list[str], ins: list) -> int:
+def _splice(flat: tuple[tuple[str, ...], tuple, int], src: int, labels: list[str], ins: list) -> int:
     """Append a fragment's expanded layers (its :meth:`_Facts.flat`) reading ``src``; returns its output's index."""
     layers, operands, output = flat
     base = len(labels)
     labels.extend(layers)
-    ins.extend([[(port, src if i < 0 else base + i) for port, i in pairs] for pairs in operands])
+    for pairs in operands:
+        if len(pairs) == 1:  # (most layers read one operand)
+            port, i = pairs[0]
+            ins.append(((port, src if i < 0 else base + i),))
+        else:
+            ins.append(tuple([(port, src if i < 0 else base + i) for port, i in pairs]))
     return src if output < 0 else base + output
 
 
@@ -408,15 +425,15 @@ class _Facts:
     """What the hash keeps of one fragment (in ``Fragment.derived``, so it lives as long as the fragment):
     ``series``, its pieces from input to output as :meth:`_Level.series` gives them (None when it is the
     identity); ``pieces``, those one by one, nested fragments' included (a one-layer piece as its hash); ``ids``,
-    their hashes joined; and, when a piece holding it is expanded, :meth:`flat`."""
+    their hashes joined; and, when a piece holding it is expanded, :meth:`flat`. Tuples, as :class:`Piece` keeps."""
 
     __slots__ = ("_flat", "ids", "nodes", "output", "pieces", "series")
 
     def __init__(self, frag):
         self.nodes, self.output = frag.nodes, frag.output
         self._flat = None
-        self.series: list | None = None
-        self.pieces: list[Piece | str] = []
+        self.series: tuple | None = None
+        self.pieces: tuple[Piece | str, ...] = ()
         self.ids = ""
         level = _Level(frag.nodes, FLOW, frag.output)  # a fragment's layers are in topological order
         if level.sink == 0:
@@ -424,15 +441,17 @@ class _Facts:
         cuts = level.cuts()
         if cuts is None:
             raise AssertionError(f"fragment {frag.output}: not a two-terminal graph")
-        self.series = level.series(cuts)
+        self.series = tuple(level.series(cuts))
+        pieces: list[Piece | str] = []
         for it in self.series:
             if it.__class__ is _Facts:
-                self.pieces.extend(it.pieces)
+                pieces.extend(it.pieces)
             else:
-                self.pieces.append(it)
-        self.ids = ",".join([p if p.__class__ is str else p.hash for p in self.pieces])
+                pieces.append(it)
+        self.pieces = tuple(pieces)
+        self.ids = ",".join([p if p.__class__ is str else p.hash for p in pieces])
 
-    def flat(self) -> tuple[list[str], list, int]:
+    def flat(self) -> tuple[tuple[str, ...], tuple, int]:
         """The fragment's layers expanded (nested fragments' included), identity layers contracted: their labels,
         their ``(port, operand)`` pairs (an operand ``-1`` is the fragment's input) and its output's index (-1 when
         it is the input)."""
@@ -451,7 +470,7 @@ class _Facts:
                 labels.append(_label(node.op, node.args))
                 ins.append(_grouped(_operands(node.op, node.args, operands)))
                 at[node.name] = len(labels) - 1
-            self._flat = (labels, ins, at[self.output])
+            self._flat = (tuple(labels), tuple(ins), at[self.output])
         return self._flat
 
 

@@ -69,12 +69,15 @@ HINT = (f"an arch string has 3 nodes of 1, 2 and 3 edges, |op~input|, each op on
 # ----------------------------------------------------------------------------- arch strings
 
 
+#: The arch string with a ``{}`` for each edge's op, in :data:`EDGES` order: ``|{}~0|+|{}~0|{}~1|+|...|``.
+_ARCH = "+".join("|" + "|".join(f"{{}}~{frm}" for to, frm in EDGES if to == node) + "|" for node in (1, 2, 3))
+
+
 def arch_str(cell: Sequence[str]) -> str:
     """The arch string of a cell given as its six edges' ops, in :data:`EDGES` order."""
-    nodes: dict[int, list[str]] = {1: [], 2: [], 3: []}
-    for (to, frm), op in zip(EDGES, cell, strict=True):
-        nodes[to].append(f"{op}~{frm}")
-    return "+".join("|" + "|".join(nodes[n]) + "|" for n in (1, 2, 3))
+    if len(cell) != len(EDGES):
+        raise ValueError(f"a cell has {len(EDGES)} edges, got {len(cell)}")
+    return _ARCH.format(*cell)
 
 
 _EDGE = re.compile(r"([a-z0-9_]+)~([0-9]+)")
@@ -207,7 +210,7 @@ def cell_from_choices(edges: list[tuple[str, dict[int, str]]], choices: Mapping[
     """A member's cell from its choices (None when one of the six edges is not among them)."""
     if any(key not in choices for key, _ in edges):
         return None
-    return tuple(ops[choices[key]] for key, ops in edges)
+    return tuple([ops[choices[key]] for key, ops in edges])
 
 
 def choices_for(edges: list[tuple[str, dict[int, str]]], cell: Sequence[str]) -> dict[str, int]:

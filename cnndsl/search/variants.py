@@ -186,18 +186,25 @@ class _Chooser:
         self.assignment = dict(assignment)
         self.draw = draw
         self.reached: dict[str, ast.Choice] = {}
+        #: key -> (the choice, its option), checked to fit: a build asks each choice many times (every instance of
+        #: a block, every memo look-up of a fragment that holds it), and its answer does not change.
+        self._answers: dict[str, tuple[ast.Choice, int | float]] = {}
 
     def __call__(self, node: ast.Choice) -> int | float:
         key = node.__dict__.get("_cnndsl_key")
         if key is None:  # a fact of the text, kept on the (immutable) syntax node
             key = choice_key(node.span)
             object.__setattr__(node, "_cnndsl_key", key)
+        answer = self._answers.get(key)
+        if answer is not None and answer[0] is node:
+            return answer[1]
         if key not in self.reached:
             self.reached[key] = node
             if key not in self.assignment:
                 self.assignment[key] = self.draw(key, node) if self.draw else _first(node)
         picked = self.assignment[key]
         if _fits(node, picked):
+            self._answers[key] = (node, picked)
             return picked
         if isinstance(node, ast.FloatRange):
             raise CnnArgumentError(f"the value {picked!r} for the range {node.text()}", node.span,
