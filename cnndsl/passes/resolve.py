@@ -1156,7 +1156,7 @@ class Resolver:
         A choice inside the branch is not a hole of its own: the branch then asks two decisions, and the build
         is not learnt from."""
         g, holes = self.g, self.holes
-        hole = template.Hole(None, scope, flow, dict(scope.counters), (
+        hole = template.Hole(None, scope, dict(scope.counters), (
             g.stored, len(g.scopes), len(g), self.work, self.lookups, len(self.claimed), len(self.asked)))
         branch = self._chosen(c)
         hole.choice = c.__dict__["_cnndsl_choice"][0]
@@ -1735,7 +1735,8 @@ class Resolver:
                 if frag is None:
                     return None
                 memo.count("filled")
-                self.store.add(key, frag)
+                self._keep(key, frag)
+                return frag
         finally:
             self.looking -= 1
         if frag.decisions:  # a choice decides once a build: the copies of a repeat need not ask again
@@ -1743,6 +1744,7 @@ class Resolver:
         return frag
 
     def _keep(self, key: tuple, frag: Fragment) -> None:
+        """Keep a fragment made for this build's decisions: in the memo, and for this build's copies."""
         self.store.add(key, frag)
         if frag.decisions:
             self.found[key] = frag

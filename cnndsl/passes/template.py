@@ -49,7 +49,6 @@ class Hole:
 
     choice: Any  # the choice point (:class:`cnndsl.front.syntax.Choice`) the build's choose hook is asked
     scope: Any  # the NameScope the option is resolved in
-    flow: str  # the value it reads
     before: dict[str, int]  # that scope's counters before
     start: tuple[int, ...]  # (nodes, scopes, layers, work, lookups, claims, asked) before
     end: tuple[int, ...] = ()
