@@ -98,15 +98,21 @@ class Fragment:
     """A block instance's layers, through every pass that works layer by layer, named relative to the instance.
 
     Built once and shared: each instance with the same block, arguments, defaults, input shape and choices
-    mounts it (:meth:`Graph.mount`). Its layers are stored in the instance's topological order (the graph's
-    deterministic one), each with its operands (relative names; :data:`FLOW` for the instance's input); a nested
-    instance it mounts is a :data:`MOUNT` node whose ``meta["mount"]`` is ``(relative prefix, fragment)``.
+    mounts it (:meth:`Graph.mount`). Its ``layers`` are stored in the instance's topological order (the graph's
+    deterministic one), ``operands[i]`` the names ``layers[i]`` reads (relative; :data:`FLOW` for the instance's
+    input); a nested instance it mounts is a :data:`MOUNT` node whose ``meta["mount"]`` is ``(relative prefix,
+    fragment)``. Nothing in it changes once made (its layers are shared with other fragments and templates).
     ``derived`` keeps what a later stage works out of it once (the arch hash's series pieces).
+
+    Tuples of names, not a pair a layer: a search keeps thousands of fragments, and every container that holds
+    another tracked object is one more the garbage collector walks in each full collection (a tuple of strings
+    is untracked at its first collection); see docs/design.md.
     """
 
-    nodes: list[tuple[Node, list[str]]]
-    scopes: list[Scope]  # the scopes resolve made inside the instance, in order (relative names)
-    late_scopes: list[Scope]  # those the passes made (shortcut projections)
+    layers: tuple[Node, ...]
+    operands: tuple[tuple[str, ...], ...]
+    scopes: tuple[Scope, ...] | list[Scope]  # the scopes resolve made inside the instance, in order (relative names)
+    late_scopes: tuple[Scope, ...] | list[Scope]  # those the passes made (shortcut projections)
     output: str  # the instance's output layer (relative)
     shape: tuple[int, ...]
     params: int
@@ -114,8 +120,8 @@ class Fragment:
     activations: int
     size: int  # the layers resolve made for it (shortcuts not decided yet), nested fragments' included
     longest: int  # the longest relative name among them
-    warnings: list = field(default_factory=list)
-    decisions: list = field(default_factory=list)  # (choice, decision) in the order the build asked them
+    warnings: tuple | list = ()
+    decisions: tuple | list = ()  # (choice, decision) in the order the build asked them
     work: int = 0  # resolve's units of work and references followed, as a flat build of the instance spends them
     lookups: int = 0
     claims: bool = False  # whether a label inside claimed a name
@@ -127,7 +133,7 @@ class Fragment:
         """Every layer's relative name, nested fragments' included."""
         if self._names is None:
             names = set()
-            for node, _ in self.nodes:
+            for node in self.layers:
                 if node.op == MOUNT:
                     rel, sub = node.meta["mount"]
                     names.update(f"{rel}.{n}" for n in sub.names)
@@ -139,7 +145,7 @@ class Fragment:
     def emit(self, prefix: str, src: str, out: list) -> None:
         """Append to ``out`` a copy of each layer, named under ``prefix`` and reading ``src`` where it reads the
         instance's input, as ``(node, operands)``; nested fragments are expanded in their place."""
-        for node, srcs in self.nodes:
+        for node, srcs in zip(self.layers, self.operands):
             ins = [src if s == FLOW else f"{prefix}.{s}" for s in srcs]
             if node.op == MOUNT:
                 rel, sub = node.meta["mount"]
@@ -151,7 +157,7 @@ class Fragment:
     def add_scopes(self, prefix: str, scopes: dict[str, Scope], late: list[Scope]) -> None:
         """Add the scopes inside the instance at ``prefix``, named under it, in place: resolve's to ``scopes`` (after
         the instance's own), the passes' to ``late``."""
-        mounts = {node.meta["mount"][0]: node.meta["mount"][1] for node, _ in self.nodes if node.op == MOUNT}
+        mounts = {node.meta["mount"][0]: node.meta["mount"][1] for node in self.layers if node.op == MOUNT}
         for sc in self.scopes:
             full = f"{prefix}.{sc.name}"
             scopes[full] = replace(sc, name=full)
@@ -160,11 +166,18 @@ class Fragment:
         late.extend(replace(sc, name=f"{prefix}.{sc.name}") for sc in self.late_scopes)
 
 
+#: Up to this many readers a layer's reverse index is a tuple, from it on a set (see :class:`Graph`).
+_FEW_READERS = 8
+
+
 class Graph:
     """A network as a DAG of layers.
 
     The adjacency below is the one store of nodes and edges: ``_in`` (operands by port) and ``_out``
-    (its reverse index, the consumers) change together, only in :meth:`_link` and :meth:`_unlink`.
+    (its reverse index, the consumers) change together, only in :meth:`_link` and :meth:`_unlink`. ``_out``
+    holds a tuple while a layer has few readers, made again at each change (a tuple of names is untracked by the
+    garbage collector, a set is walked in every full collection, and a search keeps thousands of graphs), and a
+    set from :data:`_FEW_READERS` on (so that linking stays linear in a layer's readers).
     networkx is a view built on demand (:meth:`to_networkx`); all networkx use stays inside this class.
     """
 
@@ -172,7 +185,7 @@ class Graph:
         self._nodes: dict[str, Node] = {}
         self._counter = 0
         self._in: dict[str, dict[int, str]] = {}  # node -> {port: operand}
-        self._out: dict[str, set[tuple[str, int]]] = {}  # node -> {(consumer, port)}
+        self._out: dict[str, tuple | set] = {}  # node -> its (consumer, port) pairs
         # Caches derived from the store; every mutation clears them (:meth:`_changed`).
         self._topo: list[str] | None = None  # topological order
         self._members: dict[str, list[Node]] | None = None  # scope -> its layers, in topological order
@@ -203,7 +216,7 @@ class Graph:
         node = Node(name, op, args, span, self._counter)
         self._counter += 1
         self._nodes[name] = node
-        self._in[name], self._out[name] = {}, set()
+        self._in[name], self._out[name] = {}, ()
         for port, src in enumerate(inputs):
             self._link(src, name, port)
         self._changed()
@@ -216,11 +229,21 @@ class Graph:
 
     def _link(self, src: str, dst: str, port: int) -> None:
         self._in[dst][port] = src
-        self._out[src].add((dst, port))
+        out = self._out[src]
+        if out.__class__ is tuple and len(out) < _FEW_READERS:
+            self._out[src] = (*out, (dst, port))
+        else:
+            if out.__class__ is tuple:
+                out = self._out[src] = set(out)
+            out.add((dst, port))
 
     def _unlink(self, src: str, dst: str, port: int) -> None:
         del self._in[dst][port]
-        self._out[src].discard((dst, port))
+        out = self._out[src]
+        if out.__class__ is tuple:
+            self._out[src] = tuple([e for e in out if e != (dst, port)])
+        else:
+            out.discard((dst, port))
 
     def remove(self, name: str) -> None:
         """Remove a node and its edges; its consumers' operands are left to :meth:`connect`."""
@@ -321,7 +344,7 @@ class Graph:
             node.order = self._counter
             self._counter += 1
             self._nodes[node.name] = node
-            self._in[node.name], self._out[node.name] = {}, set()
+            self._in[node.name], self._out[node.name] = {}, ()
         for node, srcs in nodes:
             for port, src in enumerate(srcs):
                 self._link(src, node.name, port)
@@ -340,7 +363,7 @@ class Graph:
     def _note_instances(prefix: str, frag: Fragment, out: dict[str, Fragment]) -> None:
         """Record ``frag`` as the instance at ``prefix``, and each fragment it mounts at its own scope."""
         out[prefix] = frag
-        for node, _ in frag.nodes:
+        for node in frag.layers:
             if node.op == MOUNT:
                 rel, sub = node.meta["mount"]
                 Graph._note_instances(f"{prefix}.{rel}", sub, out)

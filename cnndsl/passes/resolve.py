@@ -1717,7 +1717,8 @@ class Resolver:
 
     def _known(self, key: tuple) -> Fragment | None:
         """The fragment under ``key`` for this build's decisions: found in the memo, or filled in from the key's
-        template (:mod:`cnndsl.passes.template`) and kept; None when it must be built."""
+        template (:mod:`cnndsl.passes.template`); None when it must be built. A fill is kept in the memo when
+        its decisions come back (:meth:`cnndsl.passes.template.Template.again`), else for this build's copies."""
         frag = self.found.get(key)
         if frag is not None:
             memo.count("hits")
@@ -1735,7 +1736,10 @@ class Resolver:
                 if frag is None:
                     return None
                 memo.count("filled")
-                self._keep(key, frag)
+                if known.again(frag):
+                    self._keep(key, frag)
+                else:
+                    self.found[key] = frag
                 return frag
         finally:
             self.looking -= 1
@@ -2202,7 +2206,7 @@ def _as_fragment(sub: Resolver, flow: str, inst: str, out: str, built: int, warn
     """The fragment of the instance that ``sub`` built at ``inst``, its names made relative to the instance."""
     cut = len(inst) + 1
     inside = inst + "."
-    nodes, longest, params, macs, activations = [], 0, 0, 0, 0
+    layers, operands, longest, params, macs, activations = [], [], 0, 0, 0, 0
     for node in list(sub.g.nodes()):  # topological: a pass puts a shortcut projection after the sum reading it
         if node.name == flow:
             continue
@@ -2220,12 +2224,14 @@ def _as_fragment(sub: Resolver, flow: str, inst: str, out: str, built: int, warn
         else:
             longest = max(longest, len(node.name))
         params, macs, activations = params + node.params, macs + node.macs, activations + node.activations
-        nodes.append((node, [FLOW if s == flow else s[cut:] for s in srcs]))
+        layers.append(node)
+        operands.append(tuple([FLOW if s == flow else s[cut:] for s in srcs]))
     late = set(sub.g.late_scopes)
-    scopes = [_replaced(sc, name=sc.name[cut:]) for name, sc in sub.g.scopes.items() if name not in late]
-    late_scopes = [_replaced(sub.g.scopes[name], name=name[cut:]) for name in sub.g.late_scopes]
-    return Fragment(nodes, scopes, late_scopes, out[cut:], sub.g.node(out).shape, params, macs, activations, built,
-                    longest, warnings, decisions, sub.work, sub.lookups, bool(sub.claimed))
+    scopes = tuple([_replaced(sc, name=sc.name[cut:]) for name, sc in sub.g.scopes.items() if name not in late])
+    late_scopes = tuple([_replaced(sub.g.scopes[name], name=name[cut:]) for name in sub.g.late_scopes])
+    return Fragment(tuple(layers), tuple(operands), scopes, late_scopes, out[cut:], sub.g.node(out).shape, params,
+                    macs, activations, built, longest, tuple(warnings), tuple(decisions), sub.work, sub.lookups,
+                    bool(sub.claimed))
 
 
 def _replaced(obj: Any, **changes: Any) -> Any:

@@ -72,6 +72,7 @@ class _Option:
     params: int
     macs: int
     activations: int
+    asked: tuple = ()  # (choice, decision) as the build asked it: what a fill that chooses it records
 
 
 class Template:
@@ -91,6 +92,7 @@ class Template:
         self.claims = claims
         self.options: list[dict[Any, _Option]] = [{} for _ in self.choices]
         self.deltas = deltas  # what each hole's option added to its scope's counters in the build learnt from
+        self._filled: set[tuple] = set()  # the decisions filled in once (tuples of numbers: the collector skips them)
         # For each hole, the first part of every fixed layer's and scope's name made after it in its scope: a
         # counter may have made it, and an option that counts otherwise would move it in a build.
         self._after: list[list[str]] = []
@@ -111,16 +113,17 @@ class Template:
             if option is None:
                 return None
             chosen.append(option)
-        nodes: list[tuple[Node, list[str]]] = []
+        nodes: list[Node] = []
+        operands: list[tuple[str, ...]] = []
         scopes: list[Scope] = []
         outs: list[str] = []
         counted: dict[str, dict[str, int]] = {}  # a hole's scope -> what the options chosen so far added
         work, lookups, layers, claims = self.work, self.lookups, self.layers, self.claims
         params, macs, activations = self.params, self.macs, self.activations
         for i, (fixed, fixed_scopes) in enumerate(self.segments):
-            for node, refs in fixed:
-                nodes.append((_copy(node, node.name, len(nodes) + 1),
-                              [ref[1] if ref[0] == "fixed" else _at(ref, outs) for ref in refs]))
+            for node, refs in fixed:  # the layer itself: a fragment's layers are never changed, only shared
+                nodes.append(node)
+                operands.append(tuple([ref[1] if ref[0] == "fixed" else _at(ref, outs) for ref in refs]))
             scopes.extend(fixed_scopes)
             if i == len(chosen):
                 break
@@ -140,9 +143,9 @@ class Template:
                 added[base] = added.get(base, 0) + n
             name = (lambda n, p=prefix, r=renamed: _renamed(n, p, r)) if renamed else (lambda n: n)
             for node, refs in option.nodes:
-                nodes.append((_copy(node, name(node.name), len(nodes) + 1, name),
-                              [name(ref[1]) if ref[0] == "own" else ref[1] if ref[0] == "fixed" else _at(ref, outs)
-                               for ref in refs]))
+                nodes.append(_copy(node, name) if renamed else node)
+                operands.append(tuple([name(ref[1]) if ref[0] == "own" else ref[1] if ref[0] == "fixed"
+                                       else _at(ref, outs) for ref in refs]))
             scopes.extend(sc if not renamed else _scope(sc, name(sc.name)) for sc in option.scopes)
             outs.append(name(option.out))
             work, lookups, layers = work + option.work, lookups + option.lookups, layers + option.layers
@@ -151,15 +154,34 @@ class Template:
         if limits is not None and (params > limits.params or activations > limits.activations):
             return None
         output = self.output[1] if self.output[0] == "fixed" else _at(self.output, outs)
-        read = {src for _, srcs in nodes for src in srcs}
-        if any(node.name not in read and node.name != output for node, _ in nodes):
+        read = {src for srcs in operands for src in srcs}
+        if any(node.name not in read and node.name != output for node in nodes):
             return None  # a fixed layer read only by options that this fill leaves out
-        if len({node.name for node, _ in nodes}) < len(nodes) or len({sc.name for sc in scopes}) < len(scopes):
+        if len({node.name for node in nodes}) < len(nodes) or len({sc.name for sc in scopes}) < len(scopes):
             return None  # an option named like a label: a build says "duplicate name"
         longest = max((len(node.meta["mount"][0]) + 1 + node.meta["mount"][1].longest if node.op == MOUNT
-                       else len(node.name)) for node, _ in nodes)
-        return Fragment(nodes, scopes, [], output, self.shape, params, macs, activations, layers, longest, [],
-                        list(zip(self.choices, decisions)), work, lookups, claims)
+                       else len(node.name)) for node in nodes)
+        asked = tuple(option.asked if option.asked[1].__class__ is decision.__class__ else (choice, decision)
+                      for option, choice, decision in zip(chosen, self.choices, decisions))
+        return Fragment(tuple(nodes), tuple(operands), tuple(scopes), (), output, self.shape, params, macs,
+                        activations, layers, longest, (), asked, work, lookups, claims)
+
+
+    def again(self, frag: Fragment) -> bool:
+        """Whether ``frag``'s decisions were filled in before: a fill worth keeping in the memo, where a lookup
+        finds it (and the arch hash's facts on it) next time. A first fill is not kept: in a cell space a set
+        of decisions seldom comes back, and a search that kept them all would hold three new cells a member."""
+        decisions = tuple(decision for _, decision in frag.decisions)
+        if decisions in self._filled:
+            return True
+        if len(self._filled) >= MAX_FILLED:
+            self._filled.clear()
+        self._filled.add(decisions)
+        return False
+
+
+#: How many sets of decisions a template remembers having filled (then it starts again).
+MAX_FILLED = 100_000
 
 
 def _at(ref: Ref, outs: list[str]) -> str:
@@ -173,18 +195,19 @@ def _renamed(name: str, prefix: str, renamed: dict[str, str]) -> str:
     return f"{prefix}{renamed.get(first, first)}{dot}{rest}"
 
 
-def _copy(node: Node, name: str, order: int, rename=None) -> Node:
-    """``node`` named ``name``, ``order`` its place in the fill (as the build's counter numbers it)."""
+def _copy(node: Node, rename) -> Node:
+    """``node`` with its name (and a mount's prefix) renamed by ``rename``; its order is its place in the build
+    learnt from (a fragment's order is the one its layers are stored in: nothing reads a layer's own there)."""
     meta = node.meta
     if node.op == MOUNT:
         prefix, frag = meta["mount"]
-        meta = {**meta, "mount": (rename(prefix) if rename is not None else prefix, frag)}
+        meta = {**meta, "mount": (rename(prefix), frag)}
     elif meta:
         meta = dict(meta)
     else:
         meta = {}
-    return Node(name, node.op, node.args, node.span, order, node.shape, node.params, node.macs, node.activations,
-                node.frozen, meta)
+    return Node(rename(node.name), node.op, node.args, node.span, node.order, node.shape, node.params, node.macs,
+                node.activations, node.frozen, meta)
 
 
 def _scope(sc: Scope, name: str) -> Scope:
@@ -222,7 +245,7 @@ def _learnt(holes: list[Hole], decisions: list, names: list[str], frag: Fragment
     if frag.warnings or frag.late_scopes or len(decisions) != len(holes):
         return None
     cut = len(inst) + 1
-    if len(names) != len(frag.nodes) + 1 or any(a[cut:] != node.name for a, (node, _) in zip(names[1:], frag.nodes)):
+    if len(names) != len(frag.layers) + 1 or any(a[cut:] != node.name for a, node in zip(names[1:], frag.layers)):
         return None  # not in the order added (a pass reordered them)
     prefixes = []
     for hole, (choice, _) in zip(holes, decisions):
@@ -261,7 +284,7 @@ def _learnt(holes: list[Hole], decisions: list, names: list[str], frag: Fragment
         stop_scope = hole.start[1] if hole is not None else len(frag.scopes)
         fixed = []
         for k in range(at_node, stop_node):
-            node, srcs = frag.nodes[k - 1]
+            node, srcs = frag.layers[k - 1], frag.operands[k - 1]
             refs = [ref(s, None, i) for s in srcs]
             if None in refs:
                 return None
@@ -272,7 +295,7 @@ def _learnt(holes: list[Hole], decisions: list, names: list[str], frag: Fragment
         own = range(hole.start[0], hole.end[0])
         nodes = []
         for k in own:
-            node, srcs = frag.nodes[k - 1]
+            node, srcs = frag.layers[k - 1], frag.operands[k - 1]
             refs = [ref(s, own, i) for s in srcs]
             if None in refs:
                 return None
@@ -291,13 +314,13 @@ def _learnt(holes: list[Hole], decisions: list, names: list[str], frag: Fragment
                 sum(node.activations for node, _ in nodes)]
         option = _Option(nodes, frag.scopes[hole.start[1]:hole.end[1]], out, dict(hole.before), delta,
                          hole.end[3] - hole.start[3], hole.end[4] - hole.start[4], hole.end[2] - hole.start[2],
-                         hole.end[5] > hole.start[5], *sums)
+                         hole.end[5] > hole.start[5], *sums, decisions[i])
         for j, v in enumerate((option.work, option.lookups, option.layers, *sums)):
             totals[j] += v
         claims += hole.end[5] - hole.start[5]
         options.append((decisions[i][1], option))
         at_node, at_scope = hole.end[0], hole.end[1]
-    shape_of = {node.name: node.shape for node, _ in frag.nodes}
+    shape_of = {node.name: node.shape for node in frag.layers}
     shapes = tuple(shape_of.get(o) if o is not None else None for o in rel_out)
     out_ref = ref(frag.output, None, len(holes)) if frag.output not in outs else ("hole", outs[frag.output])
     if out_ref is None:

@@ -48,6 +48,7 @@ import hashlib
 import itertools
 import json
 from collections import defaultdict
+from collections.abc import Iterable
 
 import networkx as nx
 
@@ -306,7 +307,7 @@ class _Level:
 
     __slots__ = ("chain", "ins", "items", "sink")
 
-    def __init__(self, rows: list, source: str, output: str):
+    def __init__(self, rows: Iterable, source: str, output: str):
         """``rows``: (node, its operands' names), in topological order, after ``source``."""
         at = {source: 0}
         items: list[str | _Facts] = [_SOURCE]
@@ -427,15 +428,16 @@ class _Facts:
     identity); ``pieces``, those one by one, nested fragments' included (a one-layer piece as its hash); ``ids``,
     their hashes joined; and, when a piece holding it is expanded, :meth:`flat`. Tuples, as :class:`Piece` keeps."""
 
-    __slots__ = ("_flat", "ids", "nodes", "output", "pieces", "series")
+    __slots__ = ("_flat", "ids", "layers", "operands", "output", "pieces", "series")
 
     def __init__(self, frag):
-        self.nodes, self.output = frag.nodes, frag.output
+        # The fragment's parts, not the fragment: it keeps its facts, and a cycle is freed only by the collector.
+        self.layers, self.operands, self.output = frag.layers, frag.operands, frag.output
         self._flat = None
         self.series: tuple | None = None
         self.pieces: tuple[Piece | str, ...] = ()
         self.ids = ""
-        level = _Level(frag.nodes, FLOW, frag.output)  # a fragment's layers are in topological order
+        level = _Level(zip(frag.layers, frag.operands), FLOW, frag.output)  # a fragment's layers are in topological order
         if level.sink == 0:
             return
         cuts = level.cuts()
@@ -459,7 +461,7 @@ class _Facts:
             labels: list[str] = []
             ins: list = []
             at = {FLOW: -1}
-            for node, srcs in self.nodes:
+            for node, srcs in zip(self.layers, self.operands):
                 if node.op == MOUNT:
                     at[node.name] = _splice(_facts(node.meta["mount"][1]).flat(), at[srcs[0]], labels, ins)
                     continue
