@@ -407,3 +407,33 @@ def test_mnasnet_computes_what_torchvisions_computes():
     with torch.no_grad():
         want, got = peer(x), ours(x)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
+
+
+def test_a_layers_readers_are_kept_through_edits_past_the_tuple_limit():
+    """A layer's readers are a tuple up to a few and a set beyond (the graph's reverse index): through adding,
+    rewiring and removing readers across that limit, ``consumers`` and ``readers`` stay what the operands say."""
+    import random
+
+    from cnndsl.ir.graph import Graph
+
+    rng = random.Random(0)
+    g = Graph("fan")
+    g.add("x", "input", {"shape": (1, 4, 4)}, None, [])
+    g.add("y", "relu", {}, None, ["x"])
+    live = []
+    for step in range(300):
+        op = rng.random()
+        if op < 0.6 or not live:
+            name = f"r{step}"
+            g.add(name, "add", {}, None, [rng.choice("xy"), rng.choice("xy")])
+            live.append(name)
+        elif op < 0.8:
+            g.rewire(rng.choice(live), rng.randrange(2), rng.choice("xy"))
+        else:
+            g.remove(live.pop(rng.randrange(len(live))))
+        if step % 25 == 0 or step == 299:
+            for src in "xy":
+                expected = sorted((n, p) for n in ["y", *live] for p, s in enumerate(g.inputs_of(n)) if s == src)
+                assert sorted(g.consumers(src)) == expected, (step, src)
+                assert g.readers(src) == {n for n, _ in expected}
+    assert max(len(g.consumers(s)) for s in "xy") > 8  # past the limit, where the index is a set
