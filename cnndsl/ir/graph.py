@@ -111,8 +111,8 @@ class Fragment:
 
     layers: tuple[Node, ...]
     operands: tuple[tuple[str, ...], ...]
-    scopes: tuple[Scope, ...] | list[Scope]  # the scopes resolve made inside the instance, in order (relative names)
-    late_scopes: tuple[Scope, ...] | list[Scope]  # those the passes made (shortcut projections)
+    scopes: tuple[Scope, ...]  # the scopes resolve made inside the instance, in order (relative names)
+    late_scopes: tuple[Scope, ...]  # those the passes made (shortcut projections)
     output: str  # the instance's output layer (relative)
     shape: tuple[int, ...]
     params: int
@@ -120,8 +120,8 @@ class Fragment:
     activations: int
     size: int  # the layers resolve made for it (shortcuts not decided yet), nested fragments' included
     longest: int  # the longest relative name among them
-    warnings: tuple | list = ()
-    decisions: tuple | list = ()  # (choice, decision) in the order the build asked them
+    warnings: tuple = ()
+    decisions: tuple = ()  # (choice, decision) in the order the build asked them
     work: int = 0  # resolve's units of work and references followed, as a flat build of the instance spends them
     lookups: int = 0
     claims: bool = False  # whether a label inside claimed a name

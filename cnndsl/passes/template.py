@@ -72,7 +72,7 @@ class _Option:
     params: int
     macs: int
     activations: int
-    asked: tuple = ()  # (choice, decision) as the build asked it: what a fill that chooses it records
+    asked: tuple  # (choice, decision) as the build asked it: what a fill that chooses it records
 
 
 class Template:
@@ -165,7 +165,6 @@ class Template:
                       for option, choice, decision in zip(chosen, self.choices, decisions))
         return Fragment(tuple(nodes), tuple(operands), tuple(scopes), (), output, self.shape, params, macs,
                         activations, layers, longest, (), asked, work, lookups, claims)
-
 
     def again(self, frag: Fragment) -> bool:
         """Whether ``frag``'s decisions were filled in before: a fill worth keeping in the memo, where a lookup

@@ -437,7 +437,8 @@ class _Facts:
         self.series: tuple | None = None
         self.pieces: tuple[Piece | str, ...] = ()
         self.ids = ""
-        level = _Level(zip(frag.layers, frag.operands), FLOW, frag.output)  # a fragment's layers are in topological order
+        # a fragment's layers are in topological order
+        level = _Level(zip(frag.layers, frag.operands), FLOW, frag.output)
         if level.sink == 0:
             return
         cuts = level.cuts()
